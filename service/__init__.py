@@ -1,0 +1,1 @@
+"""deltagate service: FastAPI app, dynamic batcher, inference engines, telemetry."""
