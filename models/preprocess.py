@@ -1,0 +1,147 @@
+"""Image decoding and preprocessing: the one definition shared by evaluation and serving.
+
+The bundle carries a :class:`PreprocessConfig`; ``deltagate evaluate`` and the service both call
+:func:`preprocess_image` with it, so an image is turned into the same tensor offline and online.
+It reproduces open_clip's eval transform (resize the shortest side with PIL, centre crop, convert
+to RGB, scale to [0, 1], normalise) with PIL and NumPy only, so the ONNX service path needs no
+torchvision.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "PreprocessConfig",
+    "ImageDecodeError",
+    "ImageTooLargeError",
+    "SUPPORTED_FORMATS",
+    "decode_image",
+    "preprocess_image",
+    "preprocess_batch",
+]
+
+# Formats the service accepts; everything else is refused rather than guessed at.
+SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+
+_INTERPOLATIONS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+}
+
+
+class PreprocessConfig(BaseModel):
+    """Eval-time preprocessing of a model; stored in the bundle manifest."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    image_size: int = Field(224, gt=0)  # side of the square input the vision tower expects
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)  # OpenAI CLIP RGB mean
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)  # OpenAI CLIP RGB std
+    interpolation: Literal["bicubic", "bilinear", "nearest"] = "bicubic"  # open_clip's default
+    # "shortest": resize the shortest side to image_size, then centre crop (open_clip's default);
+    # "squash": resize both sides to image_size, ignoring the aspect ratio.
+    resize_mode: Literal["shortest", "squash"] = "shortest"
+
+
+class ImageDecodeError(ValueError):
+    """The bytes are not a decodable image of a supported format."""
+
+
+class ImageTooLargeError(ValueError):
+    """The image has more pixels than allowed (decompression-bomb guard)."""
+
+
+def decode_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Decode image bytes, checking format and pixel count before the pixels are decoded.
+
+    Args:
+        data: encoded image bytes.
+        max_pixels: largest width * height accepted; read from the header, before decoding.
+
+    Returns:
+        The decoded image (fully loaded, any mode).
+
+    Raises:
+        ImageDecodeError: not an image, truncated, or an unsupported format.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise ImageDecodeError("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            fmt = img.format or "unknown"
+            if fmt not in SUPPORTED_FORMATS:
+                raise ImageDecodeError(
+                    f"unsupported image format {fmt}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
+                )
+            width, height = img.size
+            if width * height > max_pixels:
+                raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            img.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image (format not recognised)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageDecodeError | ImageTooLargeError):
+            raise
+        raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
+    return img
+
+
+def _resize(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
+    size, resample = cfg.image_size, _INTERPOLATIONS[cfg.interpolation]
+    if cfg.resize_mode == "squash":
+        return img.resize((size, size), resample=resample)
+    width, height = img.size
+    # Same arithmetic as torchvision's Resize(int) on a PIL image.
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) != (width, height):
+        img = img.resize((new_w, new_h), resample=resample)
+    left = int(round((new_w - size) / 2.0))  # torchvision CenterCrop rounding
+    top = int(round((new_h - size) / 2.0))
+    return img.crop((left, top, left + size, top + size))
+
+
+def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """Turn one image into the normalised tensor the scoring module takes.
+
+    Args:
+        img: a PIL image of any mode and size.
+        cfg: the bundle's preprocessing.
+
+    Returns:
+        float32 array of shape (3, image_size, image_size).
+    """
+    img = _resize(img.convert("RGB"), cfg)
+    arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
+    mean = np.asarray(cfg.mean, dtype=np.float32)
+    std = np.asarray(cfg.std, dtype=np.float32)
+    arr = (arr - mean) / std  # (H, W, 3)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))  # (3, H, W)
+
+
+def preprocess_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np.ndarray:
+    """Preprocess several images into one batch.
+
+    Args:
+        images: PIL images.
+        cfg: the bundle's preprocessing.
+
+    Returns:
+        float32 array of shape (B, 3, image_size, image_size).
+    """
+    return np.stack([preprocess_image(im, cfg) for im in images])  # (B, 3, H, W)
