@@ -1,0 +1,227 @@
+"""Build any open_clip CLIP: pretrained tag, local checkpoint, or random weights.
+
+open_clip keeps architecture (JSON configs), weights (pretrained tags) and construction apart;
+so does this module. Custom architectures (e.g. the tiny CLIP of the synthetic world) are JSON
+files in open_clip's config format under ``models/archs/`` (registered automatically) or
+anywhere else via :func:`register_architecture`.
+
+open_clip, offline, retries a hub download for ~15 s and then silently falls back to random
+weights. Here a missing pretrained download fails fast with :class:`PretrainedUnavailableError`,
+which names the alternatives (a local checkpoint path or a populated cache directory).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import open_clip
+import torch
+
+from models.preprocess import PreprocessConfig
+
+__all__ = [
+    "ARCHS_DIR",
+    "LoadedClip",
+    "PretrainedUnavailableError",
+    "UnknownModelError",
+    "register_architecture",
+    "model_config",
+    "load_clip",
+]
+
+logger = logging.getLogger(__name__)
+
+ARCHS_DIR = Path(__file__).parent / "archs"
+_HF_HOST = "huggingface.co"
+
+
+class PretrainedUnavailableError(RuntimeError):
+    """Pretrained weights are neither cached locally nor downloadable."""
+
+
+class UnknownModelError(KeyError):
+    """Unknown architecture name or pretrained tag."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class LoadedClip:
+    """A constructed CLIP and everything needed to use it consistently."""
+
+    model: torch.nn.Module  # open_clip CLIP / CustomTextCLIP, eval mode
+    name: str  # architecture name (open_clip config name)
+    pretrained: str | None  # tag, checkpoint path, or None (random init)
+    config: dict[str, Any]  # effective open_clip model config (quick_gelu resolved)
+    preprocess: PreprocessConfig  # eval preprocessing of this model
+    tokenizer: Any  # open_clip tokenizer: list[str] -> (N, context_length) LongTensor
+
+
+def register_architecture(path: str | os.PathLike[str]) -> list[str]:
+    """Register open_clip model configs (a JSON file or a folder of them).
+
+    Args:
+        path: a ``<name>.json`` file in open_clip's config format, or a folder of such files.
+
+    Returns:
+        The registered architecture names (file stems).
+    """
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"architecture config not found: {p}")
+    open_clip.add_model_config(p)
+    return [p.stem] if p.is_file() else sorted(f.stem for f in p.glob("*.json"))
+
+
+if ARCHS_DIR.is_dir():
+    register_architecture(ARCHS_DIR)
+
+
+def model_config(name: str, pretrained: str | None = None) -> dict[str, Any]:
+    """The effective open_clip config of an architecture (with the tag's quick_gelu).
+
+    Raises:
+        UnknownModelError: unknown name; the message lists similar known names.
+    """
+    cfg = open_clip.get_model_config(name)
+    if cfg is None:
+        known = open_clip.list_models()
+        close = [m for m in known if name.lower().split("-")[0] in m.lower()][:12]
+        raise UnknownModelError(
+            f"unknown architecture {name!r}. Similar: {', '.join(close) or '-'}; "
+            f"{len(known)} known in all (open_clip.list_models()); register a JSON config with "
+            "register_architecture() or put it in models/archs/."
+        )
+    cfg = copy.deepcopy(cfg)
+    if pretrained and _is_tag(name, pretrained):
+        pcfg = open_clip.get_pretrained_cfg(name, pretrained)
+        if pcfg.get("quick_gelu"):
+            cfg["quick_gelu"] = True
+    return cfg
+
+
+def _is_tag(name: str, pretrained: str) -> bool:
+    return pretrained.lower() in {t.lower() for t in open_clip.list_pretrained_tags_by_model(name)}
+
+
+def _cached_weights(pcfg: dict[str, Any], cache_dir: str | None) -> bool:
+    """Whether the tag's weights already sit in the local cache (hub or URL download)."""
+    hub = pcfg.get("hf_hub") or ""
+    if hub:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo_id, _, filename = hub.partition("/")
+        repo_id = "/".join(hub.rstrip("/").split("/")[:2])
+        names = [filename] if filename and filename.strip("/") else []
+        names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for fname in names:
+            hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)
+            if isinstance(hit, str):
+                return True
+    url = pcfg.get("url") or ""
+    if url:
+        root = Path(cache_dir or Path.home() / ".cache" / "clip")
+        if (root / Path(urlparse(url).path).name).is_file():
+            return True
+    return False
+
+
+def _reachable(host: str, timeout: float) -> bool:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _check_pretrained_available(name: str, tag: str, cache_dir: str | None, timeout: float) -> None:
+    pcfg = open_clip.get_pretrained_cfg(name, tag)
+    if _cached_weights(pcfg, cache_dir):
+        return
+    host = _HF_HOST if pcfg.get("hf_hub") else urlparse(pcfg.get("url", "")).hostname or _HF_HOST
+    if _reachable(host, timeout):
+        return
+    raise PretrainedUnavailableError(
+        f"pretrained weights {name}/{tag} are not in the local cache "
+        f"({cache_dir or 'default Hugging Face / ~/.cache/clip cache'}) and {host} cannot be reached "
+        "(no network, or HF_HUB_OFFLINE is set). Alternatives: pass a local checkpoint file as "
+        "`pretrained` (--pretrained /path/to/open_clip_model.safetensors), point --cache-dir at a "
+        "cache that holds the weights, or use --pretrained none for random weights."
+    )
+
+
+def load_clip(
+    name: str,
+    pretrained: str | None = None,
+    *,
+    cache_dir: str | None = None,
+    device: str | torch.device = "cpu",
+    network_timeout_s: float = 3.0,
+) -> LoadedClip:
+    """Construct an open_clip model.
+
+    Args:
+        name: architecture, e.g. ``"ViT-B-16"`` or a registered custom name such as ``"tiny-clip"``.
+        pretrained: ``None`` / ``"none"`` for random weights, a pretrained tag (``"openai"``), or
+            the path of a local checkpoint (state dict, ``.pt``/``.bin``/``.safetensors``).
+        cache_dir: where open_clip looks for / stores downloaded weights.
+        device: where to put the model.
+        network_timeout_s: how long to wait when probing the hub before failing.
+
+    Returns:
+        The model in eval mode with its config, preprocessing and tokenizer.
+
+    Raises:
+        UnknownModelError: unknown architecture or tag.
+        PretrainedUnavailableError: tag not cached and no network.
+        FileNotFoundError: a checkpoint path that does not exist.
+    """
+    if pretrained is not None and pretrained.lower() in ("", "none", "random"):
+        pretrained = None
+    cfg = model_config(name, pretrained)
+    if pretrained is not None:
+        if Path(pretrained).suffix or os.sep in pretrained:
+            if not Path(pretrained).is_file():
+                raise FileNotFoundError(f"checkpoint not found: {pretrained}")
+        elif not _is_tag(name, pretrained):
+            tags = open_clip.list_pretrained_tags_by_model(name)
+            raise UnknownModelError(
+                f"unknown pretrained tag {pretrained!r} for {name}; known tags: {', '.join(tags) or 'none'}; "
+                "or pass a local checkpoint path"
+            )
+        else:
+            _check_pretrained_available(name, pretrained, cache_dir, network_timeout_s)
+    logger.info("building %s (weights: %s)", name, pretrained or "random init")
+    model = open_clip.create_model(
+        name,
+        pretrained=pretrained,
+        cache_dir=cache_dir,
+        device=device,
+        require_pretrained=pretrained is not None,
+        force_quick_gelu=bool(cfg.get("quick_gelu", False)),
+    )
+    model.eval()
+    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
+    preprocess = PreprocessConfig(
+        image_size=int(_as_int(pp.get("size", cfg["vision_cfg"].get("image_size", 224)))),
+        mean=tuple(pp.get("mean", PreprocessConfig().mean)),
+        std=tuple(pp.get("std", PreprocessConfig().std)),
+        interpolation=pp.get("interpolation", "bicubic"),
+        resize_mode=pp.get("resize_mode", "shortest") if pp.get("resize_mode") != "squash" else "squash",
+    )
+    tokenizer = open_clip.get_tokenizer(name)
+    return LoadedClip(model, name, pretrained, cfg, preprocess, tokenizer)
+
+
+def _as_int(size: Any) -> int:
+    return int(size[0]) if isinstance(size, list | tuple) else int(size)

@@ -1,0 +1,65 @@
+"""The scoring module: pixels -> (logits, probabilities, ΔEnergy, energy).
+
+This one module is what calibration evaluates, what the PyTorch engine runs and what the ONNX
+export traces, so the three cannot disagree. It holds the frozen vision tower, the baked
+(K, D) class embeddings and the score parameters; the scores come from :mod:`models.scores`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.scores import ScoreParams, delta_energy, energy
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
+
+INPUT_NAME = "pixel_values"
+OUTPUT_NAMES: tuple[str, str, str, str] = ("logits", "probs", "delta_energy", "energy")
+
+
+class ScoringModule(nn.Module):
+    """Image classifier with OOD scores in one forward pass.
+
+    Args:
+        visual: the open_clip vision tower (pixels -> (B, D) features).
+        class_embeddings: (K, D) L2-normalised class embeddings (zero-shot or baked prompts).
+        logit_scale: the multiplier of cosine similarities (``exp`` of CLIP's ``logit_scale``).
+        score_params: ΔEnergy / energy parameters.
+    """
+
+    def __init__(
+        self,
+        visual: nn.Module,
+        class_embeddings: torch.Tensor,
+        logit_scale: float,
+        score_params: ScoreParams | None = None,
+    ) -> None:
+        super().__init__()
+        self.visual = visual
+        self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach().float(), dim=-1))
+        self.logit_scale = float(logit_scale)
+        self.score_params = score_params or ScoreParams()
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.class_embeddings.shape[0])
+
+    def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, D) image features -> (B, K) logits (cosine similarity times the logit scale)."""
+        f = F.normalize(features.float(), dim=-1)  # (B, D)
+        return self.logit_scale * f @ self.class_embeddings.t()  # (B, K)
+
+    def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(B, K) logits -> (logits, probs, delta_energy, energy), the module's outputs."""
+        p = self.score_params
+        probs = torch.softmax(logits, dim=-1)  # (B, K)
+        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature)  # (B,)
+        en = energy(logits, p.temperature)  # (B,)
+        return logits, probs, de, en
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Args: pixel_values (B, 3, H, W) normalised. Returns: logits (B, K), probs (B, K),
+        delta_energy (B,), energy (B,), all float32."""
+        return self.scores_from_logits(self.logits_from_features(self.visual(pixel_values)))
