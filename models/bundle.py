@@ -1,0 +1,288 @@
+"""The model bundle: a self-contained directory the service loads.
+
+Layout::
+
+    <bundle>/
+      manifest.json         versioned, validated with pydantic on load (BundleManifest)
+      weights.safetensors   the scoring module's state dict (vision tower + class embeddings)
+      model.onnx            the scoring module exported to ONNX (optional but usual)
+
+Like open_clip shipping its config beside its weights and timm carrying its eval preprocessing,
+the manifest holds every number needed to use the weights: architecture config, preprocessing,
+class names, score parameters, the calibrated threshold with its statistics, an evaluation
+summary and SHA-256 hashes of every file.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from models.calibration import CalibrationRecord
+from models.preprocess import PreprocessConfig
+from models.scores import ScoreParams
+from models.scoring_module import INPUT_NAME, OUTPUT_NAMES, ScoringModule
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "MANIFEST_FILE",
+    "WEIGHTS_FILE",
+    "ONNX_FILE",
+    "BundleError",
+    "ArchitectureInfo",
+    "OnnxInfo",
+    "FileEntry",
+    "BundleManifest",
+    "Bundle",
+    "load_bundle",
+    "save_bundle",
+    "update_manifest",
+    "build_vision_tower",
+    "sha256_file",
+]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+WEIGHTS_FILE = "weights.safetensors"
+ONNX_FILE = "model.onnx"
+
+
+class BundleError(RuntimeError):
+    """A bundle is missing, corrupt or of an unsupported schema; the message names the file."""
+
+
+class ArchitectureInfo(BaseModel):
+    """Which network the weights belong to."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model_name: str  # open_clip architecture name, e.g. "ViT-B-32" or "tiny-clip"
+    open_clip_config: dict[str, Any]  # the full open_clip config (embed_dim, vision_cfg, ...)
+    pretrained: str | None = None  # tag or checkpoint the encoders came from (None: random init)
+
+
+class OnnxInfo(BaseModel):
+    """How the ONNX file was made and how closely it matched PyTorch at export."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    opset: int
+    input_name: str = INPUT_NAME
+    output_names: list[str] = Field(default_factory=lambda: list(OUTPUT_NAMES))
+    dynamic_batch: bool = True
+    parity_atol: float  # tolerance the export checked against
+    parity_max_abs_diff: dict[str, float]  # worst |onnx - torch| per output over the checked batches
+    parity_batch_sizes: list[int]
+
+
+class FileEntry(BaseModel):
+    """A file of the bundle with its content hash."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    sha256: str
+    size: int
+
+
+class BundleManifest(BaseModel):
+    """Everything the service needs to know about the bundle's weights."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    name: str  # model name shown to clients
+    version: str  # model version shown to clients
+    created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    deltagate_version: str = "0.1.0"
+    architecture: ArchitectureInfo
+    preprocess: PreprocessConfig
+    classes: list[str] = Field(min_length=1)
+    logit_scale: float = Field(gt=0)  # multiplier of cosine similarities
+    scores: ScoreParams = Field(default_factory=ScoreParams)
+    prompt: dict[str, Any] = Field(default_factory=dict)  # how class embeddings were made (method, n_ctx, ...)
+    calibration: CalibrationRecord | None = None
+    evaluation: dict[str, Any] | None = None  # summary written by `deltagate evaluate`
+    onnx: OnnxInfo | None = None
+    files: dict[str, FileEntry]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_vision_tower(arch: ArchitectureInfo) -> torch.nn.Module:
+    """Construct the (randomly initialised) vision tower described by ``arch``."""
+    # open_clip exposes no public "vision tower only" constructor; _build_vision_tower is the
+    # function create_model itself uses, and avoids building (and discarding) the text tower.
+    from open_clip.model import _build_vision_tower
+
+    cfg = copy.deepcopy(arch.open_clip_config)
+    vision_cfg = dict(cfg["vision_cfg"])
+    vision_cfg["timm_model_pretrained"] = False  # weights come from the bundle, never a download
+    return _build_vision_tower(cfg["embed_dim"], vision_cfg, bool(cfg.get("quick_gelu", False)), None)
+
+
+@dataclass
+class Bundle:
+    """A loaded (validated) bundle directory."""
+
+    path: Path
+    manifest: BundleManifest
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path / WEIGHTS_FILE
+
+    @property
+    def onnx_path(self) -> Path:
+        """Path of the ONNX file. Raises BundleError if the bundle has none."""
+        if ONNX_FILE not in self.manifest.files:
+            raise BundleError(f"{self.path}: bundle has no {ONNX_FILE} (export it with `deltagate export`)")
+        return self.path / ONNX_FILE
+
+    @property
+    def has_onnx(self) -> bool:
+        return ONNX_FILE in self.manifest.files
+
+    def build_scoring_module(self) -> ScoringModule:
+        """The scoring module with the bundle's weights, float32, CPU, eval mode."""
+        from safetensors.torch import load_file
+
+        m = self.manifest
+        visual = build_vision_tower(m.architecture)
+        module = ScoringModule(visual, torch.zeros(len(m.classes), m.architecture.open_clip_config["embed_dim"]),
+                               m.logit_scale, m.scores)
+        try:
+            state = load_file(str(self.weights_path))
+        except Exception as exc:  # safetensors raises several error types for a damaged file
+            raise BundleError(f"{self.weights_path}: cannot read weights: {exc}") from exc
+        try:
+            module.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise BundleError(f"{self.weights_path}: weights do not match the manifest's architecture: {exc}") from exc
+        return module.eval()
+
+
+def _read_manifest(path: Path) -> BundleManifest:
+    mpath = path / MANIFEST_FILE
+    if not path.is_dir():
+        raise BundleError(f"{path}: bundle directory not found")
+    if not mpath.is_file():
+        raise BundleError(f"{mpath}: manifest missing (is {path} a deltagate bundle?)")
+    try:
+        raw = json.loads(mpath.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{mpath}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise BundleError(f"{mpath}: manifest must be a JSON object")
+    version = raw.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{mpath}: schema_version {version!r} is not supported (this deltagate reads {SCHEMA_VERSION}); "
+            "re-export the bundle with this version"
+        )
+    try:
+        return BundleManifest.model_validate(raw)
+    except ValidationError as exc:
+        raise BundleError(f"{mpath}: invalid manifest:\n{exc}") from exc
+
+
+def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
+    """Load and validate a bundle directory.
+
+    Args:
+        path: the bundle directory.
+        verify: check every file's SHA-256 against the manifest.
+
+    Returns:
+        The bundle.
+
+    Raises:
+        BundleError: missing directory/manifest/file, invalid JSON or schema, hash mismatch.
+    """
+    p = Path(path)
+    manifest = _read_manifest(p)
+    if WEIGHTS_FILE not in manifest.files:
+        raise BundleError(f"{p / MANIFEST_FILE}: lists no {WEIGHTS_FILE}")
+    for fname, entry in manifest.files.items():
+        fpath = p / fname
+        if not fpath.is_file():
+            raise BundleError(f"{fpath}: file listed in the manifest is missing")
+        if verify and sha256_file(fpath) != entry.sha256:
+            raise BundleError(f"{fpath}: content hash does not match the manifest (corrupt or modified)")
+    logger.info("loaded bundle %s (%s %s, %d classes)", p, manifest.name, manifest.version, len(manifest.classes))
+    return Bundle(p, manifest)
+
+
+def _file_entries(path: Path) -> dict[str, FileEntry]:
+    return {
+        f: FileEntry(sha256=sha256_file(path / f), size=(path / f).stat().st_size)
+        for f in (WEIGHTS_FILE, ONNX_FILE)
+        if (path / f).is_file()
+    }
+
+
+def save_bundle(path: str | Path, module: ScoringModule, **manifest_fields: Any) -> Bundle:
+    """Write weights and manifest; hashes every bundle file present (write the ONNX file first).
+
+    Args:
+        path: output directory (created).
+        module: the scoring module whose state dict is saved.
+        **manifest_fields: the :class:`BundleManifest` fields except ``files``, ``logit_scale`` and
+            ``scores`` (taken from the module).
+
+    Returns:
+        The written bundle.
+    """
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    save_file(state, str(p / WEIGHTS_FILE))
+    manifest = BundleManifest(
+        logit_scale=module.logit_scale, scores=module.score_params, files=_file_entries(p), **manifest_fields
+    )
+    _write_manifest(p, manifest)
+    return Bundle(p, manifest)
+
+
+def update_manifest(path: str | Path, **changes: Any) -> Bundle:
+    """Change manifest fields (e.g. calibration, evaluation, onnx) and re-hash the files.
+
+    Args:
+        path: bundle directory.
+        **changes: fields to replace; validated.
+
+    Returns:
+        The updated bundle.
+    """
+    p = Path(path)
+    current = _read_manifest(p).model_dump()
+    current.update({k: (v.model_dump() if isinstance(v, BaseModel) else v) for k, v in changes.items()})
+    current["files"] = {k: v.model_dump() for k, v in _file_entries(p).items()}
+    manifest = BundleManifest.model_validate(current)
+    _write_manifest(p, manifest)
+    return Bundle(p, manifest)
+
+
+def _write_manifest(path: Path, manifest: BundleManifest) -> None:
+    tmp = path / (MANIFEST_FILE + ".tmp")
+    tmp.write_text(manifest.model_dump_json(indent=2) + "\n", encoding="utf-8")
+    tmp.replace(path / MANIFEST_FILE)
