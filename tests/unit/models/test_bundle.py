@@ -1,0 +1,103 @@
+"""Bundle round trip and every failure mode of loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from models.bundle import MANIFEST_FILE, ONNX_FILE, WEIGHTS_FILE, BundleError, load_bundle, update_manifest
+from models.calibration import CalibrationRecord
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path):
+    dst = tmp_path / "b"
+    shutil.copytree(tiny_bundle, dst)
+    return dst
+
+
+def test_round_trip_matches_the_exported_module(tiny_bundle, micro_clip):
+    from models.train.export import scoring_module_from_clip
+    from tests.conftest import MICRO_CLASSES
+
+    b = load_bundle(tiny_bundle)
+    m = b.manifest
+    assert m.classes == MICRO_CLASSES and m.name == "micro-test" and m.schema_version == 1
+    assert m.scores.top_c == 2 and m.calibration is not None and m.onnx is not None
+    assert set(m.files) == {WEIGHTS_FILE, ONNX_FILE}
+    assert m.preprocess == micro_clip.preprocess
+    x = torch.randn(3, 3, 32, 32)
+    reloaded = b.build_scoring_module()
+    original = scoring_module_from_clip(micro_clip, MICRO_CLASSES)
+    for a, o in zip(reloaded(x), original(x), strict=True):
+        if a.ndim == 2:  # logits/probs do not depend on the score params
+            torch.testing.assert_close(a, o)
+
+
+def test_missing_directory(tmp_path):
+    with pytest.raises(BundleError, match="bundle directory not found"):
+        load_bundle(tmp_path / "nope")
+
+
+def test_missing_manifest(bundle_copy):
+    (bundle_copy / MANIFEST_FILE).unlink()
+    with pytest.raises(BundleError, match=r"manifest\.json: manifest missing"):
+        load_bundle(bundle_copy)
+
+
+def test_manifest_not_json(bundle_copy):
+    (bundle_copy / MANIFEST_FILE).write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(bundle_copy)
+
+
+def test_wrong_schema_version(bundle_copy):
+    raw = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    raw["schema_version"] = 99
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="schema_version 99 is not supported"):
+        load_bundle(bundle_copy)
+
+
+def test_invalid_field(bundle_copy):
+    raw = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    raw["classes"] = []
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps(raw))
+    with pytest.raises(BundleError, match="invalid manifest(.|\n)*classes"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("fname", [WEIGHTS_FILE, ONNX_FILE])
+def test_missing_file_named(bundle_copy, fname):
+    (bundle_copy / fname).unlink()
+    with pytest.raises(BundleError, match=f"{fname}: file listed in the manifest is missing"):
+        load_bundle(bundle_copy)
+
+
+@pytest.mark.parametrize("fname", [WEIGHTS_FILE, ONNX_FILE])
+def test_corrupt_file_named(bundle_copy, fname):
+    with (bundle_copy / fname).open("r+b") as f:
+        f.seek(200)
+        f.write(b"\x00garbage\x00")
+    with pytest.raises(BundleError, match=f"{fname}: content hash does not match"):
+        load_bundle(bundle_copy)
+
+
+def test_corrupt_weights_without_verification_fail_on_build(bundle_copy):
+    (bundle_copy / WEIGHTS_FILE).write_bytes(b"truncated")
+    b = load_bundle(bundle_copy, verify=False)
+    with pytest.raises(BundleError, match=f"{WEIGHTS_FILE}: cannot read weights"):
+        b.build_scoring_module()
+
+
+def test_update_manifest_keeps_hashes_valid(bundle_copy):
+    rec = CalibrationRecord.from_scores(np.linspace(0, 1, 50), target_tpr=0.9)
+    update_manifest(bundle_copy, calibration=rec, evaluation={"id_accuracy": 0.5})
+    b = load_bundle(bundle_copy)
+    assert b.manifest.calibration == rec and b.manifest.evaluation == {"id_accuracy": 0.5}
