@@ -2,9 +2,10 @@
 
 The bundle carries a :class:`PreprocessConfig`; ``deltagate evaluate`` and the service both call
 :func:`preprocess_image` with it, so an image is turned into the same tensor offline and online.
-It reproduces open_clip's eval transform (resize the shortest side with PIL, centre crop, convert
-to RGB, scale to [0, 1], normalise) with PIL and NumPy only, so the ONNX service path needs no
-torchvision.
+It reproduces open_clip's eval transform (resize the shortest side with PIL, centre crop, scale to
+[0, 1], normalise) with PIL and NumPy only, so the ONNX service path needs no torchvision. One
+deliberate difference: images are converted to RGB *before* resizing (open_clip converts after,
+which resizes palette images with nearest-neighbour).
 """
 
 from __future__ import annotations

@@ -1,0 +1,65 @@
+"""CLIP loading: really tries the network (nothing mocked) and fails fast without it."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+from models.clip_loading import PretrainedUnavailableError, UnknownModelError, load_clip, model_config
+
+pytestmark = pytest.mark.unit
+
+
+def test_missing_pretrained_fails_fast_with_alternatives(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache: weights cannot be there
+    start = time.monotonic()
+    with pytest.raises(PretrainedUnavailableError) as err:
+        load_clip("ViT-B-32", "openai", cache_dir=str(tmp_path), network_timeout_s=3.0)
+    assert time.monotonic() - start < 10.0
+    msg = str(err.value)
+    assert "ViT-B-32/openai" in msg and "local checkpoint" in msg and "--cache-dir" in msg
+
+
+def test_hf_hub_offline_env_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(PretrainedUnavailableError, match="HF_HUB_OFFLINE"):
+        load_clip("RN50", "openai", cache_dir=str(tmp_path))
+
+
+def test_unknown_architecture_lists_similar():
+    with pytest.raises(UnknownModelError, match="ViT-B-32"):
+        load_clip("ViT-B-3")
+
+
+def test_unknown_tag_lists_known_tags():
+    with pytest.raises(UnknownModelError, match="openai"):
+        load_clip("ViT-B-32", "no-such-tag")
+
+
+def test_missing_checkpoint_path(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_clip("ViT-B-32", str(tmp_path / "nope.safetensors"))
+
+
+def test_local_checkpoint_round_trip(micro_clip, tmp_path):
+    from safetensors.torch import save_file
+
+    ckpt = tmp_path / "micro.safetensors"
+    save_file({k: v.contiguous() for k, v in micro_clip.model.state_dict().items()}, str(ckpt))
+    again = load_clip("micro-clip", str(ckpt))
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(again.model.encode_image(x), micro_clip.model.encode_image(x))
+    assert again.pretrained == str(ckpt)
+
+
+def test_random_init_and_preprocess_from_config(micro_clip):
+    assert micro_clip.pretrained is None
+    assert micro_clip.preprocess.image_size == 32
+    assert micro_clip.config["embed_dim"] == 32
+
+
+def test_quick_gelu_follows_the_openai_tag():
+    assert model_config("ViT-B-32", "openai").get("quick_gelu") is True
+    assert "quick_gelu" not in model_config("ViT-B-32")
