@@ -28,6 +28,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.calibration import CalibrationRecord
+from models.errors import BundleError
 from models.preprocess import PreprocessConfig
 from models.scores import ScoreParams
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES, ScoringModule
@@ -56,10 +57,6 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
-
-
-class BundleError(RuntimeError):
-    """A bundle is missing, corrupt or of an unsupported schema; the message names the file."""
 
 
 class ArchitectureInfo(BaseModel):
@@ -100,7 +97,7 @@ class BundleManifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1  # SCHEMA_VERSION; bump both together
     name: str  # model name shown to clients
     version: str  # model version shown to clients
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))

@@ -24,6 +24,7 @@ from urllib.parse import urlparse
 import open_clip
 import torch
 
+from models.errors import PretrainedUnavailableError, UnknownModelError
 from models.preprocess import PreprocessConfig
 
 __all__ = [
@@ -40,17 +41,6 @@ logger = logging.getLogger(__name__)
 
 ARCHS_DIR = Path(__file__).parent / "archs"
 _HF_HOST = "huggingface.co"
-
-
-class PretrainedUnavailableError(RuntimeError):
-    """Pretrained weights are neither cached locally nor downloadable."""
-
-
-class UnknownModelError(KeyError):
-    """Unknown architecture name or pretrained tag."""
-
-    def __str__(self) -> str:  # KeyError quotes its message; show it plainly
-        return str(self.args[0]) if self.args else ""
 
 
 @dataclass

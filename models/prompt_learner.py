@@ -81,6 +81,10 @@ class PromptLearner(nn.Module):
         init_std: std of the random initialisation when there is no phrase (CoOp: 0.02).
     """
 
+    tokens: torch.Tensor  # (K, L) buffers
+    prefix: torch.Tensor  # (K, 1, W)
+    suffix: torch.Tensor  # (K, L - 1 - n_ctx, W)
+
     def __init__(
         self,
         clip_model: nn.Module,
@@ -147,7 +151,7 @@ class PromptLearner(nn.Module):
 
 @torch.no_grad()
 def zero_shot_class_embeddings(
-    clip_model: nn.Module,
+    clip_model: Any,
     tokenizer: Any,
     classnames: Sequence[str],
     templates: Sequence[str] = DEFAULT_TEMPLATES,

@@ -29,6 +29,8 @@ class ScoringModule(nn.Module):
         score_params: ΔEnergy / energy parameters.
     """
 
+    class_embeddings: torch.Tensor  # (K, D) buffer
+
     def __init__(
         self,
         visual: nn.Module,

@@ -140,8 +140,9 @@ def scoring_module_from_clip(
     """Scoring module from a CLIP and class embeddings (zero-shot prompts when none are given)."""
     if class_embeddings is None:
         class_embeddings = zero_shot_class_embeddings(loaded.model, loaded.tokenizer, classnames, templates)
-    scale = float(loaded.model.logit_scale.exp().item())
-    return ScoringModule(loaded.model.visual, class_embeddings, scale, score_params).eval()
+    model: Any = loaded.model
+    scale = float(model.logit_scale.exp().item())
+    return ScoringModule(model.visual, class_embeddings, scale, score_params).eval()
 
 
 def export_bundle(

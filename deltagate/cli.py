@@ -1,0 +1,56 @@
+"""The ``deltagate`` command line: offline pipeline, export, serving and benchmarks.
+
+Each sub-command lives in :mod:`deltagate.commands`; heavy modules (torch, the training code,
+the service) are imported inside the functions so ``deltagate --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+import typer
+
+from deltagate import __version__
+from deltagate.commands.export import export
+from deltagate.commands.serve import serve
+from models.errors import DeltagateError
+
+app = typer.Typer(
+    name="deltagate",
+    help="CLIP classification that refuses to guess: EBM prompt tuning, ΔEnergy OOD flags, serving.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"deltagate {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    log_level: Annotated[str, typer.Option(help="Logging level (debug, info, warning, error).")] = "info",
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """deltagate: fine-tune, calibrate, export and serve CLIP classifiers with ΔEnergy OOD flags."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+app.command()(export)
+app.command()(serve)
+
+
+def cli_main() -> None:
+    """Console-script entry: expected user errors print one clear line instead of a traceback."""
+    try:
+        app()
+    except (DeltagateError, FileNotFoundError) as exc:
+        typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None

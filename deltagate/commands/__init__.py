@@ -1,0 +1,1 @@
+"""Sub-commands of the ``deltagate`` CLI, one module per area; heavy imports stay inside functions."""
