@@ -27,8 +27,8 @@ def tiny_bundle(tmp_path_factory, micro_clip) -> Path:
     """A real exported bundle (weights + ONNX + calibration) of the micro CLIP, 4 classes."""
     from models.bundle import ArchitectureInfo
     from models.calibration import CalibrationRecord
-    from models.scores import ScoreParams
     from models.preprocess import preprocess_batch
+    from models.scores import ScoreParams
     from models.train.export import export_bundle, parity_images, scoring_module_from_clip
 
     out = tmp_path_factory.mktemp("bundles") / "micro"
