@@ -24,7 +24,6 @@ def serve(
 ) -> None:
     """Serve POST /classify, /healthz, /readyz, /model and /metrics. Flags override DELTAGATE_* env vars."""
     from service.server import run
-
     from service.settings import Settings
 
     given: dict[str, Any] = {
