@@ -1,0 +1,51 @@
+"""The FastAPI application factory."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from service.errors import install_error_handlers
+from service.middleware import BodySizeLimitMiddleware
+from service.routes import classify, health, metrics, model
+from service.runtime import Runtime
+from service.settings import Settings
+from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
+
+__all__ = ["create_app"]
+
+_DESCRIPTION = (
+    "Image classification with a fine-tuned CLIP that refuses to guess: every image gets a label, "
+    "its ΔEnergy score and an out-of-distribution decision against the bundle's calibrated threshold."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The model loads in the background once the app starts (lifespan).
+
+    Args:
+        settings: service settings; read from ``DELTAGATE_*`` environment variables if omitted.
+
+    Returns:
+        The FastAPI app; ``app.state.runtime`` holds the model, batcher and metrics.
+    """
+    settings = settings or Settings()
+    runtime = Runtime(settings, ServiceMetrics(settings.max_batch_size))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        runtime.begin_start()  # readiness turns true when load and warm-up are done
+        yield
+        await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
+
+    app = FastAPI(title="deltagate", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.runtime = runtime
+    install_error_handlers(app)
+    for module in (classify, health, model, metrics):
+        app.include_router(module.router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics)  # outermost: sees every status
+    return app

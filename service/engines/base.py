@@ -1,0 +1,95 @@
+"""The engine interface: a batch of preprocessed pixels in, the scoring module's outputs out.
+
+Every engine returns the outputs of :class:`models.scoring_module.ScoringModule` under the names in
+:data:`models.scoring_module.OUTPUT_NAMES`, as float32 NumPy arrays on the CPU, so the batcher and
+the post-processing never know which engine ran.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+
+import numpy as np
+
+from models.bundle import Bundle
+from models.scoring_module import OUTPUT_NAMES
+from service.settings import DeviceName
+
+__all__ = ["Engine", "EngineError", "EngineOutputs", "check_outputs"]
+
+logger = logging.getLogger(__name__)
+
+# name -> array: logits (B, K), probs (B, K), delta_energy (B,), energy (B,)
+EngineOutputs = dict[str, np.ndarray]
+
+
+class EngineError(RuntimeError):
+    """An engine could not be created or loaded (e.g. CUDA asked for but not available)."""
+
+
+class Engine(abc.ABC):
+    """One way of running the bundle's scoring module.
+
+    Args:
+        bundle: the loaded bundle (manifest and files).
+        device: "auto", "cpu" or "cuda"; the engine resolves "auto" in :meth:`load`.
+    """
+
+    name: str = "base"
+
+    def __init__(self, bundle: Bundle, device: DeviceName = "auto") -> None:
+        self.bundle = bundle
+        self.requested_device = device
+        self.device = "unloaded"  # the resolved device, e.g. "cpu" or "cuda:0", set by load()
+        self.precision = "float32"  # dtype of the forward pass, shown in /model
+
+    @abc.abstractmethod
+    def load(self) -> None:
+        """Build the model on its device. Blocking; called once, off the event loop."""
+
+    @abc.abstractmethod
+    def infer(self, pixel_values: np.ndarray) -> EngineOutputs:
+        """Run one forward pass. Blocking; called from the single inference thread.
+
+        Args:
+            pixel_values: float32 (B, 3, H, W), preprocessed with the bundle's config.
+
+        Returns:
+            The four outputs named in ``OUTPUT_NAMES``, float32, batch-first.
+        """
+
+    def close(self) -> None:  # noqa: B027 (optional hook, most engines hold nothing to free)
+        """Release what the engine holds."""
+
+    def describe(self) -> dict[str, str]:
+        """Engine facts for ``/model``, the start-up log and the model-info metric."""
+        return {"engine": self.name, "device": self.device, "precision": self.precision}
+
+
+def check_outputs(outputs: EngineOutputs, batch_size: int, num_classes: int) -> EngineOutputs:
+    """Validate an engine's outputs (names, shapes) and cast them to float32.
+
+    Args:
+        outputs: what the engine returned.
+        batch_size: B of the input.
+        num_classes: K of the bundle.
+
+    Returns:
+        The outputs as float32 arrays.
+
+    Raises:
+        EngineError: a name is missing or a shape is wrong.
+    """
+    missing = [n for n in OUTPUT_NAMES if n not in outputs]
+    if missing:
+        raise EngineError(f"engine outputs lack {missing}")
+    expected = {"logits": (batch_size, num_classes), "probs": (batch_size, num_classes),
+                "delta_energy": (batch_size,), "energy": (batch_size,)}
+    checked = {}
+    for name, shape in expected.items():
+        arr = np.asarray(outputs[name], dtype=np.float32)
+        if arr.shape != shape:
+            raise EngineError(f"engine output {name} has shape {arr.shape}, expected {shape}")
+        checked[name] = arr
+    return checked

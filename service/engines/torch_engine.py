@@ -1,0 +1,62 @@
+"""PyTorch engine: runs the bundle's scoring module; CUDA with float16 when available, else CPU."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from models.bundle import Bundle
+from models.scoring_module import OUTPUT_NAMES, ScoringModule
+from service.engines.base import Engine, EngineError, EngineOutputs
+from service.settings import DeviceName
+
+__all__ = ["TorchEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+class TorchEngine(Engine):
+    """The scoring module from the bundle's safetensors weights.
+
+    On CUDA the vision tower runs in float16; the logits and scores are computed in float32
+    (``ScoringModule.logits_from_features`` upcasts the features, and the score functions
+    upcast), because differences of log-sum-exps at a logit scale of 100 lose all precision in
+    half precision.
+    """
+
+    name = "torch"
+
+    def __init__(self, bundle: Bundle, device: DeviceName = "auto") -> None:
+        super().__init__(bundle, device)
+        self._module: ScoringModule | None = None
+        self._torch_device = torch.device("cpu")
+        self._dtype = torch.float32
+
+    def load(self) -> None:
+        cuda = torch.cuda.is_available()
+        if self.requested_device == "cuda" and not cuda:
+            raise EngineError("device=cuda was asked for but torch sees no CUDA device")
+        use_cuda = cuda and self.requested_device != "cpu"
+        self._torch_device = torch.device("cuda:0" if use_cuda else "cpu")
+        self._dtype = torch.float16 if use_cuda else torch.float32
+        module = self.bundle.build_scoring_module().eval()
+        module.visual.to(self._torch_device, dtype=self._dtype)
+        module.class_embeddings = module.class_embeddings.to(self._torch_device)  # stays float32
+        self._module = module
+        self.device = str(self._torch_device)
+        self.precision = "float16" if use_cuda else "float32"
+
+    def infer(self, pixel_values: np.ndarray) -> EngineOutputs:
+        if self._module is None:
+            raise EngineError("engine used before load()")
+        x = torch.from_numpy(pixel_values).to(self._torch_device, dtype=self._dtype)  # (B, 3, H, W)
+        with torch.inference_mode():
+            outputs = self._module(x)
+        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs, strict=True)}
+
+    def close(self) -> None:
+        self._module = None
+        if self._torch_device.type == "cuda":
+            torch.cuda.empty_cache()

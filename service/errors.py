@@ -1,0 +1,154 @@
+"""Service errors: one exception type per client-visible failure, one JSON error body for all.
+
+Every error response has the body ``{"error": {"status", "code", "message", "details"},
+"request_id"}``, whether it comes from our own checks, from FastAPI's request validation, from
+Starlette (404, 405) or from an unexpected exception (500, logged with its traceback; the client
+sees no internals).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+__all__ = [
+    "ServiceError",
+    "BadImageError",
+    "InvalidBodyError",
+    "PayloadTooLargeError",
+    "UnsupportedMediaTypeError",
+    "InvalidFieldError",
+    "UnauthorizedError",
+    "OverloadedError",
+    "NotReadyError",
+    "DeadlineError",
+    "InferenceFailedError",
+    "ClientGoneError",
+    "error_response",
+    "install_error_handlers",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class ServiceError(Exception):
+    """Base of the errors the service answers with a JSON body.
+
+    Args:
+        message: what was wrong, for the client.
+        details: optional structured details (e.g. which image, which field).
+        headers: extra response headers (``Retry-After``, ``WWW-Authenticate``).
+    """
+
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, details: Any = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+
+class BadImageError(ServiceError):
+    status, code = 400, "invalid_image"  # not an image, truncated, unsupported format
+
+
+class InvalidBodyError(ServiceError):
+    status, code = 400, "invalid_body"  # e.g. JSON that does not parse
+
+
+class PayloadTooLargeError(ServiceError):
+    status, code = 413, "payload_too_large"  # body, pixel count or image count over the limit
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    status, code = 415, "unsupported_media_type"
+
+
+class InvalidFieldError(ServiceError):
+    status, code = 422, "invalid_request"
+
+
+class UnauthorizedError(ServiceError):
+    status, code = 401, "unauthorized"
+
+
+class OverloadedError(ServiceError):
+    status, code = 503, "overloaded"
+
+
+class NotReadyError(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class DeadlineError(ServiceError):
+    status, code = 504, "deadline_exceeded"
+
+
+class InferenceFailedError(ServiceError):
+    status, code = 500, "inference_failed"
+
+
+class ClientGoneError(ServiceError):
+    # nginx's non-standard 499: the client closed the connection; nobody reads this response.
+    status, code = 499, "client_closed_request"
+
+
+def error_response(
+    request_id: str | None,
+    status: int,
+    code: str,
+    message: str,
+    details: Any = None,
+    headers: dict[str, str] | None = None,
+) -> JSONResponse:
+    """The JSON error response every error path uses."""
+    body = {"error": {"status": status, "code": code, "message": message, "details": details},
+            "request_id": request_id}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _request_id(request: Request) -> str | None:
+    return request.scope.get("state", {}).get("request_id")
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return error_response(_request_id(request), exc.status, exc.code, exc.message, exc.details, exc.headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    details = [
+        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
+    ]
+    fields = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
+    return error_response(_request_id(request), 422, "invalid_request", f"invalid fields: {fields}", details)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+    return error_response(
+        _request_id(request), exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail),
+        headers=dict(exc.headers or {}),
+    )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+    return error_response(_request_id(request), 500, "internal_error", "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every error through :func:`error_response`."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

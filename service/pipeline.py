@@ -1,0 +1,227 @@
+"""The request pipeline's named stages: read → decode/preprocess → batch/forward → postprocess.
+
+Each stage is a small function; the classify route only strings them together.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.types import Receive
+
+from models.bundle import BundleManifest
+from models.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    PreprocessConfig,
+    decode_image,
+    preprocess_image,
+)
+from service.batcher import (
+    Batcher,
+    BatcherClosedError,
+    DeadlineExceededError,
+    InferenceError,
+    QueueFullError,
+    Row,
+)
+from service.errors import (
+    BadImageError,
+    ClientGoneError,
+    DeadlineError,
+    InferenceFailedError,
+    InvalidBodyError,
+    InvalidFieldError,
+    NotReadyError,
+    OverloadedError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+from service.schemas import ClassifyJSONRequest, ImageResult, TopKEntry
+from service.settings import Settings
+
+__all__ = ["InputImage", "read_images", "prepare_images", "run_batched", "postprocess"]
+
+_MULTIPART, _JSON = "multipart/form-data", "application/json"
+
+
+@dataclass(frozen=True)
+class InputImage:
+    data: bytes  # encoded image bytes as the client sent them
+    filename: str | None = None
+
+
+# --- stage 1: read the request body -------------------------------------------------------------
+async def read_images(request: Request, settings: Settings) -> tuple[list[InputImage], int | None]:
+    """The images and optional ``top_k`` of a multipart or JSON request.
+
+    Raises:
+        UnsupportedMediaTypeError: neither multipart/form-data nor application/json.
+        InvalidFieldError: malformed fields, no image.
+        InvalidBodyError: unparsable JSON.
+        PayloadTooLargeError: more images than allowed.
+    """
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == _MULTIPART:
+        images, top_k = await _read_multipart(request)
+    elif content_type == _JSON:
+        images, top_k = await _read_json(request)
+    else:
+        raise UnsupportedMediaTypeError(
+            f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
+            f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
+        )
+    if not images:
+        raise InvalidFieldError("no image in the request: send at least one")
+    if len(images) > settings.max_images_per_request:
+        raise PayloadTooLargeError(
+            f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
+        )
+    return images, top_k
+
+
+async def _read_multipart(request: Request) -> tuple[list[InputImage], int | None]:
+    form = await request.form()
+    images: list[InputImage] = []
+    for value in form.getlist("file"):
+        if not isinstance(value, UploadFile):
+            raise InvalidFieldError("field 'file' must be a file upload, not a text field")
+        images.append(InputImage(await value.read(), value.filename))
+    top_k = form.get("top_k")
+    if top_k is None:
+        return images, None
+    if not isinstance(top_k, str) or not top_k.strip().isdigit() or int(top_k) < 1:
+        raise InvalidFieldError("field 'top_k' must be a positive integer", details=[{"loc": ["top_k"]}])
+    return images, int(top_k)
+
+
+async def _read_json(request: Request) -> tuple[list[InputImage], int | None]:
+    try:
+        payload = json.loads(await request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
+    try:
+        parsed = ClassifyJSONRequest.model_validate(payload)
+    except ValidationError as exc:
+        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        fields = ", ".join(".".join(str(p) for p in d["loc"]) or "body" for d in details)
+        raise InvalidFieldError(f"invalid fields: {fields}", details=details) from exc
+    return [InputImage(data) for data in parsed.images], parsed.top_k
+
+
+# --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
+def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
+    return preprocess_image(decode_image(data, max_pixels), cfg)  # (3, H, W)
+
+
+async def prepare_images(
+    images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor
+) -> list[np.ndarray]:
+    """Decode and preprocess every image off the event loop, exactly as the bundle says.
+
+    Raises:
+        BadImageError: an image is not decodable (400); the message names which.
+        PayloadTooLargeError: an image has too many pixels (413).
+    """
+    loop = asyncio.get_running_loop()
+    jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels) for im in images]
+    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    for i, outcome in enumerate(outcomes):
+        where = {"index": i, "filename": images[i].filename}
+        if isinstance(outcome, ImageTooLargeError):
+            raise PayloadTooLargeError(f"image {i}: {outcome}", details=where)
+        if isinstance(outcome, ImageDecodeError):
+            raise BadImageError(f"image {i}: {outcome}", details=where)
+        if isinstance(outcome, BaseException):
+            raise outcome
+    return [o for o in outcomes if isinstance(o, np.ndarray)]
+
+
+# --- stage 3: batch and forward ----------------------------------------------------------------
+async def _client_gone(receive: Receive) -> None:
+    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def run_batched(
+    request: Request, batcher: Batcher, pixels: list[np.ndarray], deadline: float, retry_after_s: int
+) -> list[Row]:
+    """Queue the images, await their rows; give up on deadline or when the client goes away.
+
+    Args:
+        request: the request (its ``receive`` tells when the client disconnects).
+        batcher: the running batcher.
+        pixels: preprocessed images.
+        deadline: ``time.monotonic()`` by which the request must be answered.
+        retry_after_s: value of ``Retry-After`` on overload.
+
+    Returns:
+        One output row per image, in order.
+    """
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadlineError("the request's deadline passed before it reached the queue")
+    try:
+        futures = batcher.submit(pixels, remaining)
+    except QueueFullError as exc:
+        raise OverloadedError(f"overloaded: {exc}; retry later", headers={"Retry-After": str(retry_after_s)}) from exc
+    except BatcherClosedError as exc:
+        raise NotReadyError(str(exc), headers={"Retry-After": str(retry_after_s)}) from exc
+    rows = asyncio.gather(*futures)
+    gone = asyncio.ensure_future(_client_gone(request.receive))
+    waiting: set[asyncio.Future[Any]] = {rows, gone}
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if rows not in done:
+        rows.cancel()  # cancels the futures: still-queued images never reach a batch
+        if gone in done:
+            raise ClientGoneError("the client closed the connection")
+        raise DeadlineError(f"no answer within the request timeout ({remaining:.1f} s left at queueing)")
+    try:
+        return rows.result()
+    except DeadlineExceededError as exc:
+        raise DeadlineError(f"the request waited in the queue past its deadline: {exc}") from exc
+    except InferenceError as exc:
+        raise InferenceFailedError(str(exc)) from exc
+    except BatcherClosedError as exc:
+        raise NotReadyError(str(exc), headers={"Retry-After": str(retry_after_s)}) from exc
+
+
+# --- stage 4: postprocess ----------------------------------------------------------------------
+def postprocess(
+    rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None]
+) -> list[ImageResult]:
+    """Rows of engine outputs -> labelled results with the OOD decision and p-value."""
+    calib = manifest.calibration
+    assert calib is not None  # the runtime refuses bundles without calibration
+    scores = np.array([float(r.outputs["delta_energy"]) for r in rows], dtype=np.float64)  # (N,)
+    flags, p_values = calib.is_ood(scores), calib.p_value(scores)  # (N,), (N,)
+    k = min(top_k, len(manifest.classes))
+    results = []
+    for i, row in enumerate(rows):
+        probs = row.outputs["probs"]  # (K,)
+        order = np.argsort(-probs, kind="stable")[:k]  # (k,)
+        best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
+        results.append(ImageResult(
+            index=i, filename=filenames[i], decision="rejected_ood" if ood else "accepted",
+            label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
+            top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
+                   for j in order],
+            delta_energy=score, threshold=calib.threshold, is_ood=ood, ood_p_value=float(p_values[i]),
+            message=(f"rejected as out-of-distribution: ΔEnergy {score:.4g} is below the threshold "
+                     f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,
+        ))
+    return results

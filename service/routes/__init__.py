@@ -1,0 +1,1 @@
+"""HTTP routes: thin functions that string the pipeline's stages together."""

@@ -1,0 +1,71 @@
+"""``POST /classify``: images in, labels with ΔEnergy OOD decisions out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+
+from service.deps import ApiKeyDep, RuntimeDep
+from service.pipeline import postprocess, prepare_images, read_images, run_batched
+from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
+
+router = APIRouter(tags=["classify"])
+
+# The route reads its body itself (multipart or JSON, by content type), so it documents both here.
+_REQUEST_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {"schema": {
+                "type": "object", "required": ["file"],
+                "properties": {
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                             "description": "Image file(s); repeat the field for several images."},
+                    "top_k": {"type": "integer", "minimum": 1},
+                },
+            }},
+            "application/json": {"schema": ClassifyJSONRequest.model_json_schema()},
+        },
+    }
+}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": text} for code, text in {
+        400: "Not an image, truncated, unsupported format, or unparsable JSON.",
+        401: "Missing or wrong API key (only when one is configured).",
+        413: "Body, pixel count or number of images over the limit.",
+        415: "Content type is neither multipart/form-data nor application/json.",
+        422: "Malformed fields (e.g. bad base64, top_k < 1, no image).",
+        500: "The forward pass of this request's batch failed.",
+        503: "Not ready, or overloaded (queue full); see Retry-After.",
+        504: "The request waited past its deadline.",
+    }.items()
+}
+
+
+@router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
+async def classify(
+    request: Request,
+    runtime: RuntimeDep,
+    _auth: ApiKeyDep,
+    top_k: Annotated[int | None, Query(ge=1, description="Entries in each top_k list.")] = None,
+) -> ClassifyResponse:
+    """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
+    model, batcher = runtime.require_ready()
+    s, state = runtime.settings, request.state
+    images, body_top_k = await read_images(request, s)
+    pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool)
+    deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
+    rows = await run_batched(request, batcher, pixels, deadline, s.retry_after_s)
+    k = body_top_k or top_k or s.default_top_k
+    results = postprocess(rows, model.manifest, k, [im.filename for im in images])
+    runtime.metrics.observe_images([r.label for r in results], [r.delta_energy for r in results],
+                                   [r.is_ood for r in results])
+    state.log_fields.update({"images": len(results), "batch_sizes": [r.batch_size for r in rows],
+                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results]})
+    return ClassifyResponse(
+        model=ModelRef(name=model.manifest.name, version=model.manifest.version),
+        request_id=state.request_id, num_images=len(results),
+        num_rejected_ood=sum(r.is_ood for r in results), results=results,
+    )

@@ -1,0 +1,32 @@
+"""Model information."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import ApiKeyDep, RuntimeDep
+from service.schemas import ErrorResponse, ModelInfoResponse
+
+router = APIRouter(tags=["model"])
+
+
+@router.get("/model", response_model=ModelInfoResponse,
+            responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
+    """The loaded model: classes, threshold, score parameters, bundle hashes, engine and device."""
+    model, _ = runtime.require_ready()
+    m, s = model.manifest, runtime.settings
+    assert m.calibration is not None  # the runtime refuses bundles without calibration
+    return ModelInfoResponse(
+        name=m.name, version=m.version, created_at=m.created_at, architecture=m.architecture.model_name,
+        classes=m.classes, num_classes=len(m.classes), threshold=m.calibration.threshold,
+        target_tpr=m.calibration.target_tpr,
+        calibration=m.calibration.model_dump(exclude={"quantile_levels", "quantile_values"}),
+        scores={"top_c": m.scores.top_c, "reset_logit": m.scores.reset_logit,
+                "temperature": m.scores.temperature},
+        logit_scale=m.logit_scale, preprocess=m.preprocess.model_dump(),
+        files={name: entry.model_dump() for name, entry in m.files.items()},
+        **model.engine.describe(),
+        batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
+                  "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request},
+    )

@@ -1,0 +1,139 @@
+"""Request and response models of the HTTP API (they also make the OpenAPI docs at /docs)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+
+__all__ = [
+    "Base64Image",
+    "ClassifyJSONRequest",
+    "TopKEntry",
+    "ImageResult",
+    "ModelRef",
+    "ClassifyResponse",
+    "ErrorBody",
+    "ErrorResponse",
+    "HealthResponse",
+    "ReadyResponse",
+    "ModelInfoResponse",
+]
+
+_DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+_URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
+
+
+def _decode_base64(value: Any) -> bytes:
+    """Base64 (or a ``data:`` URL) -> bytes. URLs are refused: the service never fetches (SSRF)."""
+    if not isinstance(value, str):
+        raise ValueError("an image must be a base64 string")
+    if _URL.match(value):
+        raise ValueError("image URLs are not fetched; send the image bytes, base64-encoded")
+    value = _DATA_URL.sub("", value, count=1)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from exc
+
+
+Base64Image = Annotated[
+    bytes,
+    BeforeValidator(_decode_base64),
+    WithJsonSchema({"type": "string", "contentEncoding": "base64",
+                    "description": "Image bytes, base64 (a data: URL prefix is accepted)."}),
+]
+
+
+class ClassifyJSONRequest(BaseModel):
+    """JSON form of ``POST /classify``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.")
+    top_k: int | None = Field(None, ge=1, description="Entries in each top_k list (default: setting).")
+
+
+class TopKEntry(BaseModel):
+    label: str
+    class_index: int
+    probability: float = Field(description="Softmax probability.")
+
+
+class ImageResult(BaseModel):
+    """The classification of one image."""
+
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None = Field(None, description="Multipart filename, if any.")
+    decision: Literal["accepted", "rejected_ood"] = Field(
+        description="rejected_ood: the image looks out-of-distribution; do not trust the label."
+    )
+    label: str = Field(description="Predicted class (for audit only when decision is rejected_ood).")
+    class_index: int
+    confidence: float = Field(description="Softmax probability of the label.")
+    top_k: list[TopKEntry]
+    delta_energy: float = Field(description="ΔEnergy score; higher = more in-distribution.")
+    threshold: float = Field(description="Calibrated threshold; is_ood = delta_energy < threshold.")
+    is_ood: bool
+    ood_p_value: float = Field(
+        description="Fraction of ID calibration images with ΔEnergy at or below this one's."
+    )
+    message: str | None = Field(None, description="Why the image was rejected, when it was.")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class ClassifyResponse(BaseModel):
+    model: ModelRef
+    request_id: str
+    num_images: int
+    num_rejected_ood: int = Field(description="How many images were rejected as out-of-distribution.")
+    results: list[ImageResult]
+
+
+class ErrorBody(BaseModel):
+    status: int
+    code: str = Field(description="Machine-readable error code, e.g. invalid_image, overloaded.")
+    message: str = Field(description="What was wrong.")
+    details: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+    request_id: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok", "failed"]
+    error: str | None = None
+
+
+class ReadyResponse(BaseModel):
+    status: Literal["ready", "loading", "failed", "stopping"]
+    error: str | None = None
+
+
+class ModelInfoResponse(BaseModel):
+    name: str
+    version: str
+    created_at: str
+    architecture: str
+    classes: list[str]
+    num_classes: int
+    threshold: float
+    target_tpr: float
+    calibration: dict[str, Any] = Field(description="Calibration statistics (without the quantile summary).")
+    scores: dict[str, Any] = Field(description="ΔEnergy parameters: top_c, reset_logit, temperature.")
+    logit_scale: float
+    preprocess: dict[str, Any]
+    files: dict[str, dict[str, Any]] = Field(description="Bundle files with SHA-256 and size.")
+    engine: str
+    device: str
+    precision: str
+    batching: dict[str, Any]

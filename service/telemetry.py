@@ -1,0 +1,191 @@
+"""Telemetry: Prometheus metrics, JSON log lines, and the per-request middleware.
+
+Metrics live in a registry owned by the app (not prometheus-client's global one), so several apps
+in one process (tests) do not collide. With ``workers > 1`` each worker process exports its own
+numbers; scrape them per pod/process or run one worker per container.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from models.bundle import BundleManifest
+
+__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware"]
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("deltagate.access")
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Coarse fixed ΔEnergy bounds (ΔEnergy >= 0 for the default reset logit; CLIP logits are ~100 x cosine).
+DELTA_ENERGY_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# Calibration quantile levels added as bucket bounds: with no drift, each bucket's share of live
+# traffic matches its share of the ID calibration scores.
+DRIFT_LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
+_PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class ServiceMetrics:
+    """Every metric the service exports. Names follow Prometheus conventions (unit suffixes)."""
+
+    def __init__(self, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        labels = ["route", "method", "status"]
+        self.requests = Counter("deltagate_http_requests", "HTTP requests.", labels, registry=r)
+        self.request_duration = Histogram(
+            "deltagate_http_request_duration_seconds", "HTTP request latency.", labels,
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        batch_buckets = sorted({2**i for i in range(11) if 2**i < max_batch_size} | {max_batch_size})
+        self.batch_size = Histogram(
+            "deltagate_batch_size_images", "Images per forward pass.", buckets=batch_buckets, registry=r
+        )
+        self.queue_depth = Gauge("deltagate_queue_depth_images", "Images waiting for a forward pass.", registry=r)
+        self.inference_duration = Histogram(
+            "deltagate_inference_duration_seconds", "Forward pass time per batch.",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.images = Counter(
+            "deltagate_images_classified", "Images classified, by predicted class.", ["predicted_class"], registry=r
+        )
+        self.ood_flags = Counter(
+            "deltagate_ood_flags", "Images flagged out-of-distribution, by predicted class.",
+            ["predicted_class"], registry=r,
+        )
+        self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r)
+        self.model_info = Info("deltagate_model", "The loaded model bundle and engine.", registry=r)
+        self.delta_energy: Histogram | None = None  # buckets depend on the bundle: see bind_model
+
+    def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
+        """Create the model-dependent metrics once the bundle is known."""
+        self.model_info.info({"name": manifest.name, "version": manifest.version, **engine_facts})
+        for cls in manifest.classes:  # export zeros for every class, so rates exist from the start
+            self.images.labels(predicted_class=cls)
+            self.ood_flags.labels(predicted_class=cls)
+        if self.delta_energy is None:
+            self.delta_energy = Histogram(
+                "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution).",
+                buckets=delta_energy_buckets(manifest), registry=self.registry,
+            )
+
+    def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_duration.labels(route, method, str(status)).observe(seconds)
+
+    def observe_batch(self, size: int, seconds: float) -> None:
+        self.batch_size.observe(size)
+        self.inference_duration.observe(seconds)
+
+    def observe_images(self, labels: Sequence[str], delta_energies: Sequence[float], is_ood: Sequence[bool]) -> None:
+        for label, de, ood in zip(labels, delta_energies, is_ood, strict=True):
+            self.images.labels(predicted_class=label).inc()
+            if ood:
+                self.ood_flags.labels(predicted_class=label).inc()
+            if self.delta_energy is not None:
+                self.delta_energy.observe(de)
+
+
+def delta_energy_buckets(manifest: BundleManifest) -> list[float]:
+    """Histogram bounds: a fixed grid, the threshold and calibration quantiles (for drift)."""
+    bounds = set(DELTA_ENERGY_GRID)
+    calib = manifest.calibration
+    if calib is not None:
+        bounds.add(calib.threshold)
+        bounds.update(np.interp(DRIFT_LEVELS, calib.quantile_levels, calib.quantile_values).tolist())
+    return sorted({round(float(b), 6) for b in bounds})  # rounding can merge the threshold with a quantile
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line; ``extra={"fields": {...}}`` adds fields.
+
+    Hand-written (a dozen lines) rather than adding python-json-logger as a dependency.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", None) or {})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str, ensure_ascii=False)
+
+
+def configure_logging(level: str = "info") -> None:
+    """JSON lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = []
+        logging.getLogger(name).propagate = True
+    logging.getLogger("uvicorn.access").disabled = True
+
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+class RequestTelemetryMiddleware:
+    """Per request: a request id (``X-Request-ID``), latency and status metrics, one JSON log line.
+
+    Routes add fields to the log line through ``request.state.log_fields`` (a dict). Only metadata
+    is logged: never headers (API key), never bodies (image bytes). The route label is the matched
+    path template, so metric cardinality stays bounded.
+
+    Args:
+        app: the wrapped ASGI app.
+        metrics: where to record.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        state = scope.setdefault("state", {})
+        state["request_id"], state["log_fields"] = request_id, {}
+        state["started_at"] = time.monotonic()  # the request's deadline counts from here
+        status = 500  # if the app fails before starting a response
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, request_id, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        self.metrics.observe_request(route, scope["method"], status, seconds)
+        fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
+                  "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}
+        level = logging.DEBUG if route in _PROBE_ROUTES else logging.INFO
+        access_logger.log(level, "request", extra={"fields": fields})
