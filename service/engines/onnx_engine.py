@@ -44,9 +44,10 @@ class OnnxEngine(Engine):
     def load(self) -> None:
         import onnxruntime as ort
 
+        providers = self._providers()  # fails fast on device=cuda without the CUDA provider
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(self.bundle.onnx_path), options, providers=self._providers())
+        session = ort.InferenceSession(str(self.bundle.onnx_path), options, providers=providers)
         names = [o.name for o in session.get_outputs()]
         if [i.name for i in session.get_inputs()] != [INPUT_NAME] or set(OUTPUT_NAMES) - set(names):
             raise EngineError(

@@ -1,0 +1,156 @@
+"""Readiness, overload, deadlines, failing forwards, client disconnects and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from service.app import create_app
+from service.engines.dummy import DummyEngine
+from tests.service_support import class_image, dummy_settings, files, running, serve, uniform_image
+
+pytestmark = pytest.mark.integration
+
+
+def engine_of(app) -> DummyEngine:  # type: ignore[no-untyped-def]
+    engine = app.state.runtime.model.engine
+    assert isinstance(engine, DummyEngine)
+    return engine
+
+
+async def until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+async def test_readiness_is_503_before_warm_up_and_200_after() -> None:
+    app = create_app(dummy_settings())
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:  # not started yet
+        assert (await client.get("/healthz")).status_code == 200
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "loading"
+        r = await client.post("/classify", files=files(class_image(0)))
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "not_ready"
+        assert (await client.get("/model")).status_code == 503
+    async with running(app) as client:
+        assert (await client.get("/readyz")).json() == {"status": "ready", "error": None}
+        # warm-up ran one forward per batch-size bucket before readiness
+        assert engine_of(app).batch_sizes == dummy_settings().batch_buckets()
+
+
+async def test_load_failure_keeps_the_service_unready_and_fails_liveness(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    app = create_app(dummy_settings(engine="torch", bundle_path=tmp_path / "missing"))
+    async with running(app) as client:
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and "missing" in r.json()["error"]
+        assert (await client.get("/healthz")).status_code == 503
+        assert (await client.post("/classify", files=files(class_image(0)))).status_code == 503
+
+
+async def test_overload_is_answered_at_once_with_503_and_retry_after() -> None:
+    settings = dummy_settings(max_batch_size=1, max_queue_size=1, max_wait_ms=0.0, warmup=False, retry_after_s=3)
+    async with serve(settings) as (client, app):
+        engine = engine_of(app)
+        engine.gate = threading.Event()
+        first = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
+        await until(lambda: engine.forward_count == 1)  # first request is in the (blocked) forward
+        second = asyncio.ensure_future(client.post("/classify", files=files(class_image(1))))
+        await until(lambda: app.state.runtime.batcher.depth == 1)  # second fills the queue
+        r = await client.post("/classify", files=files(class_image(2)))
+        assert r.status_code == 503 and r.headers["retry-after"] == "3"
+        assert r.json()["error"]["code"] == "overloaded"
+        engine.gate.set()
+        assert [x.status_code for x in await asyncio.gather(first, second)] == [200, 200]
+        assert (await client.post("/classify", files=files(class_image(3)))).status_code == 200
+
+
+async def test_request_past_its_deadline_gets_504_and_the_service_recovers() -> None:
+    settings = dummy_settings(max_batch_size=1, max_wait_ms=0.0, request_timeout_s=0.3, warmup=False)
+    async with serve(settings) as (client, app):
+        engine = engine_of(app)
+        engine.gate = threading.Event()
+        r = await client.post("/classify", files=files(class_image(0)))
+        assert r.status_code == 504 and r.json()["error"]["code"] == "deadline_exceeded"
+        engine.gate.set()
+        assert (await client.post("/classify", files=files(class_image(0)))).status_code == 200
+
+
+async def test_failing_forward_fails_only_its_batch() -> None:
+    # Forwards that contain a flat (uniform) image fail; batches of one keep the requests apart.
+    settings = dummy_settings(max_batch_size=1, max_wait_ms=0.0, warmup=False)
+    async with serve(settings) as (client, app):
+        engine_of(app).fail_with = lambda x: RuntimeError("CUDA OOM") if np.ptp(x[:, 0]) == 0 else None
+        bad, good = await asyncio.gather(client.post("/classify", files=files(uniform_image())),
+                                         client.post("/classify", files=files(class_image(1))))
+        assert bad.status_code == 500 and bad.json()["error"]["code"] == "inference_failed"
+        assert "CUDA OOM" not in bad.text  # no internals to the client
+        assert good.status_code == 200
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_disconnected_client_is_dropped_before_it_reaches_a_batch() -> None:
+    settings = dummy_settings(max_batch_size=4, max_wait_ms=0.0, warmup=False)
+    async with serve(settings) as (client, app):
+        engine = engine_of(app)
+        engine.gate = threading.Event()
+        first = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
+        await until(lambda: engine.forward_count == 1)
+        status = await asyncio.wait_for(_post_then_disconnect(app, class_image(1)), 10.0)
+        assert status == 499  # the handler noticed the disconnect and gave up
+        engine.gate.set()
+        assert (await first).status_code == 200
+        assert (await client.post("/classify", files=files(class_image(2)))).status_code == 200
+        assert engine.batch_sizes == [1, 1]  # the disconnected request's image never ran
+
+
+async def _post_then_disconnect(app, image: bytes) -> int:  # type: ignore[no-untyped-def]
+    """Call the ASGI app directly: send a multipart body, then report the client as gone."""
+    request = httpx.Request("POST", "http://t/classify", files=files(image))
+    body = request.read()
+    messages = [{"type": "http.request", "body": body, "more_body": False}]
+    sent: list[dict] = []
+    disconnect = asyncio.Event()
+
+    async def receive() -> dict:
+        if messages:
+            return messages.pop(0)
+        await asyncio.sleep(0.05)  # the request is queued by now
+        disconnect.set()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+             "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
+             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+    await app(scope, receive, send)
+    assert disconnect.is_set()
+    return next(m["status"] for m in sent if m["type"] == "http.response.start")
+
+
+async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
+    settings = dummy_settings(max_batch_size=1, max_wait_ms=0.0, warmup=False)
+    app = create_app(settings)
+    async with running(app) as client:
+        engine = engine_of(app)
+        engine.gate = threading.Event()
+        in_flight = [asyncio.ensure_future(client.post("/classify", files=files(class_image(i)))) for i in (0, 1)]
+        await until(lambda: engine.forward_count == 1 and app.state.runtime.batcher.depth == 1)
+        stopping = asyncio.ensure_future(app.state.runtime.stop())
+        await asyncio.sleep(0.05)
+        assert (await client.get("/readyz")).json()["status"] == "stopping"
+        r = await client.post("/classify", files=files(class_image(2)))
+        assert r.status_code == 503  # no new work while stopping
+        engine.gate.set()
+        await stopping
+        assert [x.status_code for x in await asyncio.gather(*in_flight)] == [200, 200]

@@ -1,0 +1,174 @@
+"""The batcher on its own: a fake forward that records what it ran, no HTTP, no timing asserts."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+
+from service.batcher import (
+    Batcher,
+    BatcherClosedError,
+    DeadlineExceededError,
+    InferenceError,
+    QueueFullError,
+)
+
+pytestmark = pytest.mark.unit
+
+
+class FakeForward:
+    """Outputs row i = the first pixel of input i, so routing can be checked; records batches."""
+
+    def __init__(self) -> None:
+        self.batches: list[np.ndarray] = []  # the first pixel of every input row, per forward
+        self.gate: threading.Event | None = None
+        self.fail = False
+
+    def __call__(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        self.batches.append(x[:, 0, 0, 0].copy())
+        if self.gate is not None:
+            self.gate.wait(10.0)
+        if self.fail:
+            raise RuntimeError("boom")
+        return {"delta_energy": x[:, 0, 0, 0].copy(), "probs": np.ones((x.shape[0], 2), np.float32)}
+
+
+def img(value: float) -> np.ndarray:
+    return np.full((3, 2, 2), value, np.float32)  # (3, H, W)
+
+
+async def until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def make(fwd: FakeForward, **kw: object) -> Batcher:
+    args: dict[str, object] = {"max_batch_size": 4, "max_wait_s": 5.0, "max_queue_size": 16} | kw
+    b = Batcher(fwd, **args)  # type: ignore[arg-type]
+    b.start()
+    return b
+
+
+async def test_concurrent_submissions_share_one_forward_and_rows_are_routed_back() -> None:
+    fwd = FakeForward()
+    b = make(fwd)  # max_wait 5 s: only a full batch makes it run early
+    futures = [b.submit([img(float(i))], 10.0)[0] for i in range(4)]
+    rows = await asyncio.gather(*futures)
+    assert [len(x) for x in fwd.batches] == [4]
+    assert [float(r.outputs["delta_energy"]) for r in rows] == [0.0, 1.0, 2.0, 3.0]
+    assert all(r.batch_size == 4 for r in rows)
+    await b.stop()
+
+
+async def test_batches_are_capped_at_max_batch_size() -> None:
+    fwd = FakeForward()
+    b = make(fwd, max_wait_s=0.05)
+    rows = await asyncio.gather(*b.submit([img(float(i)) for i in range(10)], 10.0))
+    assert [len(x) for x in fwd.batches] == [4, 4, 2]
+    assert [float(r.outputs["delta_energy"]) for r in rows] == [float(i) for i in range(10)]
+    await b.stop()
+
+
+async def test_a_lone_image_runs_after_max_wait() -> None:
+    fwd = FakeForward()
+    b = make(fwd, max_wait_s=0.01)
+    row = await asyncio.wait_for(b.submit([img(7.0)], 10.0)[0], 5.0)
+    assert float(row.outputs["delta_energy"]) == 7.0 and [len(x) for x in fwd.batches] == [1]
+    await b.stop()
+
+
+async def test_full_queue_refuses_at_once_and_frees_after_the_forward() -> None:
+    fwd = FakeForward()
+    fwd.gate = threading.Event()
+    b = make(fwd, max_batch_size=2, max_queue_size=2, max_wait_s=0.0)
+    running = b.submit([img(0.0)], 10.0)
+    await until(lambda: len(fwd.batches) == 1)  # in the forward, out of the queue
+    queued = b.submit([img(1.0), img(2.0)], 10.0)
+    assert b.depth == 2
+    with pytest.raises(QueueFullError):
+        b.submit([img(3.0)], 10.0)
+    fwd.gate.set()
+    await asyncio.gather(*running, *queued)
+    assert b.depth == 0
+    await b.stop()
+
+
+async def test_cancelled_request_is_dropped_before_it_reaches_a_batch() -> None:
+    fwd = FakeForward()
+    fwd.gate = threading.Event()
+    b = make(fwd, max_batch_size=4, max_wait_s=0.0)
+    first = b.submit([img(1.0)], 10.0)
+    await until(lambda: len(fwd.batches) == 1)
+    gone = b.submit([img(2.0)], 10.0)
+    kept = b.submit([img(3.0)], 10.0)
+    gone[0].cancel()  # the request's client went away
+    await until(lambda: b.depth == 1)  # released from the queue count at once
+    fwd.gate.set()
+    await asyncio.gather(*first, *kept)
+    assert [x.tolist() for x in fwd.batches] == [[1.0], [3.0]]
+    await b.stop()
+
+
+async def test_image_past_its_deadline_is_not_forwarded() -> None:
+    fwd = FakeForward()
+    fwd.gate = threading.Event()
+    b = make(fwd, max_batch_size=1, max_wait_s=0.0)
+    first = b.submit([img(1.0)], 10.0)
+    await until(lambda: len(fwd.batches) == 1)
+    late = b.submit([img(2.0)], 0.01)
+    await asyncio.sleep(0.05)
+    fwd.gate.set()
+    await first[0]
+    with pytest.raises(DeadlineExceededError):
+        await late[0]
+    assert [x.tolist() for x in fwd.batches] == [[1.0]]
+    await b.stop()
+
+
+async def test_failing_forward_fails_only_its_batch() -> None:
+    fwd = FakeForward()
+    fwd.fail = True
+    b = make(fwd, max_wait_s=0.0)
+    with pytest.raises(InferenceError):
+        await b.submit([img(1.0)], 10.0)[0]
+    fwd.fail = False
+    row = await b.submit([img(2.0)], 10.0)[0]
+    assert float(row.outputs["delta_energy"]) == 2.0
+    await b.stop()
+
+
+async def test_padding_to_bucket_keeps_only_real_rows() -> None:
+    fwd = FakeForward()
+    b = make(fwd, max_batch_size=3, max_wait_s=5.0, pad_buckets=[1, 2, 4])
+    rows = await asyncio.gather(*b.submit([img(5.0), img(6.0), img(7.0)], 10.0))
+    assert [len(x) for x in fwd.batches] == [4]  # 3 images padded to the bucket of 4
+    assert [float(r.outputs["delta_energy"]) for r in rows] == [5.0, 6.0, 7.0]
+    assert all(r.batch_size == 3 for r in rows)
+    await b.stop()
+
+
+async def test_stop_finishes_queued_work_then_refuses_new() -> None:
+    fwd = FakeForward()
+    fwd.gate = threading.Event()
+    b = make(fwd, max_batch_size=1, max_wait_s=0.0)
+    futures = b.submit([img(1.0), img(2.0)], 10.0)
+    stopping = asyncio.ensure_future(b.stop(timeout_s=5.0))
+    await asyncio.sleep(0.01)
+    with pytest.raises(BatcherClosedError):
+        b.submit([img(3.0)], 10.0)
+    fwd.gate.set()
+    await stopping
+    assert [float(f.result().outputs["delta_energy"]) for f in futures] == [1.0, 2.0]
+
+
+async def test_metrics_hooks_see_batches_and_depth() -> None:
+    fwd, seen, depths = FakeForward(), [], []
+    b = make(fwd, max_wait_s=5.0, on_batch=lambda n, s: seen.append(n), on_depth=depths.append)
+    await asyncio.gather(*b.submit([img(float(i)) for i in range(4)], 10.0))
+    assert seen == [4] and depths[0] == 4 and depths[-1] == 0
+    await b.stop()
