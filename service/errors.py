@@ -142,7 +142,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    logger.error("unhandled error", exc_info=(type(exc), exc, exc.__traceback__))
+    # Starlette re-raises after this handler so the server logs the traceback once; not logged here.
     return error_response(_request_id(request), 500, "internal_error", "internal server error")
 
 

@@ -1,0 +1,45 @@
+"""The service never imports the training side (``models.train``), checked in a fresh process."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[3]
+
+SCRIPT = """
+import asyncio, io, sys
+import httpx, numpy as np
+from PIL import Image
+from service.app import create_app
+from service.settings import Settings
+
+async def main(bundle):
+    for engine in ("torch", "onnx"):
+        app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
+        async with app.router.lifespan_context(app):
+            await app.state.runtime._start_task
+            buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                r = await client.post("/classify", files=[("file", ("a.png", buf.getvalue(), "image/png"))])
+                assert r.status_code == 200, r.text
+
+asyncio.run(main(sys.argv[1]))
+loaded = sorted(m for m in sys.modules if m == "models.train" or m.startswith("models.train."))
+heavy = sorted(m for m in ("onnx", "onnxscript", "sklearn", "matplotlib") if m in sys.modules)
+print("LOADED", loaded, heavy)
+sys.exit(1 if loaded or heavy else 0)
+"""
+
+
+def test_serving_a_real_bundle_loads_no_training_module(tiny_bundle: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(tiny_bundle)], cwd=REPO, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "LOADED [] []" in proc.stdout
