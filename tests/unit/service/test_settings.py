@@ -47,3 +47,15 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
     for key, value in settings_to_env(s).items():
         monkeypatch.setenv(key, value)
     assert Settings() == s
+
+
+def test_server_refuses_a_missing_bundle_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import uvicorn
+
+    from models.errors import BundleError
+    from service import server
+
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("server started"))
+    monkeypatch.setattr(server, "configure_logging", lambda level: None)  # keep pytest's log handlers
+    with pytest.raises(BundleError, match="manifest.json"):
+        server.run(Settings(engine="onnx", bundle_path=tmp_path / "nope"))
