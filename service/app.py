@@ -44,8 +44,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.runtime = runtime
     install_error_handlers(app)
-    for module in (classify, health, model, metrics):
-        app.include_router(module.router)
+    routers = [module.router for module in (classify, health, model, metrics)]
+    for router in routers:
+        app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics)  # outermost: sees every status
+    paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)
+    # Added last, so outermost: it sees every status, the body limit's early 413 included.
+    app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics, known_paths=paths)
     return app

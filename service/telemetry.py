@@ -151,11 +151,14 @@ class RequestTelemetryMiddleware:
     Args:
         app: the wrapped ASGI app.
         metrics: where to record.
+        known_paths: the app's route paths, to label requests answered before routing (e.g. an
+            early 413) by their path rather than "unmatched".
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
+        self.known_paths = known_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -183,7 +186,9 @@ class RequestTelemetryMiddleware:
             self._record(scope, request_id, status, time.perf_counter() - start)
 
     def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None) or "unmatched"
+        route = getattr(scope.get("route"), "path", None)
+        if route is None:
+            route = scope["path"] if scope["path"] in self.known_paths else "unmatched"
         self.metrics.observe_request(route, scope["method"], status, seconds)
         fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
                   "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}

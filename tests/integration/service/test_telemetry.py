@@ -24,6 +24,8 @@ async def test_metrics_appear_and_count() -> None:
         assert before[("deltagate_ood_flags_total", (("predicted_class", "class_0"),))] == 0.0
         await client.post("/classify", files=files(class_image(1), uniform_image()))
         await client.post("/classify", files=files(b"not an image"))
+        await client.post("/classify", content=b"{}", headers={"content-length": str(10**9),
+                                                               "content-type": "application/json"})
         r = await client.get("/metrics")
         assert r.headers["content-type"].startswith("text/plain")
         m = samples(r.text)
@@ -31,6 +33,8 @@ async def test_metrics_appear_and_count() -> None:
     bad = (("method", "POST"), ("route", "/classify"), ("status", "400"))
     assert m[("deltagate_http_requests_total", ok)] == 1.0 and m[("deltagate_http_requests_total", bad)] == 1.0
     assert m[("deltagate_http_request_duration_seconds_count", ok)] == 1.0
+    early = (("method", "POST"), ("route", "/classify"), ("status", "413"))  # refused before routing
+    assert m[("deltagate_http_requests_total", early)] == 1.0
     assert m[("deltagate_images_classified_total", (("predicted_class", "class_1"),))] == 1.0
     assert sum(v for (n, _), v in m.items() if n == "deltagate_ood_flags_total") == 1.0
     assert m[("deltagate_delta_energy_count", ())] == 2.0
