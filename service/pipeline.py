@@ -91,13 +91,13 @@ async def read_images(request: Request, settings: Settings) -> tuple[list[InputI
 
 
 async def _read_multipart(request: Request) -> tuple[list[InputImage], int | None]:
-    form = await request.form()
     images: list[InputImage] = []
-    for value in form.getlist("file"):
-        if not isinstance(value, UploadFile):
-            raise InvalidFieldError("field 'file' must be a file upload, not a text field")
-        images.append(InputImage(await value.read(), value.filename))
-    top_k = form.get("top_k")
+    async with request.form() as form:  # closes the spooled upload files on exit
+        for value in form.getlist("file"):
+            if not isinstance(value, UploadFile):
+                raise InvalidFieldError("field 'file' must be a file upload, not a text field")
+            images.append(InputImage(await value.read(), value.filename))
+        top_k = form.get("top_k")
     if top_k is None:
         return images, None
     if not isinstance(top_k, str) or not top_k.strip().isdigit() or int(top_k) < 1:

@@ -118,6 +118,11 @@ class Runtime:
         self._start_task = asyncio.get_running_loop().create_task(self.start(), name="deltagate-start")
         return self._start_task
 
+    async def wait_started(self) -> None:
+        """Wait until the background start has finished (ready or failed)."""
+        if self._start_task is not None:
+            await asyncio.shield(self._start_task)
+
     async def start(self) -> None:
         """Load, warm up, start the batcher, then turn ready. Failures are kept, not raised."""
         s = self.settings

@@ -60,7 +60,7 @@ async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.
     """Run the app's lifespan (load, warm-up; stop at exit) and give an httpx client on it."""
     async with app.router.lifespan_context(app):
         if wait_ready:
-            await app.state.runtime._start_task
+            await app.state.runtime.wait_started()
         transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
             yield client

@@ -23,7 +23,7 @@ async def main(bundle):
     for engine in ("torch", "onnx"):
         app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
         async with app.router.lifespan_context(app):
-            await app.state.runtime._start_task
+            await app.state.runtime.wait_started()
             buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
