@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from deltagate import __version__
+from deltagate.commands.data import data_app, pretrain_tiny
 from deltagate.commands.export import export
 from deltagate.commands.serve import serve
 from models.errors import DeltagateError
@@ -45,6 +46,8 @@ def main(
 
 app.command()(export)
 app.command()(serve)
+app.add_typer(data_app, name="data")
+app.command("pretrain-tiny")(pretrain_tiny)
 
 
 def cli_main() -> None:
