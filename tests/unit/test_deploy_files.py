@@ -1,0 +1,245 @@
+"""Deployment files agree with the service and with each other.
+
+docker/Dockerfile.{cpu,cuda}, docker-compose.yml, docker/prometheus/prometheus.yml and the Grafana
+provisioning are parsed (no Docker engine needed) and cross-checked: one port everywhere, the
+probe and scrape paths are real routes, every ``DELTAGATE_*`` variable is a valid setting, and
+every metric the dashboard queries is one the service exports.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from service.app import create_app
+from service.runtime import dummy_bundle
+from service.settings import Settings
+from service.telemetry import ServiceMetrics
+
+yaml = pytest.importorskip("yaml")  # PyYAML: present through the dev dependencies (huggingface_hub)
+
+pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILES = {"cpu": ROOT / "docker/Dockerfile.cpu", "cuda": ROOT / "docker/Dockerfile.cuda"}
+COMPOSE = ROOT / "docker-compose.yml"
+PROMETHEUS = ROOT / "docker/prometheus/prometheus.yml"
+GRAFANA = ROOT / "docker/grafana"
+SERVICE, GPU_SERVICE = "deltagate", "deltagate-gpu"
+
+
+# --- parsing helpers ----------------------------------------------------------------------------
+def dockerfile_instructions(path: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) pairs, continuation lines joined, comments dropped."""
+    joined, current = [], ""
+    for line in path.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.startswith("#"):  # a comment inside a continued instruction
+            continue
+        if stripped.endswith("\\"):
+            current += stripped[:-1] + " "
+            continue
+        joined.append(current + stripped)
+        current = ""
+    pairs = []
+    for instr in joined:
+        keyword, _, args = instr.partition(" ")
+        pairs.append((keyword.upper(), args.strip()))
+    return pairs
+
+
+def runtime_stage(path: Path) -> list[tuple[str, str]]:
+    """The instructions of the last stage (what the image runs)."""
+    instructions = dockerfile_instructions(path)
+    last_from = max(i for i, (k, _) in enumerate(instructions) if k == "FROM")
+    return instructions[last_from:]
+
+
+def env_of(instructions: list[tuple[str, str]]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for keyword, args in instructions:
+        if keyword == "ENV":
+            for token in shlex.split(args):
+                name, _, value = token.partition("=")
+                env[name] = value
+    return env
+
+
+def exec_form(args: str) -> list[str]:
+    value = json.loads(args)
+    assert isinstance(value, list) and all(isinstance(v, str) for v in value), args
+    return value
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def deltagate_env(env: dict[str, str]) -> dict[str, str]:
+    return {k.removeprefix("DELTAGATE_").lower(): v for k, v in env.items() if k.startswith("DELTAGATE_")}
+
+
+# --- fixtures -----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return load_yaml(COMPOSE)
+
+
+@pytest.fixture(scope="module")
+def routes() -> set[str]:
+    app = create_app(Settings(engine="dummy", bundle_path=Path("/nonexistent")))  # no lifespan: nothing loads
+    return set(app.openapi()["paths"])
+
+
+@pytest.fixture(scope="module")
+def exported_metric_names() -> set[str]:
+    """Every sample name the service's registry exposes (``_total``, ``_bucket``, ... included)."""
+    metrics = ServiceMetrics(max_batch_size=16)
+    metrics.bind_model(dummy_bundle(4).manifest, {"engine": "dummy", "device": "cpu", "precision": "float32"})
+    metrics.observe_request("/classify", "POST", 200, 0.01)  # labelled series appear once used
+    return {s.name for family in metrics.registry.collect() for s in family.samples}
+
+
+# --- Dockerfiles --------------------------------------------------------------------------------
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_dockerfile_runs_deltagate_serve_as_non_root_with_valid_settings(flavour: str) -> None:
+    from deltagate.cli import app as cli_app
+
+    stage = runtime_stage(DOCKERFILES[flavour])
+    cmd = exec_form(next(a for k, a in stage if k == "CMD"))
+    assert cmd[:2] == ["deltagate", "serve"]
+    assert cmd[1] in {c.name or (c.callback.__name__ if c.callback else "") for c in cli_app.registered_commands}
+    user = next(a for k, a in stage if k == "USER")
+    assert user.split(":")[0] not in {"0", "root"}
+    env = deltagate_env(env_of(stage))
+    unknown = set(env) - set(Settings.model_fields)
+    assert not unknown, f"{flavour}: ENV sets unknown settings {unknown}"
+    settings = Settings(**env)  # type: ignore[arg-type]  # strings validate like env vars
+    assert settings.bundle_path.is_absolute()
+    assert [a for k, a in stage if k == "EXPOSE"] == [str(settings.port)]
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_dockerfile_healthcheck_probes_a_liveness_route(flavour: str, routes: set[str]) -> None:
+    stage = runtime_stage(DOCKERFILES[flavour])
+    check = next(a for k, a in stage if k == "HEALTHCHECK")
+    probe = " ".join(exec_form(check.split(" CMD ", 1)[1]))
+    paths = re.findall(r"'(/[a-z]+)'", probe)
+    assert paths == ["/healthz"] and "/healthz" in routes
+    port_default = re.search(r"get\('DELTAGATE_PORT', '(\d+)'\)", probe)
+    assert port_default is not None and int(port_default.group(1)) == Settings.model_fields["port"].default
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_dockerfile_copies_only_what_dockerignore_lets_through(flavour: str) -> None:
+    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
+               if line.startswith("!")}
+    stage_args = dict.fromkeys(["BUNDLE_DIR"], "bundles/default")
+    for keyword, args in dockerfile_instructions(DOCKERFILES[flavour]):
+        if keyword != "COPY" or "--from=" in args:
+            continue
+        sources = [a for a in shlex.split(args) if not a.startswith("--")][:-1]
+        for src in sources:
+            src = src.replace("${BUNDLE_DIR}", stage_args["BUNDLE_DIR"])
+            assert src in allowed, f"{flavour}: COPY {src} is excluded by .dockerignore"
+            if src != "bundles/default":  # produced by `deltagate` offline; may not be built yet
+                assert (ROOT / src).exists()
+
+
+# --- compose and Prometheus ---------------------------------------------------------------------
+def test_compose_service_port_matches_settings_and_prometheus_target(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    assert services[SERVICE]["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    assert services[GPU_SERVICE]["build"]["dockerfile"] == "docker/Dockerfile.cuda"
+    assert "gpu" in services[GPU_SERVICE]["profiles"] and "profiles" not in services[SERVICE]
+    devices = services[GPU_SERVICE]["deploy"]["resources"]["reservations"]["devices"]
+    assert devices[0]["capabilities"] == ["gpu"]
+
+    prom = load_yaml(PROMETHEUS)
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "deltagate")
+    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    for name in (SERVICE, GPU_SERVICE):
+        env = deltagate_env({k: str(v) for k, v in services[name]["environment"].items()})
+        assert not set(env) - set(Settings.model_fields), f"{name}: unknown settings"
+        port = Settings(**env).port  # type: ignore[arg-type]
+        container_ports = {str(p).rsplit(":", 1)[-1] for p in services[name]["ports"]}
+        assert container_ports == {str(port)}
+        assert f"{name}:{port}" in targets
+
+
+def test_prometheus_scrapes_the_metrics_route(routes: set[str]) -> None:
+    prom = load_yaml(PROMETHEUS)
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "deltagate")
+    assert job.get("metrics_path", "/metrics") in routes
+
+
+def test_compose_mounts_the_files_it_names(compose: dict[str, Any]) -> None:
+    for service in compose["services"].values():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), f"missing {source}"
+
+
+# --- Grafana ------------------------------------------------------------------------------------
+def test_grafana_datasource_points_at_compose_prometheus(compose: dict[str, Any]) -> None:
+    datasources = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")["datasources"]
+    (ds,) = [d for d in datasources if d["type"] == "prometheus"]
+    host, port = re.fullmatch(r"http://([\w-]+):(\d+)", ds["url"]).groups()  # type: ignore[union-attr]
+    assert host in compose["services"]
+    assert any(str(p).endswith(f":{port}") for p in compose["services"][host]["ports"])
+
+
+def test_grafana_dashboard_is_provisioned_from_the_mounted_folder(compose: dict[str, Any]) -> None:
+    provider = load_yaml(GRAFANA / "provisioning/dashboards/deltagate.yml")["providers"][0]
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["grafana"]["volumes"] if v.startswith("./"))
+    source = next(src for src, target in mounts.items() if target == provider["options"]["path"])
+    assert (ROOT / source / "deltagate.json").is_file()
+    home = compose["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home == f"{provider['options']['path']}/deltagate.json"
+
+
+def dashboard() -> dict[str, Any]:
+    return json.loads((GRAFANA / "dashboards/deltagate.json").read_text(encoding="utf-8"))
+
+
+def test_dashboard_panels_are_well_formed_and_use_the_provisioned_datasource() -> None:
+    dash = dashboard()
+    datasources = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")["datasources"]
+    uids = {d["uid"] for d in datasources}
+    assert dash["uid"] and isinstance(dash["schemaVersion"], int)
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    for panel in dash["panels"]:
+        assert set(panel["gridPos"]) == {"x", "y", "w", "h"} and panel["gridPos"]["x"] + panel["gridPos"]["w"] <= 24
+        assert panel["datasource"]["uid"] in uids and panel["targets"]
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids))
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] in uids and target["expr"].strip()
+            assert target["expr"].count("(") == target["expr"].count(")")
+
+
+def test_dashboard_queries_only_metrics_the_service_exports(exported_metric_names: set[str]) -> None:
+    exprs = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\bdeltagate_[a-z_]+\b", e)}
+    assert used, "the dashboard queries no deltagate metric"
+    assert not used - exported_metric_names, f"not exported by service.telemetry: {used - exported_metric_names}"
+
+
+def test_dashboard_covers_the_required_views() -> None:
+    exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
+    for needed in ("deltagate_http_requests_total", "deltagate_http_request_duration_seconds_bucket",
+                   "deltagate_batch_size_images", "deltagate_queue_depth_images", "deltagate_ood_flags_total",
+                   "deltagate_delta_energy_bucket"):
+        assert needed in exprs
+    for quantile in ("0.5", "0.95", "0.99"):
+        assert f"histogram_quantile({quantile}, sum by (le) (rate(deltagate_http_request_duration" in exprs
+    assert "heatmap" in {p["type"] for p in dashboard()["panels"]}
