@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from deltagate import __version__
+from deltagate.commands.bench import bench_app
 from deltagate.commands.data import data_app, pretrain_tiny
 from deltagate.commands.export import export
 from deltagate.commands.serve import serve
@@ -47,6 +48,7 @@ def main(
 app.command()(export)
 app.command()(serve)
 app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
 app.command("pretrain-tiny")(pretrain_tiny)
 
 

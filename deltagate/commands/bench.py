@@ -1,0 +1,127 @@
+"""``deltagate bench engine|service``: raw engine throughput, and the HTTP service against it."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+bench_app = typer.Typer(
+    help="Benchmarks: raw engine throughput, and the real server compared with it in the same run.",
+    no_args_is_help=True,
+)
+
+ENGINE_COLUMNS = ("engine", "device", "batch_size", "forwards", "images_per_s", "batch_p50_ms", "batch_p95_ms",
+                  "batch_p99_ms")
+SERVICE_COLUMNS = ("concurrency", "requests", "errors", "requests_per_s", "p50_ms", "p95_ms", "p99_ms",
+                   "mean_batch_size", "mean_forward_ms")
+
+
+def _ints(spec: str) -> list[int]:
+    try:
+        values = [int(v) for v in spec.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated integers, got {spec!r}") from exc
+    if not values or min(values) < 1:
+        raise typer.BadParameter(f"expected positive integers, got {spec!r}")
+    return values
+
+
+def _size(spec: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in spec.lower().split("x"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected WIDTHxHEIGHT, got {spec!r}") from exc
+    return w, h
+
+
+def _command_line() -> str:
+    return shlex.join(["deltagate", *sys.argv[1:]])
+
+
+def _finish(report: dict[str, Any], out: Path | None) -> None:
+    from service.bench import write_report
+
+    if out is not None:
+        write_report(report, out)
+        typer.echo(f"wrote {out}")
+
+
+Bundle = Annotated[Path, typer.Option(help="Bundle directory.")]
+Seconds = Annotated[float, typer.Option(help="Measured seconds per batch size / concurrency level.")]
+Out = Annotated[Path | None, typer.Option(help="Write the JSON report here, e.g. results/bench/NAME.json.")]
+ImageSize = Annotated[str, typer.Option(help="Size of the generated PNG every forward/request uses (WxH).")]
+
+
+@bench_app.command("engine")
+def engine(
+    bundle: Bundle,
+    engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
+    seconds: Seconds = 5.0,
+    image_size: ImageSize = "320x240",
+    out: Out = None,
+) -> None:
+    """Raw engine throughput (images/s) and per-batch latency, in-process with the service's engine classes."""
+    from service.bench import engine_report, format_table, synthetic_png
+
+    png = synthetic_png(*_size(image_size))
+    report = engine_report(_command_line(), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
+    typer.echo(report["command"])
+    typer.echo(format_table(report["results"], ENGINE_COLUMNS))
+    _finish(report, out)
+
+
+@bench_app.command("service")
+def service(
+    bundle: Bundle,
+    engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    concurrency: Annotated[str, typer.Option(help="Comma-separated client counts; include 1 for latency.")] = "1,16",
+    seconds: Seconds = 15.0,
+    engine_seconds: Annotated[float, typer.Option(help="Seconds per batch size of each raw engine pass.")] = 8.0,
+    warmup_seconds: Annotated[float, typer.Option(help="Unmeasured lead-in per concurrency level.")] = 2.0,
+    max_batch_size: Annotated[int, typer.Option(help="Service max_batch_size (and the raw engine's batch).")] = 8,
+    max_wait_ms: Annotated[float | None, typer.Option(help="Service max_wait_ms [default: the setting's].")] = None,
+    preprocess_workers: Annotated[int | None, typer.Option(help="Service decode threads [default: setting].")] = None,
+    image_size: ImageSize = "320x240",
+    out: Out = None,
+) -> None:
+    """Start the real server, load it with concurrent single-image clients, compare with the raw engine."""
+    from service.bench import TARGETS, format_table, service_report, synthetic_png
+    from service.settings import Settings
+
+    given: dict[str, Any] = {"bundle_path": bundle, "engine": engine, "device": device,
+                             "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms,
+                             "preprocess_workers": preprocess_workers, "log_level": "warning"}
+    levels = _ints(concurrency)
+    # The queue must hold every client's image: a 503 would be the benchmark's fault, not the service's.
+    settings = Settings(**{k: v for k, v in given.items() if v is not None},
+                        max_queue_size=max(256, max_batch_size, max(levels)))
+    png = synthetic_png(*_size(image_size))
+    report = service_report(_command_line(), settings, png, levels, seconds, engine_seconds, warmup_seconds)
+    typer.echo(report["command"])
+    for when, rows in report["engine"].items():
+        typer.echo(f"\nraw engine ({when} the service run):")
+        typer.echo(format_table(rows, ENGINE_COLUMNS))
+    typer.echo(f"\nservice (max_batch_size={settings.max_batch_size}, max_wait_ms={settings.max_wait_ms}, "
+               f"preprocess_workers={settings.preprocess_workers}):")
+    typer.echo(format_table(report["service"], SERVICE_COLUMNS))
+    v = report["verdict"]
+    typer.echo(
+        f"\nthroughput at concurrency {v['saturation_concurrency']}: {v['throughput_ratio']:.3f} x raw engine at "
+        f"batch {settings.max_batch_size} ({v['raw_engine_images_per_s_at_max_batch']} images/s) "
+        f"[target >= {TARGETS['min_throughput_ratio']}: {'met' if v['met']['throughput_ratio'] else 'MISSED'}]"
+    )
+    if v["concurrency1_p50_overhead_ms"] is not None:
+        typer.echo(
+            f"p50 at concurrency 1: raw batch-1 forward p50 {v['raw_engine_batch1_p50_ms']} ms + "
+            f"{v['concurrency1_p50_overhead_ms']} ms [target <= +{TARGETS['max_p50_overhead_ms']} ms: "
+            f"{'met' if v['met']['concurrency1_p50_overhead'] else 'MISSED'}]"
+        )
+    typer.echo(f"errors: {v['errors']} [target {TARGETS['max_errors']}: {'met' if v['met']['errors'] else 'MISSED'}]")
+    _finish(report, out)
