@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import io
 import logging
 import os
@@ -23,7 +24,7 @@ from service.bench.report import LatencyStats, latency_stats
 from service.server import settings_to_env
 from service.settings import Settings
 
-__all__ = ["synthetic_png", "ServerProcess", "LoadResult", "run_load", "batch_counters"]
+__all__ = ["synthetic_png", "ServerProcess", "LoadResult", "run_load", "summarize_load", "batch_counters"]
 
 logger = logging.getLogger(__name__)
 
@@ -147,10 +148,10 @@ class LoadResult:
     """What the clients saw during the measured window."""
 
     concurrency: int
-    requests: int  # completed in the window (any status)
-    errors: int  # non-200 responses and transport errors
-    seconds: float
-    requests_per_s: float  # 200s per second (one image each)
+    requests: int  # completed after the warm-up (any status)
+    errors: int  # of those: non-200 responses and transport errors
+    seconds: float  # the throughput window (whole batch cycles, see run_load)
+    requests_per_s: float  # 200s per second in the window (one image each)
     latency: LatencyStats  # of the 200s, client side (send to full response)
     status_counts: dict[str, int]
 
@@ -190,29 +191,58 @@ def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: f
              timeout_s: float = 60.0) -> LoadResult:
     """``concurrency`` clients each keep one single-image multipart request in flight.
 
-    Requests that start during the first ``warmup_s`` are not counted; the window closes at
-    ``warmup_s + seconds`` (requests started before then are awaited and counted).
+    Throughput is counted between completions, not over a fixed window: the window runs from the
+    burst of completions at or before ``warmup_s`` to the burst at or before ``warmup_s + seconds``,
+    and counts the completions after its start. When responses come back in bursts (a batch of 8
+    every 1.5 s), a fixed window would catch a varying number of bursts; this one always spans
+    whole batch cycles.
 
     Args:
         url: the server's base URL.
         png: encoded image sent with every request (encoded once, before the clock starts).
         concurrency: number of concurrent clients.
-        seconds: measured window.
+        seconds: measured time after the warm-up.
         warmup_s: unmeasured lead-in (connections, batcher steady state).
         timeout_s: client timeout per request.
 
     Returns:
-        Client-side throughput, latency and status counts of the window.
+        Client-side throughput, latency (of the requests completed in the window) and status counts
+        (of every request completed after the warm-up).
     """
     log, begin, end = asyncio.run(_drive(url, png, concurrency, warmup_s, seconds, timeout_s))
-    window = [entry for entry in log if entry[0] >= begin]
-    ok = [t1 - t0 for t0, t1, outcome in window if outcome == "200"]
-    last = max((t1 for _, t1, _ in window), default=end)
-    elapsed = max(last, end) - begin
-    counts: dict[str, int] = {}
-    for _, _, outcome in window:
-        counts[outcome] = counts.get(outcome, 0) + 1
+    return summarize_load(log, begin, end, concurrency)
+
+
+BURST_GAP_S = 0.005  # completions closer than this belong to one burst (the rows of one batch)
+
+
+def _burst_end(done: list[float], t: float) -> float:
+    """The last completion of the burst that contains ``t`` (so a window edge never splits a batch)."""
+    i = bisect.bisect_right(done, t)
+    while i < len(done) and done[i] - done[i - 1] < BURST_GAP_S:
+        i += 1
+    return done[i - 1] if i else t
+
+
+def summarize_load(log: list[tuple[float, float, str]], begin: float, end: float, concurrency: int) -> LoadResult:
+    """Throughput between completions (see :func:`run_load`), latency and status counts.
+
+    Args:
+        log: (start, end, outcome) per request, in ``time.perf_counter()`` seconds; outcome is the
+            HTTP status as a string or the transport error's name.
+        begin: end of the warm-up.
+        end: end of the measured time.
+        concurrency: recorded in the result.
+    """
+    done = sorted(t1 for _, t1, outcome in log if outcome == "200")
+    start = _burst_end(done, max((t for t in done if t <= begin), default=begin))
+    stop = _burst_end(done, max((t for t in done if t <= end), default=end))
+    ok = [t1 - t0 for t0, t1, outcome in log if outcome == "200" and start < t1 <= stop]
+    after_warmup = [outcome for _, t1, outcome in log if t1 > begin]
+    counts = {o: after_warmup.count(o) for o in sorted(set(after_warmup))}
+    elapsed = stop - start
     return LoadResult(
-        concurrency=concurrency, requests=len(window), errors=len(window) - len(ok), seconds=round(elapsed, 3),
-        requests_per_s=round(len(ok) / elapsed, 2), latency=latency_stats(ok), status_counts=counts,
+        concurrency=concurrency, requests=len(after_warmup), errors=len(after_warmup) - counts.get("200", 0),
+        seconds=round(elapsed, 3), requests_per_s=round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
+        latency=latency_stats(ok), status_counts=counts,
     )

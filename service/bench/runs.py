@@ -1,13 +1,14 @@
 """The two benchmarks behind ``deltagate bench``: raw engine, and service against engine.
 
-``bench service`` measures the raw engine in this process right before and right after driving
-the real server, so the ratio is taken on the same machine under the same background load.
+``bench service`` alternates raw engine passes (in this process) with load on the real server
+(a subprocess), so every ratio is taken on the same machine under the same background load.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import statistics
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -17,6 +18,7 @@ from typing import Any
 from service.bench.engine import EngineResult, load_engine, measure_engine
 from service.bench.http import LoadResult, ServerProcess, batch_counters, run_load
 from service.bench.report import machine_info
+from service.runtime import LoadedModel
 from service.settings import DeviceName, Settings
 
 __all__ = ["TARGETS", "engine_report", "service_report", "write_report"]
@@ -57,57 +59,59 @@ def engine_report(
     return report
 
 
-def _engine_pass(settings: Settings, png: bytes, seconds: float) -> dict[int, EngineResult]:
-    """Raw engine at batch 1 and at ``max_batch_size``, loaded fresh and closed after."""
-    model = load_engine(settings.bundle_path, settings.engine, settings.device)
-    try:
-        sizes = sorted({1, settings.max_batch_size})
-        return {b: measure_engine(model, png, b, seconds) for b in sizes}
-    finally:
-        model.engine.close()
+def _engine_pass(model: LoadedModel, png: bytes, sizes: Sequence[int], seconds: float) -> dict[int, EngineResult]:
+    """Raw engine at each batch size (the model stays loaded between passes)."""
+    return {b: measure_engine(model, png, b, seconds) for b in sizes}
 
 
-def _service_levels(
-    settings: Settings, png: bytes, concurrency: Sequence[int], seconds: float, warmup_s: float
-) -> tuple[list[dict[str, Any]], float | None]:
-    """Drive the real server at each concurrency; add the server's mean batch size per level."""
-    rows: list[dict[str, Any]] = []
-    with ServerProcess(settings) as server:
-        for c in concurrency:
-            before = batch_counters(server.url)
-            load: LoadResult = run_load(server.url, png, c, seconds, warmup_s, settings.request_timeout_s)
-            after = batch_counters(server.url)
-            forwards = after["forwards"] - before["forwards"]
-            row = load.as_row()
-            row["status_counts"] = load.status_counts
-            row["mean_batch_size"] = round((after["images"] - before["images"]) / forwards, 2) if forwards else None
-            row["mean_forward_ms"] = (
-                round(1000 * (after["forward_seconds"] - before["forward_seconds"]) / forwards, 2) if forwards else None
-            )
-            rows.append(row)
-            logger.info("service concurrency %d: %.2f images/s", c, load.requests_per_s)
-        return rows, server.startup_seconds
+def _service_level(server: ServerProcess, png: bytes, concurrency: int, seconds: float, warmup_s: float,
+                   timeout_s: float) -> dict[str, Any]:
+    """Drive the server at one concurrency; add the server's own batch and forward numbers.
+
+    Two of the added fields pair server-side with client-side numbers of the same period, so they
+    hold even when the machine's background load drifts: ``forward_busy_share`` (the share of wall
+    time the inference thread spent in forwards) and ``p50_outside_forward_ms`` (client p50 minus
+    the mean forward time: HTTP, decode, queueing, postprocessing).
+    """
+    before, t0 = batch_counters(server.url), time.perf_counter()
+    load: LoadResult = run_load(server.url, png, concurrency, seconds, warmup_s, timeout_s)
+    after, wall = batch_counters(server.url), time.perf_counter() - t0
+    forwards = after["forwards"] - before["forwards"]
+    forward_s = after["forward_seconds"] - before["forward_seconds"]
+    row = load.as_row()
+    row["status_counts"] = load.status_counts
+    row["mean_batch_size"] = round((after["images"] - before["images"]) / forwards, 2) if forwards else None
+    row["mean_forward_ms"] = round(1000 * forward_s / forwards, 2) if forwards else None
+    row["forward_busy_share"] = round(forward_s / wall, 3)
+    row["p50_outside_forward_ms"] = round(row["p50_ms"] - row["mean_forward_ms"], 2) if forwards else None
+    logger.info("service concurrency %d: %.2f images/s", concurrency, load.requests_per_s)
+    return row
 
 
-def _mean(a: float, b: float) -> float:
-    return round((a + b) / 2.0, 2)
+def _compare(row: dict[str, Any], around: list[dict[int, EngineResult]], max_batch: int) -> None:
+    """Ratio and latency overhead of one service row against the engine passes just before and after it."""
+    raw_max = statistics.fmean(p[max_batch].images_per_s for p in around)
+    raw_b1_p50 = statistics.fmean(p[1].latency.p50_ms for p in around)
+    row["raw_images_per_s_at_max_batch"] = round(raw_max, 2)
+    row["throughput_ratio"] = round(row["requests_per_s"] / raw_max, 3)
+    row["raw_batch1_p50_ms"] = round(raw_b1_p50, 2)
+    row["p50_overhead_ms"] = round(row["p50_ms"] - raw_b1_p50, 2)
 
 
-def _verdict(rows: list[dict[str, Any]], engine: dict[str, dict[int, EngineResult]], max_batch: int) -> dict[str, Any]:
-    """Ratios against the raw engine (mean of the before and after passes) and the targets."""
-    raw_max = _mean(engine["before"][max_batch].images_per_s, engine["after"][max_batch].images_per_s)
-    raw_b1_p50 = _mean(engine["before"][1].latency.p50_ms, engine["after"][1].latency.p50_ms)
-    saturated = max(rows, key=lambda r: r["concurrency"])
-    single = min(rows, key=lambda r: r["concurrency"])
-    ratio = round(saturated["requests_per_s"] / raw_max, 3)
-    overhead = round(single["p50_ms"] - raw_b1_p50, 2) if single["concurrency"] == 1 else None
+def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians over rounds at saturation (largest concurrency) and at concurrency 1, against the targets."""
+    top = max(r["concurrency"] for r in rows)
+    ratios = [r["throughput_ratio"] for r in rows if r["concurrency"] == top]
+    overheads = [r["p50_overhead_ms"] for r in rows if r["concurrency"] == 1]
+    ratio = round(statistics.median(ratios), 3)
+    overhead = round(statistics.median(overheads), 2) if overheads else None
     errors = sum(r["errors"] for r in rows)
     return {
-        "raw_engine_images_per_s_at_max_batch": raw_max,
-        "raw_engine_batch1_p50_ms": raw_b1_p50,
-        "saturation_concurrency": saturated["concurrency"],
-        "throughput_ratio": ratio,
-        "concurrency1_p50_overhead_ms": overhead,
+        "saturation_concurrency": top,
+        "throughput_ratio_median": ratio,
+        "throughput_ratio_per_round": ratios,
+        "concurrency1_p50_overhead_ms_median": overhead,
+        "concurrency1_p50_overhead_ms_per_round": overheads,
         "errors": errors,
         "targets": TARGETS,
         "met": {
@@ -120,34 +124,55 @@ def _verdict(rows: list[dict[str, Any]], engine: dict[str, dict[int, EngineResul
 
 def service_report(
     command: str, settings: Settings, png: bytes, concurrency: Sequence[int], seconds: float,
-    engine_seconds: float, warmup_s: float = 2.0,
+    engine_seconds: float, rounds: int = 3, warmup_s: float = 2.0,
 ) -> dict[str, Any]:
-    """``bench service``: engine pass, server under load at each concurrency, engine pass again.
+    """``bench service``: engine pass, then per round each concurrency level and another engine pass.
+
+    The raw engine runs in this process while the server idles, and the server is loaded while
+    this process's engine idles; both stay loaded for the whole run. Interleaving short rounds
+    keeps each service measurement next to an engine measurement, so a change in the machine's
+    background load moves both: every service row is compared with the engine passes just before
+    and just after it, and the verdict takes the median over rounds.
 
     Args:
         command: the command line, stored in the report.
         settings: the service's settings (bundle, engine, batching).
         png: encoded image every request sends.
         concurrency: client counts; the largest is taken as saturation, 1 (if given) for latency.
-        seconds: measured window per concurrency level.
-        engine_seconds: time per batch size in each raw engine pass.
+        seconds: measured window per concurrency level and round.
+        engine_seconds: time per batch size (1 and ``max_batch_size``) of each engine pass.
+        rounds: rounds of (service levels, engine pass).
         warmup_s: unmeasured lead-in per concurrency level.
 
     Returns:
-        The JSON-ready report with the raw engine, the service rows and the verdict on the targets.
+        The JSON-ready report: engine passes, service rows with their ratios, verdict on the targets.
     """
     report = _header(command, "service")
     report["settings"] = settings.model_dump(mode="json", exclude={"api_key"})
     report["parameters"] = {"concurrency": list(concurrency), "seconds": seconds, "engine_seconds": engine_seconds,
-                            "warmup_s": warmup_s, "image_bytes": len(png), "request": "multipart, 1 image"}
+                            "rounds": rounds, "warmup_s": warmup_s, "image_bytes": len(png),
+                            "request": "multipart, 1 image"}
     t0 = time.perf_counter()
-    engine = {"before": _engine_pass(settings, png, engine_seconds)}
-    rows, startup = _service_levels(settings, png, concurrency, seconds, warmup_s)
-    engine["after"] = _engine_pass(settings, png, engine_seconds)
-    report["engine"] = {when: [r.as_row() for r in by_size.values()] for when, by_size in engine.items()}
+    sizes = sorted({1, settings.max_batch_size})
+    model = load_engine(settings.bundle_path, settings.engine, settings.device)
+    passes: list[dict[int, EngineResult]] = []
+    rows: list[dict[str, Any]] = []
+    try:
+        with ServerProcess(settings) as server:
+            report["server_startup_s"] = server.startup_seconds
+            passes.append(_engine_pass(model, png, sizes, engine_seconds))
+            for r in range(rounds):
+                round_rows = [{"round": r, **_service_level(server, png, c, seconds, warmup_s,
+                                                           settings.request_timeout_s)} for c in concurrency]
+                passes.append(_engine_pass(model, png, sizes, engine_seconds))
+                for row in round_rows:
+                    _compare(row, passes[-2:], settings.max_batch_size)
+                rows += round_rows
+    finally:
+        model.engine.close()
+    report["engine"] = [{"pass": i, **res.as_row()} for i, by_size in enumerate(passes) for res in by_size.values()]
     report["service"] = rows
-    report["server_startup_s"] = startup
-    report["verdict"] = _verdict(rows, engine, settings.max_batch_size)
+    report["verdict"] = _verdict(rows)
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     report["machine"]["load_average_after"] = machine_info()["load_average_1_5_15"]
     return report
