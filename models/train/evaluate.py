@@ -1,0 +1,265 @@
+"""Evaluation protocol of METHOD.md: ID accuracy, covariate-shift accuracy, OOD detection per set.
+
+For every method (a bundle: zero-shot, CoOp, EBM) and every score of :data:`models.scores.SCORE_NAMES`
+(ΔEnergy with the bundle's c): AUROC, FPR at 95% TPR and AUPR per OOD set, with ID test images as
+the positive class, from scikit-learn (``roc_auc_score``, ``roc_curve``, ``average_precision_score``;
+AUPR is AUPR-In, ID positive). At the bundle's own calibrated threshold: the ID pass rate and the
+OOD rejection rate per set, per ID class and per OOD sub-folder.
+
+Logits come from the bundle's :class:`~models.scoring_module.ScoringModule` (the module the service
+runs) on images read with the bundle's preprocessing; scores from :func:`models.scores.id_score`.
+Image features are cached per vision tower, so bundles sharing a frozen tower (zero-shot, CoOp and
+EBM of one CLIP) encode each image once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from models.bundle import Bundle, load_bundle, update_manifest
+from models.calibration import CalibrationRecord
+from models.scores import SCORE_NAMES, ScoreParams, id_score
+from models.scoring_module import ScoringModule
+from models.train.data.folders import FolderIndex, TaskData
+from models.train.features import FeatureCache
+
+__all__ = [
+    "TPR_LEVEL",
+    "SplitLogits",
+    "MethodEval",
+    "ood_metrics",
+    "fpr_at_tpr",
+    "score_arrays",
+    "evaluate_logits",
+    "task_logits",
+    "evaluate_bundles",
+]
+
+logger = logging.getLogger(__name__)
+
+TPR_LEVEL = 0.95  # FPR is reported at this true-positive rate of ID images
+
+
+@dataclass
+class SplitLogits:
+    """Logits of one model on every split of a task."""
+
+    id_test: torch.Tensor  # (N, K) ID test logits
+    id_labels: torch.Tensor  # (N,)
+    ood: dict[str, torch.Tensor]  # set name -> (M, K)
+    covariate: dict[str, tuple[torch.Tensor, torch.Tensor]]  # style -> ((C, K) logits, (C,) labels)
+    ood_groups: dict[str, list[str]] = field(default_factory=dict)  # set -> sub-folder per image ("" when flat)
+
+
+@dataclass
+class MethodEval:
+    """One method's evaluation: the JSON summary and the raw scores behind it (for plots)."""
+
+    summary: dict[str, Any]
+    id_scores: dict[str, np.ndarray]  # score -> (N,) on ID test
+    ood_scores: dict[str, dict[str, np.ndarray]]  # score -> set -> (M,)
+    classes: list[str]
+    threshold: float | None
+    threshold_score: str
+
+
+def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float = TPR_LEVEL) -> float:
+    """Smallest false-positive rate among thresholds whose true-positive rate is >= ``tpr_level``.
+
+    Args:
+        labels: (N,) 1 = ID (positive), 0 = OOD.
+        scores: (N,) higher = more ID.
+    """
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    return float(fpr[int(np.searchsorted(tpr, tpr_level, side="left"))])
+
+
+def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
+    """AUROC, FPR@95%TPR and AUPR-In of ID-vs-OOD scores (ID positive, higher score = ID)."""
+    labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])  # (N + M,)
+    scores = np.concatenate([id_scores, ood_scores]).astype(np.float64)  # (N + M,)
+    return {
+        "auroc": float(roc_auc_score(labels, scores)),
+        "fpr95": fpr_at_tpr(labels, scores),
+        "aupr": float(average_precision_score(labels, scores)),
+    }
+
+
+def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(dim=-1) == labels).float().mean().item())
+
+
+def score_arrays(
+    logits: torch.Tensor, logit_scale: float, params: ScoreParams, names: Sequence[str]
+) -> dict[str, np.ndarray]:
+    """Every named ID score (higher = ID) of a batch of logits, as NumPy arrays."""
+    return {n: id_score(n, logits, logit_scale, params).numpy() for n in names}
+
+
+def _rates_by_group(flags: np.ndarray, groups: Sequence[str]) -> dict[str, float]:
+    keys = sorted(set(groups))
+    g = np.asarray(groups)
+    return {k: float(flags[g == k].mean()) for k in keys}
+
+
+def _threshold_summary(
+    calibration: CalibrationRecord, id_s: np.ndarray, ood_s: Mapping[str, np.ndarray], split: SplitLogits,
+    classes: Sequence[str],
+) -> dict[str, Any]:
+    id_flag = calibration.is_ood(id_s)
+    labels = split.id_labels.numpy()
+    out: dict[str, Any] = {
+        "score": calibration.score,
+        "threshold": calibration.threshold,
+        "target_tpr": calibration.target_tpr,
+        "id_pass_rate": float(1.0 - id_flag.mean()),
+        "ood_reject_rate": {k: float(calibration.is_ood(v).mean()) for k, v in ood_s.items()},
+        "id_reject_rate_by_class": {classes[y]: float(id_flag[labels == y].mean()) for y in sorted(set(labels))},
+    }
+    out["ood_reject_rate_by_group"] = {
+        k: _rates_by_group(calibration.is_ood(v), split.ood_groups[k])
+        for k, v in ood_s.items() if split.ood_groups.get(k) and any(split.ood_groups[k])
+    }
+    return out
+
+
+def evaluate_logits(
+    split: SplitLogits,
+    logit_scale: float,
+    params: ScoreParams,
+    classes: Sequence[str],
+    calibration: CalibrationRecord | None = None,
+    scores: Sequence[str] = SCORE_NAMES,
+) -> MethodEval:
+    """All metrics of one model from its logits.
+
+    Args:
+        split: the model's logits on the task.
+        logit_scale: the model's logit scale (for MCM).
+        params: score parameters (ΔEnergy's c, reset, T; MCM's tau).
+        classes: class names (label order).
+        calibration: the bundle's calibration (for the pass/reject rates at its threshold).
+        scores: score names to evaluate.
+
+    Returns:
+        The summary (JSON-ready) and raw scores.
+    """
+    id_s = score_arrays(split.id_test, logit_scale, params, scores)
+    ood_s: dict[str, dict[str, np.ndarray]] = {n: {} for n in scores}
+    for set_name, z in split.ood.items():
+        for n, v in score_arrays(z, logit_scale, params, scores).items():
+            ood_s[n][set_name] = v
+    per_score: dict[str, Any] = {}
+    for n in scores:
+        sets = {k: ood_metrics(id_s[n], v) for k, v in ood_s[n].items()}
+        mean = {m: float(np.mean([s[m] for s in sets.values()])) for m in ("auroc", "fpr95", "aupr")} if sets else {}
+        per_score[n] = {"ood": sets, "mean": mean}
+    cov = {k: _accuracy(z, y) for k, (z, y) in split.covariate.items()}
+    summary: dict[str, Any] = {
+        "id_accuracy": _accuracy(split.id_test, split.id_labels),
+        "covariate_accuracy": {**cov, **({"mean": float(np.mean(list(cov.values())))} if cov else {})},
+        "score_params": asdict(params),
+        "scores": per_score,
+        "counts": {"id_test": len(split.id_labels), **{f"ood/{k}": len(v) for k, v in split.ood.items()},
+                   **{f"covariate/{k}": len(y) for k, (_, y) in split.covariate.items()}},
+    }
+    threshold_score = calibration.score if calibration else "delta_energy"
+    if calibration is not None:
+        cal_id = id_score(calibration.score, split.id_test, logit_scale, params).numpy()
+        cal_ood = {k: id_score(calibration.score, z, logit_scale, params).numpy() for k, z in split.ood.items()}
+        summary["at_threshold"] = _threshold_summary(calibration, cal_id, cal_ood, split, classes)
+    return MethodEval(summary, id_s, ood_s, list(classes), calibration.threshold if calibration else None,
+                      threshold_score)
+
+
+def _logits(module: ScoringModule, cache: FeatureCache, index: FolderIndex, device: torch.device,
+            batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    enc = cache.get(index, device=device, batch_size=batch_size)
+    with torch.no_grad():
+        return module.logits_from_features(enc.features), enc.labels  # (N, K), (N,)
+
+
+def _group_of(index: FolderIndex) -> list[str]:
+    """Sub-folder of each image of an OOD set ('' for images directly in the set's folder)."""
+    return [p.parent.relative_to(index.root).as_posix() if p.parent != index.root else "" for p in index.paths]
+
+
+def task_logits(
+    module: ScoringModule, task: TaskData, cache: FeatureCache, device: torch.device | str = "cpu",
+    batch_size: int = 128,
+) -> SplitLogits:
+    """A scoring module's logits on the ID test split, every OOD set and every covariate set.
+
+    Raises:
+        ValueError: the task has no ID test split.
+    """
+    if task.test is None:
+        raise ValueError("evaluation needs an ID test split (DIR/id/test)")
+    dev = torch.device(device)
+    module.to(dev)
+    id_z, id_y = _logits(module, cache, task.test, dev, batch_size)
+    ood = {k: _logits(module, cache, idx, dev, batch_size)[0] for k, idx in task.ood.items()}
+    cov = {k: _logits(module, cache, idx, dev, batch_size) for k, idx in task.covariate.items()}
+    module.cpu()
+    # Readers skip unreadable files; groups must stay aligned with the logits.
+    groups = {k: _group_of(idx) for k, idx in task.ood.items() if len(idx) == len(ood[k])}
+    return SplitLogits(id_z.cpu(), id_y, {k: v.cpu() for k, v in ood.items()},
+                       {k: (z.cpu(), y) for k, (z, y) in cov.items()}, groups)
+
+
+def _check_classes(bundle: Bundle, task: TaskData) -> None:
+    if list(bundle.manifest.classes) != list(task.class_names):
+        raise ValueError(
+            f"{bundle.path}: bundle classes {bundle.manifest.classes[:5]}... differ from the data's "
+            f"{list(task.class_names)[:5]}... (same classes in the same order are needed)"
+        )
+
+
+def evaluate_bundles(
+    bundles: Mapping[str, str | Path],
+    task: TaskData,
+    *,
+    cache_dir: str | Path,
+    device: str = "cpu",
+    write_manifest: bool = True,
+    batch_size: int = 128,
+) -> dict[str, MethodEval]:
+    """Evaluate several bundles (one per method) on one task.
+
+    Args:
+        bundles: method name -> bundle directory (table rows in this order).
+        task: the task's data (ID test, OOD sets, covariate sets).
+        cache_dir: feature cache directory.
+        device: where the vision tower runs.
+        write_manifest: store each bundle's summary in its manifest's ``evaluation`` field.
+        batch_size: images per forward pass.
+
+    Returns:
+        Method name -> its evaluation.
+    """
+    out: dict[str, MethodEval] = {}
+    for method, path in bundles.items():
+        bundle = load_bundle(path)
+        _check_classes(bundle, task)
+        module = bundle.build_scoring_module()
+        m = bundle.manifest
+        cache = FeatureCache(cache_dir, module.visual, {"model_name": m.architecture.model_name,
+                                                        "config": m.architecture.open_clip_config}, m.preprocess)
+        split = task_logits(module, task, cache, device, batch_size)
+        ev = evaluate_logits(split, module.logit_scale, module.score_params, m.classes, m.calibration)
+        ev.summary = {"method": method, "bundle": m.name, "version": m.version, **ev.summary}
+        if write_manifest:
+            update_manifest(path, evaluation=json.loads(json.dumps(ev.summary)))
+        logger.info("%s: ID acc %.3f, mean ΔEnergy AUROC %.3f", method, ev.summary["id_accuracy"],
+                    ev.summary["scores"].get("delta_energy", {}).get("mean", {}).get("auroc", float("nan")))
+        out[method] = ev
+    return out
