@@ -15,6 +15,7 @@ from deltagate import __version__
 from deltagate.commands.bench import bench_app
 from deltagate.commands.data import data_app, pretrain_tiny
 from deltagate.commands.export import export
+from deltagate.commands.offline import ablate, calibrate, demo_app, evaluate, train
 from deltagate.commands.serve import serve
 from models.errors import DeltagateError
 
@@ -50,6 +51,11 @@ app.command()(serve)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.command("pretrain-tiny")(pretrain_tiny)
+app.command()(train)
+app.command()(calibrate)
+app.command()(evaluate)
+app.command()(ablate)
+app.add_typer(demo_app, name="demo")
 
 
 def cli_main() -> None:

@@ -1,0 +1,249 @@
+"""``deltagate train | calibrate | evaluate | ablate`` and ``deltagate demo build``: the offline pipeline.
+
+Data directories follow the layout of :class:`models.train.data.folders.TaskPaths`
+(``ROOT/id/{train,val,test}/<class>/``, ``ROOT/ood/<set>/``, ``ROOT/covariate/<style>/<class>/``);
+heavy modules are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+if TYPE_CHECKING:
+    from models.clip_loading import LoadedClip
+    from models.train.data.folders import TaskData
+    from models.train.trainer import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+demo_app = typer.Typer(help="The demo pipeline that builds the bundled default model.", no_args_is_help=True)
+
+# Options shared by several commands.
+DataOpt = Annotated[
+    Path, typer.Option(help="Data root: ROOT/id/{train,val,test}/<class>/, ROOT/ood/, ROOT/covariate/.")
+]
+ClassNamesOpt = Annotated[
+    Path | None, typer.Option(help="Class display names file (default ROOT/id/classnames.txt or folder names).")
+]
+ModelOpt = Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-16 or tiny-clip.")]
+PretrainedOpt = Annotated[
+    str, typer.Option(help="Pretrained tag (openai), local checkpoint path, or 'none' (random weights).")
+]
+ArchOpt = Annotated[Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")]
+WeightsCacheOpt = Annotated[Path | None, typer.Option(help="Pretrained-weights cache directory.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
+
+
+def _command_line() -> str:
+    """The command as typed (recorded beside results); the command path when not run from the shell."""
+    if Path(sys.argv[0]).name == "deltagate":
+        return "deltagate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    import click
+
+    return "deltagate " + click.get_current_context().command_path.split(" ", 1)[-1]
+
+
+def _task(data: Path, class_names: Path | None) -> TaskData:
+    from models.train.data.folders import TaskPaths, load_task
+
+    return load_task(TaskPaths.from_root(data, class_names))
+
+
+def _clip(model: str, pretrained: str, arch_config: Path | None, cache_dir: Path | None, seed: int) -> LoadedClip:
+    import torch
+
+    from models.clip_loading import load_clip, register_architecture
+
+    if arch_config is not None:
+        register_architecture(arch_config)
+    torch.manual_seed(seed)  # random-weight models are reproducible too
+    return load_clip(model, pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+
+
+def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
+    from models.train.trainer import TrainConfig
+
+    return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
+
+
+def train(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint, prompts, history).")],
+    method: Annotated[str, typer.Option(help="zero-shot | coop | ebm.")] = "ebm",
+    bundle: Annotated[Path | None, typer.Option(help="Also export the result as a bundle here.")] = None,
+    model: ModelOpt = "tiny-clip",
+    pretrained: PretrainedOpt = "none",
+    arch_config: ArchOpt = None,
+    cache_dir: WeightsCacheOpt = None,
+    class_names: ClassNamesOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs [50].")] = None,
+    shots: Annotated[int | None, typer.Option(help="Images per class, 0 = all [16].")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step [32].")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate [0.002].")] = None,
+    optimizer: Annotated[str | None, typer.Option(help="sgd | adamw [sgd].")] = None,
+    n_ctx: Annotated[int | None, typer.Option(help="Context vectors [16].")] = None,
+    ctx_init: Annotated[
+        str | None, typer.Option(help="Initialise the context from a phrase, e.g. 'a photo of a'.")
+    ] = None,
+    ebm_weight: Annotated[float | None, typer.Option(help="λ of the EBM loss [1.0].")] = None,
+    mask_ratio: Annotated[float | None, typer.Option(help="Masked share of dimensions [0.1].")] = None,
+    top_c: Annotated[int | None, typer.Option(help="ΔEnergy c, in training and the bundle's score [1].")] = None,
+    ce_on: Annotated[str | None, typer.Option(help="edited | original [edited].")] = None,
+    augment: Annotated[bool, typer.Option(help="Random crops and flips (turns the feature cache off).")] = False,
+    feature_cache: Annotated[bool, typer.Option(help="Encode training images once (without augmentation).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of init, batch order, augmentation, few-shot sample.")] = 1,
+    device: DeviceOpt = "auto",
+    amp: Annotated[bool, typer.Option(help="float16 autocast on CUDA.")] = True,
+    threads: Annotated[int | None, typer.Option(help="CPU threads while training (default: torch's).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT/checkpoint.pt when present.")] = True,
+    benchmark_cache: Annotated[
+        int, typer.Option(help="Instead of training: time N epochs with and without the feature cache.")
+    ] = 0,
+) -> None:
+    """Tune CoOp prompts with cross-entropy (coop) or the EBM objective (ebm), or build zero-shot prompts."""
+    import json
+
+    from models.train.data.folders import few_shot
+    from models.train.trainer import PromptTrainer
+
+    cfg = _train_config(
+        {"method": method, "augment": augment, "cache_features": feature_cache, "seed": seed, "device": device,
+         "amp": amp}, epochs=epochs, shots=shots, batch_size=batch_size, lr=lr, optimizer=optimizer, n_ctx=n_ctx,
+        ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, top_c=top_c, ce_on=ce_on, threads=threads,
+    )
+    task = _task(data, class_names)
+    clip = _clip(model, pretrained, arch_config, cache_dir, seed)
+    train_idx = few_shot(task.train, cfg.shots, cfg.seed) if method != "zero-shot" else task.train
+    if benchmark_cache:
+        from models.train.bench_cache import benchmark_feature_cache
+
+        res = benchmark_feature_cache(clip, list(task.class_names), train_idx, cfg, benchmark_cache)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "train_speed.json").write_text(json.dumps({"command": _command_line(), **res}, indent=2) + "\n")
+        typer.echo(f"cached {res['cached_epoch_s']:.3f} s/epoch, recomputed {res['recompute_epoch_s']:.3f} s/epoch: "
+                   f"x{res['speedup_per_epoch']:.1f}; written to {out / 'train_speed.json'}")
+        return
+    result = PromptTrainer(clip, task.class_names, cfg, out).fit(train_idx, task.val, resume=resume)
+    last = result.history[-1] if result.history else {}
+    typer.echo(f"{method}: run written to {out}; last epoch: {json.dumps(last)}")
+    if bundle is not None:
+        from models.train.run_export import export_run
+
+        export_run(out, bundle, clip=clip)
+        typer.echo(f"bundle written to {bundle} (calibrate it next: deltagate calibrate --bundle {bundle} ...)")
+
+
+def calibrate(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (its manifest is updated).")],
+    data: Annotated[Path | None, typer.Option(help="Data root (uses ROOT/id/val).")] = None,
+    val_dir: Annotated[Path | None, typer.Option(help="ID validation ImageFolder (instead of --data).")] = None,
+    target_tpr: Annotated[float, typer.Option(help="Share of ID validation images that must pass.")] = 0.95,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Fit the ΔEnergy threshold at the target ID TPR on ID validation images; write it into the bundle."""
+    from models.train.calibrate import calibrate_bundle
+    from models.train.data.folders import scan_image_folder
+
+    if (data is None) == (val_dir is None):
+        raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
+    index = scan_image_folder(val_dir if val_dir is not None else Path(data or ".") / "id" / "val")
+    rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, device=device)
+    typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
+               f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")
+
+
+def _parse_bundles(specs: list[str]) -> dict[str, Path]:
+    from models.bundle import load_bundle
+
+    out: dict[str, Path] = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            path = spec
+            name = str(load_bundle(path, verify=False).manifest.prompt.get("method") or Path(path).name)
+        if name in out:
+            raise typer.BadParameter(f"two bundles named {name!r}; name them: --bundle NAME=PATH")
+        out[name] = Path(path)
+    return out
+
+
+def evaluate(
+    data: DataOpt,
+    bundle: Annotated[list[str], typer.Option(help="Bundle to evaluate, NAME=PATH or PATH; repeat for rows.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Directory for evaluation.json/.md and PNG plots.")] = Path(
+        "results"),
+    class_names: ClassNamesOpt = None,
+    write_manifest: Annotated[bool, typer.Option(help="Store each bundle's summary in its manifest.")] = True,
+    plots: Annotated[bool, typer.Option(help="Write PNG plots.")] = True,
+    feature_cache: Annotated[Path | None, typer.Option(help="Feature cache directory [OUT/.feature-cache].")] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
+) -> None:
+    """Every method x every score: ID and covariate accuracy, AUROC/FPR95/AUPR per OOD set, rates at the threshold."""
+    from models.train.evaluate import evaluate_bundles
+    from models.train.plots import write_plots
+    from models.train.report import write_evaluation
+
+    task = _task(data, class_names)
+    evals = evaluate_bundles(_parse_bundles(bundle), task, cache_dir=feature_cache or out / ".feature-cache",
+                             device=device, write_manifest=write_manifest)
+    jpath, mpath = write_evaluation(out, evals, command=_command_line(), extra={"data": task.summary()})
+    if plots:
+        write_plots(out, evals)
+    typer.echo(mpath.read_text(encoding="utf-8"))
+    typer.echo(f"written: {jpath}, {mpath}" + (f", plots in {out}" if plots else ""))
+
+
+def ablate(
+    data: DataOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Work directory of the ablation runs.")],
+    results: Annotated[Path, typer.Option(help="Where ablation.json/.md go.")] = Path("results"),
+    model: ModelOpt = "tiny-clip",
+    pretrained: PretrainedOpt = "none",
+    arch_config: ArchOpt = None,
+    cache_dir: WeightsCacheOpt = None,
+    class_names: ClassNamesOpt = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run [50].")] = None,
+    shots: Annotated[int | None, typer.Option(help="Images per class [16].")] = None,
+    folds: Annotated[int, typer.Option(help="Class folds of the open-set validation proxy.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 1,
+    device: DeviceOpt = "auto",
+    threads: Annotated[int | None, typer.Option(help="CPU threads while training.")] = 1,
+) -> None:
+    """EBM ablation over ce_on, λ, mask_ratio, top_c; selection on ID validation data only."""
+    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation
+
+    cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
+    task = _task(data, class_names)
+    clip = _clip(model, pretrained, arch_config, cache_dir, seed)
+    res = run_ablation(clip, task, cfg, out, AblationConfig(holdout_folds=folds))
+    results.mkdir(parents=True, exist_ok=True)
+    import json
+
+    (results / "ablation.json").write_text(json.dumps({"command": _command_line(), **res.to_dict()}, indent=2) + "\n")
+    md = ablation_markdown(res, _command_line())
+    (results / "ablation.md").write_text(md)
+    typer.echo(md)
+
+
+@demo_app.command("build")
+def demo_build(
+    preset: Annotated[str, typer.Option(help="default (the shipped model) or fast (minutes; tests).")] = "default",
+    work: Annotated[Path, typer.Option(help="Intermediate outputs (world, checkpoint, runs).")] = Path("runs/demo"),
+    bundle: Annotated[Path, typer.Option(help="Where the EBM bundle goes.")] = Path("bundles/default"),
+    results: Annotated[Path, typer.Option(help="Where JSON/Markdown/PNG results go.")] = Path("results"),
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
+) -> None:
+    """synth -> pretrain-tiny -> ablation -> train (zero-shot, CoOp, EBM) -> export -> calibrate -> evaluate."""
+    from models.train.demo import DEMO_CONFIGS, build_demo
+
+    if preset not in DEMO_CONFIGS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
+    summary = build_demo(DEMO_CONFIGS[preset], work, bundle, results, command=_command_line(), progress=progress)
+    typer.echo((results / "evaluation.md").read_text(encoding="utf-8"))
+    typer.echo(f"bundle: {bundle}; results: {results}; stage seconds: {summary['seconds']}")
