@@ -1,0 +1,108 @@
+"""The offline commands on a small task in the real-data layout (ImageFolder directories), micro CLIP."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from deltagate.cli import app
+from models.bundle import load_bundle
+from models.preprocess import preprocess_batch
+from models.train.calibrate import calibrate_bundle
+from models.train.data.folders import scan_image_folder
+from tests.conftest import ASSETS, MICRO_ARCH
+from tests.offline_support import make_task_dirs
+
+pytestmark = pytest.mark.integration
+
+ARCH = ["--model", MICRO_ARCH, "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--pretrained", "none"]
+FAST = ["--epochs", "2", "--shots", "0", "--batch-size", "8", "--n-ctx", "4", "--threads", "1", "--device", "cpu"]
+
+
+def _ok(result):
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    return result
+
+
+def test_calibrate_writes_the_validation_quantile_into_the_bundle(tiny_bundle, tmp_path):
+    bundle = shutil.copytree(tiny_bundle, tmp_path / "b")
+    data = make_task_dirs(tmp_path / "data")
+    index = scan_image_folder(data / "id" / "val")
+    record = calibrate_bundle(bundle, index, target_tpr=0.9)
+    # Independently: the module's own ΔEnergy output on the preprocessed images, 10% quantile.
+    loaded = load_bundle(bundle)
+    module = loaded.build_scoring_module()
+    pixels = preprocess_batch([Image.open(p) for p in index.paths], loaded.manifest.preprocess)
+    with torch.no_grad():
+        de = module(torch.from_numpy(pixels))[2].numpy()
+    assert loaded.manifest.calibration is not None
+    assert loaded.manifest.calibration.threshold == pytest.approx(float(np.quantile(de, 0.1)), rel=1e-5, abs=1e-6)
+    assert loaded.manifest.calibration.target_tpr == 0.9 and loaded.manifest.calibration.n == len(index)
+    assert record.threshold == loaded.manifest.calibration.threshold
+
+
+def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
+    data = make_task_dirs(tmp_path / "data")
+    runner = CliRunner()
+    for method in ("zero-shot", "coop", "ebm"):
+        run, bundle = str(tmp_path / "runs" / method), str(tmp_path / "bundles" / method)
+        _ok(runner.invoke(app, ["train", "--data", str(data), "--method", method, "--out", run, "--bundle", bundle,
+                                "--top-c", "2", *ARCH, *FAST]))
+        _ok(runner.invoke(app, ["calibrate", "--bundle", str(tmp_path / "bundles" / method), "--data", str(data)]))
+    specs = [f"{m}={tmp_path / 'bundles' / m}" for m in ("zero-shot", "coop", "ebm")]
+    out = tmp_path / "results"
+    res = _ok(runner.invoke(app, ["evaluate", "--data", str(data), *sum((["--bundle", s] for s in specs), []),
+                                  "--out", str(out)]))
+    assert "delta_energy (c=2)" in res.output
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert list(doc["methods"]) == ["zero-shot", "coop", "ebm"]
+    ebm = doc["methods"]["ebm"]
+    assert set(ebm["scores"]["delta_energy"]["ood"]) == {"near", "noise"}
+    assert set(ebm["covariate_accuracy"]) == {"sketch", "mean"}
+    assert set(ebm["at_threshold"]["ood_reject_rate_by_group"]["near"]) == {"ring", "spiral"}
+    assert {p.name for p in out.glob("*.png")} == {"hist_delta_energy.png", "roc.png", "per_class.png"}
+    manifest = load_bundle(tmp_path / "bundles" / "ebm").manifest
+    assert manifest.evaluation == ebm and manifest.scores.top_c == 2 and manifest.prompt["method"] == "ebm"
+    assert manifest.onnx is not None  # the parity-checked ONNX file
+
+
+def test_cache_benchmark_writes_its_measurements(tmp_path):
+    data = make_task_dirs(tmp_path / "data")
+    _ok(CliRunner().invoke(app, ["train", "--data", str(data), "--out", str(tmp_path / "bench"),
+                                 "--benchmark-cache", "1", *ARCH, *FAST]))
+    doc = json.loads((tmp_path / "bench" / "train_speed.json").read_text())
+    assert doc["cached_epoch_s"] > 0 and doc["recompute_epoch_s"] > 0
+    assert doc["speedup_per_epoch"] == pytest.approx(doc["recompute_epoch_s"] / doc["cached_epoch_s"])
+
+
+def test_ablation_selects_on_validation_data_only(tmp_path):
+    from models.clip_loading import load_clip, register_architecture
+    from models.train.ablation import AblationConfig, run_ablation
+    from models.train.data.folders import TaskPaths, load_task
+    from models.train.trainer import TrainConfig
+
+    task = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
+    register_architecture(ASSETS / f"{MICRO_ARCH}.json")
+    torch.manual_seed(0)
+    clip = load_clip(MICRO_ARCH)
+    base = TrainConfig(n_ctx=4, shots=0, epochs=1, batch_size=8, threads=1, device="cpu")
+    grid = (("ce_on", ("edited", "original")), ("top_c", (1, 2)))
+    res = run_ablation(clip, task, base, tmp_path / "abl", AblationConfig(grid=grid, holdout_folds=2), progress=False)
+    assert [(r["param"], r["value"]) for r in res.rows] == [("ce_on", "edited"), ("ce_on", "original"),
+                                                             ("top_c", 1), ("top_c", 2)]
+    assert set(res.selected) == {"ce_on", "top_c"}
+    # The pick follows the validation columns alone (test columns are for the record).
+    for param in ("ce_on", "top_c"):
+        rows = [r for r in res.rows if r["param"] == param]
+        best_acc = max(r["val_acc"] for r in rows)
+        eligible = [r for r in rows if r["val_acc"] >= best_acc - 0.01]
+        best = max(eligible, key=lambda r: r["val_open_auroc"])
+        chosen = next(r for r in rows if r["selected"])
+        assert chosen["val_open_auroc"] == best["val_open_auroc"]
+    assert (tmp_path / "abl" / "ablation.json").is_file()
