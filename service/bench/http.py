@@ -152,8 +152,9 @@ class LoadResult:
     errors: int  # of those: non-200 responses and transport errors
     seconds: float  # the throughput window (whole batch cycles, see run_load)
     requests_per_s: float  # 200s per second in the window (one image each)
-    latency: LatencyStats  # of the 200s, client side (send to full response)
+    latency: LatencyStats  # of the 200s in the window, client side (send to full response)
     status_counts: dict[str, int]
+    mean_all_ms: float  # mean latency of every 200 of the level, warm-up included (pairs with /metrics)
 
     def as_row(self) -> dict[str, Any]:
         row = {k: v for k, v in asdict(self).items() if k not in {"latency", "status_counts"}}
@@ -245,4 +246,5 @@ def summarize_load(log: list[tuple[float, float, str]], begin: float, end: float
         concurrency=concurrency, requests=len(after_warmup), errors=len(after_warmup) - counts.get("200", 0),
         seconds=round(elapsed, 3), requests_per_s=round(len(ok) / elapsed, 2) if elapsed > 0 else 0.0,
         latency=latency_stats(ok), status_counts=counts,
+        mean_all_ms=latency_stats([t1 - t0 for t0, t1, outcome in log if outcome == "200"]).mean_ms,
     )

@@ -69,9 +69,12 @@ def _service_level(server: ServerProcess, png: bytes, concurrency: int, seconds:
     """Drive the server at one concurrency; add the server's own batch and forward numbers.
 
     Two of the added fields pair server-side with client-side numbers of the same period, so they
-    hold even when the machine's background load drifts: ``forward_busy_share`` (the share of wall
-    time the inference thread spent in forwards) and ``p50_outside_forward_ms`` (client p50 minus
-    the mean forward time: HTTP, decode, queueing, postprocessing).
+    hold even when the machine's background load drifts, because both sides count the same
+    requests (every request of the level falls between the two /metrics scrapes):
+    ``forward_busy_share``, the share of wall time the inference thread spent in forwards, and
+    ``mean_outside_forward_ms``, the clients' mean latency minus the server's mean forward time.
+    At concurrency 1 every request is one forward of batch 1, so the latter is exactly the mean
+    time a request spends outside its forward: HTTP, decode, batching wait, postprocessing.
     """
     before, t0 = batch_counters(server.url), time.perf_counter()
     load: LoadResult = run_load(server.url, png, concurrency, seconds, warmup_s, timeout_s)
@@ -83,7 +86,7 @@ def _service_level(server: ServerProcess, png: bytes, concurrency: int, seconds:
     row["mean_batch_size"] = round((after["images"] - before["images"]) / forwards, 2) if forwards else None
     row["mean_forward_ms"] = round(1000 * forward_s / forwards, 2) if forwards else None
     row["forward_busy_share"] = round(forward_s / wall, 3)
-    row["p50_outside_forward_ms"] = round(row["p50_ms"] - row["mean_forward_ms"], 2) if forwards else None
+    row["mean_outside_forward_ms"] = round(load.mean_all_ms - row["mean_forward_ms"], 2) if forwards else None
     logger.info("service concurrency %d: %.2f images/s", concurrency, load.requests_per_s)
     return row
 
@@ -103,6 +106,7 @@ def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
     top = max(r["concurrency"] for r in rows)
     ratios = [r["throughput_ratio"] for r in rows if r["concurrency"] == top]
     overheads = [r["p50_overhead_ms"] for r in rows if r["concurrency"] == 1]
+    outside = [r["mean_outside_forward_ms"] for r in rows if r["concurrency"] == 1]
     ratio = round(statistics.median(ratios), 3)
     overhead = round(statistics.median(overheads), 2) if overheads else None
     errors = sum(r["errors"] for r in rows)
@@ -112,6 +116,8 @@ def _verdict(rows: list[dict[str, Any]]) -> dict[str, Any]:
         "throughput_ratio_per_round": ratios,
         "concurrency1_p50_overhead_ms_median": overhead,
         "concurrency1_p50_overhead_ms_per_round": overheads,
+        "concurrency1_mean_outside_forward_ms_median": round(statistics.median(outside), 2) if outside else None,
+        "concurrency1_mean_outside_forward_ms_per_round": outside,
         "errors": errors,
         "targets": TARGETS,
         "met": {
