@@ -17,7 +17,7 @@ from service.engines import create_engine
 from service.runtime import LoadedModel
 from service.settings import DeviceName
 
-__all__ = ["EngineResult", "load_engine", "measure_engine"]
+__all__ = ["EngineResult", "load_engine", "measure_engine", "measure_preprocess"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,3 +91,24 @@ def measure_engine(model: LoadedModel, png: bytes, batch_size: int, seconds: flo
     logger.info("engine %s batch %d: %.2f images/s", result.engine, batch_size, result.images_per_s)
     return result
 
+
+
+def measure_preprocess(model: LoadedModel, png: bytes, seconds: float) -> LatencyStats:
+    """Decode and preprocess the bench image repeatedly (the service's per-image CPU stage, one thread).
+
+    Args:
+        model: supplies the bundle's preprocessing config.
+        png: the encoded bench image.
+        seconds: time budget (at least 10 repetitions).
+
+    Returns:
+        Per-image latency statistics.
+    """
+    cfg = model.manifest.preprocess
+    durations: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds or len(durations) < 10:
+        t0 = time.perf_counter()
+        preprocess_image(decode_image(png), cfg)  # (3, H, W)
+        durations.append(time.perf_counter() - t0)
+    return latency_stats(durations)

@@ -11,11 +11,12 @@ import logging
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from service.bench.engine import EngineResult, load_engine, measure_engine
+from service.bench.engine import EngineResult, load_engine, measure_engine, measure_preprocess
 from service.bench.http import LoadResult, ServerProcess, batch_counters, run_load
 from service.bench.report import machine_info
 from service.runtime import LoadedModel
@@ -53,6 +54,7 @@ def engine_report(
     model = load_engine(bundle, engine, device)
     try:
         report["results"] = [measure_engine(model, png, b, seconds).as_row() for b in batch_sizes]
+        report["decode_preprocess"] = asdict(measure_preprocess(model, png, min(seconds, 2.0)))
     finally:
         model.engine.close()
     report["machine"]["load_average_after"] = machine_info()["load_average_1_5_15"]

@@ -33,6 +33,7 @@ def test_bench_engine_writes_a_report(tiny_bundle: Path, tmp_path: Path, engine:
         assert 0 < row["batch_p50_ms"] <= row["batch_p95_ms"] <= row["batch_p99_ms"] <= row["batch_max_ms"]
         # images/s is the batch size over the mean forward time (independent formula)
         assert row["images_per_s"] == pytest.approx(1000 * row["batch_size"] / row["batch_mean_ms"], rel=0.02)
+    assert report["decode_preprocess"]["n"] >= 10 and report["decode_preprocess"]["p50_ms"] > 0
     assert "images_per_s" in result.output  # the printed table
 
 
