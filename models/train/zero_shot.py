@@ -1,0 +1,176 @@
+"""Zero-shot evaluation of a CLIP on a task: ID accuracy, covariate-shift accuracy, OOD AUROC, linear probe.
+
+Used to judge a pretrained tiny CLIP before any prompt tuning: zero-shot accuracy with hand-written
+prompts is the starting point of CoOp/EBM, and the linear-probe accuracy of the frozen image
+features (logistic regression on ID train, regularisation chosen on ID val) is a ceiling for what
+prompt tuning can reach. OOD scores come from :mod:`models.scores` (the one definition shared with
+training, export and serving); ID images are the positive class.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from models.clip_loading import LoadedClip
+from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
+from models.scores import ScoreParams, id_score
+from models.train.data.folders import FolderIndex, TaskData, load_images
+
+__all__ = ["ZeroShotReport", "encode_images", "auroc", "fpr_at_tpr", "linear_probe", "evaluate_zero_shot"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_SCORES: tuple[str, ...] = ("msp", "max_logit", "energy", "mcm", "delta_energy")
+
+
+@dataclass
+class ZeroShotReport:
+    """Zero-shot numbers of one model on one task."""
+
+    templates: list[str]  # prompt templates (class embeddings are averaged over them)
+    classes: list[str]  # class display names, label order
+    id_accuracy: float  # top-1 on ID test
+    covariate_accuracy: dict[str, float] = field(default_factory=dict)  # per covariate-shift set
+    auroc: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> OOD set -> AUROC (ID positive)
+    fpr95: dict[str, dict[str, float]] = field(default_factory=dict)  # score -> OOD set -> FPR at 95% TPR
+    linear_probe_accuracy: float | None = None  # logistic regression on frozen features, ID test
+    linear_probe_c: float | None = None  # regularisation chosen on ID val
+    counts: dict[str, int] = field(default_factory=dict)  # images evaluated per split / set
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@torch.no_grad()
+def encode_images(model: Any, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised image features of preprocessed pixels, in batches.
+
+    Args:
+        model: an open_clip model (eval mode is set by the caller).
+        pixels: (N, 3, H, W) preprocessed images (any float dtype).
+        batch_size: images per forward pass.
+
+    Returns:
+        (N, D) float32 features.
+    """
+    device = next(model.parameters()).device
+    feats = [
+        F.normalize(model.encode_image(pixels[i : i + batch_size].to(device).float()).float(), dim=-1).cpu()  # (b, D)
+        for i in range(0, len(pixels), batch_size)
+    ]
+    return torch.cat(feats) if feats else torch.empty(0, 0)  # (N, D)
+
+
+def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    """Area under the ROC curve with ID as the positive class (higher score = more ID)."""
+    from sklearn.metrics import roc_auc_score
+
+    y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
+    return float(roc_auc_score(y, np.concatenate([id_scores, ood_scores])))
+
+
+def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
+    """Fraction of OOD images accepted at the threshold that keeps ``tpr`` of ID images."""
+    threshold = np.quantile(id_scores, 1.0 - tpr)
+    return float(np.mean(ood_scores >= threshold))
+
+
+def linear_probe(
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None,
+    test: tuple[np.ndarray, np.ndarray],
+    cs: Sequence[float] = (0.1, 1.0, 10.0, 100.0),
+) -> tuple[float, float]:
+    """Logistic regression on frozen features; C chosen on val (or the largest C without val).
+
+    Returns:
+        (test accuracy, chosen C).
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    best_c, best_acc = cs[-1], -1.0
+    if val is not None and len(val[1]):
+        for c in cs:
+            clf = LogisticRegression(C=c, max_iter=2000).fit(*train)
+            acc = float(clf.score(*val))
+            if acc > best_acc:
+                best_c, best_acc = c, acc
+    clf = LogisticRegression(C=best_c, max_iter=2000).fit(*train)
+    return float(clf.score(*test)), best_c
+
+
+def _features(clip: LoadedClip, index: FolderIndex, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    loaded = load_images(index, clip.preprocess)
+    return encode_images(clip.model, loaded.pixels, batch_size), loaded.labels
+
+
+def evaluate_zero_shot(
+    clip: LoadedClip,
+    task: TaskData,
+    templates: Sequence[str] = DEFAULT_TEMPLATES,
+    scores: Sequence[str] = DEFAULT_SCORES,
+    score_params: ScoreParams | None = None,
+    probe: bool = True,
+    batch_size: int = 256,
+) -> ZeroShotReport:
+    """Zero-shot accuracy, covariate-shift accuracy, OOD detection and the linear-probe ceiling.
+
+    Args:
+        clip: the model (left in eval mode).
+        task: the task's indexes (ID test is required).
+        templates: prompt templates with one ``{}`` for the class name.
+        scores: names of :data:`models.scores.SCORE_NAMES` to evaluate on every OOD set.
+        score_params: parameters of the scores (ΔEnergy's ``top_c`` etc.).
+        probe: also fit the linear probe (needs ID train).
+        batch_size: images per forward pass.
+
+    Returns:
+        The report.
+
+    Raises:
+        ValueError: the task has no ID test split.
+    """
+    if task.test is None:
+        raise ValueError("zero-shot evaluation needs an ID test split")
+    model: Any = clip.model.eval()
+    classes = list(task.class_names)
+    text = zero_shot_class_embeddings(model, clip.tokenizer, classes, templates).cpu()  # (K, D)
+    scale = float(model.logit_scale.detach().exp())
+    test_f, test_y = _features(clip, task.test, batch_size)
+    test_logits = scale * test_f @ text.t()  # (N, K)
+    report = ZeroShotReport(list(templates), classes, float((test_logits.argmax(-1) == test_y).float().mean()))
+    report.counts["id/test"] = len(test_y)
+    for name, index in task.covariate.items():
+        f, y = _features(clip, index, batch_size)
+        report.covariate_accuracy[name] = float(((scale * f @ text.t()).argmax(-1) == y).float().mean())
+        report.counts[f"covariate/{name}"] = len(y)
+    id_s = {s: id_score(s, test_logits, scale, score_params).numpy() for s in scores}
+    for name, index in task.ood.items():
+        f, _ = _features(clip, index, batch_size)
+        logits = scale * f @ text.t()  # (M, K)
+        report.counts[f"ood/{name}"] = len(f)
+        for s in scores:
+            ood_s = id_score(s, logits, scale, score_params).numpy()
+            report.auroc.setdefault(s, {})[name] = auroc(id_s[s], ood_s)
+            report.fpr95.setdefault(s, {})[name] = fpr_at_tpr(id_s[s], ood_s)
+    if probe and len(task.train):
+        train_f, train_y = _features(clip, task.train, batch_size)
+        val = _features(clip, task.val, batch_size) if task.val is not None else None
+        acc, c = linear_probe(
+            (train_f.numpy(), train_y.numpy()),
+            (val[0].numpy(), val[1].numpy()) if val is not None else None,
+            (test_f.numpy(), test_y.numpy()),
+        )
+        report.linear_probe_accuracy, report.linear_probe_c = acc, c
+    logger.info(
+        "zero-shot: ID acc %.3f, linear probe %s, covariate %s, AUROC(energy) %s",
+        report.id_accuracy, report.linear_probe_accuracy, report.covariate_accuracy, report.auroc.get("energy"),
+    )
+    return report

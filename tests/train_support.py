@@ -1,0 +1,41 @@
+"""Helpers shared by the training-side tests: tiny synthetic worlds and image folders on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from models.train.data.synth import WorldConfig
+
+# A world small enough to render in about a second (every split present, every far set, 2 held-out styles).
+TINY_WORLD = WorldConfig(
+    seed=3,
+    categories=("circle", "square", "triangle", "star", "heart", "ring", "spiral", "lightning bolt"),
+    id_classes=("circle", "square", "triangle", "star"),
+    covariate_styles=("sketch", "pixel"),
+    n_pretrain=48,
+    n_train_per_class=3,
+    n_val_per_class=2,
+    n_test_per_class=2,
+    n_near_per_class=1,
+    n_far_per_set=2,
+    n_covariate_per_class=1,
+)
+
+
+def write_png(path: Path, seed: int, size: int = 16) -> Path:
+    """A small random RGB PNG at ``path`` (parents created)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def make_image_folder(root: Path, classes: dict[str, int], seed: int = 0) -> Path:
+    """``root/<class>/img_<i>.png`` with the given number of images per class."""
+    for ci, (name, n) in enumerate(sorted(classes.items())):
+        for i in range(n):
+            write_png(root / name / f"img_{i:03d}.png", seed * 1000 + ci * 100 + i)
+    return root
