@@ -62,9 +62,13 @@ SELECTION_CRITERION = (
     "ties keep the current value. No OOD or covariate-shift test image is used."
 )
 
-ABLATED: tuple[str, ...] = ("ce_on", "ebm_weight", "mask_ratio", "top_c")  # the parameters of METHOD.md's ablation
+# METHOD.md's ablation (ce_on, λ, mask_ratio, top_c) and the energy temperature T.
+ABLATED: tuple[str, ...] = ("temperature", "ce_on", "ebm_weight", "mask_ratio", "top_c")
 
 DEFAULT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    # T of the energy in ΔEnergy and in the EBM loss; T = logit scale makes z/T the cosine similarity,
+    # where the reset to 0 ("cosine cropped to zero") is no longer negligible (docs/offline.md).
+    ("temperature", (1.0, 3.0, 10.0, 30.0, 100.0)),
     ("ce_on", ("edited", "original")),
     ("ebm_weight", (0.0, 0.1, 0.3, 1.0, 3.0)),
     ("mask_ratio", (0.05, 0.1, 0.2, 0.4)),
@@ -222,7 +226,7 @@ def run_ablation(
 def ablation_markdown(result: AblationResult, command: str | None = None) -> str:
     """The ablation as a Markdown table (validation columns select; test columns are for the record)."""
     sets = list(result.rows[0].get("test_delta_energy_auroc", {})) if result.rows else []
-    head = ["param", "value", "ce_on", "λ", "mask", "c", "val acc", "val open AUROC"]
+    head = ["param", "value", "T", "ce_on", "λ", "mask", "c", "val acc", "val open AUROC"]
     head += ["test acc", "test cov acc"] + [f"ΔE AUROC {s}" for s in sets] + ["ΔE FPR95 mean", "energy AUROC mean"]
     lines = ["# Ablation (EBM)", ""]
     if command:
@@ -232,7 +236,8 @@ def ablation_markdown(result: AblationResult, command: str | None = None) -> str
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in result.rows:
         mark = " **←**" if r.get("selected") else ""
-        row = [r["param"], f"{r['value']}{mark}", r["ce_on"], str(r["ebm_weight"]), str(r["mask_ratio"]),
+        row = [r["param"], f"{r['value']}{mark}", str(r["temperature"]), r["ce_on"], str(r["ebm_weight"]),
+               str(r["mask_ratio"]),
                str(r["top_c"]), f"{100 * r['val_acc']:.1f}", f"{100 * r['val_open_auroc']:.1f}"]
         if "test_acc" in r:
             row += [f"{100 * r['test_acc']:.1f}", f"{100 * (r['test_cov_acc'] or 0):.1f}"]

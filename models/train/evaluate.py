@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ __all__ = [
     "MethodEval",
     "ood_metrics",
     "fpr_at_tpr",
+    "score_variants",
     "score_arrays",
     "evaluate_logits",
     "task_logits",
@@ -98,11 +99,26 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.argmax(dim=-1) == labels).float().mean().item())
 
 
-def score_arrays(
-    logits: torch.Tensor, logit_scale: float, params: ScoreParams, names: Sequence[str]
-) -> dict[str, np.ndarray]:
-    """Every named ID score (higher = ID) of a batch of logits, as NumPy arrays."""
-    return {n: id_score(n, logits, logit_scale, params).numpy() for n in names}
+ScoreVariant = tuple[str, str, ScoreParams]  # (key in the results, score name, its parameters)
+
+
+def score_variants(params: ScoreParams, names: Sequence[str] = SCORE_NAMES) -> list[ScoreVariant]:
+    """The scores of a table: each name with the bundle's parameters, plus energy and ΔEnergy with
+    METHOD.md's default parameters (keys ``energy@T=1``, ``delta_energy@c=1,T=1``) when the bundle's
+    differ, so a changed temperature or c is always shown beside the specification's default."""
+    out: list[ScoreVariant] = [(n, n, params) for n in names]
+    default = replace(ScoreParams(), mcm_tau=params.mcm_tau)
+    if "energy" in names and params.temperature != default.temperature:
+        out.append(("energy@T=1", "energy", default))
+    de = (params.top_c, params.reset_logit, params.temperature)
+    if "delta_energy" in names and de != (default.top_c, default.reset_logit, default.temperature):
+        out.append(("delta_energy@c=1,T=1", "delta_energy", default))
+    return out
+
+
+def score_arrays(logits: torch.Tensor, logit_scale: float, variants: Sequence[ScoreVariant]) -> dict[str, np.ndarray]:
+    """Every ID score variant (higher = ID) of a batch of logits, as NumPy arrays keyed like the variants."""
+    return {key: id_score(name, logits, logit_scale, p).numpy() for key, name, p in variants}
 
 
 def _rates_by_group(flags: np.ndarray, groups: Sequence[str]) -> dict[str, float]:
@@ -148,18 +164,19 @@ def evaluate_logits(
         params: score parameters (ΔEnergy's c, reset, T; MCM's tau).
         classes: class names (label order).
         calibration: the bundle's calibration (for the pass/reject rates at its threshold).
-        scores: score names to evaluate.
+        scores: score names to evaluate (see :func:`score_variants` for the extra reference rows).
 
     Returns:
         The summary (JSON-ready) and raw scores.
     """
-    id_s = score_arrays(split.id_test, logit_scale, params, scores)
-    ood_s: dict[str, dict[str, np.ndarray]] = {n: {} for n in scores}
+    variants = score_variants(params, scores)
+    id_s = score_arrays(split.id_test, logit_scale, variants)
+    ood_s: dict[str, dict[str, np.ndarray]] = {key: {} for key, _, _ in variants}
     for set_name, z in split.ood.items():
-        for n, v in score_arrays(z, logit_scale, params, scores).items():
+        for n, v in score_arrays(z, logit_scale, variants).items():
             ood_s[n][set_name] = v
     per_score: dict[str, Any] = {}
-    for n in scores:
+    for n in ood_s:
         sets = {k: ood_metrics(id_s[n], v) for k, v in ood_s[n].items()}
         mean = {m: float(np.mean([s[m] for s in sets.values()])) for m in ("auroc", "fpr95", "aupr")} if sets else {}
         per_score[n] = {"ood": sets, "mean": mean}

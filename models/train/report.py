@@ -12,11 +12,17 @@ from models.train.evaluate import MethodEval
 __all__ = ["score_label", "evaluation_json", "evaluation_markdown", "write_evaluation"]
 
 
-def score_label(name: str, summary: Mapping[str, Any]) -> str:
-    """Table label of a score: ΔEnergy carries its c."""
-    if name == "delta_energy":
-        return f"delta_energy (c={summary['score_params']['top_c']})"
-    return name
+def score_label(key: str, summary: Mapping[str, Any]) -> str:
+    """Table label of a score: energy shows its T, ΔEnergy its c and T (reference rows: METHOD.md defaults)."""
+    p = summary["score_params"]
+    if key == "delta_energy":
+        return f"delta_energy (c={p['top_c']}, T={p['temperature']:.3g})"
+    if key == "energy":
+        return f"energy (T={p['temperature']:.3g})"
+    if "@" in key:
+        name, params = key.split("@", 1)
+        return f"{name} ({params.replace(',', ', ')})"
+    return key
 
 
 def _pct(x: float) -> str:

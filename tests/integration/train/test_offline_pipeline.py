@@ -59,7 +59,7 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     out = tmp_path / "results"
     res = _ok(runner.invoke(app, ["evaluate", "--data", str(data), *sum((["--bundle", s] for s in specs), []),
                                   "--out", str(out)]))
-    assert "delta_energy (c=2)" in res.output
+    assert "delta_energy (c=2, T=1)" in res.output
     doc = json.loads((out / "evaluation.json").read_text())
     assert list(doc["methods"]) == ["zero-shot", "coop", "ebm"]
     ebm = doc["methods"]["ebm"]

@@ -59,7 +59,7 @@ def test_evaluate_logits_summary_and_threshold_rates():
     s = ev.summary
     assert s["id_accuracy"] == pytest.approx(10 / 12)
     assert s["covariate_accuracy"] == {"sketch": 1.0, "mean": 1.0}
-    assert set(s["scores"]) == set(SCORE_NAMES)
+    assert set(s["scores"]) == {*SCORE_NAMES, "delta_energy@c=1,T=1"}
     de_id = ev.id_scores["delta_energy"]
     thr = s["at_threshold"]
     assert thr["threshold"] == calib.threshold
@@ -76,5 +76,20 @@ def test_markdown_has_one_row_per_method_and_score():
     md = evaluation_markdown({"zero-shot": ev, "ebm": ev}, command="deltagate evaluate ...")
     assert "deltagate evaluate ..." in md
     rows = [line for line in md.splitlines() if line.startswith("| zero-shot |") or line.startswith("| ebm |")]
-    assert len(rows) == 2 * len(SCORE_NAMES) + 2  # score rows plus the covariate table's rows
-    assert "delta_energy (c=3)" in md
+    # score rows (+1 reference ΔEnergy row with METHOD.md's defaults, since c=3), plus the covariate table's rows
+    assert len(rows) == 2 * (len(SCORE_NAMES) + 1) + 2
+    assert "delta_energy (c=3, T=1)" in md and "delta_energy (c=1, T=1)" in md and "energy (T=1)" in md
+
+
+def test_reference_rows_appear_only_when_the_parameters_differ_from_the_specification():
+    from models.train.evaluate import score_variants
+
+    assert [k for k, _, _ in score_variants(ScoreParams())] == list(SCORE_NAMES)
+    keys = [k for k, _, _ in score_variants(ScoreParams(temperature=20.0))]
+    assert keys == [*SCORE_NAMES, "energy@T=1", "delta_energy@c=1,T=1"]
+    ev = evaluate_logits(_split(), 10.0, ScoreParams(temperature=20.0), ["a", "b", "c"])
+    # The reference row is the score with METHOD.md's defaults, computed independently here.
+    from models.scores import delta_energy
+
+    expected = delta_energy(_split().id_test).numpy()
+    np.testing.assert_allclose(ev.id_scores["delta_energy@c=1,T=1"], expected, rtol=1e-6)
