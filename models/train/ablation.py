@@ -66,13 +66,14 @@ SELECTION_CRITERION = (
 ABLATED: tuple[str, ...] = ("temperature", "ce_on", "ebm_weight", "mask_ratio", "top_c")
 
 DEFAULT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
-    # T of the energy in ΔEnergy and in the EBM loss; T = logit scale makes z/T the cosine similarity,
-    # where the reset to 0 ("cosine cropped to zero") is no longer negligible (docs/offline.md).
-    ("temperature", (1.0, 3.0, 10.0, 30.0, 100.0)),
     ("ce_on", ("edited", "original")),
     ("ebm_weight", (0.0, 0.1, 0.3, 1.0, 3.0)),
     ("mask_ratio", (0.05, 0.1, 0.2, 0.4)),
     ("top_c", (1, 2, 3)),
+    # T of the energy in ΔEnergy and in the EBM loss, searched last (it rescales the EBM term that λ
+    # weighs). T = logit scale makes z/T the cosine similarity, where the reset to 0 ("cosine cropped
+    # to zero") is no longer negligible; at T = 1 and CLIP's scale ΔEnergy_1 is a function of MSP.
+    ("temperature", (1.0, 3.0, 10.0, 30.0, 100.0)),
 )
 
 

@@ -38,7 +38,7 @@ from models.train.plots import write_plots
 from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
 from models.train.report import write_evaluation
 from models.train.run_export import export_run
-from models.train.trainer import METHODS, PromptTrainer, TrainConfig
+from models.train.trainer import METHODS, PromptTrainer, TrainConfig, checkpoint_matches
 
 __all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo"]
 
@@ -103,7 +103,8 @@ def _train(clip: LoadedClip, task: TaskData, cfg: TrainConfig, runs: Path, progr
         mcfg = replace(cfg, method=method)  # type: ignore[arg-type]
         train = few_shot(task.train, mcfg.shots, mcfg.seed)
         trainer = PromptTrainer(clip, task.class_names, mcfg, runs / method, cache_dir=runs / "feature-cache")
-        trainer.fit(train, task.val, resume=True, progress=progress)
+        # Resume an interrupted run of the same configuration; a changed one starts over.
+        trainer.fit(train, task.val, resume=checkpoint_matches(runs / method, mcfg), progress=progress)
         out[method] = runs / method
     clip.model.cpu()
     return out

@@ -50,7 +50,15 @@ from models.train.features import (
 )
 from models.train.losses import ebm_loss
 
-__all__ = ["METHODS", "TrainConfig", "TrainResult", "resolve_device", "lr_at_epoch", "PromptTrainer"]
+__all__ = [
+    "METHODS",
+    "TrainConfig",
+    "TrainResult",
+    "resolve_device",
+    "lr_at_epoch",
+    "checkpoint_matches",
+    "PromptTrainer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +145,20 @@ def lr_at_epoch(cfg: TrainConfig, epoch: int) -> float:
         return cfg.warmup_lr
     span = max(1, cfg.epochs - cfg.warmup_epochs)
     return 0.5 * cfg.lr * (1.0 + math.cos(math.pi * (epoch - cfg.warmup_epochs) / span))
+
+
+def checkpoint_matches(out_dir: str | Path, cfg: TrainConfig) -> bool:
+    """Whether ``out_dir`` holds a checkpoint written with ``cfg`` (up to device, workers and threads)."""
+    path = Path(out_dir) / CHECKPOINT
+    if not path.is_file():
+        return False
+    saved = TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
+    return _same_run(saved, cfg)
+
+
+def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
+    where = {k: getattr(cfg, k) for k in ("device", "num_workers", "threads")}  # may change between runs
+    return replace(saved, **where) == cfg
 
 
 def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
@@ -343,7 +365,8 @@ class PromptTrainer:
         row: dict[str, Any] = {"epoch": epoch + 1, "lr": lr, **stats, "seconds": seconds}
         if val_split is not None:
             row.update(self.validate(learner.bake(), val_split))
-        logger.info("%s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
+        level = logging.INFO if (epoch + 1) % 10 == 0 or epoch + 1 == cfg.epochs else logging.DEBUG
+        logger.log(level, "%s", {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
         return row
 
     # ----------------------------------------------------------------- checkpoints
@@ -362,8 +385,7 @@ class PromptTrainer:
             return 0, []
         state = torch.load(path, map_location="cpu", weights_only=False)
         saved = TrainConfig.from_dict(state["config"])
-        where = {k: getattr(self.cfg, k) for k in ("device", "num_workers", "threads")}  # may change between runs
-        if replace(saved, **where) != self.cfg:
+        if not _same_run(saved, self.cfg):
             raise ValueError(f"{path} was written with a different TrainConfig; resume needs the same one "
                              f"(saved: {asdict(saved)})")
         with torch.no_grad():

@@ -126,3 +126,13 @@ def test_config_rejects_unknown_values():
         TrainConfig(method="lora")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="ce_on"):
         TrainConfig(ce_on="both")  # type: ignore[arg-type]
+
+
+def test_checkpoint_matches_only_the_same_configuration(clip, task, tmp_path):
+    from models.train.trainer import checkpoint_matches
+
+    assert not checkpoint_matches(tmp_path / "run", CFG)
+    _fit(clip, task, CFG, tmp_path / "run", stop_after=1)
+    assert checkpoint_matches(tmp_path / "run", CFG)
+    assert checkpoint_matches(tmp_path / "run", replace(CFG, threads=2, device="cpu:0"))  # where, not what
+    assert not checkpoint_matches(tmp_path / "run", replace(CFG, ebm_weight=0.5))
