@@ -22,7 +22,9 @@ pytestmark = pytest.mark.unit
 def _digest(root: Path) -> dict[str, str]:
     """Relative path -> sha1 of every file under root."""
     return {
-        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*")) if p.is_file()
+        str(p.relative_to(root)): hashlib.sha1(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
     }
 
 
