@@ -22,8 +22,9 @@ from models.clip_loading import LoadedClip
 from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
 from models.scores import ScoreParams, id_score
 from models.train.data.folders import FolderIndex, TaskData, load_images
+from models.train.evaluate import ood_metrics
 
-__all__ = ["ZeroShotReport", "encode_images", "auroc", "fpr_at_tpr", "linear_probe", "evaluate_zero_shot"]
+__all__ = ["ZeroShotReport", "encode_images", "linear_probe", "evaluate_zero_shot"]
 
 logger = logging.getLogger(__name__)
 
@@ -66,20 +67,6 @@ def encode_images(model: Any, pixels: torch.Tensor, batch_size: int = 256) -> to
         for i in range(0, len(pixels), batch_size)
     ]
     return torch.cat(feats) if feats else torch.empty(0, 0)  # (N, D)
-
-
-def auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
-    """Area under the ROC curve with ID as the positive class (higher score = more ID)."""
-    from sklearn.metrics import roc_auc_score
-
-    y = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])
-    return float(roc_auc_score(y, np.concatenate([id_scores, ood_scores])))
-
-
-def fpr_at_tpr(id_scores: np.ndarray, ood_scores: np.ndarray, tpr: float = 0.95) -> float:
-    """Fraction of OOD images accepted at the threshold that keeps ``tpr`` of ID images."""
-    threshold = np.quantile(id_scores, 1.0 - tpr)
-    return float(np.mean(ood_scores >= threshold))
 
 
 def linear_probe(
@@ -158,8 +145,9 @@ def evaluate_zero_shot(
         report.counts[f"ood/{name}"] = len(f)
         for s in scores:
             ood_s = id_score(s, logits, scale, score_params).numpy()
-            report.auroc.setdefault(s, {})[name] = auroc(id_s[s], ood_s)
-            report.fpr95.setdefault(s, {})[name] = fpr_at_tpr(id_s[s], ood_s)
+            metrics = ood_metrics(id_s[s], ood_s)  # the evaluation's own metric definitions
+            report.auroc.setdefault(s, {})[name] = metrics["auroc"]
+            report.fpr95.setdefault(s, {})[name] = metrics["fpr95"]
     if probe and len(task.train):
         train_f, train_y = _features(clip, task.train, batch_size)
         val = _features(clip, task.val, batch_size) if task.val is not None else None

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
+from models.train.evaluate import ood_metrics
 from models.train.pretrain_tiny import contrastive_loss
-from models.train.zero_shot import auroc, fpr_at_tpr
 
 pytestmark = pytest.mark.unit
 
@@ -46,7 +46,7 @@ def test_auroc_and_fpr_against_counting():
     rng = np.random.default_rng(0)
     id_s, ood_s = rng.normal(1.0, 1.0, 200), rng.normal(0.0, 1.0, 300)
     pairs = (id_s[:, None] > ood_s[None, :]).mean() + 0.5 * (id_s[:, None] == ood_s[None, :]).mean()
-    assert auroc(id_s, ood_s) == pytest.approx(pairs, abs=1e-9)
+    assert ood_metrics(id_s, ood_s)["auroc"] == pytest.approx(pairs, abs=1e-9)
     thr = np.sort(id_s)[int(np.floor(0.05 * (len(id_s) - 1)))]
-    assert fpr_at_tpr(id_s, ood_s) == pytest.approx(np.mean(ood_s >= thr), abs=0.01)
-    assert auroc(np.ones(3) * 2, np.zeros(3)) == 1.0
+    assert ood_metrics(id_s, ood_s)["fpr95"] == pytest.approx(np.mean(ood_s >= thr), abs=0.01)
+    assert ood_metrics(np.ones(3) * 2, np.zeros(3))["auroc"] == 1.0
