@@ -14,16 +14,14 @@ new default bundle means: run this script), then runs promtool on the result.
 
 Usage::
 
-    python deploy/alerts/render.py                      # bundles/default -> the three files
-    python deploy/alerts/render.py --bundle path/to/bundle --out-dir /tmp/rules
+    python -m deploy.alerts.render                      # bundles/default -> the three files
+    python -m deploy.alerts.render --bundle path/to/bundle --out-dir /tmp/rules
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import sys
 from pathlib import Path
 from string import Template
@@ -37,6 +35,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(ROOT))
 
+from deploy.capacity.bench import DEFAULT_BENCH, load_bench, p99_bound_s  # noqa: E402
 from models.bundle import BundleManifest, load_bundle  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from service.telemetry import delta_energy_buckets  # noqa: E402
@@ -44,7 +43,6 @@ from service.telemetry import delta_energy_buckets  # noqa: E402
 logger = logging.getLogger("deltagate.deploy.alerts")
 
 HERE = Path(__file__).resolve().parent
-BENCH_JSON = ROOT / "results/bench/vitb32-onnx-cpu.json"
 OUTPUTS = {
     "alerts": Path("docker/prometheus/alerts.yml"),
     "tests": Path("docker/prometheus/alerts.test.yml"),
@@ -59,7 +57,6 @@ POLICY: dict[str, Any] = {
     "min_accepted_30m": 200,  # ... with at least this many accepted images in the 30 min window
     "error_share": 0.01,  # 5xx (other than 503) share of /classify
     "overload_share": 0.01,  # 503 share of /classify
-    "queue_fill": 0.8,  # queue depth / DELTAGATE_MAX_QUEUE_SIZE
 }
 
 
@@ -67,20 +64,6 @@ class _AtTemplate(Template):
     """``@{name}`` placeholders: PromQL and Go templates already use ``$`` and ``{{ }}``."""
 
     delimiter = "@"
-
-
-def p99_bound_from_bench(path: Path = BENCH_JSON) -> float:
-    """The p99 alert bound: the worst p99 at saturation in the bench run, rounded up to a second.
-
-    Args:
-        path: a ``deltagate bench service`` JSON (``results/bench/``).
-
-    Returns:
-        Seconds: ceil(max p99_ms over the rows at the highest concurrency / 1000).
-    """
-    rows = json.loads(path.read_text(encoding="utf-8"))["service"]
-    top = max(r["concurrency"] for r in rows)
-    return float(math.ceil(max(r["p99_ms"] for r in rows if r["concurrency"] == top) / 1000.0))
 
 
 def bundle_values(manifest: BundleManifest) -> dict[str, Any]:
@@ -119,15 +102,15 @@ def template_values(bundle_path: Path) -> dict[str, Any]:
     manifest = load_bundle(bundle_path, verify=False).manifest
     values = {**bundle_values(manifest), **POLICY}
     values["bundle_path"] = str(bundle_path.relative_to(ROOT) if bundle_path.is_relative_to(ROOT) else bundle_path)
-    values["max_queue_size"] = Settings.model_fields["max_queue_size"].default
-    values["queue_fill_pct"] = f"{POLICY['queue_fill'] * 100:g}%"
-    values["p99_bound_s"] = p99_bound_from_bench()
-    values["bench_json"] = str(BENCH_JSON.relative_to(ROOT))
+    timeout = Settings.model_fields["request_timeout_s"].default
+    values["request_timeout_s"] = f"{timeout:g}"
+    values["queue_wait_bound_s"] = f"{timeout / 2:g}"  # half the deadline: time left to react
+    values["p99_bound_s"] = p99_bound_s(load_bench(DEFAULT_BENCH))
+    values["bench_json"] = str(DEFAULT_BENCH.relative_to(ROOT))
     # What Prometheus' humanize / humanizePercentage print for the test cases' inputs
     # (alerts.test.yml.tmpl): the drift case puts 80 of 100 images at or below the median, 5 below
-    # the threshold; the overload case holds 230 images in the queue.
+    # the threshold.
     values["drift_case_value"] = f"{abs(75 / 95 - values['expected_below_median']):.3f}"
-    values["queue_case_pct"] = f"{230 / values['max_queue_size'] * 100:.4g}%"
     return values
 
 
