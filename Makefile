@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev lint test serve demo clean-venv
+.PHONY: install install-dev system-deps lint test serve demo clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,11 +25,26 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-core
 install-dev: $(VENV)/.installed-dev
 
+# System packages the tests call (Debian): promtool (`prometheus`) for the alert-rule tests.
+# kubectl (kustomize rendering of deploy/k8s) comes with this project's machines; the target
+# says so when it is missing. Idempotent: installs only what is missing, and only as root.
+SYSTEM_DEPS := promtool:prometheus
+system-deps:
+	@missing=""; for dep in $(SYSTEM_DEPS); do \
+	  command -v $${dep%%:*} >/dev/null 2>&1 || missing="$$missing $${dep#*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "system-deps: apt-get install$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing; \
+	  else echo "system-deps: missing$$missing (run make system-deps as root)"; fi; \
+	fi
+	@command -v kubectl >/dev/null 2>&1 || echo "system-deps: kubectl missing: the deploy/k8s rendering tests fail under CI"
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 serve: install

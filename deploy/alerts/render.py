@@ -97,10 +97,10 @@ def bundle_values(manifest: BundleManifest) -> dict[str, Any]:
     }
 
 
-def template_values(bundle_path: Path) -> dict[str, Any]:
+def template_values(bundle_path: Path, policy: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every ``@{...}`` value: bundle numbers, policy knobs, settings defaults, the bench bound."""
     manifest = load_bundle(bundle_path, verify=False).manifest
-    values = {**bundle_values(manifest), **POLICY}
+    values = {**bundle_values(manifest), **POLICY, **(policy or {})}
     values["bundle_path"] = str(bundle_path.relative_to(ROOT) if bundle_path.is_relative_to(ROOT) else bundle_path)
     timeout = Settings.model_fields["request_timeout_s"].default
     values["request_timeout_s"] = f"{timeout:g}"
@@ -143,9 +143,9 @@ def prometheus_rule(alerts_text: str) -> str:
     return header + yaml.dump(resource, Dumper=_BlockDumper, sort_keys=False, allow_unicode=True, width=120)
 
 
-def render(bundle_path: Path) -> dict[str, str]:
-    """The three files' texts, keyed like :data:`OUTPUTS`."""
-    values = template_values(bundle_path)
+def render(bundle_path: Path, policy: dict[str, Any] | None = None) -> dict[str, str]:
+    """The three files' texts, keyed like :data:`OUTPUTS`; ``policy`` overrides :data:`POLICY`."""
+    values = template_values(bundle_path, policy)
     alerts = _AtTemplate((HERE / "alerts.yml.tmpl").read_text(encoding="utf-8")).substitute(values)
     tests = _AtTemplate((HERE / "alerts.test.yml.tmpl").read_text(encoding="utf-8")).substitute(values)
     return {"alerts": alerts, "tests": tests, "prometheusrule": prometheus_rule(alerts)}

@@ -117,7 +117,9 @@ def load_hpa_policy(path: Path = HPA_MANIFEST) -> HpaPolicy:
     behavior = spec.get("behavior", {})
 
     def policies(side: dict[str, Any]) -> tuple[ScalePolicy, ...]:
-        return tuple(ScalePolicy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in side.get("policies", []))
+        return tuple(
+            ScalePolicy(p["type"], int(p["value"]), float(p["periodSeconds"])) for p in side.get("policies", [])
+        )
 
     up, down = behavior.get("scaleUp", {}), behavior.get("scaleDown", {})
     return HpaPolicy(
@@ -375,8 +377,9 @@ def simulate(model: PodModel, policy: HpaPolicy, scenario: Scenario, autoscale: 
                     while pod.scrapes and now - pod.scrapes[0][0] > scenario.window_s + EPS:
                         pod.scrapes.popleft()
             queues = [len(p.queue) for p in pods.values()]
-            for key, value in (("t", now), ("offered", scenario.rate(now)), ("ready", len(routable(now))),
-                               ("desired", desired), ("queue_total", sum(queues)), ("queue_max", max(queues, default=0))):
+            sample = {"t": now, "offered": scenario.rate(now), "ready": len(routable(now)), "desired": desired,
+                      "queue_total": sum(queues), "queue_max": max(queues, default=0)}
+            for key, value in sample.items():
                 series[key].append(float(value))
         elif kind == "sync":
             push(now + policy.sync_period_s, "sync")
@@ -474,7 +477,9 @@ def summarize(outcome: Outcome, scenario: Scenario, slo_p99_s: float, window_s: 
         "p99_s": float(np.percentile(lat_ok, 99)) if lat_ok.size else math.nan,
         "surge_share_503": float(np.mean(outcome.status[in_surge] == 503)) if in_surge.any() else 0.0,
         "surge_p99_s": float(np.percentile(outcome.latency[in_surge & ok], 99)) if (in_surge & ok).any() else math.nan,
-        "p99_before_ramp_s": float(np.percentile(outcome.latency[ok & ~surge], 99)) if (ok & ~surge).any() else math.nan,
+        "p99_before_ramp_s": (
+            float(np.percentile(outcome.latency[ok & ~surge], 99)) if (ok & ~surge).any() else math.nan
+        ),
         "queue_total_peak_images": max(outcome.series["queue_total"], default=0.0),
         "queue_per_pod_peak_images": max(outcome.series["queue_max"], default=0.0),
         "replicas_start": outcome.series["ready"][0] if outcome.series["ready"] else 0,

@@ -26,8 +26,8 @@ FIXED = HpaPolicy(min_replicas=1, max_replicas=1, targets={})
 
 
 def one_pod(**changes: float) -> PodModel:
-    fields = dict(fixed_s=0.0, per_image_s=1.0, overhead_s=0.0, max_batch_size=1, max_queue_size=10**9,
-                  request_timeout_s=1e9, startup_s=0.0)
+    fields = {"fixed_s": 0.0, "per_image_s": 1.0, "overhead_s": 0.0, "max_batch_size": 1, "max_queue_size": 10**9,
+              "request_timeout_s": 1e9, "startup_s": 0.0}
     fields.update(changes)
     return PodModel(**fields)  # type: ignore[arg-type]
 
