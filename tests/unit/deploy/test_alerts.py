@@ -102,3 +102,17 @@ def test_compose_prometheus_loads_the_rules() -> None:
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     mounts = dict(v.split(":")[:2] for v in compose["services"]["prometheus"]["volumes"] if v.startswith("./"))
     assert mounts["./docker/prometheus/alerts.yml"] in prom["rule_files"]
+
+
+def test_dashboard_shows_every_alert_signal() -> None:
+    """Each alert's expression (or the recording rule it reads) is on a Grafana panel."""
+    import json
+
+    dash = json.loads((ROOT / "docker/grafana/dashboards/deltagate.json").read_text(encoding="utf-8"))
+    exprs = " ".join(t["expr"] for p in dash["panels"] for t in p["targets"])
+    groups = yaml.safe_load(ALERTS.read_text())["groups"]
+    recorded = {r["record"] for g in groups for r in g["rules"] if "record" in r}
+    assert set(re.findall(r"\bdeltagate:[a-z0-9_:]+", exprs)) <= recorded
+    for rule in (r for g in groups for r in g["rules"] if "alert" in r):
+        signals = re.findall(r"\bdeltagate:[a-z0-9_:]+|\bdeltagate_ready\b|\bup\{", rule["expr"])
+        assert signals and signals[0] in exprs, f"{rule['alert']}: {signals[:1]} on no panel"
