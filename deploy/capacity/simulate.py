@@ -456,7 +456,9 @@ def summarize(outcome: Outcome, scenario: Scenario, slo_p99_s: float, window_s: 
     n = len(outcome.status)
     ok = outcome.status == 200
     surge = outcome.arrival >= scenario.ramp_start_s
-    in_surge = surge & (outcome.arrival < scenario.ramp_start_s + scenario.ramp_s + scenario.hold_s)
+    hold_end = scenario.ramp_start_s + scenario.ramp_s + scenario.hold_s
+    in_surge = surge & (outcome.arrival < hold_end)
+    late_peak = (outcome.arrival >= max(hold_end - 600.0, scenario.ramp_start_s + scenario.ramp_s)) & in_surge
     lat_ok = outcome.latency[ok]
     bad_end = 0.0
     edges = np.arange(0.0, scenario.duration_s + window_s, window_s)
@@ -477,6 +479,10 @@ def summarize(outcome: Outcome, scenario: Scenario, slo_p99_s: float, window_s: 
         "p99_s": float(np.percentile(lat_ok, 99)) if lat_ok.size else math.nan,
         "surge_share_503": float(np.mean(outcome.status[in_surge] == 503)) if in_surge.any() else 0.0,
         "surge_p99_s": float(np.percentile(outcome.latency[in_surge & ok], 99)) if (in_surge & ok).any() else math.nan,
+        "late_peak_p99_s": (  # the last 10 min of the hold: the policy's steady state at 10x
+            float(np.percentile(outcome.latency[late_peak & ok], 99)) if (late_peak & ok).any() else math.nan
+        ),
+        "replicas_end_of_hold": _at(outcome.series, "ready", hold_end),
         "p99_before_ramp_s": (
             float(np.percentile(outcome.latency[ok & ~surge], 99)) if (ok & ~surge).any() else math.nan
         ),
@@ -488,6 +494,13 @@ def summarize(outcome: Outcome, scenario: Scenario, slo_p99_s: float, window_s: 
         "slo_p99_s": slo_p99_s,
         "time_to_recover_s": max(0.0, bad_end - scenario.ramp_start_s),
     }
+
+
+def _at(series: dict[str, list[float]], key: str, t: float) -> float:
+    """The last sampled value of ``key`` at or before ``t``."""
+    times = np.asarray(series["t"])
+    idx = int(np.searchsorted(times, t, side="right")) - 1
+    return float(series[key][idx]) if idx >= 0 else math.nan
 
 
 def plot(outcome: Outcome, scenario: Scenario, model: PodModel, slo_p99_s: float, path: Path) -> None:
@@ -551,6 +564,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scheduling + image pull before the process starts (an assumption: not measured here)")
     parser.add_argument("--startup-s", type=float, default=None,
                         help="process start to ready (default: the bench JSON's server_startup_s)")
+    parser.add_argument("--max-queue-size", type=int, default=None,
+                        help="override the pod's DELTAGATE_MAX_QUEUE_SIZE (default: the overlay's)")
     parser.add_argument("--sweep-pod-start", type=str, default="",
                         help="comma-separated pod start times (s) for a sensitivity table")
     parser.add_argument("--seed", type=int, default=0)
@@ -561,6 +576,8 @@ def main(argv: list[str] | None = None) -> int:
 
     bench = load_bench(args.bench)
     model = apply_pod_env(pod_model(bench), args.pod_patch)
+    if args.max_queue_size is not None:
+        model = replace(model, max_queue_size=args.max_queue_size)
     policy = load_hpa_policy(args.hpa)
     startup = model.startup_s if args.startup_s is None else args.startup_s
     # + 2 s: the startupProbe's period (deploy/k8s/base/deployment.yaml), the most it adds
