@@ -549,6 +549,11 @@ def plot(outcome: Outcome, scenario: Scenario, model: PodModel, slo_p99_s: float
     plt.close(fig)
 
 
+def _rel(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bench", type=Path, default=DEFAULT_BENCH, help="deltagate bench service JSON")
@@ -594,7 +599,7 @@ def main(argv: list[str] | None = None) -> int:
         sweep.append({"pod_start_s": float(value), **summarize(simulate(model, policy, run), run, slo)})
     result = {
         "command": "python -m deploy.capacity.simulate " + " ".join(sys.argv[1:] if argv is None else argv),
-        "bench": str(args.bench), "hpa": str(args.hpa),
+        "bench": _rel(args.bench), "hpa": _rel(args.hpa), "pod_patch": _rel(args.pod_patch),
         "pod_model": {**asdict(model), "capacity_per_s": model.capacity_per_s},
         "policy": asdict(policy), "scenario": asdict(scenario), "summary": summary, "sweep": sweep,
     }

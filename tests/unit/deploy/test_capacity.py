@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +16,7 @@ from deploy.capacity.simulate import (
     Scenario,
     apply_pod_env,
     load_hpa_policy,
+    main,
     metric_replicas,
     rate_limited,
     simulate,
@@ -21,6 +24,8 @@ from deploy.capacity.simulate import (
 )
 
 pytestmark = pytest.mark.unit
+
+ROOT = Path(__file__).resolve().parents[3]
 
 FIXED = HpaPolicy(min_replicas=1, max_replicas=1, targets={})
 
@@ -121,3 +126,11 @@ def test_ten_x_ramp_scales_out_recovers_and_scales_back() -> None:
     assert summary["replicas_end"] == policy.min_replicas
     assert 0 < summary["time_to_recover_s"] < 600.0
     assert summary["share_504"] == 0.0 and summary["dropped_on_scale_down"] == 0
+
+
+def test_committed_capacity_numbers_are_what_the_command_produces(tmp_path: Path) -> None:
+    """docs/capacity.md quotes results/capacity/ramp.json; re-running its scenario reproduces it."""
+    committed = json.loads((ROOT / "results/capacity/ramp.json").read_text(encoding="utf-8"))
+    out = tmp_path / "ramp.json"
+    assert main(["--out", str(out)]) == 0  # the default scenario, without the sweep
+    assert json.loads(out.read_text())["summary"] == pytest.approx(committed["summary"])
