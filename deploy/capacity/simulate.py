@@ -569,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="scheduling + image pull before the process starts (an assumption: not measured here)")
     parser.add_argument("--startup-s", type=float, default=None,
                         help="process start to ready (default: the bench JSON's server_startup_s)")
+    parser.add_argument("--window-s", type=float, default=60.0,
+                        help="the adapter's rate / avg_over_time window (values.yaml: 1m)")
     parser.add_argument("--max-queue-size", type=int, default=None,
                         help="override the pod's DELTAGATE_MAX_QUEUE_SIZE (default: the overlay's)")
     parser.add_argument("--sweep-pod-start", type=str, default="",
@@ -589,7 +591,7 @@ def main(argv: list[str] | None = None) -> int:
     pod_start = args.pull_s + startup + 2.0
     base = args.base_rate if args.base_rate is not None else 0.5 * policy.min_replicas * model.capacity_per_s
     scenario = Scenario(base_rate=base, factor=args.factor, ramp_s=args.ramp_s, hold_s=args.hold_s,
-                        pod_start_s=pod_start, seed=args.seed)
+                        pod_start_s=pod_start, window_s=args.window_s, seed=args.seed)
     slo = p99_bound_s(bench)
     outcome = simulate(model, policy, scenario)
     summary = summarize(outcome, scenario, slo)
