@@ -24,6 +24,7 @@ ASSETS: dict[str, str] = {
     "index.html": "text/html; charset=utf-8",
     "app.js": "text/javascript; charset=utf-8",
     "app.css": "text/css; charset=utf-8",
+    "favicon.svg": "image/svg+xml",
 }
 # Same origin only: scripts, styles and API calls; images also from blob: (thumbnails of local files).
 CONTENT_SECURITY_POLICY = (
@@ -54,7 +55,7 @@ def index() -> Response:
 
 @router.get("/ui/{name}")
 def asset(name: str) -> Response:
-    """The page's script and style sheet."""
+    """The page's script, style sheet and icon."""
     if name not in ASSETS or name == "index.html":
         raise StarletteHTTPException(404, f"no UI asset {name!r}")
     return _serve(name)
