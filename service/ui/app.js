@@ -5,6 +5,7 @@
 (() => {
   const MAX_IN_FLIGHT = 4; // concurrent /classify requests; the service batches them
   const SVG_NS = "http://www.w3.org/2000/svg"; // XML namespace name, not fetched
+  // Chart geometry in CSS pixels; the width follows the figure's (text keeps its size).
   const CHART = { width: 640, height: 190, left: 16, right: 16, top: 28, plot: 100 };
 
   let apiKey = "";
@@ -207,6 +208,7 @@
     li.dataset.decision = decision;
     const head = el("h3", {}, el("span", { class: "num", "aria-hidden": "true" }, String(item.n)), ` ${name}`);
     const thumb = el("img", { src: item.url, alt: "", class: "thumb" });
+    thumb.addEventListener("error", () => thumb.replaceWith(el("span", { class: "thumb none" }, "no preview")));
     const parts = [head];
     if (item.state === "pending") parts.push(el("p", { class: "decision" }, "classifying…"));
     if (item.state === "error") parts.push(el("p", { class: "decision" }, "error"), el("p", { class: "error" }, item.error));
@@ -260,8 +262,23 @@
     return ticks;
   }
 
+  // Keep the threshold's label inside the chart: right of the line, else left of it, else shorter.
+  function placeLabel(node, tx, shorter) {
+    const fits = () => { const b = node.getBBox(); return b.x >= 0 && b.x + b.width <= CHART.width; };
+    if (fits()) return;
+    node.setAttribute("x", tx - 4);
+    node.setAttribute("text-anchor", "end");
+    if (fits()) return;
+    node.textContent = shorter;
+    node.setAttribute("x", tx + 4);
+    node.setAttribute("text-anchor", "start");
+    if (!fits()) { node.setAttribute("x", tx - 4); node.setAttribute("text-anchor", "end"); }
+  }
+
   function renderChart() {
     const chart = $("chart");
+    CHART.width = Math.max(320, Math.round(chart.parentElement.clientWidth) || 640);
+    chart.setAttribute("viewBox", `0 0 ${CHART.width} ${CHART.height}`);
     if (!model || !model.calibration_quantiles) {
       chart.replaceChildren(svg("text", { x: CHART.width / 2, y: 90, "text-anchor": "middle", class: "muted" },
         model ? "This service reports no calibration distribution." : "Waiting for /model…"));
@@ -303,8 +320,8 @@
     // Threshold.
     nodes.push(svg("line", { x1: tx, x2: tx, y1: CHART.top - 14, y2: base, class: "threshold" }));
     const label = `threshold ${num(model.threshold)} · ${pct(model.target_tpr, 0)} of ID pass`;
-    nodes.push(svg("text", { x: tx + 4, y: CHART.top - 4, class: "threshold-label",
-      "text-anchor": tx > CHART.width * 0.6 ? "end" : "start", dx: tx > CHART.width * 0.6 ? -8 : 0 }, label));
+    const thresholdLabel = svg("text", { x: tx + 4, y: CHART.top - 4, class: "threshold-label" }, label);
+    nodes.push(thresholdLabel);
     nodes.push(svg("text", { x: x0 + 2, y: CHART.top + 12, class: "zone-label" }, "rejected"));
 
     // Axis.
@@ -337,6 +354,7 @@
       nodes.push(g);
     }
     chart.replaceChildren(...nodes);
+    placeLabel(thresholdLabel, tx, `threshold ${num(model.threshold)}`);
     const described = scored.map((i) => `image ${i.n}: ${num(i.result.delta_energy)}, ${i.result.is_ood ? "rejected" : "accepted"}`);
     chart.setAttribute("aria-label", `Calibration ΔEnergy from ${num(vmin)} to ${num(vmax)}, threshold ${num(model.threshold)}`
       + (described.length ? `; ${described.join("; ")}` : ""));
@@ -369,6 +387,8 @@
     });
     $("controls").addEventListener("submit", (e) => { e.preventDefault(); applyKey(true); });
     $("api-key").addEventListener("change", () => applyKey(false));
+    let resizeTimer = null;
+    window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(renderChart, 100); });
     renderChart();
     loadModel();
   }
