@@ -17,6 +17,7 @@ the screenshot of docs/ui.md (otherwise it goes to a temporary folder).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import os
@@ -80,8 +81,9 @@ def browser() -> Iterator[Any]:
 class LiveServer:
     """The app under uvicorn on 127.0.0.1 in a thread (port chosen by the kernel: no collisions)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
         self.app = create_app(settings)
+        self.wait_ready = wait_ready
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/"
@@ -97,7 +99,8 @@ class LiveServer:
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
             try:
-                if httpx.get(self.url + "readyz", timeout=2.0).status_code == 200:
+                status = httpx.get(self.url + "readyz", timeout=2.0).status_code
+                if status == 200 or not self.wait_ready:
                     return self
             except httpx.TransportError:
                 pass
@@ -229,18 +232,44 @@ def test_id_image_accepted_far_ood_rejected_and_charted(page: Any, default_serve
     assert "2 of 2 classified" in page.locator("#status").inner_text()
 
 
-def test_a_dropped_image_is_classified(page: Any, default_server: LiveServer) -> None:
+_DATA_TRANSFER = """([b64, name]) => { const dt = new DataTransfer();
+    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+    dt.items.add(new File([bytes], name, {type: "image/png"})); return dt; }"""
+
+
+def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:
     page.goto(default_server.url)
-    transfer = page.evaluate_handle(
-        """b64 => { const dt = new DataTransfer();
-                    const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
-                    dt.items.add(new File([bytes], "dropped.png", {type: "image/png"})); return dt; }""",
-        base64.b64encode(id_drawing("circle", 4)).decode())
+    image = base64.b64encode(id_drawing("circle", 4)).decode()
+    transfer = page.evaluate_handle(_DATA_TRANSFER, [image, "dropped.png"])
     page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
     wait_done(page, 1)
-    assert card(page, 1).get_attribute("data-decision") == "accepted"
-    assert "dropped.png" in card(page, 1).inner_text()
+    page.evaluate(f"""image => document.dispatchEvent(new ClipboardEvent("paste",
+        {{clipboardData: ({_DATA_TRANSFER})([image, "pasted.png"])}}))""", image)
+    wait_done(page, 2)
+    for n, name in ((1, "dropped.png"), (2, "pasted.png")):
+        assert card(page, n).get_attribute("data-decision") == "accepted"
+        assert name in card(page, n).inner_text()
+
+
+def test_the_model_card_waits_for_readiness(page: Any) -> None:
+    server = LiveServer(dummy_settings(warmup=False, retry_after_s=1), wait_ready=False)
+    release = threading.Event()
+    start = server.runtime.start
+
+    async def held_start() -> None:  # loading takes until the test says so
+        await asyncio.to_thread(release.wait, 30.0)
+        await start()
+
+    server.runtime.start = held_start  # type: ignore[method-assign]
+    with server:
+        try:
+            page.goto(server.url)
+            message = page.locator("#model-body .error").inner_text()
+            assert message == "503 not_ready: the model is not ready (state: loading) (Retry-After: 1 s)"
+        finally:
+            release.set()
+        page.locator("#model-body h3", has_text="dummy").wait_for()  # asked again after Retry-After
 
 
 def test_a_non_image_shows_the_services_message(page: Any, default_server: LiveServer) -> None:
