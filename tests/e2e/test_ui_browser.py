@@ -240,16 +240,17 @@ _DATA_TRANSFER = """([b64, name]) => { const dt = new DataTransfer();
 def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:
     page.goto(default_server.url)
     image = base64.b64encode(id_drawing("circle", 4)).decode()
-    transfer = page.evaluate_handle(_DATA_TRANSFER, [image, "dropped.png"])
+    transfer = page.evaluate_handle(_DATA_TRANSFER, [image, "<b>dropped</b>.png"])  # names are text, not HTML
     page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
     wait_done(page, 1)
     page.evaluate(f"""image => document.dispatchEvent(new ClipboardEvent("paste",
         {{clipboardData: ({_DATA_TRANSFER})([image, "pasted.png"])}}))""", image)
     wait_done(page, 2)
-    for n, name in ((1, "dropped.png"), (2, "pasted.png")):
+    for n, name in ((1, "<b>dropped</b>.png"), (2, "pasted.png")):
         assert card(page, n).get_attribute("data-decision") == "accepted"
         assert name in card(page, n).inner_text()
+    assert page.locator("#results b").count() == 0
 
 
 def test_the_model_card_waits_for_readiness(page: Any) -> None:
@@ -270,6 +271,32 @@ def test_the_model_card_waits_for_readiness(page: Any) -> None:
         finally:
             release.set()
         page.locator("#model-body h3", has_text="dummy").wait_for()  # asked again after Retry-After
+
+
+def test_the_chart_draws_the_quantile_summary_and_places_scores_about_the_threshold(
+    page: Any, default_server: LiveServer
+) -> None:
+    calibration = default_server.runtime.model.manifest.calibration  # type: ignore[union-attr]
+    assert calibration is not None
+    page.goto(default_server.url)
+    page.locator("#model-body h3").wait_for()
+    upload(page, ("circle.png", id_drawing("circle", 4), "image/png"),
+           ("waves.png", far_ood_texture("waves", 0), "image/png"))
+    wait_done(page, 2)
+    # Bar heights ∝ the calibration mass of 32 equal-width bins over [min, max], computed here from the
+    # record's own CDF (CalibrationRecord.p_value: fraction at or below), not from the page's code.
+    values = calibration.quantile_values
+    edges = np.linspace(values[0], values[-1], 33)  # (33,)
+    cdf = calibration.p_value(edges)
+    cdf[-1] = 1.0  # everything is at or below the maximum
+    mass = np.diff(cdf)  # (32,)
+    heights = np.array(page.eval_on_selector_all("#chart .density", "rs => rs.map(r => +r.getAttribute('height'))"))
+    assert heights.shape == (32,)
+    np.testing.assert_allclose(heights / heights.max(), mass / mass.max(), atol=1e-6)
+    threshold_x = float(page.get_attribute("#chart line.threshold", "x1") or "nan")
+    accepted_x = float(page.get_attribute("#chart .marker.accepted circle", "cx") or "nan")
+    rejected_x = float(page.get_attribute("#chart .marker.rejected circle", "cx") or "nan")
+    assert rejected_x < threshold_x < accepted_x
 
 
 def test_a_non_image_shows_the_services_message(page: Any, default_server: LiveServer) -> None:
