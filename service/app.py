@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
-from service.routes import classify, health, metrics, model
+from service.routes import classify, health, metrics, model, ui
 from service.runtime import Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
@@ -45,6 +45,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.runtime = runtime
     install_error_handlers(app)
     routers = [module.router for module in (classify, health, model, metrics)]
+    if settings.ui:
+        routers.append(ui.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
