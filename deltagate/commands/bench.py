@@ -44,7 +44,7 @@ def _command_line() -> str:
 
 
 def _finish(report: dict[str, Any], out: Path | None) -> None:
-    from service.bench import write_report
+    from deltagate.bench import write_report
 
     if out is not None:
         write_report(report, out)
@@ -68,7 +68,7 @@ def engine(
     out: Out = None,
 ) -> None:
     """Raw engine throughput (images/s) and per-batch latency, in-process with the service's engine classes."""
-    from service.bench import engine_report, format_table, synthetic_png
+    from deltagate.bench import engine_report, format_table, synthetic_png
 
     png = synthetic_png(*_size(image_size))
     report = engine_report(_command_line(), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
@@ -97,7 +97,7 @@ def service(
     out: Out = None,
 ) -> None:
     """Start the real server, load it with concurrent single-image clients, compare with the raw engine."""
-    from service.bench import TARGETS, format_table, service_report, synthetic_png
+    from deltagate.bench import TARGETS, format_table, service_report, synthetic_png
     from service.settings import Settings
 
     given: dict[str, Any] = {"bundle_path": bundle, "engine": engine, "device": device,
