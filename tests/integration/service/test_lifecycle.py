@@ -10,15 +10,22 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.engines.dummy import DummyEngine
-from tests.service_support import class_image, dummy_settings, files, running, serve, uniform_image
+from tests.service_support import (
+    TestEngine,
+    class_image,
+    dummy_settings,
+    engines_of,
+    files,
+    running,
+    serve,
+    uniform_image,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def engine_of(app) -> DummyEngine:  # type: ignore[no-untyped-def]
-    engine = app.state.runtime.model.engine
-    assert isinstance(engine, DummyEngine)
+def engine_of(app) -> TestEngine:  # type: ignore[no-untyped-def]
+    (engine,) = engines_of(app)
     return engine
 
 
@@ -56,7 +63,8 @@ async def test_load_failure_keeps_the_service_unready_and_fails_liveness(tmp_pat
 
 
 async def test_overload_is_answered_at_once_with_503_and_retry_after() -> None:
-    settings = dummy_settings(max_batch_size=1, max_queue_size=1, max_wait_ms=0.0, warmup=False, retry_after_s=3)
+    settings = dummy_settings(max_batch_size=1, max_queue_size=1, max_images_per_request=1, max_wait_ms=0.0,
+                              warmup=False, retry_after_s=3)
     async with serve(settings) as (client, app):
         engine = engine_of(app)
         engine.gate = threading.Event()

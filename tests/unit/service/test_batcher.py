@@ -8,13 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import (
-    Batcher,
-    BatcherClosedError,
-    DeadlineExceededError,
-    InferenceError,
-    QueueFullError,
-)
+from service.batcher import Batcher
+from service.errors import DeadlineError, InferenceFailedError, NotReadyError, OverloadedError
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +44,7 @@ async def until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-
 
 def make(fwd: FakeForward, **kw: object) -> Batcher:
     args: dict[str, object] = {"max_batch_size": 4, "max_wait_s": 5.0, "max_queue_size": 16} | kw
-    b = Batcher(fwd, **args)  # type: ignore[arg-type]
+    b = Batcher([fwd], **args)  # type: ignore[arg-type]
     b.start()
     return b
 
@@ -90,7 +85,7 @@ async def test_full_queue_refuses_at_once_and_frees_after_the_forward() -> None:
     await until(lambda: len(fwd.batches) == 1)  # in the forward, out of the queue
     queued = b.submit([img(1.0), img(2.0)], 10.0)
     assert b.depth == 2
-    with pytest.raises(QueueFullError):
+    with pytest.raises(OverloadedError):
         b.submit([img(3.0)], 10.0)
     fwd.gate.set()
     await asyncio.gather(*running, *queued)
@@ -124,7 +119,7 @@ async def test_image_past_its_deadline_is_not_forwarded() -> None:
     await asyncio.sleep(0.05)
     fwd.gate.set()
     await first[0]
-    with pytest.raises(DeadlineExceededError):
+    with pytest.raises(DeadlineError):
         await late[0]
     assert [x.tolist() for x in fwd.batches] == [[1.0]]
     await b.stop()
@@ -134,7 +129,7 @@ async def test_failing_forward_fails_only_its_batch() -> None:
     fwd = FakeForward()
     fwd.fail = True
     b = make(fwd, max_wait_s=0.0)
-    with pytest.raises(InferenceError):
+    with pytest.raises(InferenceFailedError):
         await b.submit([img(1.0)], 10.0)[0]
     fwd.fail = False
     row = await b.submit([img(2.0)], 10.0)[0]
@@ -159,7 +154,7 @@ async def test_stop_finishes_queued_work_then_refuses_new() -> None:
     futures = b.submit([img(1.0), img(2.0)], 10.0)
     stopping = asyncio.ensure_future(b.stop(timeout_s=5.0))
     await asyncio.sleep(0.01)
-    with pytest.raises(BatcherClosedError):
+    with pytest.raises(NotReadyError):
         b.submit([img(3.0)], 10.0)
     fwd.gate.set()
     await stopping

@@ -7,8 +7,7 @@ import pytest
 
 from models.scoring_module import OUTPUT_NAMES
 from service.engines import ENGINES, EngineError, check_outputs, create_engine
-from service.engines.dummy import DummyEngine
-from service.runtime import dummy_bundle
+from service.engines.dummy import DummyEngine, dummy_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -35,8 +34,9 @@ def test_dummy_engine_is_deterministic_and_shaped_like_the_scoring_module() -> N
     assert set(checked) == set(OUTPUT_NAMES)
     for name in OUTPUT_NAMES:
         np.testing.assert_array_equal(a[name], b[name])
-    assert isinstance(engine, DummyEngine) and engine.batch_sizes == [3, 3]
-    assert engine.describe() == {"engine": "dummy", "device": "cpu", "precision": "float32"}
+    assert isinstance(engine, DummyEngine)
+    assert engine.describe() == {"engine": "dummy", "device": "cpu", "precision": "float32", "providers": "numpy",
+                                 "intra_op_threads": "default"}
 
 
 def test_dummy_engine_scores_follow_the_delta_energy_formula() -> None:
