@@ -24,7 +24,7 @@ from service.errors import NotReadyError
 from service.settings import Settings, ThreadPlan
 from service.telemetry import ServiceMetrics
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_models"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +75,22 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})
     return models
+
+
+def check_device(settings: Settings) -> None:
+    """Before the server starts: with ``device=cuda``, load one engine instance to prove it runs on CUDA.
+
+    ``device=auto``/``cpu`` need no check. The service itself would also refuse (the engines raise
+    in ``load``, ``/readyz`` stays "failed"), but ``deltagate serve`` should not start at all.
+
+    Raises:
+        EngineError: the engine would run elsewhere (no CUDA, or its CUDA provider failed to initialise).
+        BundleError: the bundle cannot be loaded.
+    """
+    if settings.device != "cuda":
+        return
+    (model,) = load_models(settings, ThreadPlan(1, 1, 1, 1))
+    model.engine.close()
 
 
 def warm_up(model: LoadedModel, buckets: list[int]) -> None:

@@ -47,8 +47,14 @@ class ThreadPlan:
 
 
 def _default_instances(budget: int) -> int:
-    """One instance per CPU up to 2... placeholder until measured."""
-    return 1
+    """One instance per 4 CPUs (each with 4 intra-op threads), at least one.
+
+    A batch-1 forward gains little past ~4 intra-op threads, while independent instances keep
+    cores busy between batches; on small budgets (<= 4 CPUs) one instance with every CPU gives the
+    lowest concurrency-1 latency. With a noisy neighbour, ``DELTAGATE_INSTANCES=<budget>`` with one
+    thread each may give more throughput (docs/service.md).
+    """
+    return max(1, budget // 4)
 
 
 class Settings(BaseSettings):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from models.bundle import Bundle
+from models.errors import DeltagateError
 from models.scoring_module import OUTPUT_NAMES
 from service.settings import DeviceName
 
@@ -25,8 +26,11 @@ logger = logging.getLogger(__name__)
 EngineOutputs = dict[str, np.ndarray]
 
 
-class EngineError(RuntimeError):
-    """An engine could not be created or loaded (e.g. CUDA asked for but not available)."""
+class EngineError(DeltagateError, RuntimeError):
+    """An engine could not be created or loaded (e.g. CUDA asked for but not available).
+
+    A :class:`~models.errors.DeltagateError`: the CLI prints its message as one line.
+    """
 
 
 @dataclass(frozen=True)
