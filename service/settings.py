@@ -142,8 +142,13 @@ class Settings(BaseSettings):
         return self
 
     def threads(self) -> ThreadPlan:
-        """Instances, intra-op threads and decode workers: the explicit settings, else CPU-budget defaults."""
-        return ThreadPlan.derive(cpu_budget(), self.instances, self.intra_op_threads, self.preprocess_workers)
+        """Instances, intra-op threads and decode workers: the explicit settings, else CPU-budget defaults.
+
+        With ``workers > 1`` each uvicorn worker process gets an equal share of the budget, so the
+        processes together do not start more threads than the CPUs they may use.
+        """
+        budget = max(1, cpu_budget() // self.workers)
+        return ThreadPlan.derive(budget, self.instances, self.intra_op_threads, self.preprocess_workers)
 
     def batch_buckets(self) -> list[int]:
         """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself: warm-up shapes."""
