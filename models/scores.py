@@ -1,4 +1,4 @@
-"""OOD scores as pure functions of logits (see ``shared/METHOD.md``).
+"""OOD scores as pure functions of logits (see ``docs/METHOD.md``).
 
 Every function takes a batch of logits ``z`` of shape (B, K) (or cosine similarities for
 :func:`mcm`) and returns one score per image, shape (B,). No model calls, no device moves: the

@@ -28,16 +28,18 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import numpy as np
 import pytest
 import uvicorn
 
+from service import engines
 from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
-from tests.service_support import class_image, dummy_settings, noise_image
+from tests.service_support import TestEngine, class_image, dummy_settings, noise_image
 
 pytestmark = pytest.mark.e2e
 
@@ -83,6 +85,8 @@ class LiveServer:
     """The app under uvicorn on 127.0.0.1 in a thread (port chosen by the kernel: no collisions)."""
 
     def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
+        # The dummy engine with the test hooks (a gate to hold a forward), as the ASGI tests use it.
+        self._engines = mock.patch.dict(engines.ENGINES, {"dummy": TestEngine})
         self.app = create_app(settings)
         self.wait_ready = wait_ready
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -96,6 +100,7 @@ class LiveServer:
         return self.app.state.runtime
 
     def __enter__(self) -> LiveServer:
+        self._engines.start()
         self._thread.start()
         deadline = time.monotonic() + 60.0
         while time.monotonic() < deadline:
@@ -113,6 +118,7 @@ class LiveServer:
         self._server.should_exit = True
         self._thread.join(timeout=30.0)
         self._sock.close()
+        self._engines.stop()
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +131,7 @@ def default_server() -> Iterator[LiveServer]:
 @pytest.fixture(scope="module")
 def keyed_server() -> Iterator[LiveServer]:
     settings = dummy_settings(api_key=API_KEY, max_body_bytes=8192, max_batch_size=1, max_queue_size=1,
+                              max_images_per_request=1,
                               max_wait_ms=0.0, warmup=False, retry_after_s=7)
     with LiveServer(settings) as server:
         yield server
