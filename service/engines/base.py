@@ -13,7 +13,7 @@ import logging
 import numpy as np
 
 from models.bundle import Bundle
-from models.scoring_module import OUTPUT_NAMES
+from models.scoring_spec import OUTPUT_NAMES
 from service.settings import DeviceName
 
 __all__ = ["Engine", "EngineError", "EngineOutputs", "check_outputs"]
