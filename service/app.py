@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
+from service.openapi import install_openapi
 from service.routes import classify, health, metrics, model
 from service.runtime import Phase, Runtime
 from service.settings import Settings
@@ -42,6 +43,12 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         if runtime.phase is Phase.FAILED and on_load_failure is not None:
             on_load_failure(runtime.error or "unknown error")
 
+    def begin_drain() -> None:
+        """Refuse new work with 503 (readiness false) while in-flight requests finish (server.py)."""
+        if runtime.phase is Phase.READY:
+            runtime.phase = Phase.STOPPING
+        runtime.metrics.ready.set(0)
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.begin_start().add_done_callback(_after_start)  # ready when load and warm-up are done
@@ -52,7 +59,9 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     app = FastAPI(title="deltagate", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.begin_drain = begin_drain
     install_error_handlers(app)
+    install_openapi(app, settings)
     routers = [module.router for module in (classify, health, model, metrics)]
     for router in routers:
         app.include_router(router)

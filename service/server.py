@@ -6,6 +6,10 @@ Two behaviours live here rather than in the app, because they concern the proces
   load is logged with its reason and the process exits with status :data:`EXIT_LOAD_FAILED`, so
   that Docker, systemd or Kubernetes restart it (or report a crash loop) instead of keeping a
   process that never turns ready.
+* **Drain on SIGTERM** (``drain_s``, one worker): new requests are answered 503 (with
+  ``Retry-After``; readiness false) while the socket still listens and in-flight requests finish;
+  only then does uvicorn's graceful shutdown close the listener. Without it, a connection that the
+  kernel had accepted but uvicorn had not yet read is reset when the listener closes.
 * **Metrics over several workers**: with ``workers > 1`` the server prepares prometheus-client's
   multiprocess directory (emptied at start) before the workers start, so a scrape of any worker
   reports the sum over all of them.
@@ -18,7 +22,10 @@ import math
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -85,6 +92,27 @@ def _prepare_metrics_dir(settings: Settings) -> tuple[Path, bool]:
     return directory, False
 
 
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain phase before its graceful shutdown (a second signal skips it)."""
+
+    def __init__(self, config: uvicorn.Config, begin_drain: Callable[[], None], drain_s: float) -> None:
+        super().__init__(config)
+        self._begin_drain = begin_drain
+        self._drain_s = drain_s
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_s <= 0 or self._timer is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown, as without a drain
+        self._begin_drain()
+        logger.info("draining", extra={"fields": {"signal": sig, "drain_s": self._drain_s}})
+        self._timer = threading.Timer(self._drain_s, lambda: setattr(self, "should_exit", True))
+        self._timer.daemon = True
+        self._timer.start()
+
+
 def _run_one(settings: Settings, common: dict[str, Any]) -> None:
     server: uvicorn.Server | None = None
     failure: list[str] = []
@@ -97,7 +125,7 @@ def _run_one(settings: Settings, common: dict[str, Any]) -> None:
             server.should_exit = True
 
     app = create_app(settings, on_load_failure=stop_server if settings.exit_on_error else None)
-    server = uvicorn.Server(uvicorn.Config(app, **common))
+    server = _DrainingServer(uvicorn.Config(app, **common), app.state.begin_drain, settings.drain_s)
     server.run()
     if failure:
         raise SystemExit(EXIT_LOAD_FAILED)

@@ -58,6 +58,10 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
+    drain_s: float = Field(
+        1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
+        "listening, before the graceful shutdown; clients are told to go elsewhere instead of being reset."
+    )
     exit_on_error: bool = Field(
         True, description="Exit (status 3) when the bundle or engine fails to load, so a supervisor restarts it."
     )  # Triton's --exit-on-error; off: the process stays up, /healthz and /readyz say 503
