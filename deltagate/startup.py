@@ -114,13 +114,14 @@ def measure(config: Config, port: int, timeout_s: float = 300.0) -> Sample:
 
 def table(results: dict[str, list[Sample]]) -> str:
     """Markdown table of medians."""
-    rows = ["| configuration | rounds | ready (s) | RSS after ready + 1 request (MiB) | peak RSS (MiB) | torch loaded |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| configuration | rounds | ready (s) | RSS after ready + 1 request (MiB) | peak RSS (MiB) "
+            "| torch loaded |", "|---|---|---|---|---|---|"]
     for label, samples in results.items():
         med = {f: statistics.median(getattr(s, f) for s in samples) for f in ("ready_s", "rss_mib", "peak_mib")}
         loaded = {s.torch_loaded for s in samples}
+        torch = "yes" if loaded == {True} else "no" if loaded == {False} else "mixed"
         rows.append(f"| {label} | {len(samples)} | {med['ready_s']:.2f} | {med['rss_mib']:.0f} | "
-                    f"{med['peak_mib']:.0f} | {'yes' if loaded == {True} else 'no' if loaded == {False} else 'mixed'} |")
+                    f"{med['peak_mib']:.0f} | {torch} |")
     return "\n".join(rows)
 
 

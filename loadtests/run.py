@@ -14,7 +14,7 @@ that scheduler noise on shared CI cores passes while what breaks serving — a s
 forward that serialises behind preprocessing, a queue that only drains at the request deadline —
 fails (those push p99 to the 30 s request timeout or to several seconds).
 
-Run: ``python loadtests/run.py --port 18460 --users 4 --run-time 20s --out results/loadtest``.
+Run: ``make loadtest`` or ``python loadtests/run.py --port 8010 --users 4 --run-time 20s --out results/loadtest``.
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def run_load(port: int, users: int, run_time: str, out: Path, bundle: Path | Non
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry; returns the exit status."""
     parser = argparse.ArgumentParser(description="Bounded headless Locust run with error and p99 checks.")
-    parser.add_argument("--port", type=int, default=18460)
+    parser.add_argument("--port", type=int, default=8010)
     parser.add_argument("--users", type=int, default=4, help="Locust users (also the spawn rate).")
     parser.add_argument("--run-time", default="20s")
     parser.add_argument("--p99-ms", type=float, default=P99_BOUND_MS)

@@ -31,8 +31,8 @@ def classify(url: str, cls: int) -> int:
 
 
 def served_per_worker(lines: list[dict]) -> Counter[int]:  # type: ignore[type-arg]
-    return Counter(e["pid"] for e in lines
-                   if e.get("logger") == "deltagate.access" and e.get("route") == "/classify" and e.get("status") == 200)
+    return Counter(e["pid"] for e in lines if e.get("logger") == "deltagate.access"
+                   and e.get("route") == "/classify" and e.get("status") == 200)
 
 
 def wait_until_workers_ready(server: ServerProcess, workers: int, timeout_s: float = 60.0) -> None:
