@@ -27,10 +27,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]  # ~40-130 s on 2 shared cores
 
 BODY_LIMIT = 2 * 1024 * 1024
 MAX_IMAGES = 16
-WARMUP, ROUNDS, PER_ROUND = 400, 5, 400  # 2400 requests in all; RSS sampled after warm-up and each round
-# Allowed rise from the post-warm-up sample (allocator arenas settled) to the last and to the peak.
-# Measured runs stay within ~11 MiB (docs/operations.md); a leak of 8 KiB per request would add 16 MiB.
-MAX_GROWTH_MIB = 16.0
+WARMUP, ROUNDS, PER_ROUND = 800, 4, 400  # 2400 requests in all; RSS sampled after warm-up and each round
+# The allocator's arenas keep growing for the first several hundred requests, by less each round,
+# and RSS moves by a few MiB either way as glibc returns memory (docs/operations.md); a leak grows
+# without end. So: a lenient bound on the peak over the measured run, and a tight one on how far
+# the second half's peak passes the first half's (800 requests apart: 10 KiB per request is 8 MiB).
+MAX_GROWTH_MIB, MAX_SECOND_HALF_GROWTH_MIB = 16.0, 8.0
 
 
 def big_png(limit: int) -> bytes:
@@ -82,5 +84,6 @@ def test_rss_stays_flat_over_thousands_of_requests(tmp_path: Path) -> None:
     print(f"RSS MiB after warm-up and each {PER_ROUND} requests: {[round(s, 1) for s in samples]}; "
           f"{sum(outcomes.values())} requests in {seconds:.1f} s")
     assert outcomes == Counter(ok=WARMUP + ROUNDS * PER_ROUND), outcomes
-    assert samples[-1] - samples[0] < MAX_GROWTH_MIB, samples
-    assert max(samples) - samples[0] < 2 * MAX_GROWTH_MIB, samples
+    assert max(samples) - samples[0] < MAX_GROWTH_MIB, samples
+    half = ROUNDS // 2  # samples[:half + 1] and samples[half:] share the middle sample
+    assert max(samples[half:]) - max(samples[: half + 1]) < MAX_SECOND_HALF_GROWTH_MIB, samples
