@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev lint test serve demo loadtest clean-venv
+.PHONY: install install-dev system-deps lint test serve demo loadtest clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,11 +26,30 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed-core
 install-dev: $(VENV)/.installed-dev
 
+# System packages the tests need, installed with apt-get only when missing and only as root (CI
+# runs as root; elsewhere it says what is missing, and the tests that need it skip outside CI).
+# chromium: the UI's browser tests (tests/e2e/test_ui_browser.py).
+# prometheus: its promtool checks and unit-tests the alert rules (tests/unit/deploy/test_alerts.py).
+# kubectl (kustomize rendering of deploy/k8s, tests/unit/deploy/test_k8s.py) comes with this
+# project's machines (no Debian package has a recent enough kustomize); the target says when it
+# is missing.
+SYSTEM_PACKAGES ?= chromium prometheus
+
+system-deps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \
+	  | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then echo "system-deps: $(SYSTEM_PACKAGES) installed"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "system-deps: installing$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	else echo "system-deps: missing$$missing (run 'make system-deps' as root)"; fi
+	@command -v kubectl >/dev/null 2>&1 || echo "system-deps: kubectl missing: tests/unit/deploy/test_k8s.py fails under CI"
+
 lint: install-dev
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint
+test: system-deps lint
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 serve: install

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.openapi import install_openapi
-from service.routes import classify, health, metrics, model
+from service.routes import classify, health, metrics, model, ui
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
@@ -63,6 +63,8 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     install_error_handlers(app)
     install_openapi(app, settings)
     routers = [module.router for module in (classify, health, model, metrics)]
+    if settings.ui:
+        routers.append(ui.router)
     for router in routers:
         app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -20,6 +20,7 @@ __all__ = [
     "ErrorResponse",
     "HealthResponse",
     "ReadyResponse",
+    "QuantileSummary",
     "ModelInfoResponse",
 ]
 
@@ -125,6 +126,13 @@ class ReadyResponse(BaseModel):
     error: str | None = None
 
 
+class QuantileSummary(BaseModel):
+    """The calibration scores' distribution, as the bundle stores it."""
+
+    levels: list[float] = Field(description="levels[i] is the fraction of calibration scores <= values[i].")
+    values: list[float] = Field(description="Score quantiles, non-decreasing.")
+
+
 class ModelInfoResponse(BaseModel):
     name: str
     version: str
@@ -143,3 +151,9 @@ class ModelInfoResponse(BaseModel):
     device: str
     precision: str
     batching: dict[str, Any]
+    calibration_quantiles: QuantileSummary | None = Field(
+        None, description="Quantile summary of the ID calibration scores (the threshold's distribution)."
+    )
+    evaluation: dict[str, Any] | None = Field(
+        None, description="The bundle's evaluation summary (written by `deltagate evaluate`), if any."
+    )

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     api_key: SecretStr | None = Field(
         None, description="If set, /classify and /model need 'Authorization: Bearer <key>'."
     )
+    ui: bool = Field(True, description="Serve the try-it page at / (false: / answers 404).")
 
     @model_validator(mode="after")
     def _queue_holds_a_batch(self) -> Settings:

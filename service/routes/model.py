@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from service.deps import ApiKeyDep, RuntimeDep
-from service.schemas import ErrorResponse, ModelInfoResponse
+from service.schemas import ErrorResponse, ModelInfoResponse, QuantileSummary
 
 router = APIRouter(tags=["model"])
 
@@ -29,4 +29,7 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         **model.engine.describe(),
         batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
                   "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request},
+        calibration_quantiles=QuantileSummary(levels=m.calibration.quantile_levels,
+                                              values=m.calibration.quantile_values),
+        evaluation=m.evaluation,
     )

@@ -1,6 +1,6 @@
 """Deployment files agree with the service and with each other.
 
-docker/Dockerfile.{cpu,cuda}, docker-compose.yml, docker/prometheus/prometheus.yml and the Grafana
+docker/Dockerfile.{cpu,cpu-torch,cuda}, docker-compose.yml, docker/prometheus/prometheus.yml and the Grafana
 provisioning are parsed (no Docker engine needed) and cross-checked: one port everywhere, the
 probe and scrape paths are real routes, every ``DELTAGATE_*`` variable is a valid setting, and
 every metric the dashboard queries is one the service exports.
@@ -11,6 +11,9 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,7 @@ yaml = pytest.importorskip("yaml")  # PyYAML: present through the dev dependenci
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCKERFILES = {"cpu": ROOT / "docker/Dockerfile.cpu", "cuda": ROOT / "docker/Dockerfile.cuda"}
+DOCKERFILES = {name: ROOT / f"docker/Dockerfile.{name}" for name in ("cpu", "cpu-torch", "cuda")}
 COMPOSE = ROOT / "docker-compose.yml"
 PROMETHEUS = ROOT / "docker/prometheus/prometheus.yml"
 GRAFANA = ROOT / "docker/grafana"
@@ -127,12 +130,13 @@ def test_dockerfile_runs_deltagate_serve_as_non_root_with_valid_settings(flavour
 
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
-def test_dockerfile_healthcheck_probes_a_liveness_route(flavour: str, routes: set[str]) -> None:
+def test_dockerfile_healthcheck_probes_readiness(flavour: str, routes: set[str]) -> None:
+    """Healthy = ready: a loading container is not healthy (a failed load exits the process)."""
     stage = runtime_stage(DOCKERFILES[flavour])
     check = next(a for k, a in stage if k == "HEALTHCHECK")
     probe = " ".join(exec_form(check.split(" CMD ", 1)[1]))
     paths = re.findall(r"'(/[a-z]+)'", probe)
-    assert paths == ["/healthz"] and "/healthz" in routes
+    assert paths == ["/readyz"] and "/readyz" in routes
     port_default = re.search(r"get\('DELTAGATE_PORT', '(\d+)'\)", probe)
     assert port_default is not None and int(port_default.group(1)) == Settings.model_fields["port"].default
 
@@ -163,9 +167,9 @@ def test_compose_service_port_matches_settings_and_prometheus_target(compose: di
     assert devices[0]["capabilities"] == ["gpu"]
 
     prom = load_yaml(PROMETHEUS)
-    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "deltagate")
-    targets = [t for group in job["static_configs"] for t in group["targets"]]
+    jobs = {j["job_name"]: [t for g in j["static_configs"] for t in g["targets"]] for j in prom["scrape_configs"]}
     for name in (SERVICE, GPU_SERVICE):
+        targets = jobs[name]  # one job per service: the alert rules watch job="deltagate"
         env = deltagate_env({k: str(v) for k, v in services[name]["environment"].items()})
         assert not set(env) - set(Settings.model_fields), f"{name}: unknown settings"
         port = Settings(**env).port  # type: ignore[arg-type]
@@ -176,8 +180,8 @@ def test_compose_service_port_matches_settings_and_prometheus_target(compose: di
 
 def test_prometheus_scrapes_the_metrics_route(routes: set[str]) -> None:
     prom = load_yaml(PROMETHEUS)
-    job = next(j for j in prom["scrape_configs"] if j["job_name"] == "deltagate")
-    assert job.get("metrics_path", "/metrics") in routes
+    for job in (j for j in prom["scrape_configs"] if j["job_name"].startswith("deltagate")):
+        assert job.get("metrics_path", "/metrics") in routes
 
 
 def test_compose_mounts_the_files_it_names(compose: dict[str, Any]) -> None:
@@ -186,6 +190,94 @@ def test_compose_mounts_the_files_it_names(compose: dict[str, Any]) -> None:
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).exists(), f"missing {source}"
+
+
+def test_compose_services_restart_and_report_readiness(compose: dict[str, Any], routes: set[str]) -> None:
+    for name in (SERVICE, GPU_SERVICE):
+        service = compose["services"][name]
+        assert service["restart"] in {"unless-stopped", "always", "on-failure"}  # a dead process comes back
+        probe = " ".join(service["healthcheck"]["test"])
+        assert re.findall(r"'(/[a-z]+)'", probe) == ["/readyz"]
+        assert service["read_only"] is True and any(t.startswith("/tmp") for t in service["tmpfs"])
+        assert service["cap_drop"] == ["ALL"]
+        graceful = Settings(**deltagate_env({k: str(v) for k, v in service["environment"].items()})).graceful_shutdown_s  # type: ignore[arg-type]
+        assert float(service["stop_grace_period"].rstrip("s")) > graceful
+
+
+def test_compose_ports_bind_to_localhost_unless_configured(compose: dict[str, Any]) -> None:
+    for name, service in compose["services"].items():
+        for port in service.get("ports", []):
+            assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} binds all interfaces"
+
+
+def test_grafana_has_no_anonymous_access_and_no_default_password(compose: dict[str, Any]) -> None:
+    env = compose["services"]["grafana"]["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    # `${VAR:?message}`: compose refuses to start while the password is unset or empty
+    assert re.fullmatch(r"\$\{GRAFANA_ADMIN_PASSWORD:\?[^}]+\}", env["GF_SECURITY_ADMIN_PASSWORD"])
+
+
+# --- images: slim, CUDA, lint -------------------------------------------------------------------
+def pyproject() -> dict[str, Any]:
+    return tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+
+
+def test_slim_image_installs_no_torch_and_guards_it() -> None:
+    text = DOCKERFILES["cpu"].read_text(encoding="utf-8")
+    runs = " && ".join(a for k, a in dockerfile_instructions(DOCKERFILES["cpu"]) if k == "RUN")
+    installs = [c.strip() for c in runs.split("&&") if "pip install" in c]
+    assert installs == ["pip install ."], installs  # the core install only: no torch, no extra
+    assert "slim image must not contain" in text  # ... and the build fails if torch came anyway
+    assert env_of(runtime_stage(DOCKERFILES["cpu"]))["DELTAGATE_ENGINE"] == "onnx"
+    assert env_of(runtime_stage(DOCKERFILES["cpu-torch"]))["DELTAGATE_ENGINE"] == "torch"
+
+
+def test_torch_images_pin_the_project_torch() -> None:
+    pins = {d.split("==")[0]: d for d in pyproject()["project"]["dependencies"] + sum(
+        pyproject()["project"]["optional-dependencies"].values(), []) if d.startswith(("torch==", "torchvision=="))}
+    assert set(pins) == {"torch", "torchvision"}
+    for flavour in ("cpu-torch", "cuda"):
+        runs = " ".join(a for k, a in dockerfile_instructions(DOCKERFILES[flavour]) if k == "RUN")
+        for pin in pins.values():
+            assert pin in runs, f"{flavour}: {pin} not installed"
+
+
+def test_cuda_image_matches_the_cuda_13_wheels_and_checks_a_real_session() -> None:
+    instructions = dockerfile_instructions(DOCKERFILES["cuda"])
+    bases = [a for k, a in instructions if k == "FROM"]
+    assert not any("nvidia/cuda" in b for b in bases), "the pip wheels bring CUDA 13; no CUDA 12 base"
+    args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
+    assert args["PYTHON_IMAGE"].startswith("python:")
+    (gpu,) = pyproject()["project"]["optional-dependencies"]["gpu"]
+    # onnxruntime-gpu 1.27 is the first release whose `cuda` extra needs CUDA 13 (1.26: CUDA 12)
+    pin = re.fullmatch(r"onnxruntime-gpu\[cuda,cudnn\]>=1\.(\d+),<2", gpu)
+    assert pin is not None and int(pin.group(1)) >= 27, gpu
+    runs = [a for k, a in runtime_stage(DOCKERFILES["cuda"]) if k == "RUN"]
+    assert any(r.startswith("python /app/check_cuda.py") for r in runs)
+    assert ("COPY", "docker/check_cuda.py /app/check_cuda.py") in runtime_stage(DOCKERFILES["cuda"])
+
+
+def test_cuda_check_skips_without_a_gpu_unless_required() -> None:
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible: the skip path does not apply")
+    script = str(ROOT / "docker/check_cuda.py")
+    skipped = subprocess.run([sys.executable, script, str(ROOT / "bundles/default")], capture_output=True,
+                             text=True, timeout=120, check=False)
+    assert skipped.returncode == 0 and "skipped" in skipped.stderr
+    required = subprocess.run([sys.executable, script, "--require-gpu"], capture_output=True, text=True,
+                              timeout=120, check=False)
+    assert required.returncode == 2
+
+
+def test_dockerfiles_pass_hadolint() -> None:
+    from tests.unit.deploy.conftest import require_tool
+
+    tool = Path(sys.executable).with_name("hadolint")
+    hadolint = str(tool) if tool.exists() else require_tool("hadolint")
+    proc = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --- Grafana ------------------------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Prometheus alert rules rendered for a bundle (``python -m deploy.alerts.render``)."""

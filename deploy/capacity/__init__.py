@@ -1,0 +1,1 @@
+"""Capacity model: per-pod service times from ``deltagate bench`` and an autoscaling simulation."""
