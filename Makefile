@@ -6,13 +6,14 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-dev system-deps lint test serve demo clean-venv
+.PHONY: install install-dev system-deps lint test serve demo loadtest clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade --quiet pip
 
-# Service only: core dependencies (no training extras).
+# Service only: the core dependencies, ONNX-only serving (no torch; `pip install -e '.[torch]'` adds
+# the torch engine). The default engine (auto) serves the default bundle's model.onnx.
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
@@ -53,6 +54,13 @@ test: system-deps lint
 
 serve: install
 	$(BIN)/deltagate serve
+
+# Bounded headless Locust run on the default bundle (a fresh server on 127.0.0.1:$(LOADTEST_PORT));
+# fails on any failed request or a p99 above the bound (loadtests/run.py, docs/operations.md).
+LOADTEST_PORT ?= 8010
+LOADTEST_ARGS ?=
+loadtest: install-dev
+	$(BIN)/python loadtests/run.py --port $(LOADTEST_PORT) $(LOADTEST_ARGS)
 
 demo: install-dev
 	$(BIN)/deltagate demo build

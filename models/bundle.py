@@ -22,16 +22,19 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
-from models.scores import ScoreParams
-from models.scoring_module import INPUT_NAME, OUTPUT_NAMES, ScoringModule
+from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams
+
+if TYPE_CHECKING:  # torch and open_clip load only when a torch model is built: ONNX serving needs neither
+    import torch
+
+    from models.scoring_module import ScoringModule
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -159,7 +162,10 @@ class Bundle:
 
     def build_scoring_module(self) -> ScoringModule:
         """The scoring module with the bundle's weights, float32, CPU, eval mode."""
+        import torch
         from safetensors.torch import load_file
+
+        from models.scoring_module import ScoringModule
 
         m = self.manifest
         visual = build_vision_tower(m.architecture)

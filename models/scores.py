@@ -18,9 +18,10 @@ Sign conventions:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+
+from models.scoring_spec import ScoreParams  # defined without torch, for ONNX-only serving
 
 __all__ = [
     "ScoreParams",
@@ -32,16 +33,6 @@ __all__ = [
     "delta_energy",
     "id_score",
 ]
-
-
-@dataclass(frozen=True)
-class ScoreParams:
-    """Parameters of the scores; stored in every bundle so serving matches evaluation."""
-
-    top_c: int = 1  # ΔEnergy: how many of the largest logits are reset, one at a time
-    reset_logit: float = 0.0  # ΔEnergy: value a removed logit is reset to (cosine "cropped to zero")
-    temperature: float = 1.0  # T in E_T(z) = -T * LSE(z / T), for energy and ΔEnergy
-    mcm_tau: float = 1.0  # MCM: softmax temperature over cosine similarities (Ming et al., 2022)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:

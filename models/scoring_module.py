@@ -12,11 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.scores import ScoreParams, delta_energy, energy
+from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
-
-INPUT_NAME = "pixel_values"
-OUTPUT_NAMES: tuple[str, str, str, str] = ("logits", "probs", "delta_energy", "energy")
 
 
 class ScoringModule(nn.Module):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
+from service.openapi import install_openapi
 from service.routes import classify, health, metrics, model, ui
-from service.runtime import Runtime
+from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
 
@@ -22,28 +24,44 @@ _DESCRIPTION = (
 )
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, on_load_failure: Callable[[str], None] | None = None) -> FastAPI:
     """Build the app. The model loads in the background once the app starts (lifespan).
 
     Args:
         settings: service settings; read from ``DELTAGATE_*`` environment variables if omitted.
+        on_load_failure: called with the reason if the bundle or engine fails to load (the server
+            uses it to exit, ``exit_on_error``); without it the app stays up, unready.
 
     Returns:
         The FastAPI app; ``app.state.runtime`` holds the model, batcher and metrics.
     """
     settings = settings or Settings()
-    runtime = Runtime(settings, ServiceMetrics(settings.max_batch_size))
+    multiprocess_dir = settings.metrics_dir if settings.workers > 1 else None
+    runtime = Runtime(settings, ServiceMetrics(settings.max_batch_size, multiprocess_dir=multiprocess_dir))
+
+    def _after_start(_task: asyncio.Task[None]) -> None:
+        if runtime.phase is Phase.FAILED and on_load_failure is not None:
+            on_load_failure(runtime.error or "unknown error")
+
+    def begin_drain() -> None:
+        """Refuse new work with 503 (readiness false) while in-flight requests finish (server.py)."""
+        if runtime.phase is Phase.READY:
+            runtime.phase = Phase.STOPPING
+        runtime.metrics.ready.set(0)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        runtime.begin_start()  # readiness turns true when load and warm-up are done
+        runtime.begin_start().add_done_callback(_after_start)  # ready when load and warm-up are done
         yield
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
+        runtime.metrics.close()
 
     app = FastAPI(title="deltagate", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
+    app.state.begin_drain = begin_drain
     install_error_handlers(app)
+    install_openapi(app, settings)
     routers = [module.router for module in (classify, health, model, metrics)]
     if settings.ui:
         routers.append(ui.router)

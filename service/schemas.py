@@ -25,6 +25,11 @@ __all__ = [
 ]
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
+# What _decode_base64 accepts, for the OpenAPI schema (clients and contract tests generate from it).
+BASE64_PATTERN = r"^(data:[\w.+-]+/[\w.+-]+;base64,)?(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+EXAMPLE_PNG_BASE64 = (  # an 8x8 red PNG
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAEklEQVR4nGP8z4AdMOEQH6QSAM1BAQ/oQeJvAAAAAElFTkSuQmCC"
+)
 _URL = re.compile(r"^[a-z][a-z0-9+.-]*://", re.IGNORECASE)
 
 
@@ -44,7 +49,7 @@ def _decode_base64(value: Any) -> bytes:
 Base64Image = Annotated[
     bytes,
     BeforeValidator(_decode_base64),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64",
+    WithJsonSchema({"type": "string", "contentEncoding": "base64", "pattern": BASE64_PATTERN,
                     "description": "Image bytes, base64 (a data: URL prefix is accepted)."}),
 ]
 
@@ -54,7 +59,8 @@ class ClassifyJSONRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.")
+    images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.",
+                                      examples=[[EXAMPLE_PNG_BASE64]])
     top_k: int | None = Field(None, ge=1, description="Entries in each top_k list (default: setting).")
 
 

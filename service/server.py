@@ -1,10 +1,32 @@
-"""Run the service under uvicorn (what ``deltagate serve`` calls)."""
+"""Run the service under uvicorn (what ``deltagate serve`` calls).
+
+Two behaviours live here rather than in the app, because they concern the process:
+
+* **Fail loudly** (``exit_on_error``, Triton's ``--exit-on-error``): a bundle or engine that cannot
+  load is logged with its reason and the process exits with status :data:`EXIT_LOAD_FAILED`, so
+  that Docker, systemd or Kubernetes restart it (or report a crash loop) instead of keeping a
+  process that never turns ready.
+* **Drain on SIGTERM** (``drain_s``, one worker): new requests are answered 503 (with
+  ``Retry-After``; readiness false) while the socket still listens and in-flight requests finish;
+  only then does uvicorn's graceful shutdown close the listener. Without it, a connection that the
+  kernel had accepted but uvicorn had not yet read is reset when the listener closes.
+* **Metrics over several workers**: with ``workers > 1`` the server prepares prometheus-client's
+  multiprocess directory (emptied at start) before the workers start, so a scrape of any worker
+  reports the sum over all of them.
+"""
 
 from __future__ import annotations
 
 import logging
 import math
 import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
@@ -14,9 +36,14 @@ from service.app import create_app
 from service.settings import Settings
 from service.telemetry import configure_logging
 
-__all__ = ["run", "settings_to_env"]
+__all__ = ["run", "settings_to_env", "EXIT_LOAD_FAILED", "LOAD_FAILED_MARKER"]
 
 logger = logging.getLogger(__name__)
+
+# uvicorn's own STARTUP_FAILURE status: its multi-worker supervisor stops on it instead of restarting
+# a worker that would fail the same way again.
+EXIT_LOAD_FAILED = 3
+LOAD_FAILED_MARKER = "load-failed"  # written by a failing worker into the metrics directory
 
 
 def settings_to_env(settings: Settings) -> dict[str, str]:
@@ -32,11 +59,97 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _worker_exit(settings: Settings) -> Any:
+    """A worker's load-failure hook: leave the reason for the parent, then exit at once."""
+
+    def exit_now(reason: str) -> None:
+        logger.critical("model load failed; worker exits (exit_on_error)",
+                        extra={"fields": {"error": reason, "exit_status": EXIT_LOAD_FAILED}})
+        if settings.metrics_dir is not None:
+            (settings.metrics_dir / LOAD_FAILED_MARKER).write_text(reason, encoding="utf-8")
+        # No graceful path is reachable from inside uvicorn's worker process; nothing was served
+        # but 503s, so an immediate exit loses nothing. The parent sees status 3 and stops.
+        os._exit(EXIT_LOAD_FAILED)
+
+    return exit_now
+
+
 def _worker_app() -> FastAPI:
     """App factory for ``workers > 1``: each worker process reads the settings from its environment."""
     settings = Settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    return create_app(settings, on_load_failure=_worker_exit(settings) if settings.exit_on_error else None)
+
+
+def _prepare_metrics_dir(settings: Settings) -> tuple[Path, bool]:
+    """The multiprocess metrics directory, emptied; and whether we created it (then we remove it)."""
+    if settings.metrics_dir is None:
+        return Path(tempfile.mkdtemp(prefix="deltagate-metrics-")), True
+    directory = settings.metrics_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in [*directory.glob("*.db"), directory / LOAD_FAILED_MARKER]:  # a previous run's values
+        stale.unlink(missing_ok=True)
+    return directory, False
+
+
+class _DrainingServer(uvicorn.Server):
+    """uvicorn's server, with a drain phase before its graceful shutdown (a second signal skips it)."""
+
+    def __init__(self, config: uvicorn.Config, begin_drain: Callable[[], None], drain_s: float) -> None:
+        super().__init__(config)
+        self._begin_drain = begin_drain
+        self._drain_s = drain_s
+        self._timer: threading.Timer | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._drain_s <= 0 or self._timer is not None or self.should_exit:
+            super().handle_exit(sig, frame)
+            return
+        self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown, as without a drain
+        self._begin_drain()
+        logger.info("draining", extra={"fields": {"signal": sig, "drain_s": self._drain_s}})
+        self._timer = threading.Timer(self._drain_s, lambda: setattr(self, "should_exit", True))
+        self._timer.daemon = True
+        self._timer.start()
+
+
+def _run_one(settings: Settings, common: dict[str, Any]) -> None:
+    server: uvicorn.Server | None = None
+    failure: list[str] = []
+
+    def stop_server(reason: str) -> None:
+        failure.append(reason)
+        logger.critical("model load failed; shutting down (exit_on_error)",
+                        extra={"fields": {"error": reason, "exit_status": EXIT_LOAD_FAILED}})
+        if server is not None:
+            server.should_exit = True
+
+    app = create_app(settings, on_load_failure=stop_server if settings.exit_on_error else None)
+    server = _DrainingServer(uvicorn.Config(app, **common), app.state.begin_drain, settings.drain_s)
+    server.run()
+    if failure:
+        raise SystemExit(EXIT_LOAD_FAILED)
+    if not server.started:  # e.g. the port is taken; uvicorn logged why
+        raise SystemExit(EXIT_LOAD_FAILED)
+
+
+def _run_workers(settings: Settings, common: dict[str, Any]) -> None:
+    directory, created = _prepare_metrics_dir(settings)
+    # prometheus-client picks multiprocess mode from this variable when a worker imports it.
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    # uvicorn spawns workers from an import string, so the settings travel in the environment.
+    os.environ.update(settings_to_env(settings.model_copy(update={"metrics_dir": directory})))
+    try:
+        uvicorn.run("service.server:_worker_app", factory=True, workers=settings.workers, **common)
+        marker = directory / LOAD_FAILED_MARKER
+        if marker.is_file():
+            logger.critical("a worker failed to load the model; exiting",
+                            extra={"fields": {"error": marker.read_text(encoding="utf-8"),
+                                              "exit_status": EXIT_LOAD_FAILED}})
+            raise SystemExit(EXIT_LOAD_FAILED)
+    finally:
+        if created:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def run(settings: Settings | None = None) -> None:
@@ -47,12 +160,13 @@ def run(settings: Settings | None = None) -> None:
 
     Raises:
         BundleError: the bundle directory has no manifest (checked before the server starts).
+        SystemExit: status :data:`EXIT_LOAD_FAILED` when the model failed to load (``exit_on_error``).
     """
     settings = settings or Settings()
     configure_logging(settings.log_level)
     if settings.engine != "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
         raise BundleError(f"{settings.bundle_path}: no {MANIFEST_FILE} (set DELTAGATE_BUNDLE_PATH or --bundle)")
-    common = {
+    common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": math.ceil(settings.graceful_shutdown_s),
     }
@@ -60,8 +174,6 @@ def run(settings: Settings | None = None) -> None:
                                               "bundle": str(settings.bundle_path), "port": settings.port,
                                               "workers": settings.workers}})
     if settings.workers == 1:
-        uvicorn.run(create_app(settings), **common)  # type: ignore[arg-type]
-        return
-    # uvicorn spawns workers from an import string, so the settings travel in the environment.
-    os.environ.update(settings_to_env(settings))
-    uvicorn.run("service.server:_worker_app", factory=True, workers=settings.workers, **common)  # type: ignore[arg-type]
+        _run_one(settings, common)
+    else:
+        _run_workers(settings, common)

@@ -17,7 +17,7 @@ from service.cpu_budget import cpu_budget
 
 __all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
-EngineName = Literal["torch", "onnx", "dummy"]
+EngineName = Literal["auto", "torch", "onnx", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -64,7 +64,10 @@ class Settings(BaseSettings):
 
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
-    engine: EngineName = Field("torch", description="Inference engine: torch, onnx or dummy (tests).")
+    engine: EngineName = Field(
+        "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
+        "onnx or dummy (tests)."
+    )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
         "runs on CUDA."
@@ -123,6 +126,17 @@ class Settings(BaseSettings):
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
+    drain_s: float = Field(
+        1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
+        "listening, before the graceful shutdown; clients are told to go elsewhere instead of being reset."
+    )
+    exit_on_error: bool = Field(
+        True, description="Exit (status 3) when the bundle or engine fails to load, so a supervisor restarts it."
+    )  # Triton's --exit-on-error; off: the process stays up, /healthz and /readyz say 503
+    metrics_dir: Path | None = Field(
+        None, description="With workers > 1: directory of the per-process metric files (emptied at start); "
+        "default: a new temporary directory."
+    )
     api_key: SecretStr | None = Field(
         None, description="If set, /classify and /model need 'Authorization: Bearer <key>'."
     )

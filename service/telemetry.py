@@ -1,27 +1,31 @@
 """Telemetry: Prometheus metrics, JSON log lines, and the per-request middleware.
 
 Metrics live in a registry owned by the app (not prometheus-client's global one), so several apps
-in one process (tests) do not collide. With ``workers > 1`` each worker process exports its own
-numbers; scrape them per pod/process or run one worker per container.
+in one process (tests) do not collide. With ``workers > 1`` the server runs prometheus-client's
+multiprocess mode: every worker writes its values to files in one directory, and a scrape of any
+worker reads all of them (:meth:`ServiceMetrics.exposition`), so counters and histograms add up
+over the workers; gauges say in their ``multiprocess_mode`` how they combine.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import time
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, multiprocess, values
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
 
-__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware"]
+__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware", "mark_dead_processes"]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("deltagate.access")
@@ -36,9 +40,28 @@ _PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ServiceMetrics:
-    """Every metric the service exports. Names follow Prometheus conventions (unit suffixes)."""
+    """Every metric the service exports. Names follow Prometheus conventions (unit suffixes).
 
-    def __init__(self, max_batch_size: int, registry: CollectorRegistry | None = None) -> None:
+    Args:
+        max_batch_size: largest batch (the batch-size histogram's top bucket).
+        registry: where to register; a new private registry if omitted.
+        multiprocess_dir: the multiprocess directory when several worker processes serve (the server
+            sets ``PROMETHEUS_MULTIPROC_DIR`` to it before the workers start); None in one process.
+
+    Raises:
+        RuntimeError: ``multiprocess_dir`` is given but prometheus-client was imported without
+            ``PROMETHEUS_MULTIPROC_DIR``, so the values would never reach the files.
+    """
+
+    def __init__(
+        self, max_batch_size: int, registry: CollectorRegistry | None = None, multiprocess_dir: Path | None = None
+    ) -> None:
+        if multiprocess_dir is not None and values.ValueClass is values.MutexValue:
+            raise RuntimeError("multiprocess metrics need PROMETHEUS_MULTIPROC_DIR set before prometheus_client "
+                               "is imported (service.server does this for workers > 1)")
+        self.multiprocess_dir = multiprocess_dir
+        if multiprocess_dir is not None:
+            mark_dead_processes(multiprocess_dir)  # a crashed worker's live gauges (its replacement is us)
         self.registry = registry or CollectorRegistry()
         r = self.registry
         labels = ["route", "method", "status"]
@@ -51,7 +74,9 @@ class ServiceMetrics:
         self.batch_size = Histogram(
             "deltagate_batch_size_images", "Images per forward pass.", buckets=batch_buckets, registry=r
         )
-        self.queue_depth = Gauge("deltagate_queue_depth_images", "Images waiting for a forward pass.", registry=r)
+        # Several workers: queued images add up over the live workers; ready is 1 only if all are.
+        self.queue_depth = Gauge("deltagate_queue_depth_images", "Images waiting for a forward pass.", registry=r,
+                                 multiprocess_mode="livesum")
         self.inference_duration = Histogram(
             "deltagate_inference_duration_seconds", "Forward pass time per batch.",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -63,13 +88,14 @@ class ServiceMetrics:
             "deltagate_ood_flags", "Images flagged out-of-distribution, by predicted class.",
             ["predicted_class"], registry=r,
         )
-        self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r)
-        self.model_info = Info("deltagate_model", "The loaded model bundle and engine.", registry=r)
+        self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
+                           multiprocess_mode="livemin")
+        self.model_info = _ModelInfo(r, multiprocess_dir is not None)
         self.delta_energy: Histogram | None = None  # buckets depend on the bundle: see bind_model
 
     def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
         """Create the model-dependent metrics once the bundle is known."""
-        self.model_info.info({"name": manifest.name, "version": manifest.version, **engine_facts})
+        self.model_info.set({"name": manifest.name, "version": manifest.version, **engine_facts})
         for cls in manifest.classes:  # export zeros for every class, so rates exist from the start
             self.images.labels(predicted_class=cls)
             self.ood_flags.labels(predicted_class=cls)
@@ -78,6 +104,19 @@ class ServiceMetrics:
                 "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution).",
                 buckets=delta_energy_buckets(manifest), registry=self.registry,
             )
+
+    def exposition(self) -> bytes:
+        """The scrape body: this process's registry, or every worker's files in multiprocess mode."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        multiprocess.MultiProcessCollector(merged, path=str(self.multiprocess_dir))
+        return generate_latest(merged)
+
+    def close(self) -> None:
+        """On worker exit: drop this process's live gauges (its counters stay: totals never go back)."""
+        if self.multiprocess_dir is not None:
+            multiprocess.mark_process_dead(os.getpid(), str(self.multiprocess_dir))
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
@@ -94,6 +133,44 @@ class ServiceMetrics:
                 self.ood_flags.labels(predicted_class=label).inc()
             if self.delta_energy is not None:
                 self.delta_energy.observe(de)
+
+
+class _ModelInfo:
+    """``deltagate_model_info{name, version, engine, device, ...} 1``.
+
+    One process: a Prometheus Info metric. Several: Info has no multiprocess support in
+    prometheus-client, so the same sample comes from a gauge (value 1, max over live workers),
+    created at the first :meth:`set` because its labels are the facts' keys.
+    """
+
+    _NAME, _DOC = "deltagate_model", "The loaded model bundle and engine."
+
+    def __init__(self, registry: CollectorRegistry, multiprocess_mode: bool) -> None:
+        self._registry = registry
+        self._info = None if multiprocess_mode else Info(self._NAME, self._DOC, registry=registry)
+        self._gauge: Gauge | None = None
+
+    def set(self, facts: dict[str, str]) -> None:
+        if self._info is not None:
+            self._info.info(facts)
+            return
+        if self._gauge is None:
+            self._gauge = Gauge(f"{self._NAME}_info", self._DOC, sorted(facts), registry=self._registry,
+                                multiprocess_mode="livemax")
+        self._gauge.labels(**facts).set(1)
+
+
+def mark_dead_processes(directory: Path) -> None:
+    """Drop the live-gauge files of worker processes that are gone (crashed without cleaning up)."""
+    pids = {int(m.group(1)) for f in directory.glob("gauge_live*_*.db")
+            if (m := re.search(r"_(\d+)\.db$", f.name)) is not None}
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            multiprocess.mark_process_dead(pid, str(directory))
+        except PermissionError:  # alive, another user's
+            pass
 
 
 def delta_energy_buckets(manifest: BundleManifest) -> list[float]:
@@ -118,6 +195,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
+            "pid": record.process,  # tells the workers apart when workers > 1
         }
         entry.update(getattr(record, "fields", None) or {})
         if record.exc_info:

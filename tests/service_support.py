@@ -64,6 +64,9 @@ class TestEngine(DummyEngine):
         self.events.append("close")
 
 
+TEST_ENGINE = f"{__name__}:{TestEngine.__name__}"  # its entry in the engine registry (module:class)
+
+
 def encode(arr: np.ndarray, fmt: str = "PNG") -> bytes:
     """(H, W, 3) uint8 -> encoded image bytes."""
     buf = io.BytesIO()
@@ -115,7 +118,7 @@ def engines_of(app: FastAPI) -> list[TestEngine]:
 @asynccontextmanager
 async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (load, warm-up; stop at exit) and give an httpx client on it."""
-    with mock.patch.dict(engines.ENGINES, {"dummy": TestEngine}):
+    with mock.patch.dict(engines.ENGINES, {"dummy": TEST_ENGINE}):
         async with app.router.lifespan_context(app):
             if wait_ready:
                 await app.state.runtime.wait_started()

@@ -16,7 +16,7 @@ import numpy as np
 
 from models.bundle import Bundle
 from models.errors import DeltagateError
-from models.scoring_module import OUTPUT_NAMES
+from models.scoring_spec import OUTPUT_NAMES
 from service.settings import DeviceName
 
 __all__ = ["Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs"]

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Bundle
-from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
+from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 

@@ -21,7 +21,7 @@ _REQUEST_BODY: dict[str, Any] = {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
                 "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                              "description": "Image file(s); repeat the field for several images."},
                     "top_k": {"type": "integer", "minimum": 1},
                 },

@@ -39,7 +39,7 @@ from service import engines
 from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
-from tests.service_support import TestEngine, class_image, dummy_settings, noise_image
+from tests.service_support import TEST_ENGINE, class_image, dummy_settings, noise_image
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +86,7 @@ class LiveServer:
 
     def __init__(self, settings: Settings, wait_ready: bool = True) -> None:
         # The dummy engine with the test hooks (a gate to hold a forward), as the ASGI tests use it.
-        self._engines = mock.patch.dict(engines.ENGINES, {"dummy": TestEngine})
+        self._engines = mock.patch.dict(engines.ENGINES, {"dummy": TEST_ENGINE})
         self.app = create_app(settings)
         self.wait_ready = wait_ready
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -43,3 +43,34 @@ def test_serving_a_real_bundle_loads_no_training_module(tiny_bundle: Path) -> No
                           text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "LOADED [] []" in proc.stdout
+
+
+ONNX_ONLY_SCRIPT = """
+import asyncio, io, sys
+import httpx, numpy as np
+from PIL import Image
+from service.app import create_app
+from service.settings import Settings
+
+async def main(bundle, engine):
+    app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
+    async with app.router.lifespan_context(app):
+        await app.state.runtime.wait_started()
+        buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/classify", files=[("file", ("a.png", buf.getvalue(), "image/png"))])
+            assert r.status_code == 200, r.text
+            assert (await client.get("/model")).json()["engine"] == "onnx"
+
+asyncio.run(main(sys.argv[1], sys.argv[2]))
+print("HEAVY", sorted(m for m in ("torch", "open_clip", "torchvision", "safetensors") if m in sys.modules))
+"""
+
+
+@pytest.mark.parametrize("engine", ["onnx", "auto"])
+def test_serving_on_onnx_imports_neither_torch_nor_open_clip(tiny_bundle: Path, engine: str) -> None:
+    proc = subprocess.run([sys.executable, "-c", ONNX_ONLY_SCRIPT, str(tiny_bundle), engine], cwd=REPO,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "HEAVY []" in proc.stdout, proc.stdout

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from deploy.alerts.render import OUTPUTS, render
-from service.runtime import dummy_bundle
+from service.engines.dummy import dummy_bundle
 from service.telemetry import ServiceMetrics
 from tests.unit.deploy.conftest import ROOT, require_tool, yaml
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.scoring_module import OUTPUT_NAMES
-from service.engines import ENGINES, EngineError, check_outputs, create_engine
+from service.engines import AUTO, ENGINES, EngineError, check_outputs, create_engine
 from service.engines.dummy import DummyEngine, dummy_bundle
 
 pytestmark = pytest.mark.unit
@@ -27,7 +27,7 @@ def test_registry_holds_every_settings_choice() -> None:
 
     from service.settings import EngineName
 
-    assert set(ENGINES) == set(get_args(EngineName))
+    assert set(ENGINES) | {AUTO} == set(get_args(EngineName))
 
 
 def test_dummy_engine_is_deterministic_and_shaped_like_the_scoring_module() -> None:

@@ -33,3 +33,10 @@ def test_delta_energy_buckets_hold_the_threshold_and_calibration_quantiles() -> 
     assert round(calib.threshold, 6) in buckets
     median = float(np.interp(0.5, calib.quantile_levels, calib.quantile_values))
     assert round(median, 6) in buckets
+
+
+def test_multiprocess_metrics_refuse_a_process_without_the_env_variable(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from service.telemetry import ServiceMetrics
+
+    with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
+        ServiceMetrics(8, multiprocess_dir=tmp_path)  # this test process imported prometheus_client without it

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from models.bundle import load_bundle
+from service.engines.dummy import dummy_bundle
 from service.routes.ui import ASSETS, CONTENT_SECURITY_POLICY
-from service.runtime import dummy_bundle
 from service.settings import Settings
 from tests.service_support import dummy_settings, serve
 

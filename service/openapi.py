@@ -1,0 +1,60 @@
+"""The OpenAPI document, made to match what the running service does.
+
+FastAPI declares the Bearer scheme on every route that has the API-key dependency, whether or not
+a key is configured; without one the service accepts every request, so the document would promise
+401s that never come (schemathesis reports it as "accepts requests without authentication").
+Here the security requirement, the scheme and the 401 responses are kept only when a key is set.
+Likewise the number of images a request may carry is a setting, so the document states it
+(``maxItems``) from the settings rather than leaving clients to discover the 413.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.settings import Settings
+
+__all__ = ["install_openapi"]
+
+_METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+
+
+def _without_security(schema: dict[str, Any]) -> dict[str, Any]:
+    schema.get("components", {}).pop("securitySchemes", None)
+    for path_item in schema.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method in _METHODS:
+                operation.pop("security", None)
+                operation.get("responses", {}).pop("401", None)
+    return schema
+
+
+def _with_image_limit(schema: dict[str, Any], max_images: int) -> dict[str, Any]:
+    """``maxItems`` on the image arrays of every request body (multipart ``file``, JSON ``images``)."""
+    for path_item in schema.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method not in _METHODS:
+                continue
+            for media in operation.get("requestBody", {}).get("content", {}).values():
+                for name in ("file", "images"):
+                    prop = media.get("schema", {}).get("properties", {}).get(name)
+                    if prop is not None and prop.get("type") == "array":
+                        prop["maxItems"] = max_images
+    return schema
+
+
+def install_openapi(app: FastAPI, settings: Settings) -> None:
+    """Replace ``app.openapi`` with a generator that follows ``settings`` (built once, cached)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version=app.version, description=app.description,
+                                 routes=app.routes)
+            schema = _with_image_limit(schema, settings.max_images_per_request)
+            app.openapi_schema = schema if settings.api_key is not None else _without_security(schema)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
