@@ -11,12 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from models.bundle import ArchitectureInfo, Bundle, BundleManifest
 from models.calibration import CalibrationRecord
 from models.preprocess import PreprocessConfig
-from models.scores import delta_energy, energy
 from service.engines.base import Engine, EngineOutputs
 
 __all__ = ["DummyEngine", "dummy_bundle"]
@@ -47,6 +45,12 @@ class DummyEngine(Engine):
         self.providers = ["numpy"]
 
     def infer(self, pixel_values: np.ndarray) -> EngineOutputs:
+        # Imported here, not at the top: the runtime imports dummy_bundle on every install, and the
+        # ONNX-only install has no torch (the dummy engine itself needs the 'torch' extra).
+        import torch
+
+        from models.scores import delta_energy, energy
+
         num_classes = len(self.bundle.manifest.classes)
         strips = np.array_split(pixel_values.mean(axis=(1, 2)), num_classes, axis=-1)  # K x (B, W/K)
         means = np.stack([s.mean(axis=-1) for s in strips], axis=-1)  # (B, K)
