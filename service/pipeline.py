@@ -124,17 +124,14 @@ def _parse_json(body: bytes) -> tuple[list[InputImage], int | None]:
 
 
 def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
-    """One rule for ``top_k``: the query parameter or the body field (either form), never both.
+    """One rule for ``top_k``: the query parameter, else the body field (either form), else the setting.
 
-    Raises:
-        InvalidFieldError: both are given with different values (422).
+    The rule is stated in the OpenAPI descriptions of both fields: a request that is valid by the
+    schema (both given) is answered, never refused.
     """
-    if query is not None and body is not None and query != body:
-        raise InvalidFieldError(
-            f"top_k given twice with different values (query {query}, body {body}); give it once",
-            details=[{"loc": ["query", "top_k"]}, {"loc": ["body", "top_k"]}],
-        )
-    return body or query or default
+    if query is not None:
+        return query
+    return body if body is not None else default
 
 
 # --- stage 2: decode and preprocess, in the thread pool -----------------------------------------

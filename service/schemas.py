@@ -61,7 +61,10 @@ class ClassifyJSONRequest(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.",
                                       examples=[[EXAMPLE_PNG_BASE64]])
-    top_k: int | None = Field(None, ge=1, description="Entries in each top_k list (default: setting).")
+    top_k: int | None = Field(
+        None, ge=1,
+        description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
+    )
 
 
 class TopKEntry(BaseModel):

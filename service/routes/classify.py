@@ -23,7 +23,8 @@ _REQUEST_BODY: dict[str, Any] = {
                 "properties": {
                     "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                              "description": "Image file(s); repeat the field for several images."},
-                    "top_k": {"type": "integer", "minimum": 1},
+                    "top_k": {"type": "integer", "minimum": 1,
+                              "description": "Entries in each top_k list; the query parameter wins if both are given."},
                 },
             }},
             "application/json": {"schema": ClassifyJSONRequest.model_json_schema()},
@@ -36,7 +37,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong API key (only when one is configured).",
         413: "Body, pixel count or number of images over the limit.",
         415: "Content type is neither multipart/form-data nor application/json.",
-        422: "Malformed fields (e.g. bad base64, top_k < 1, top_k given twice with different values, no image).",
+        422: "Malformed fields (e.g. bad base64, top_k < 1, no image).",
         500: "The forward pass of this request's batch failed.",
         503: "Not ready, or overloaded (in-flight image budget spent; answered before the body is read); "
              "see Retry-After.",
@@ -51,7 +52,7 @@ async def classify(
     runtime: RuntimeDep,
     _auth: ApiKeyDep,
     top_k: Annotated[int | None, Query(
-        ge=1, description="Entries in each top_k list (or the body's top_k; both with different values: 422)."
+        ge=1, description="Entries in each top_k list; wins over the body's top_k when both are given."
     )] = None,
 ) -> ClassifyResponse:
     """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
