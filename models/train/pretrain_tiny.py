@@ -57,7 +57,9 @@ class PretrainConfig:
     max_logit_scale: float = 100.0  # clamp of exp(logit_scale), as open_clip training does
     caption_positives: bool = True  # identical captions in a batch are positives (no false negatives)
     seed: int = 0  # seeds initialisation and batch order
-    threads: int = 2  # torch intra-op threads during training
+    # torch intra-op threads. 1: on the shared 2-core machine two threads ran at 5-8 s/step against
+    # 0.4-1.3 s/step for one (2026-12-01, runs/pre-A logs).
+    threads: int = 1
     device: str = "cpu"  # where to train and evaluate ("cuda" if you have one; the corpus stays on the CPU)
     log_every: int = 50  # steps between log lines (the progress bar shows every step)
     save_dtype: str = "float16"  # dtype of large checkpoint tensors: "float16" (half the size) or "float32"
