@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,6 +153,7 @@ class FaithfulnessReport:
     far_sets: list[str]
     default_split: dict[str, Any]
     random_splits: dict[str, Any]
+    named_splits: dict[str, Any] = field(default_factory=dict)  # label -> near/near_hard metrics of a given split
     facts: list[dict[str, str]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -259,6 +260,7 @@ def _random_splits(enc: _Encoded, scale: float, n_classes: int, n_splits: int, s
 def check_faithfulness(
     clip: LoadedClip, world: str | Path, *, label: str = "", checkpoint: str = "", n_splits: int = 20,
     n_classes: int | None = None, seed: int = 0, batch_size: int = 256,
+    named_splits: Mapping[str, Sequence[str]] | None = None,
 ) -> FaithfulnessReport:
     """Measure the proxy against :data:`FACTS` on a world's validation images (module docstring).
 
@@ -271,6 +273,7 @@ def check_faithfulness(
         n_classes: ID classes per random split (default: as many as the world's default split).
         seed: seed of the random splits.
         batch_size: images per forward pass.
+        named_splits: further ID splits to report (label -> ID classes), e.g. a lead fixed in advance.
 
     Returns:
         The report, with a verdict per fact.
@@ -282,8 +285,9 @@ def check_faithfulness(
     enc = _encode(clip, root, batch_size)
     default = _split_eval(enc, cfg.id_classes, scale, detail=True)
     rand = _random_splits(enc, scale, n_classes or len(cfg.id_classes), n_splits, seed)
+    named = {k: _split_eval(enc, v, scale, detail=False) for k, v in (named_splits or {}).items()}
     report = FaithfulnessReport(label, checkpoint, str(root), TEMPLATE, scale, [n for n, _ in cfg.far_ood],
-                                default, rand)
+                                default, rand, named)
     doc = report.to_dict()
     report.facts = [{"key": f.key, "fact": f.fact, "source": f.source, "proxy": f.proxy(doc),
                      "verdict": "holds" if f.holds(doc) else "does not hold"} for f in FACTS]
@@ -344,6 +348,11 @@ def faithfulness_markdown(reports: Sequence[FaithfulnessReport], command: str) -
                   + ", ".join(f"{k} {_pct(v)}%" for k, v in rs["orderings"].items())
                   + "; best score per split: " + ", ".join(f"{k} {v}" for k, v in rs["best_score_count"].items() if v)
                   + f"; splits without any look-alike pair: {rs['splits_without_lookalikes']}."]
+        for name, ns in r.named_splits.items():
+            lines += ["", f"Split `{name}` ({', '.join(ns['id_classes'])}; look-alikes: "
+                      f"{', '.join(ns['hard_near']) or 'none'}): ID val accuracy {_pct(ns['id_accuracy'])}%; "
+                      "near AUROC "
+                      + ", ".join(f"{k} {_pct(v['auroc'])}" for k, v in ns["ood"]["near"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 
