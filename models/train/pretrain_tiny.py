@@ -44,8 +44,9 @@ class PretrainConfig:
     """Hyper-parameters of tiny-CLIP pretraining; saved in the report next to the checkpoint."""
 
     arch: str = "tiny-clip"  # open_clip architecture name (models/archs/tiny-clip.json)
-    # Optimiser steps. 2000 x 128 reaches 99.8% zero-shot ID val accuracy on the default world in 790 s
-    # on one thread (runs/pre-A2); 1000 steps reached 91.0% (docs/offline.md, "Pretraining recipe").
+    # Optimiser steps. On the default world (style-tied caption leads) 2000 x 128 reach 99.0% zero-shot
+    # ID val accuracy (runs/pre-B); with class-only leads 1000 / 1500 / 2000 steps reached 91.0 / 97.5 /
+    # 99.8% (docs/offline.md, "Pretraining recipe").
     steps: int = 2000
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule

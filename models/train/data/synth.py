@@ -118,7 +118,11 @@ class WorldConfig:
     # old 0.35 the tiny CLIP learned colours and positions and reached 64% zero-shot; at 0.7, 97%
     # (docs/offline.md, "Pretraining recipe").
     caption_class_frac: float = 0.7
-    caption_style_leads: bool = False  # class-only captions lead with their style (render.STYLE_LEADS)
+    # Class-only captions lead with their style (render.STYLE_LEADS: "a photo of" flat, "a line drawing
+    # of" outline, "a 3d rendering of" shaded): a nuisance that moves every cosine with the style, as
+    # photographic content does in real CLIP. With it, 2000 steps: 99.0% zero-shot ID val accuracy and
+    # near-OOD look-alike AUROC of energy 91.1 (without: 99.8% and 98.6; runs/pre-B vs runs/pre-A2).
+    caption_style_leads: bool = True
     n_train_per_class: int = 80  # train images per category (few-shot runs sample from these)
     n_val_per_class: int = 64  # val images per category: ID val (selection, calibration) or near-OOD val
     n_test_per_class: int = 128  # test images per category: ID test or near-OOD test (per-category CIs)
