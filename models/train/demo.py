@@ -31,8 +31,9 @@ from models.clip_loading import LoadedClip, load_clip
 from models.train.ablation import AblationConfig, ablation_markdown, run_ablation
 from models.train.bench_cache import benchmark_feature_cache
 from models.train.calibrate import calibrate_bundle
-from models.train.data.folders import TaskData, TaskPaths, few_shot, load_task
-from models.train.data.synth import WORLD_FILE, WorldConfig, generate_world, load_world
+from models.train.data.folders import TaskData, few_shot
+from models.train.data.splits import load_task_root
+from models.train.data.synth import WorldConfig, ensure_world
 from models.train.evaluate import evaluate_bundles
 from models.train.plots import write_plots
 from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
@@ -67,7 +68,8 @@ DEMO_CONFIGS: dict[str, DemoConfig] = {
             seed=3, categories=("circle", "square", "triangle", "star", "heart", "ring", "spiral", "cross"),
             id_classes=("circle", "square", "triangle", "star"), covariate_styles=("sketch",),
             far_ood=(("far_noise", ("noise",)),), n_pretrain=256, n_train_per_class=6, n_val_per_class=4,
-            n_test_per_class=4, n_near_per_class=2, n_far_per_set=6, n_covariate_per_class=2,
+            n_test_per_class=4, n_far_val_per_set=2, n_far_per_set=6, n_covariate_val_per_class=1,
+            n_covariate_per_class=2,
         ),
         pretrain=PretrainConfig(steps=8, batch_size=32, threads=1),
         train=TrainConfig(n_ctx=4, shots=4, epochs=2, batch_size=8, threads=1),
@@ -79,10 +81,7 @@ DEMO_CONFIGS: dict[str, DemoConfig] = {
 
 
 def _world(cfg: WorldConfig, root: Path) -> Path:
-    if (root / WORLD_FILE).is_file() and load_world(root).config == cfg:
-        logger.info("reusing world %s", root)
-        return root
-    generate_world(cfg, root, workers=2, overwrite=True)
+    ensure_world(cfg, root, workers=2)
     return root
 
 
@@ -144,7 +143,7 @@ def build_demo(
     pre = _pretrained(cfg.pretrain, world, work / "tiny-clip.safetensors", progress)
     times["pretrain_s"] = time.perf_counter() - t
     clip = load_clip(cfg.pretrain.arch, str(work / "tiny-clip.safetensors"))
-    task = load_task(TaskPaths.from_root(world))
+    task = load_task_root(world)
     t = time.perf_counter()
     train_cfg = _ablate(clip, task, cfg, work, results, command, progress) if cfg.ablate else cfg.train
     times["ablation_s"] = time.perf_counter() - t
