@@ -1,4 +1,4 @@
-"""OOD scores as pure functions of logits (see ``shared/METHOD.md``).
+"""OOD scores as pure functions of logits (see ``docs/METHOD.md``).
 
 Every function takes a batch of logits ``z`` of shape (B, K) (or cosine similarities for
 :func:`mcm`) and returns one score per image, shape (B,). No model calls, no device moves: the
@@ -19,12 +19,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 __all__ = [
     "ScoreParams",
     "SCORE_NAMES",
+    "RESET_MODES",
+    "cosine_logits",
     "msp",
     "max_logit",
     "energy",
@@ -34,14 +38,47 @@ __all__ = [
 ]
 
 
+ResetMode = Literal["value", "min", "mean"]
+RESET_MODES: tuple[str, ...] = ("value", "min", "mean")
+
+
 @dataclass(frozen=True)
 class ScoreParams:
-    """Parameters of the scores; stored in every bundle so serving matches evaluation."""
+    """Parameters of the scores (never of the loss); stored in every bundle so serving matches evaluation.
+
+    Each score has its own parameters, selected on its own (``docs/evidence/protocol.md``): ΔEnergy's
+    T, c and reset are independent of energy's T and of MCM's τ.
+    """
 
     top_c: int = 1  # ΔEnergy: how many of the largest logits are reset, one at a time
-    reset_logit: float = 0.0  # ΔEnergy: value a removed logit is reset to (cosine "cropped to zero")
-    temperature: float = 1.0  # T in E_T(z) = -T * LSE(z / T), for energy and ΔEnergy
+    reset_logit: float = 0.0  # ΔEnergy: the reset value when reset == "value" (0: cosine "cropped to zero")
+    temperature: float = 1.0  # ΔEnergy: T in E_T(z) = -T * LSE(z / T)
+    reset: ResetMode = "value"  # ΔEnergy: "value" (reset_logit) or the image's own "min" / "mean" logit
+    energy_temperature: float = 1.0  # energy score: its own T
     mcm_tau: float = 1.0  # MCM: softmax temperature over cosine similarities (Ming et al., 2022)
+
+    def __post_init__(self) -> None:
+        if self.reset not in RESET_MODES:
+            raise ValueError(f"unknown ΔEnergy reset {self.reset!r}; valid: {', '.join(RESET_MODES)}")
+        if self.temperature <= 0 or self.energy_temperature <= 0 or self.mcm_tau <= 0 or self.top_c < 1:
+            raise ValueError("temperatures and mcm_tau must be > 0 and top_c >= 1")
+
+
+def cosine_logits(
+    features: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float | torch.Tensor
+) -> torch.Tensor:
+    """CLIP's logits: ``scale * normalize(f) @ t.T`` (the one definition; ``t`` is already L2-normalised).
+
+    Args:
+        features: (B, D) image features (normalised here; idempotent for normalised ones).
+        class_embeddings: (K, D) L2-normalised class embeddings.
+        logit_scale: multiplier of the cosine similarities (``exp`` of CLIP's ``logit_scale``).
+
+    Returns:
+        (B, K) float32 logits.
+    """
+    f = F.normalize(_f32(features), dim=-1)  # (B, D)
+    return logit_scale * f @ _f32(class_embeddings).t()  # (B, K)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -103,19 +140,22 @@ def delta_energy(
     top_c: int = 1,
     reset_logit: float = 0.0,
     temperature: float = 1.0,
+    reset: ResetMode = "value",
 ) -> torch.Tensor:
     """ΔEnergy: the energy rise when each of the ``c`` best matches is reset, one at a time.
 
     ``ΔE_c(z) = Σ_{j=1..c} [E_T(z^(j)) - E_T(z)] = T * Σ_j [LSE(z/T) - LSE(z^(j)/T)]`` where
-    ``z^(j)`` is ``z`` with its j-th largest entry replaced by ``reset_logit``. Higher = ID; it is
-    >= 0 whenever ``reset_logit`` is below the replaced logits. ``LSE(z^(j))`` is computed on the
-    edited vector itself (never as ``log(1 - p)``, which underflows at CLIP's scale).
+    ``z^(j)`` is ``z`` with its j-th largest entry replaced by the reset logit ``r``: ``reset_logit``
+    (``reset="value"``), or the image's own minimum (``"min"``) or mean (``"mean"``) logit. Higher = ID;
+    it is >= 0 whenever ``r`` is below the replaced logits. ``LSE(z^(j))`` is computed on the edited
+    vector itself (never as ``log(1 - p)``, which underflows at CLIP's scale).
 
     Args:
         logits: (B, K) logits.
         top_c: number of largest logits to reset (clamped to K).
-        reset_logit: value that replaces a removed logit.
+        reset_logit: value that replaces a removed logit (``reset="value"``).
         temperature: T > 0.
+        reset: where the reset value comes from (see above).
 
     Returns:
         (B,) ΔEnergy scores, float32.
@@ -126,8 +166,14 @@ def delta_energy(
     top_idx = z.topk(c, dim=-1).indices  # (B, c)
     classes = torch.arange(num_classes, device=z.device)  # (K,)
     removed = top_idx.unsqueeze(-1) == classes  # (B, c, K): one True per (b, j)
-    reset = torch.full_like(z, reset_logit / temperature).unsqueeze(1)  # (B, 1, K)
-    edited = torch.where(removed, reset, z.unsqueeze(1))  # (B, c, K)
+    if reset == "min":
+        r = z.amin(dim=-1, keepdim=True)  # (B, 1), already divided by T
+    elif reset == "mean":
+        r = z.mean(dim=-1, keepdim=True)  # (B, 1)
+    else:
+        r = torch.full_like(z[:, :1], reset_logit / temperature)  # (B, 1)
+    reset_row = r.expand_as(z).unsqueeze(1)  # (B, 1, K)
+    edited = torch.where(removed, reset_row, z.unsqueeze(1))  # (B, c, K)
     lse_full = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
     lse_edited = torch.logsumexp(edited, dim=-1)  # (B, c)
     return temperature * (lse_full - lse_edited).sum(dim=-1)  # (B,)
@@ -137,9 +183,9 @@ def delta_energy(
 _ID_SCORES: dict[str, Callable[[torch.Tensor, float, ScoreParams], torch.Tensor]] = {
     "msp": lambda z, scale, p: msp(z),
     "max_logit": lambda z, scale, p: max_logit(z),
-    "energy": lambda z, scale, p: -energy(z, p.temperature),
+    "energy": lambda z, scale, p: -energy(z, p.energy_temperature),
     "mcm": lambda z, scale, p: mcm(_f32(z) / scale, p.mcm_tau),
-    "delta_energy": lambda z, scale, p: delta_energy(z, p.top_c, p.reset_logit, p.temperature),
+    "delta_energy": lambda z, scale, p: delta_energy(z, p.top_c, p.reset_logit, p.temperature, p.reset),
 }
 SCORE_NAMES: tuple[str, ...] = tuple(_ID_SCORES)
 

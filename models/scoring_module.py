@@ -3,17 +3,24 @@
 This one module is what calibration evaluates, what the PyTorch engine runs and what the ONNX
 export traces, so the three cannot disagree. It holds the frozen vision tower, the baked
 (K, D) class embeddings and the score parameters; the scores come from :mod:`models.scores`.
+
+The gate (the score the OOD threshold applies to) is named by the bundle's calibration: ΔEnergy by
+default (an output of the graph), or any other score of :data:`models.scores.SCORE_NAMES`, computed
+from the ``logits`` output by :func:`gate_scores` with the bundle's score parameters.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.scores import ScoreParams, delta_energy, energy
+from models.scores import ScoreParams, cosine_logits, delta_energy, energy, id_score
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule", "gate_scores"]
 
 INPUT_NAME = "pixel_values"
 OUTPUT_NAMES: tuple[str, str, str, str] = ("logits", "probs", "delta_energy", "energy")
@@ -50,18 +57,36 @@ class ScoringModule(nn.Module):
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) image features -> (B, K) logits (cosine similarity times the logit scale)."""
-        f = F.normalize(features.float(), dim=-1)  # (B, D)
-        return self.logit_scale * f @ self.class_embeddings.t()  # (B, K)
+        return cosine_logits(features, self.class_embeddings, self.logit_scale)  # (B, K)
 
     def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, K) logits -> (logits, probs, delta_energy, energy), the module's outputs."""
         p = self.score_params
         probs = torch.softmax(logits, dim=-1)  # (B, K)
-        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature)  # (B,)
-        en = energy(logits, p.temperature)  # (B,)
+        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature, p.reset)  # (B,)
+        en = energy(logits, p.energy_temperature)  # (B,)
         return logits, probs, de, en
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args: pixel_values (B, 3, H, W) normalised. Returns: logits (B, K), probs (B, K),
         delta_energy (B,), energy (B,), all float32."""
         return self.scores_from_logits(self.logits_from_features(self.visual(pixel_values)))
+
+
+def gate_scores(outputs: Mapping[str, np.ndarray], score: str, logit_scale: float, params: ScoreParams) -> np.ndarray:
+    """The gating score (higher = ID) of a batch of module outputs.
+
+    Args:
+        outputs: the module's outputs for N images (``logits`` (N, K), ``delta_energy`` (N,), ...).
+        score: the gate's score name (the bundle's ``calibration.score``).
+        logit_scale: the bundle's logit scale (for MCM).
+        params: the bundle's score parameters.
+
+    Returns:
+        (N,) float64 scores; ΔEnergy is the graph's own output, other scores are computed from the logits
+        with :func:`models.scores.id_score`.
+    """
+    if score == "delta_energy":
+        return np.asarray(outputs["delta_energy"], dtype=np.float64).reshape(-1)  # (N,)
+    logits = torch.from_numpy(np.asarray(outputs["logits"], dtype=np.float32))  # (N, K)
+    return id_score(score, logits, logit_scale, params).numpy().astype(np.float64)  # (N,)
