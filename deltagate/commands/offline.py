@@ -300,6 +300,9 @@ def demo_evidence(
     splits: Annotated[int | None, typer.Option(help="Random ID splits besides the default [protocol: 4].")] = None,
     seeds: Annotated[int | None, typer.Option(help="Prompt-tuning seeds per arm [protocol: 10].")] = None,
     budget_min: Annotated[float | None, typer.Option(help="Start no new split after this many minutes.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run only these splits ('default,random-1'); others are reused "
+                                                  "when finished (run several processes, then one without --only).")
+                    ] = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
@@ -307,6 +310,7 @@ def demo_evidence(
 
     cfg = _demo_config(preset, seed, id_classes)
     doc = build_evidence(cfg, work, results, command=command_line("demo evidence"), n_splits=splits, n_seeds=seeds,
-                         budget_s=budget_min * 60 if budget_min else None, progress=progress)
+                         budget_s=budget_min * 60 if budget_min else None, progress=progress,
+                         only=[x.strip() for x in only.split(",")] if only else None)
     typer.echo((results / "evidence.md").read_text(encoding="utf-8"))
     typer.echo(f"verdicts: {[(v['claim'], v['verdict']) for v in doc['verdicts']]}; not run: {doc['not_run']}")

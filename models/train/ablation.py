@@ -107,7 +107,7 @@ def prompt_train_fn(clip: LoadedClip, cfg: TrainConfig, cache: FeatureCache) -> 
     """A HOCV training function: ``cfg`` with the fold's seed on the fold's classes."""
     def fn(names: list[str], sample: Any, seed: int, out: Path) -> torch.Tensor:
         trainer = PromptTrainer(clip, names, replace(cfg, seed=seed), out, cache=cache)
-        return trainer.fit(sample, progress=False).class_embeddings
+        return trainer.fit(sample, progress=False, checkpoints=False).class_embeddings
 
     return fn
 

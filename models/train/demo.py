@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -229,6 +230,7 @@ def evidence_splits(world: Path, cfg: EvidenceConfig) -> list[tuple[str, TaskDat
 def build_evidence(
     cfg: DemoConfig, work_dir: str | Path, results_dir: str | Path, *, command: str = "deltagate demo evidence",
     n_splits: int | None = None, n_seeds: int | None = None, budget_s: float | None = None, progress: bool = False,
+    only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """``deltagate demo evidence``: the pre-registered experiment on the world and CLIP of ``demo build``.
 
@@ -241,6 +243,7 @@ def build_evidence(
         n_seeds: seeds 1..n instead of the protocol's.
         budget_s: start no new split after this many seconds (the rest are reported "not run").
         progress: progress bars.
+        only: run just these splits (e.g. one per process); finished ones are always reused.
     """
     work = Path(work_dir)
     ckpt = work / "tiny-clip.safetensors"
@@ -257,4 +260,4 @@ def build_evidence(
                          clip.preprocess)
     deadline = time.time() + budget_s if budget_s else None
     return run_evidence(clip, evidence_splits(work / "world", ecfg), cfg.train, ecfg, work / "evidence", results_dir,
-                        cache, command, progress, deadline)
+                        cache, command, progress, deadline, only)

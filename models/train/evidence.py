@@ -154,7 +154,7 @@ def _train(clip: LoadedClip, task: TaskData, cfg: TrainConfig | None, seed: int,
         return zero_shot_class_embeddings(clip.model, clip.tokenizer, list(task.class_names)).cpu()  # (K, D)
     run = replace(cfg, seed=seed)
     trainer = PromptTrainer(clip, task.class_names, run, out, cache=cache)
-    return trainer.fit(few_shot(task.train, run.shots, seed), progress=False).class_embeddings  # (K, D)
+    return trainer.fit(few_shot(task.train, run.shots, seed), progress=False, checkpoints=False).class_embeddings
 
 
 def _record(ev: MethodEval, split: Any) -> dict[str, Any]:
@@ -189,19 +189,30 @@ def _within_run(ev: MethodEval, near: str, n_boot: int, seed: int) -> dict[str, 
     return out
 
 
+def _want(task: TaskData, base: TrainConfig, cfg: EvidenceConfig) -> dict[str, Any]:
+    return dict(json.loads(json.dumps({"classes": list(task.class_names), "config": asdict(cfg),
+                                       "train": asdict(base)})))
+
+
+def _finished(work: Path, task: TaskData, base: TrainConfig, cfg: EvidenceConfig) -> dict[str, Any] | None:
+    """A split's records when it already finished with the same configuration."""
+    done = work / "split.json"
+    if not done.is_file():
+        return None
+    doc = json.loads(done.read_text(encoding="utf-8"))
+    return dict(doc) if doc.get("want") == _want(task, base, cfg) else None
+
+
 def run_split(
     clip: LoadedClip, name: str, task: TaskData, base: TrainConfig, cfg: EvidenceConfig, work: Path,
     cache: FeatureCache, progress: bool = False,
 ) -> dict[str, Any]:
     """Selection, then every arm and seed on one split; returns (and writes) the split's records."""
-    done = work / "split.json"
-    want = {"classes": list(task.class_names), "config": json.loads(json.dumps(asdict(cfg))),
-            "train": asdict(base)}
-    if done.is_file():
-        doc = json.loads(done.read_text(encoding="utf-8"))
-        if doc.get("want") == want:
-            logger.info("reusing finished split %s", name)
-            return dict(doc)
+    finished = _finished(work, task, base, cfg)
+    if finished is not None:
+        logger.info("reusing finished split %s", name)
+        return finished
+    want = _want(task, base, cfg)
     t0 = time.perf_counter()
     selected, ablation = select_arms(clip, task, base, work, cfg.ablation, cache, progress=progress)
     sel_doc = selection_json(selected, ablation)
@@ -512,16 +523,27 @@ def _selection(docs: Sequence[dict[str, Any]]) -> str:
 def run_evidence(
     clip: LoadedClip, splits: Sequence[tuple[str, TaskData]], base: TrainConfig, cfg: EvidenceConfig,
     work: str | Path, results: str | Path, cache: FeatureCache, command: str, progress: bool = False,
-    deadline: float | None = None,
+    deadline: float | None = None, only: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Run every split (stopping before a new split once ``deadline`` — a ``time.time()`` — has passed)
-    and write ``results/evidence/{splits,selection,endpoints}.json`` and ``evidence.md``."""
+    and write ``results/evidence/{splits,selection,endpoints}.json`` and ``evidence.md``.
+
+    ``only`` runs just those splits (several processes can share the splits); the others are reused when
+    they already finished with the same configuration and reported "not run" otherwise.
+    """
     out, root = Path(results), Path(work)
     out.mkdir(parents=True, exist_ok=True)
     (out / "splits.json").write_text(json.dumps({n: list(t.class_names) for n, t in splits}, indent=2) + "\n",
                                      encoding="utf-8")
     docs, not_run = [], []
     for name, task in splits:
+        finished = _finished(root / name, task, base, cfg)
+        if finished is not None:
+            docs.append(finished)
+            continue
+        if only is not None and name not in only:
+            not_run.append(name)
+            continue
         if deadline is not None and time.time() > deadline:
             logger.warning("deadline passed: split %s not run", name)
             not_run.append(name)

@@ -312,6 +312,7 @@ class PromptTrainer:
         resume: bool = False,
         stop_after: int | None = None,
         progress: bool = True,
+        checkpoints: bool = True,
     ) -> TrainResult:
         """Train (or, for zero-shot, just build) the class embeddings.
 
@@ -321,15 +322,17 @@ class PromptTrainer:
             resume: continue from ``out_dir/checkpoint.pt`` when it exists.
             stop_after: stop once this many epochs are done (simulates an interruption; tests).
             progress: show tqdm bars.
+            checkpoints: write ``checkpoint.pt`` after each epoch (off for the many short selection runs,
+                which are rerun rather than resumed).
 
         Returns:
             The baked class embeddings and the history.
         """
         with torch_threads(self.cfg.threads):
-            return self._fit(train, val, resume, stop_after, progress)
+            return self._fit(train, val, resume, stop_after, progress, checkpoints)
 
     def _fit(self, train: FolderIndex, val: FolderIndex | None, resume: bool, stop_after: int | None,
-             progress: bool) -> TrainResult:
+             progress: bool, checkpoints: bool = True) -> TrainResult:
         self._write_common(train, val)
         val_split = self.encode(val, "encode val", progress) if val is not None else None
         if self.cfg.method == "zero-shot":
@@ -344,7 +347,8 @@ class PromptTrainer:
         last = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, stop_after)
         for epoch in range(start, last):
             history.append(self._run_epoch(epoch, learner, opt, scaler, train, train_split, val_split, progress))
-            self._save_checkpoint(epoch + 1, learner, opt, scaler, history)
+            if checkpoints:
+                self._save_checkpoint(epoch + 1, learner, opt, scaler, history)
         return self._finish(learner.bake(), history, learner)
 
     def _run_epoch(self, epoch: int, learner: PromptLearner, opt: torch.optim.Optimizer, scaler: Any,
