@@ -37,6 +37,7 @@ from models.train.ablation import LOSS_DEFAULTS, AblationConfig, AblationResult,
 from models.train.data.folders import TaskData, few_shot
 from models.train.evaluate import MethodEval, evaluate_logits, task_logits
 from models.train.features import FeatureCache
+from models.train.metrics import correct
 from models.train.report import markdown_table
 from models.train.selection import (
     Selection,
@@ -160,13 +161,13 @@ def _train(clip: LoadedClip, task: TaskData, cfg: TrainConfig | None, seed: int,
 def _record(ev: MethodEval, split: Any) -> dict[str, Any]:
     """The compact per-run record the endpoints are computed from."""
     s = ev.summary
-    cov_correct = [((z.argmax(-1) == y).numpy()) for z, y in split.covariate.values()]
+    cov_correct = [correct(z, y).numpy() for z, y in split.covariate.values()]
     return {
         "id_accuracy": s["id_accuracy"], "covariate_accuracy": s["covariate_accuracy"],
         "scores": {k: {"ood": v["ood"], "by_group": {g: {c: m["auroc"] for c, m in cats.items()}
                                                      for g, cats in v["ood_by_group"].items()}}
                    for k, v in s["scores"].items()},
-        "_id_correct": (split.id_test.argmax(-1) == split.id_labels).numpy(),
+        "_id_correct": correct(split.id_test, split.id_labels).numpy(),
         "_cov_correct": np.concatenate(cov_correct) if cov_correct else np.zeros(0, dtype=bool),
     }
 

@@ -10,16 +10,21 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
-__all__ = ["TPR_LEVEL", "accuracy", "fpr_at_tpr", "auroc", "ood_metrics"]
+__all__ = ["TPR_LEVEL", "correct", "accuracy", "fpr_at_tpr", "auroc", "ood_metrics"]
 
 TPR_LEVEL = 0.95  # FPR is reported at this true-positive rate of ID images
+
+
+def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """(N,) bool: whether the top-1 class of (N, K) logits is the label."""
+    return logits.argmax(dim=-1) == labels.to(logits.device)
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     """Top-1 accuracy of (N, K) logits against (N,) labels; NaN for an empty batch."""
     if not len(labels):
         return float("nan")
-    return float((logits.argmax(dim=-1) == labels.to(logits.device)).float().mean().item())
+    return float(correct(logits, labels).float().mean().item())
 
 
 def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float = TPR_LEVEL) -> float:

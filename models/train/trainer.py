@@ -49,7 +49,7 @@ from models.train.features import (
     torch_threads,
 )
 from models.train.losses import ebm_loss
-from models.train.metrics import accuracy
+from models.train.metrics import accuracy, correct
 
 __all__ = [
     "METHODS",
@@ -254,7 +254,7 @@ class PromptTrainer:
             scaler.update()
             b = float(len(labels))
             totals["loss"] += float(loss.item()) * b
-            totals["correct"] += float((terms.logits.argmax(dim=-1) == labels).sum().item())
+            totals["correct"] += float(correct(terms.logits, labels).sum().item())
             totals["delta_e_lb"] += float(terms.delta_e_lb.sum().item())
             totals["n"] += b
             bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")

@@ -111,3 +111,31 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     assert set(res.folds) >= {"coop", "ebm", "ebm-default"} and len(res.folds["ebm"]) == 2
     doc = json.loads((tmp_path / "abl" / "ablation.json").read_text())
     assert not any("test" in k for r in doc["rows"] for k in r)  # no test column exists
+
+
+def test_a_user_ood_val_set_selects_and_another_score_can_gate(tmp_path):
+    from tests.train_support import write_png
+
+    data = make_task_dirs(tmp_path / "data")
+    for i in range(6):
+        write_png(tmp_path / "ood_val" / f"v_{i}.png", 700 + i)
+    runner = CliRunner()
+    run, bundle = tmp_path / "runs" / "zs", tmp_path / "bundles" / "zs"
+    _ok(runner.invoke(app, ["train", "--data", str(data), "--method", "zero-shot", "--out", str(run),
+                            "--bundle", str(bundle), "--energy-temperature", "3", *ARCH, *FAST]))
+    assert load_bundle(bundle).manifest.scores.energy_temperature == 3.0
+    _ok(runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "energy"]))
+    calib = load_bundle(bundle).manifest.calibration
+    assert calib is not None and calib.score == "energy"
+    out = tmp_path / "results"
+    _ok(runner.invoke(app, ["evaluate", "--data", str(data), "--bundle", f"zs={bundle}", "--out", str(out),
+                            "--ood-val", str(tmp_path / "ood_val"), "--no-plots", "--no-write-manifest"]))
+    summary = json.loads((out / "evaluation.json").read_text())["methods"]["zs"]
+    chosen = summary["selected_on_ood_val"]["scores"]
+    assert set(chosen) == {"msp", "max_logit", "energy", "mcm", "delta_energy"}
+    # the selected parameters are the ones scored, and the gate's rates use the bundle's own parameters
+    assert summary["score_params"]["energy_temperature"] == chosen["energy"]["chosen"]["energy_temperature"]
+    assert summary["at_threshold"]["score"] == "energy"
+    assert all("at_own_threshold" in v for v in summary["scores"].values())
+    bad = runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "odin"])
+    assert bad.exit_code != 0 and "valid" in bad.output
