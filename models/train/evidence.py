@@ -65,6 +65,7 @@ __all__ = [
     "run_split",
     "endpoints",
     "evidence_markdown",
+    "headline_markdown",
     "run_evidence",
 ]
 
@@ -416,6 +417,21 @@ def claim_verdicts(ep: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def headline_markdown(ep: dict[str, Any], n_splits: int, n_seeds: int) -> str:
+    """The short table for the README / results.md: each claim, its primary differences, the verdict."""
+    verdicts = {v["claim"]: v["verdict"] for v in claim_verdicts(ep)}
+    rows = []
+    for cid, _text, prefixes in CLAIMS:
+        for k, v in ep["primary"].items():
+            if any(k.startswith(p) for p in prefixes):
+                rows.append([cid, k.split(": ", 1)[1] if ": " in k else k, _pts(v["overall"]["mean"]),
+                             _ci(v["overall"]["ci95"]), v["verdict"], verdicts[cid]])
+    note = (f"Points (AUROC/FPR95/accuracy × 100); positive = the paper's direction; mean over {n_splits} ID "
+            f"split(s) of paired differences over {n_seeds} seeds; 95% CI per docs/evidence/protocol.md §7.")
+    return note + "\n\n" + markdown_table(["claim", "difference", "mean", "95% CI", "endpoint", "claim verdict"],
+                                            rows) + "\n"
+
+
 def _pts(x: float) -> str:
     return f"{100 * x:+.1f}"
 
@@ -558,4 +574,5 @@ def run_evidence(
            "seconds": {d["name"]: d["seconds"] for d in docs}}
     (out / "endpoints.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     (out / "evidence.md").write_text(evidence_markdown(docs, ep, command, not_run), encoding="utf-8")
+    (out / "headline.md").write_text(headline_markdown(ep, len(docs), len(cfg.seeds)), encoding="utf-8")
     return doc
