@@ -297,8 +297,8 @@ def demo_evidence(
     work: Annotated[Path, typer.Option(help="The `demo build` work directory (world, checkpoint).")] = Path(
         "runs/demo"),
     results: Annotated[Path, typer.Option(help="Where the evidence tables go.")] = Path("results/evidence"),
-    splits: Annotated[int | None, typer.Option(help="Random ID splits besides the default [protocol: 4].")] = None,
-    seeds: Annotated[int | None, typer.Option(help="Prompt-tuning seeds per arm [protocol: 10].")] = None,
+    splits: Annotated[int | None, typer.Option(help="Random ID splits besides the default (protocol: 4).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Prompt-tuning seeds per arm (protocol: 10).")] = None,
     budget_min: Annotated[float | None, typer.Option(help="Start no new split after this many minutes.")] = None,
     only: Annotated[str | None, typer.Option(help="Run only these splits ('default,random-1'); others are reused "
                                                   "when finished (run several processes, then one without --only).")
