@@ -19,8 +19,9 @@ TINY_WORLD = WorldConfig(
     n_train_per_class=3,
     n_val_per_class=2,
     n_test_per_class=2,
-    n_near_per_class=1,
+    n_far_val_per_set=1,
     n_far_per_set=2,
+    n_covariate_val_per_class=1,
     n_covariate_per_class=1,
 )
 

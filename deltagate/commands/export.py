@@ -9,10 +9,13 @@ import typer
 
 
 def read_classes(spec: str) -> list[str]:
-    """Class names from a file (one per line) or a comma-separated list."""
+    """Class names from a file (one per line, as :func:`models.train.data.folders.read_class_names` reads
+    it) or a comma-separated list."""
     p = Path(spec)
     if p.is_file():
-        names = [line.strip() for line in p.read_text(encoding="utf-8").splitlines()]
+        from models.train.data.folders import read_class_names  # lazy: keeps `deltagate --help` light
+
+        names = read_class_names(p)
     else:
         names = [c.strip() for c in spec.split(",")]
     names = [n for n in names if n]

@@ -41,9 +41,9 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, c
 
 
 def _task(data: Path, class_names: Path | None) -> TaskData:
-    from models.train.data.folders import TaskPaths, load_task
+    from models.train.data.splits import load_task_root
 
-    return load_task(TaskPaths.from_root(data, class_names))
+    return load_task_root(data, class_names)  # a synthetic world (its default split) or the standard layout
 
 
 def _clip(model: str, pretrained: str, arch_config: Path | None, cache_dir: Path | None, seed: int) -> LoadedClip:
@@ -161,7 +161,14 @@ def calibrate(
 
     if (data is None) == (val_dir is None):
         raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
-    index = scan_image_folder(val_dir if val_dir is not None else Path(data or ".") / "id" / "val")
+    from models.train.data.splits import is_world, world_split
+
+    if val_dir is not None:
+        index = scan_image_folder(val_dir)
+    elif is_world(data or "."):
+        index = world_split(Path(data or ".")).val  # a synthetic world's ID val (its default split)
+    else:
+        index = scan_image_folder(Path(data or ".") / "id" / "val")
     rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, score=score, device=device)
     typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
                f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")

@@ -5,7 +5,7 @@ results (``results/``); ``deltagate demo build`` runs it.
 Stages, each reusing its output when it already exists with the same configuration (so a rerun
 after an interruption continues instead of starting over):
 
-1. ``work/world``: the synthetic world (:func:`models.train.data.synth.generate_world`);
+1. ``work/world``: the synthetic world (:func:`models.train.data.synth.ensure_world`);
 2. ``work/tiny-clip.safetensors``: the tiny CLIP pretrained on the world's corpus;
 3. ``work/selection``: selection on ID data only (protocol §5, :func:`models.train.evidence.select_arms`):
    the EBM loss search jointly with ΔEnergy's score parameters, then every score's parameters for
@@ -35,8 +35,9 @@ from models.clip_loading import LoadedClip, load_clip
 from models.train.ablation import AblationConfig, write_ablation
 from models.train.bench_cache import benchmark_feature_cache
 from models.train.calibrate import calibrate_bundle
-from models.train.data.folders import TaskData, TaskPaths, few_shot, load_task
-from models.train.data.synth import WORLD_FILE, WorldConfig, generate_world, load_world
+from models.train.data.folders import TaskData, few_shot
+from models.train.data.splits import load_task_root, random_id_splits, world_split
+from models.train.data.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 from models.train.evaluate import evaluate_bundles
 from models.train.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
 from models.train.features import FeatureCache
@@ -75,7 +76,8 @@ DEMO_CONFIGS: dict[str, DemoConfig] = {
             seed=3, categories=("circle", "square", "triangle", "star", "heart", "ring", "spiral", "cross"),
             id_classes=("circle", "square", "triangle", "star"), covariate_styles=("sketch",),
             far_ood=(("far_noise", ("noise",)),), n_pretrain=256, n_train_per_class=6, n_val_per_class=4,
-            n_test_per_class=4, n_near_per_class=2, n_far_per_set=6, n_covariate_per_class=2,
+            n_test_per_class=4, n_far_val_per_set=2, n_far_per_set=6, n_covariate_val_per_class=1,
+            n_covariate_per_class=2,
         ),
         pretrain=PretrainConfig(steps=8, batch_size=32, threads=1),
         train=TrainConfig(n_ctx=4, shots=4, epochs=2, batch_size=8, threads=1),
@@ -89,10 +91,7 @@ DEMO_CONFIGS: dict[str, DemoConfig] = {
 
 
 def _world(cfg: WorldConfig, root: Path) -> Path:
-    if (root / WORLD_FILE).is_file() and load_world(root).config == cfg:
-        logger.info("reusing world %s", root)
-        return root
-    generate_world(cfg, root, workers=2, overwrite=True)
+    ensure_world(cfg, root, workers=2)
     return root
 
 
@@ -160,7 +159,7 @@ def build_demo(
     pre = _pretrained(cfg.pretrain, world, work / "tiny-clip.safetensors", progress)
     times["pretrain_s"] = time.perf_counter() - t
     clip = load_clip(cfg.pretrain.arch, str(work / "tiny-clip.safetensors"))
-    task = load_task(TaskPaths.from_root(world))
+    task = load_task_root(world)
     t = time.perf_counter()
     selected = _select(clip, task, cfg, work / "selection", results, command, progress)
     times["selection_s"] = time.perf_counter() - t
@@ -214,11 +213,6 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
 
 def evidence_splits(world: Path, cfg: EvidenceConfig) -> list[tuple[str, TaskData]]:
     """The pre-registered ID splits of a world (protocol §2): its default split, then the random ones."""
-    try:
-        from models.train.data.splits import random_id_splits, world_split
-    except ImportError:  # a world without the split API (before ev-proxy's merge): the default split only
-        logger.warning("no split API: the evidence runs on the world's default split only")
-        return [("default", load_task(TaskPaths.from_root(world)))]
     wcfg = load_world(world).config
     drawn = random_id_splits(wcfg.categories, cfg.split_size, cfg.n_random_splits + 1, cfg.split_seed)
     rand = [ids for ids in drawn if set(ids) != set(wcfg.id_classes)][: cfg.n_random_splits]

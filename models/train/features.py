@@ -6,8 +6,9 @@ features of a folder index under a key that covers everything they depend on (ar
 vision weights, preprocessing, the files with their sizes and modification times), so a cache
 entry is never reused for different inputs.
 
-Images are read with :func:`models.preprocess.decode_image` and :func:`models.preprocess.preprocess_image`
-(through :class:`models.train.data.folders.ImageFolderDataset`), the same code the service runs.
+Images are read with :func:`models.train.data.folders.read_image` (the service's
+:func:`models.preprocess.decode_image`) and :func:`models.preprocess.preprocess_image` (through
+:class:`models.train.data.folders.ImageFolderDataset`), the same code the service runs.
 :class:`AugmentedImages` is the training-time variant with seeded random crops and flips applied
 to the decoded image before that same preprocessing.
 """
@@ -31,8 +32,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessConfig, decode_image, preprocess_image
-from models.train.data.folders import FolderIndex, ImageFolderDataset, collate_skip_bad
+from models.preprocess import PreprocessConfig, preprocess_image
+from models.train.data.folders import FolderIndex, ImageFolderDataset, collate_skip_bad, read_image
 
 __all__ = [
     "EncodedSplit",
@@ -125,12 +126,11 @@ class AugmentedImages(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path = self.index.paths[i]
-        try:
-            img = decode_image(path.read_bytes()).convert("RGB")
-        except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
-            logger.warning("skipping unreadable image %s (%s)", path, exc)
+        decoded = read_image(path)
+        if decoded is None:
+            logger.warning("skipping unreadable image %s", path)
             return None
-        img = self._augment(img, np.random.default_rng([self.seed, self.epoch, i]))
+        img = self._augment(decoded.convert("RGB"), np.random.default_rng([self.seed, self.epoch, i]))
         return torch.from_numpy(preprocess_image(img, self.preprocess)), self.index.labels[i]  # (3, H, W), label
 
 

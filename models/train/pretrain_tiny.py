@@ -13,11 +13,13 @@ default to keep it small), loadable with ``open_clip.create_model(arch, pretrain
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,10 @@ from safetensors.torch import save_file
 from tqdm import tqdm
 
 from models.clip_loading import LoadedClip, load_clip, model_config
-from models.train.data.folders import TaskPaths, load_images, load_task, read_captions
-from models.train.zero_shot import ZeroShotReport, evaluate_zero_shot
+from models.preprocess import PreprocessConfig
+from models.train.data.folders import load_images, read_captions
+from models.train.data.splits import is_world, load_task_root
+from models.train.zero_shot import evaluate_zero_shot
 
 __all__ = ["PretrainConfig", "PretrainReport", "Corpus", "contrastive_loss", "load_corpus", "pretrain_tiny"]
 
@@ -40,7 +44,9 @@ class PretrainConfig:
     """Hyper-parameters of tiny-CLIP pretraining; saved in the report next to the checkpoint."""
 
     arch: str = "tiny-clip"  # open_clip architecture name (models/archs/tiny-clip.json)
-    steps: int = 1000  # optimiser steps
+    # Optimiser steps. 2000 x 128 reaches 99.8% zero-shot ID val accuracy on the default world in 790 s
+    # on one thread (runs/pre-A2); 1000 steps reached 91.0% (docs/offline.md, "Pretraining recipe").
+    steps: int = 2000
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
     warmup_frac: float = 0.1  # share of steps warming up to the peak (one-cycle pct_start)
@@ -51,11 +57,14 @@ class PretrainConfig:
     max_logit_scale: float = 100.0  # clamp of exp(logit_scale), as open_clip training does
     caption_positives: bool = True  # identical captions in a batch are positives (no false negatives)
     seed: int = 0  # seeds initialisation and batch order
-    threads: int = 2  # torch intra-op threads during training
+    # torch intra-op threads. 1: on the shared 2-core machine two threads ran at 5-8 s/step against
+    # 0.4-1.3 s/step for one (2026-12-01, runs/pre-A logs).
+    threads: int = 1
     device: str = "cpu"  # where to train and evaluate ("cuda" if you have one; the corpus stays on the CPU)
     log_every: int = 50  # steps between log lines (the progress bar shows every step)
     save_dtype: str = "float16"  # dtype of large checkpoint tensors: "float16" (half the size) or "float32"
     eval_templates: tuple[str, ...] = ("a photo of a {}.",)  # zero-shot prompts of the final evaluation
+    cache_corpus: bool = True  # keep the decoded corpus beside the captions (pretrain/cache/), reused by reruns
 
 
 @dataclass
@@ -64,6 +73,7 @@ class PretrainReport:
 
     config: dict[str, Any]  # the PretrainConfig
     arch_config: dict[str, Any]  # the open_clip architecture
+    captions: str  # the caption file trained on
     corpus_size: int  # image-caption pairs used
     unique_captions: int  # distinct captions among them
     load_seconds: float  # reading and preprocessing the corpus
@@ -74,6 +84,10 @@ class PretrainReport:
     checkpoint: str = ""  # path of the safetensors state dict
     checkpoint_bytes: int = 0  # its size
     zero_shot: dict[str, Any] | None = None  # ZeroShotReport.to_dict() on the world's task
+    # Which images the zero-shot numbers are on: "val" for a synthetic world (ID val, near/far OOD val,
+    # covariate val: the test splits stay untouched for the pre-registered evaluation), else "test".
+    zero_shot_split: str = ""
+    corpus_cached: bool = False  # the decoded corpus came from the cache
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,6 +100,7 @@ class Corpus:
     pixels: torch.Tensor  # (N, 3, H, W) preprocessed images (float16 to halve the memory)
     tokens: torch.Tensor  # (N, L) caption token ids
     caption_ids: torch.Tensor  # (N,) equal ids = identical captions
+    cached: bool = False  # the pixels were read from the decoded-corpus cache
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -122,25 +137,66 @@ def contrastive_loss(
     return (loss_i + loss_t) / 2
 
 
-def load_corpus(caption_file: str | Path, clip: LoadedClip) -> Corpus:
+def _corpus_key(paths: list[Path], preprocess: PreprocessConfig, base: Path) -> str:
+    """Hex key of a decoded corpus: the preprocessing and every image's path (relative to ``base``), size and mtime.
+
+    Captions are not part of it: caption files that list the same images share the decoded pixels.
+    Relative paths keep the key of a world copied with its timestamps (``cp -a``).
+    """
+    h = hashlib.sha256(json.dumps(preprocess.model_dump(mode="json"), sort_keys=True).encode())
+    root = base.resolve()
+    for p in paths:
+        st = p.stat() if p.exists() else None
+        rel = os.path.relpath(p.resolve(), root)
+        h.update(f"{rel}|{st.st_size if st else -1}|{st.st_mtime_ns if st else -1}\n".encode())
+    return h.hexdigest()[:32]
+
+
+def _decoded(
+    paths: list[Path], preprocess: PreprocessConfig, cache: Path | None
+) -> tuple[torch.Tensor, list[int], bool]:
+    """Preprocessed float16 pixels of the readable images and their row numbers; (…, True) from the cache."""
+    from safetensors.torch import load_file
+
+    if cache is not None and cache.is_file():
+        data = load_file(str(cache))
+        logger.info("decoded corpus from cache %s", cache)
+        return data["pixels"], data["rows"].tolist(), True
+    loaded = load_images(paths, preprocess, dtype=torch.float16)
+    row_of = {p: i for i, p in enumerate(paths)}
+    rows = [row_of[p] for p in loaded.paths]
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_suffix(".tmp")
+        save_file({"pixels": loaded.pixels.contiguous(), "rows": torch.tensor(rows, dtype=torch.long)}, str(tmp))
+        tmp.replace(cache)
+        logger.info("cached the decoded corpus in %s (%.0f MB)", cache, cache.stat().st_size / 1e6)
+    return loaded.pixels, rows, False
+
+
+def load_corpus(caption_file: str | Path, clip: LoadedClip, cache_dir: str | Path | None = None) -> Corpus:
     """Read, preprocess and tokenise an image-caption corpus (unreadable images are skipped).
 
     Args:
         caption_file: ``captions.jsonl`` / CSV (see :func:`read_captions`), or its folder.
         clip: the model whose preprocessing and tokenizer to use.
+        cache_dir: keep the decoded pixels there (float16 safetensors keyed by the caption file,
+            the preprocessing and every image's size and mtime); None decodes every time.
 
     Returns:
-        The corpus.
+        The corpus (:attr:`Corpus.cached` says whether the pixels came from the cache).
     """
     paths, captions = read_captions(caption_file)
-    loaded = load_images(paths, clip.preprocess, dtype=torch.float16)
-    keep = {p: i for i, p in enumerate(paths)}
-    kept_captions = [captions[keep[p]] for p in loaded.paths]
+    cache = None
+    if cache_dir is not None:
+        cache = Path(cache_dir) / f"corpus-{_corpus_key(paths, clip.preprocess, Path(cache_dir).parent)}.safetensors"
+    pixels, rows, cached = _decoded(paths, clip.preprocess, cache)
+    kept_captions = [captions[r] for r in rows]
     ids: dict[str, int] = {}
     caption_ids = torch.tensor([ids.setdefault(c, len(ids)) for c in kept_captions], dtype=torch.long)  # (N,)
     tokens = torch.cat([clip.tokenizer(kept_captions[i : i + 4096]) for i in range(0, len(kept_captions), 4096)])
     logger.info("corpus: %d pairs, %d distinct captions, tokens %s", len(tokens), len(ids), tuple(tokens.shape))
-    return Corpus(loaded.pixels, tokens, caption_ids)
+    return Corpus(pixels, tokens, caption_ids, cached)
 
 
 def _optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -260,7 +316,9 @@ def pretrain_tiny(
         torch.manual_seed(cfg.seed)
         clip = load_clip(cfg.arch, device=cfg.device)  # random init, seeded above
         start = time.perf_counter()
-        corpus = load_corpus(captions or Path(world_dir) / "pretrain", clip)
+        source = Path(captions) if captions else Path(world_dir) / "pretrain"
+        cache = (source if source.is_dir() else source.parent) / "cache" if cfg.cache_corpus else None
+        corpus = load_corpus(source, clip, cache)
         load_s = time.perf_counter() - start
         start = time.perf_counter()
         losses = train(clip.model, corpus, cfg, progress)
@@ -270,23 +328,22 @@ def pretrain_tiny(
         size = save_checkpoint(clip.model, out, cfg.save_dtype)
         k = max(1, len(losses) // 20)
         report = PretrainReport(
-            config=asdict(cfg), arch_config=model_config(cfg.arch), corpus_size=len(corpus),
+            config=asdict(cfg), arch_config=model_config(cfg.arch), captions=str(source), corpus_size=len(corpus),
             unique_captions=int(corpus.caption_ids.max()) + 1 if len(corpus) else 0,
             load_seconds=load_s, train_seconds=train_s, loss_first=_mean(losses[:k]), loss_last=_mean(losses[-k:]),
-            loss_curve=_curve(losses), checkpoint=str(out), checkpoint_bytes=size,
+            loss_curve=_curve(losses), checkpoint=str(out), checkpoint_bytes=size, corpus_cached=corpus.cached,
         )
         if evaluate:
             # Evaluate what was saved (float16 round trip included), on the CPU: the evaluation is small, and
-            # models.prompt_learner.zero_shot_class_embeddings tokenises on the CPU.
+            # models.prompt_learner.zero_shot_class_embeddings tokenises on the CPU. On a world, only val
+            # images: its test splits belong to the pre-registered evaluation.
             reloaded = load_clip(cfg.arch, str(out))
-            report.zero_shot = evaluate_zero_shot(reloaded, load_task(TaskPaths.from_root(world_dir)),
-                                                  cfg.eval_templates).to_dict()
+            report.zero_shot_split = "val" if is_world(world_dir) else "test"
+            task = load_task_root(world_dir, split="val") if is_world(world_dir) else load_task_root(world_dir)
+            if is_world(world_dir):
+                task = replace(task, val=None)  # the probe is scored on val, so its C is not chosen there
+            report.zero_shot = evaluate_zero_shot(reloaded, task, cfg.eval_templates).to_dict()
         out.with_suffix(".json").write_text(json.dumps(report.to_dict(), indent=2) + "\n", encoding="utf-8")
         return report
     finally:
         torch.set_num_threads(threads)
-
-
-def zero_shot_of(report: PretrainReport) -> ZeroShotReport | None:
-    """The zero-shot part of a report as a :class:`ZeroShotReport`."""
-    return ZeroShotReport(**report.zero_shot) if report.zero_shot else None

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from deltagate.cli import app
 from models.bundle import load_bundle
-from models.train.data.folders import TaskPaths, load_task
+from models.train.data.splits import load_task_root
 from models.train.evaluate import evaluate_bundles
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
@@ -42,7 +42,7 @@ def test_the_demo_writes_a_calibrated_evaluated_bundle_and_results(demo):
 
 def test_recorded_metrics_equal_a_re_evaluation(demo):
     recorded = load_bundle(demo / "bundle").manifest.evaluation
-    task = load_task(TaskPaths.from_root(demo / "work" / "world"))
+    task = load_task_root(demo / "work" / "world")
     fresh = evaluate_bundles({"ebm": demo / "bundle"}, task, cache_dir=demo / "fresh-cache", write_manifest=False)
     assert fresh["ebm"].summary == recorded
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
 from models.preprocess import (
@@ -42,6 +43,7 @@ __all__ = [
     "LoadedImages",
     "TaskPaths",
     "TaskData",
+    "read_image",
     "read_class_names",
     "scan_image_folder",
     "scan_unlabelled",
@@ -84,6 +86,19 @@ class FolderIndex:
         for y in self.labels:
             out[y] = out.get(y, 0) + 1
         return out
+
+
+def read_image(path: Path) -> Image.Image | None:
+    """Decode an image file with the service's decoder; None when it cannot be read (reason logged at DEBUG).
+
+    The one "decode or skip" rule of the offline side: a file that is missing, truncated, not an
+    image or too large is skipped by every reader, never fatal.
+    """
+    try:
+        return decode_image(path.read_bytes())
+    except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
+        logger.debug("unreadable image %s: %s", path, exc)
+        return None
 
 
 def _folder_display_name(folder: str) -> str:
@@ -240,14 +255,6 @@ def scan_covariate(root: str | Path, id_index: FolderIndex) -> FolderIndex:
     )
 
 
-def _readable(path: Path) -> bool:
-    try:
-        decode_image(path.read_bytes())
-    except (OSError, ImageDecodeError, ImageTooLargeError):
-        return False
-    return True
-
-
 def few_shot(index: FolderIndex, shots: int, seed: int, verify: bool = True) -> FolderIndex:
     """Sample ``shots`` images per class (CoOp protocol), reproducibly.
 
@@ -279,7 +286,7 @@ def few_shot(index: FolderIndex, shots: int, seed: int, verify: bool = True) -> 
             if taken == shots:
                 break
             i = by_label[y][int(j)]
-            if verify and not _readable(index.paths[i]):
+            if verify and read_image(index.paths[i]) is None:
                 bad += 1
                 continue
             chosen.append(i)
@@ -328,10 +335,8 @@ def load_images(
     kept: list[int] = []
     bad: list[Path] = []
     for i, p in enumerate(paths):
-        try:
-            img = decode_image(p.read_bytes())
-        except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
-            logger.debug("skipping %s: %s", p, exc)
+        img = read_image(p)
+        if img is None:
             bad.append(p)
             continue
         out[len(kept)] = torch.from_numpy(preprocess_image(img, preprocess))  # (3, H, W)
@@ -364,11 +369,10 @@ class ImageFolderDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path = self.index.paths[i]
-        try:
-            img = decode_image(path.read_bytes())
-        except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
+        img = read_image(path)
+        if img is None:
             if path not in self.bad:
-                logger.warning("skipping unreadable image %s (%s); %d so far", path, exc, len(self.bad) + 1)
+                logger.warning("skipping unreadable image %s; %d so far", path, len(self.bad) + 1)
             self.bad.add(path)
             return None
         return torch.from_numpy(preprocess_image(img, self.preprocess)), self.index.labels[i]  # (3, H, W), label

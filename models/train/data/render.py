@@ -40,6 +40,7 @@ __all__ = [
     "sample_object",
     "render_objects",
     "object_caption",
+    "STYLE_LEADS",
     "render_texture",
 ]
 
@@ -441,7 +442,19 @@ def _noun_phrase(rng: np.random.Generator, spec: ObjectSpec, style: str, minimal
     return _article(" ".join(words))
 
 
-def object_caption(rng: np.random.Generator, specs: list[ObjectSpec], style: str, bg_phrase: str | None) -> str:
+# Leads tied to the rendering style (``style_leads``): the caption says how the picture was made, the
+# way real alt-text says "a photo of" for photos and "a drawing of" for drawings.
+STYLE_LEADS: dict[str, str] = {"flat": "a photo of", "outline": "a line drawing of", "shaded": "a 3d rendering of"}
+
+
+def object_caption(
+    rng: np.random.Generator,
+    specs: list[ObjectSpec],
+    style: str,
+    bg_phrase: str | None,
+    class_frac: float = 0.35,
+    style_leads: bool = False,
+) -> str:
     """A varied caption naming every object (with some of its attributes) in the image.
 
     Args:
@@ -449,14 +462,18 @@ def object_caption(rng: np.random.Generator, specs: list[ObjectSpec], style: str
         specs: the objects in the image.
         style: the rendering style (may be named).
         bg_phrase: the background's phrase, or None.
+        class_frac: probability that the caption only names the objects (``"a photo of a star"``).
+        style_leads: class-only captions start with the style's lead (:data:`STYLE_LEADS`) instead
+            of a random one.
 
     Returns:
         One caption, e.g. ``"a photo of a small red striped star in the top left corner"``.
     """
-    # A third of captions only name the objects ("a photo of a star"), as much alt-text does. Their
-    # duplicates are positives of each other in the contrastive loss, a class-level signal that keeps
-    # colour and position from being the easiest way to match an image to its caption.
-    minimal = rng.random() < 0.35
+    # Class-only captions ("a photo of a star"), as much alt-text is. Their duplicates are positives
+    # of each other in the contrastive loss, a class-level signal that keeps colour and position from
+    # being the easiest way to match an image to its caption; the more of them, the better the
+    # zero-shot classes (docs/offline.md, "The synthetic world").
+    minimal = rng.random() < class_frac
     parts = []
     for spec in specs:
         phrase = _noun_phrase(rng, spec, style, minimal)
@@ -469,7 +486,9 @@ def object_caption(rng: np.random.Generator, specs: list[ObjectSpec], style: str
     body = " and ".join(parts)
     if bg_phrase and not minimal and rng.random() < 0.35:
         body += " " + bg_phrase
-    if style in _STYLE_NOUN and rng.random() < 0.2:
+    if minimal and style_leads and style in STYLE_LEADS:
+        lead = STYLE_LEADS[style]
+    elif style in _STYLE_NOUN and rng.random() < 0.2:
         lead = _pick(rng, _STYLE_NOUN[style])
     else:
         lead = _pick(rng, _LEADS)

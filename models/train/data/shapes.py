@@ -15,7 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["Prim", "CATEGORIES", "UPRIGHT", "category_prims", "folder_name", "display_name", "draw_mask"]
+__all__ = [
+    "Prim",
+    "CATEGORIES",
+    "LOOKALIKES",
+    "UPRIGHT",
+    "category_prims",
+    "lookalikes_of",
+    "folder_name",
+    "display_name",
+    "draw_mask",
+]
 
 
 @dataclass(frozen=True)
@@ -72,6 +82,23 @@ def _semicircle() -> np.ndarray:
     return np.stack([0.95 * np.cos(t), 0.95 * np.sin(t) - 0.45], axis=1)  # (48, 2)
 
 
+def _rounded_square(half: float = 0.75, corner: float = 0.3) -> np.ndarray:
+    """A square whose corners are quarter circles of radius ``corner``."""
+    c = half - corner
+    arcs = []
+    for k, (sx, sy) in enumerate(((1, 1), (-1, 1), (-1, -1), (1, -1))):
+        t = np.linspace(k * math.pi / 2, (k + 1) * math.pi / 2, 10)
+        arcs.append(np.stack([sx * c + corner * np.cos(t), sy * c + corner * np.sin(t)], axis=1))  # (10, 2)
+    return np.concatenate(arcs)  # (40, 2)
+
+
+def _pie(r: float = 0.95, gap_deg: float = 70.0) -> np.ndarray:
+    """A disc with a wedge of ``gap_deg`` degrees cut out (a pie missing a slice)."""
+    half = math.radians(gap_deg) / 2
+    t = np.linspace(half, 2 * math.pi - half, 64)
+    return np.concatenate([_poly((0.0, 0.0)), np.stack([r * np.cos(t), r * np.sin(t)], axis=1)])  # (65, 2)
+
+
 # Every category: a builder of its primitives. Names are plain English, as a caption would say them.
 _BUILDERS: dict[str, Callable[[], list[Prim]]] = {
     "circle": lambda: [Prim("poly", _circle())],
@@ -120,9 +147,44 @@ _BUILDERS: dict[str, Callable[[], list[Prim]]] = {
         Prim("poly", _poly((-0.17, -0.92), (0.17, -0.92), (0.17, -0.4), (-0.17, -0.4)), value=0),
     ],
     "drop": lambda: [Prim("poly", _drop())],
+    # Look-alikes (see LOOKALIKES): each shares its outline or most of its parts with another category.
+    "rounded square": lambda: [Prim("poly", _rounded_square())],
+    "six-pointed star": lambda: [Prim("poly", _star(6, 1.0, 0.55))],
+    "pie": lambda: [Prim("poly", _pie())],
+    "chevron": lambda: [Prim("poly", _poly((-0.55, 0.95), (0.0, 0.95), (0.75, 0.0), (0.0, -0.95), (-0.55, -0.95),
+                                           (0.2, 0.0)))],
+    "kite": lambda: [Prim("poly", _poly((0.0, 1.0), (0.6, 0.35), (0.0, -1.0), (-0.6, 0.35)))],
+    "heptagon": lambda: [Prim("poly", _regular(7))],
 }
 
 CATEGORIES: tuple[str, ...] = tuple(_BUILDERS)
+# Pairs of categories that share an outline or most of their parts: when one is an ID class and the
+# other is not, the other is a *hard* near-OOD category (the look-alike OOD that real benchmarks such
+# as NINCO or SSB-hard collect). Symmetric; every name is in CATEGORIES.
+LOOKALIKES: tuple[tuple[str, str], ...] = (
+    ("circle", "ellipse"),
+    ("circle", "octagon"),
+    ("circle", "ring"),
+    ("circle", "pie"),
+    ("circle", "heptagon"),
+    ("square", "rounded square"),
+    ("square", "diamond"),
+    ("square", "trapezoid"),
+    ("star", "six-pointed star"),
+    ("arrow", "chevron"),
+    ("crescent", "semicircle"),
+    ("crescent", "ring"),
+    ("hexagon", "heptagon"),
+    ("hexagon", "octagon"),
+    ("hexagon", "pentagon"),
+    ("pentagon", "heptagon"),
+    ("octagon", "heptagon"),
+    ("diamond", "kite"),
+    ("triangle", "kite"),
+    ("semicircle", "pie"),
+    ("drop", "heart"),
+    ("cloud", "flower"),
+)
 # Categories with a natural "up": rotated only a little (a heart drawn upside down is rare).
 UPRIGHT: frozenset[str] = frozenset({"heart", "house", "cloud", "drop", "lightning bolt", "semicircle", "trapezoid"})
 
@@ -136,6 +198,13 @@ def category_prims(name: str) -> list[Prim]:
     if name not in _BUILDERS:
         raise KeyError(f"unknown category {name!r}; valid: {', '.join(CATEGORIES)}")
     return _BUILDERS[name]()
+
+
+def lookalikes_of(categories: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The categories (outside ``categories``) that are look-alikes of one of them, in CATEGORIES order."""
+    given = set(categories)
+    near = {b for a, b in LOOKALIKES if a in given} | {a for a, b in LOOKALIKES if b in given}
+    return tuple(c for c in CATEGORIES if c in near and c not in given)
 
 
 def folder_name(category: str) -> str:

@@ -1,27 +1,31 @@
 """The synthetic image-caption world: configuration, generation and its on-disk manifest.
 
-The world has the structure of the paper's setting (CLIP pretraining, then an ID task, covariate and
-semantic shift) and is written in exactly the layout real data uses, so one loader
-(:mod:`.folders`) reads both::
+The world has the structure of the paper's setting (CLIP pretraining on every category, then an ID
+task, covariate and semantic shift). Every object category is rendered for every split, so *which*
+categories are ID is decided when the world is read, not when it is drawn
+(:func:`models.train.data.splits.world_split`): one world and one pretrained CLIP serve any number
+of ID splits, and a category's images are the same whether it is ID (its ``val``/``test`` images are
+ID val/test) or near OOD (the same images are near-OOD val/test)::
 
-    DIR/world.json                          the WorldConfig, class lists, counts, seed streams
-    DIR/pretrain/images/000000.png ...      pretraining corpus: every category, pretraining styles,
-    DIR/pretrain/captions.jsonl             plus texture/noise images, one caption each
-    DIR/id/{train,val,test}/<class>/*.png   the ID task (ImageFolder), ID styles
-    DIR/id/classnames.txt                   display names, one per line, in sorted folder order
-    DIR/ood/near/<class>/*.png              near OOD: the other categories, ID styles
-    DIR/ood/<far set>/*.png                 far OOD: textures / noise with no object (flat)
-    DIR/covariate/<style>/<class>/*.png     covariate shift: ID classes in held-out styles
+    DIR/world.json                                 the WorldConfig, class lists, counts, seed streams
+    DIR/pretrain/images/000000.png ...             pretraining corpus: every category, pretraining styles,
+    DIR/pretrain/captions.jsonl                    plus texture/noise images, one caption each
+    DIR/objects/{train,val,test}/<category>/*.png  every category in the ID styles
+    DIR/far/<far set>/{val,test}/*.png             far OOD: textures / noise with no object
+    DIR/covariate/<style>/{val,test}/<category>/*.png  every category in held-out styles
+
+``val`` splits are for development and model selection, ``test`` splits for the pre-registered
+evaluation only. ``id_classes`` in the config is the world's *default* ID split; changing it
+changes no file (:meth:`WorldConfig.same_images`).
 
 Determinism: image ``i`` of a stream is drawn from ``numpy.random.default_rng([seed, stream, key, i])``
-where ``stream`` numbers the split (:data:`STREAMS`) and ``key`` is the CRC32 of the class, style or
-far-set name. An image therefore depends on nothing but (seed, split, name, index): generation order
-and the number of worker processes do not matter, and changing the ID subset leaves every other
-class's images unchanged.
+where ``stream`` numbers the split (:data:`STREAMS`) and ``key`` is the CRC32 of the category, style
+or far-set name. An image therefore depends on nothing but (seed, split, name, index): generation
+order and the number of worker processes do not matter.
 
 Far OOD versus pretraining: pretraining textures come from the ``pretrain`` stream. A far-OOD set
 whose kinds are also pretraining kinds (``far_noise`` by default: ``noise``) is drawn from the ``far``
-stream, so its images are new draws of a kind CLIP has seen; a set of kinds outside
+streams, so its images are new draws of a kind CLIP has seen; a set of kinds outside
 ``pretrain_textures`` (``far_textures`` by default: ``waves``, ``plaid``, ``blobs``) is a kind CLIP has
 never seen. ``world.json`` records which is which.
 """
@@ -58,7 +62,11 @@ __all__ = [
     "WorldConfig",
     "WorldManifest",
     "PRESETS",
+    "SPLITS",
+    "EVAL_SPLITS",
     "generate_world",
+    "ensure_world",
+    "write_captions",
     "load_world",
     "with_overrides",
 ]
@@ -67,9 +75,14 @@ logger = logging.getLogger(__name__)
 
 WORLD_FILE = "world.json"
 CAPTIONS_FILE = "captions.jsonl"
-FORMAT_VERSION = 1  # bump when the layout or the drawing of an image for a given seed changes
-# Seed stream of each split (second entry of every image's seed sequence).
-STREAMS: dict[str, int] = {"pretrain": 1, "train": 2, "val": 3, "test": 4, "near": 5, "far": 6, "covariate": 7}
+FORMAT_VERSION = 2  # bump when the layout or the drawing of an image for a given seed changes
+# Seed stream of each split (second entry of every image's seed sequence). 5 was the near-OOD stream
+# of format 1 (near OOD are now the other categories' val/test images).
+STREAMS: dict[str, int] = {
+    "pretrain": 1, "train": 2, "val": 3, "test": 4, "far": 6, "covariate": 7, "covariate_val": 8, "far_val": 9,
+}
+SPLITS: tuple[str, ...] = ("train", "val", "test")  # object splits of every category
+EVAL_SPLITS: tuple[str, ...] = ("val", "test")  # splits of the far-OOD and covariate sets
 
 
 @dataclass(frozen=True)
@@ -80,7 +93,8 @@ class WorldConfig:
     image_size: int = 64  # side of the PNGs; the tiny CLIP's input size
     supersample: int = 2  # images are drawn at image_size * supersample and box-filtered down (anti-aliasing)
     categories: tuple[str, ...] = CATEGORIES  # every object category of the world (22 everyday shapes)
-    # The ID task's classes (a subset of categories); the other categories are near OOD.
+    # The default ID split (a subset of categories; the others are near OOD). It changes no file:
+    # any split can be read from the same world (models.train.data.splits.world_split).
     id_classes: tuple[str, ...] = ("circle", "square", "triangle", "star", "arrow", "heart", "cross", "crescent")
     pretrain_styles: tuple[str, ...] = ("flat", "outline", "shaded")  # styles CLIP is pretrained on
     id_styles: tuple[str, ...] = ("flat", "outline", "shaded")  # styles of ID train/val/test and near OOD
@@ -95,12 +109,18 @@ class WorldConfig:
     n_pretrain: int = 36000  # images in the pretraining corpus (objects and textures)
     pretrain_texture_frac: float = 0.12  # share of pretraining images that are textures
     two_object_frac: float = 0.1  # share of pretraining object images with two objects
-    n_train_per_class: int = 100  # ID train images per class (few-shot runs sample from these)
-    n_val_per_class: int = 50  # ID validation images per class (model selection, calibration)
-    n_test_per_class: int = 100  # ID test images per class
-    n_near_per_class: int = 40  # near-OOD images per non-ID category
-    n_far_per_set: int = 500  # images per far-OOD set
-    n_covariate_per_class: int = 50  # images per ID class and held-out style
+    # Share of pretraining object captions that only name the objects ("a photo of a star"). At the
+    # old 0.35 the tiny CLIP learned colours and positions and reached 64% zero-shot; at 0.7, 97%
+    # (docs/offline.md, "Pretraining recipe").
+    caption_class_frac: float = 0.7
+    caption_style_leads: bool = False  # class-only captions lead with their style (render.STYLE_LEADS)
+    n_train_per_class: int = 80  # train images per category (few-shot runs sample from these)
+    n_val_per_class: int = 64  # val images per category: ID val (selection, calibration) or near-OOD val
+    n_test_per_class: int = 128  # test images per category: ID test or near-OOD test (per-category CIs)
+    n_far_val_per_set: int = 200  # validation images per far-OOD set
+    n_far_per_set: int = 500  # test images per far-OOD set
+    n_covariate_val_per_class: int = 16  # validation images per category and held-out style
+    n_covariate_per_class: int = 48  # test images per category and held-out style
 
     def __post_init__(self) -> None:
         # JSON round-trips give lists; keep the frozen config hashable and comparable.
@@ -146,6 +166,12 @@ class WorldConfig:
             raise ValueError("pretrain_texture_frac must be in [0, 1) and two_object_frac in [0, 1]")
         if self.pretrain_texture_frac > 0 and not self.pretrain_textures:
             raise ValueError("pretrain_texture_frac > 0 needs at least one pretrain texture kind")
+        if not 0.0 <= self.caption_class_frac <= 1.0:
+            raise ValueError("caption_class_frac must be in [0, 1]")
+
+    def same_images(self, other: WorldConfig) -> bool:
+        """Whether two configs draw the same files (they may differ in the default ID split only)."""
+        return replace(self, id_classes=other.id_classes) == other
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
@@ -165,8 +191,9 @@ PRESETS: dict[str, WorldConfig] = {
         n_train_per_class=8,
         n_val_per_class=4,
         n_test_per_class=6,
-        n_near_per_class=2,
+        n_far_val_per_set=4,
         n_far_per_set=8,
+        n_covariate_val_per_class=2,
         n_covariate_per_class=3,
     ),
 }
@@ -178,12 +205,13 @@ class WorldManifest:
 
     root: Path  # the world directory
     config: WorldConfig  # the configuration it was generated from
-    counts: dict[str, int] = field(default_factory=dict)  # images per split / set, e.g. "id/train", "ood/near"
+    # images per split / set, e.g. "objects/train", "far/far_noise/val"
+    counts: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0  # generation wall time (not saved)
 
     @property
     def id_folders(self) -> list[str]:
-        """ID class folder names in sorted order (the label order of the ImageFolder loader)."""
+        """Folder names of the default ID split in sorted order (the label order of the loaders)."""
         return sorted(folder_name(c) for c in self.config.id_classes)
 
     def to_json(self) -> dict[str, Any]:
@@ -193,6 +221,7 @@ class WorldManifest:
         return {
             "format_version": FORMAT_VERSION,
             "config": asdict(cfg),
+            "categories": {folder_name(c): c for c in cfg.categories},
             "id_classes": {folder_name(c): c for c in sorted(cfg.id_classes, key=folder_name)},
             "near_classes": list(cfg.near_classes),
             "far_ood": {
@@ -203,6 +232,8 @@ class WorldManifest:
                 }
                 for name, kinds in cfg.far_ood
             },
+            "splits": {"objects": list(SPLITS), "far": list(EVAL_SPLITS), "covariate": list(EVAL_SPLITS)},
+            "split_rule": "val is for development and selection; test only for the pre-registered evaluation",
             "seed_streams": STREAMS,
             "seed_rule": "image i of a split is drawn from numpy.random.default_rng([seed, stream, crc32(name), i])",
             "counts": self.counts,
@@ -246,7 +277,7 @@ def _render_pretrain(cfg: WorldConfig, rng: np.random.Generator) -> tuple[Any, d
     else:
         specs = [sample_object(rng, str(rng.choice(list(cfg.categories))))]
     img, bg = render_objects(rng, specs, style, cfg.image_size, cfg.supersample)
-    caption = object_caption(rng, specs, style, bg)
+    caption = object_caption(rng, specs, style, bg, cfg.caption_class_frac, cfg.caption_style_leads)
     return img, {"caption": caption, "kind": "object", "style": style, "categories": [s.category for s in specs]}
 
 
@@ -272,28 +303,29 @@ def _jobs(cfg: WorldConfig) -> Iterator[_Job]:
         yield _Job("pretrain", "", i, f"pretrain/images/{i:06d}.png")
     per_split = {"train": cfg.n_train_per_class, "val": cfg.n_val_per_class, "test": cfg.n_test_per_class}
     for split, n in per_split.items():
-        for c in cfg.id_classes:
+        for c in cfg.categories:
             for i in range(n):
-                yield _Job(split, c, i, f"id/{split}/{folder_name(c)}/{split}_{i:05d}.png", c, cfg.id_styles)
-    for c in cfg.near_classes:
-        for i in range(cfg.n_near_per_class):
-            yield _Job("near", c, i, f"ood/near/{folder_name(c)}/near_{i:05d}.png", c, cfg.id_styles)
-    for name, kinds in cfg.far_ood:
-        for i in range(cfg.n_far_per_set):
-            yield _Job("far", name, i, f"ood/{name}/{name}_{i:05d}.png", textures=kinds)
-    for style in cfg.covariate_styles:
-        for c in cfg.id_classes:
-            for i in range(cfg.n_covariate_per_class):
-                rel = f"covariate/{style}/{folder_name(c)}/{style}_{i:05d}.png"
-                yield _Job("covariate", f"{style}/{c}", i, rel, c, (style,))
+                yield _Job(split, c, i, f"objects/{split}/{folder_name(c)}/{split}_{i:05d}.png", c, cfg.id_styles)
+    far = {"val": ("far_val", cfg.n_far_val_per_set), "test": ("far", cfg.n_far_per_set)}
+    for split, (stream, n) in far.items():
+        for name, kinds in cfg.far_ood:
+            for i in range(n):
+                yield _Job(stream, name, i, f"far/{name}/{split}/{name}_{i:05d}.png", textures=kinds)
+    cov = {"val": ("covariate_val", cfg.n_covariate_val_per_class), "test": ("covariate", cfg.n_covariate_per_class)}
+    for split, (stream, n) in cov.items():
+        for style in cfg.covariate_styles:
+            for c in cfg.categories:
+                for i in range(n):
+                    rel = f"covariate/{style}/{split}/{folder_name(c)}/{style}_{i:05d}.png"
+                    yield _Job(stream, f"{style}/{c}", i, rel, c, (style,))
 
 
 def _count(jobs: list[_Job]) -> dict[str, int]:
     counts: dict[str, int] = {}
     for job in jobs:
         parts = job.rel_path.split("/")
-        key = "/".join(parts[:2])  # "pretrain/images", "id/train", "ood/near", "covariate/sketch"
-        key = "pretrain" if key == "pretrain/images" else key
+        # "pretrain", "objects/train", "far/far_noise/val", "covariate/sketch/test"
+        key = "pretrain" if parts[0] == "pretrain" else "/".join(parts[:2] if parts[0] == "objects" else parts[:3])
         counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -319,7 +351,7 @@ def generate_world(
     if root.exists() and any(root.iterdir()):
         if not overwrite:
             raise FileExistsError(f"{root} is not empty; pass overwrite=True (--overwrite) to replace the world")
-        for sub in ("pretrain", "id", "ood", "covariate", WORLD_FILE):
+        for sub in ("pretrain", "objects", "far", "covariate", "id", "ood", WORLD_FILE):
             target = root / sub
             if target.is_dir():
                 shutil.rmtree(target)
@@ -341,13 +373,39 @@ def generate_world(
         for job, rec in zip(jobs, records, strict=True):
             if job.stream == "pretrain":
                 fh.write(json.dumps({"image": job.rel_path.removeprefix("pretrain/"), **rec}) + "\n")
-    names = sorted(cfg.id_classes, key=folder_name)
-    (root / "id").mkdir(parents=True, exist_ok=True)
-    (root / "id" / "classnames.txt").write_text("".join(f"{n}\n" for n in names), encoding="utf-8")
     manifest = WorldManifest(root=root, config=cfg, counts=_count(jobs), seconds=time.perf_counter() - start)
     (root / WORLD_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
     logger.info("world written in %.1f s: %s", manifest.seconds, manifest.counts)
     return manifest
+
+
+def _caption_job(args: tuple[WorldConfig, int]) -> dict[str, Any]:
+    cfg, i = args
+    _, record = _render_pretrain(cfg, _rng(cfg, _Job("pretrain", "", i, "")))
+    return {"image": f"images/{i:06d}.png", **record}
+
+
+def write_captions(cfg: WorldConfig, out_file: str | Path, *, workers: int = 1) -> Path:
+    """Write the pretraining captions ``cfg`` gives a world's images, without writing an image.
+
+    For caption ablations on one set of images: a world generated with another ``caption_*``
+    setting has the same pretraining images (captions are drawn after the image), so the file
+    written here, placed in the world's ``pretrain/`` folder, pairs those images with ``cfg``'s
+    captions (``deltagate pretrain-tiny --captions``).
+
+    Returns:
+        The caption file.
+    """
+    out = Path(out_file)
+    args = [(cfg, i) for i in range(cfg.n_pretrain)]
+    if workers > 1:
+        with get_context("spawn").Pool(workers) as pool:
+            records = pool.map(_caption_job, args, chunksize=256)
+    else:
+        records = [_caption_job(a) for a in args]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return out
 
 
 def load_world(world_dir: str | Path) -> WorldManifest:
@@ -361,7 +419,34 @@ def load_world(world_dir: str | Path) -> WorldManifest:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: not a synthetic world (generate one with `deltagate data synth`)")
     doc = json.loads(path.read_text(encoding="utf-8"))
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise ValueError(
+            f"{path}: world format {doc.get('format_version')} is not this code's {FORMAT_VERSION}; "
+            "regenerate it with `deltagate data synth --overwrite`"
+        )
     return WorldManifest(root=root, config=WorldConfig.from_dict(doc["config"]), counts=doc.get("counts", {}))
+
+
+def ensure_world(cfg: WorldConfig, world_dir: str | Path, *, workers: int = 2) -> WorldManifest:
+    """The world of ``cfg`` in ``world_dir``: reused when it draws the same files, else regenerated.
+
+    A world that differs only in its default ID split is reused (no file depends on the split);
+    its ``world.json`` is rewritten with the new split.
+    """
+    root = Path(world_dir)
+    if (root / WORLD_FILE).is_file():
+        try:
+            old = load_world(root)
+        except ValueError as exc:  # another format version
+            logger.info("regenerating %s: %s", root, exc)
+        else:
+            if old.config.same_images(cfg):
+                logger.info("reusing world %s", root)
+                manifest = WorldManifest(root=root, config=cfg, counts=old.counts)
+                if old.config != cfg:
+                    (root / WORLD_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")
+                return manifest
+    return generate_world(cfg, root, workers=workers, overwrite=True)
 
 
 def with_overrides(cfg: WorldConfig, **changes: Any) -> WorldConfig:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from dataclasses import replace
 
 import open_clip
@@ -11,9 +13,9 @@ import torch
 from safetensors.torch import load_file
 
 from models.clip_loading import load_clip
-from models.train.data.folders import TaskPaths, load_task
+from models.train.data.splits import load_task_root
 from models.train.data.synth import generate_world
-from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
+from models.train.pretrain_tiny import PretrainConfig, load_corpus, pretrain_tiny
 from models.train.zero_shot import evaluate_zero_shot
 from tests.train_support import TINY_WORLD
 
@@ -66,9 +68,36 @@ def test_pretraining_is_deterministic_by_seed(world, tmp_path):
 def test_zero_shot_evaluation_reports_every_set(world, run):
     _, out = run
     clip = load_clip("tiny-clip", str(out))
-    report = evaluate_zero_shot(clip, load_task(TaskPaths.from_root(world)))
+    report = evaluate_zero_shot(clip, load_task_root(world))
     assert report.classes == ["circle", "square", "star", "triangle"]
     assert 0.0 <= report.id_accuracy <= 1.0 and report.linear_probe_accuracy is not None
     assert set(report.covariate_accuracy) == {"pixel", "sketch"}
-    assert set(report.auroc["delta_energy"]) == {"near", "far_noise", "far_textures"}
+    assert set(report.auroc["delta_energy"]) == {"near", "near_hard", "far_noise", "far_textures"}
     assert report.counts["id/test"] == 4 * TINY_WORLD.n_test_per_class
+
+
+def test_the_report_of_a_world_is_on_its_val_splits_only(world, tmp_path):
+    report = pretrain_tiny(replace(STEPS, steps=1), world, tmp_path / "v.safetensors", progress=False)
+    assert report.zero_shot_split == "val"
+    assert report.zero_shot is not None
+    assert report.zero_shot["counts"]["id/test"] == 4 * TINY_WORLD.n_val_per_class  # ID val images
+    assert report.zero_shot["counts"]["ood/far_noise"] == TINY_WORLD.n_far_val_per_set
+
+
+def test_the_decoded_corpus_is_cached_and_equal(world, tmp_path):
+    clip = load_clip("tiny-clip")
+    cache = tmp_path / "cache"
+    first = load_corpus(world / "pretrain", clip, cache)
+    second = load_corpus(world / "pretrain", clip, cache)
+    assert not first.cached and second.cached and len(list(cache.iterdir())) == 1
+    assert torch.equal(first.pixels, second.pixels) and torch.equal(first.tokens, second.tokens)
+    assert torch.equal(load_corpus(world / "pretrain", clip).pixels, first.pixels)  # uncached path agrees
+    # A copy of the corpus with its timestamps (cp -a) and its cache hits the same entry.
+    copy = shutil.copytree(world / "pretrain", tmp_path / "copy" / "pretrain", copy_function=shutil.copy2)
+    shutil.copytree(cache, copy / "cache", dirs_exist_ok=True)
+    assert load_corpus(copy, clip, copy / "cache").cached
+    # A changed image is a new key: the stale entry is not reused.
+    img = sorted((world / "pretrain" / "images").glob("*.png"))[0]
+    img.write_bytes(img.read_bytes())
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert not load_corpus(world / "pretrain", clip, cache).cached

@@ -11,9 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.train.data.render import STYLES, TEXTURES, object_caption, render_objects, render_texture, sample_object
+from models.train.data.render import (
+    STYLE_LEADS,
+    STYLES,
+    TEXTURES,
+    object_caption,
+    render_objects,
+    render_texture,
+    sample_object,
+)
 from models.train.data.shapes import CATEGORIES, category_prims, draw_mask, folder_name
-from models.train.data.synth import PRESETS, WORLD_FILE, WorldConfig, generate_world, load_world
+from models.train.data.synth import (
+    PRESETS,
+    WORLD_FILE,
+    WorldConfig,
+    ensure_world,
+    generate_world,
+    load_world,
+    write_captions,
+)
 from tests.train_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
@@ -58,22 +74,25 @@ def test_parallel_workers_write_the_same_files(world, tmp_path):
 
 def test_layout_counts_and_world_json(world):
     cfg = TINY_WORLD
-    ids = sorted(folder_name(c) for c in cfg.id_classes)
+    cats = sorted(folder_name(c) for c in cfg.categories)
     for split, n in (("train", cfg.n_train_per_class), ("val", cfg.n_val_per_class), ("test", cfg.n_test_per_class)):
-        assert sorted(d.name for d in (world / "id" / split).iterdir()) == ids
-        assert all(len(list((world / "id" / split / c).glob("*.png"))) == n for c in ids)
-    near = sorted(folder_name(c) for c in cfg.categories if c not in cfg.id_classes)
-    assert sorted(d.name for d in (world / "ood" / "near").iterdir()) == near
+        assert sorted(d.name for d in (world / "objects" / split).iterdir()) == cats  # every category, any split
+        assert all(len(list((world / "objects" / split / c).glob("*.png"))) == n for c in cats)
     for name, _ in cfg.far_ood:
-        assert len(list((world / "ood" / name).glob("*.png"))) == cfg.n_far_per_set  # flat
+        assert len(list((world / "far" / name / "val").glob("*.png"))) == cfg.n_far_val_per_set
+        assert len(list((world / "far" / name / "test").glob("*.png"))) == cfg.n_far_per_set
     assert sorted(d.name for d in (world / "covariate").iterdir()) == sorted(cfg.covariate_styles)
-    assert sorted(d.name for d in (world / "covariate" / "pixel").iterdir()) == ids
+    assert sorted(d.name for d in (world / "covariate" / "pixel" / "test").iterdir()) == cats
+    assert all(len(list((world / "covariate" / "sketch" / "val" / c).glob("*.png"))) == cfg.n_covariate_val_per_class
+               for c in cats)
     lines = (world / "pretrain" / "captions.jsonl").read_text().splitlines()
     assert len(lines) == cfg.n_pretrain == len(list((world / "pretrain" / "images").glob("*.png")))
-    assert (world / "id" / "classnames.txt").read_text().splitlines() == sorted(cfg.id_classes, key=folder_name)
+    assert not (world / "id").exists() and not (world / "ood").exists()  # the split is chosen when reading
 
     doc = json.loads((world / WORLD_FILE).read_text())
-    assert doc["counts"]["id/train"] == len(ids) * cfg.n_train_per_class
+    assert doc["format_version"] == 2
+    assert doc["counts"]["objects/train"] == len(cats) * cfg.n_train_per_class
+    assert doc["counts"]["far/far_noise/val"] == cfg.n_far_val_per_set
     assert doc["counts"]["pretrain"] == cfg.n_pretrain
     assert doc["near_classes"] == [c for c in cfg.categories if c not in cfg.id_classes]
     assert doc["far_ood"]["far_textures"]["unseen_kinds"] == ["waves", "plaid", "blobs"]
@@ -81,10 +100,30 @@ def test_layout_counts_and_world_json(world):
     assert load_world(world).config == cfg  # the config round-trips through JSON
 
 
-def test_another_split_needs_no_code_change(world, tmp_path):
+def test_the_id_split_changes_no_file(world, tmp_path):
+    other = tmp_path / "other-split"
+    cfg = replace(TINY_WORLD, id_classes=("heart", "ring", "lightning bolt"))
+    generate_world(cfg, other)
+    a, b = _digest(world), _digest(other)
+    assert {k: v for k, v in a.items() if k != WORLD_FILE} == {k: v for k, v in b.items() if k != WORLD_FILE}
+    assert cfg.same_images(TINY_WORLD) and not replace(cfg, seed=9).same_images(TINY_WORLD)
+
+
+def test_ensure_world_reuses_a_world_that_differs_only_in_its_split(world, tmp_path):
+    root = tmp_path / "w"
+    generate_world(TINY_WORLD, root)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*.png")}
+    cfg = replace(TINY_WORLD, id_classes=("star", "heart"))
+    ensure_world(cfg, root)
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == before  # nothing re-rendered
+    assert load_world(root).config == cfg  # world.json names the new default split
+    ensure_world(replace(cfg, n_val_per_class=1), root)  # a change of the images regenerates
+    assert len(list((root / "objects" / "val" / "star").glob("*.png"))) == 1
+
+
+def test_styles_and_far_sets_are_configurable(tmp_path):
     cfg = replace(
         TINY_WORLD,
-        id_classes=("heart", "ring", "lightning bolt"),
         pretrain_styles=("flat", "outline", "shaded", "neon"),
         id_styles=("flat", "neon"),
         covariate_styles=("sketch",),
@@ -92,18 +131,29 @@ def test_another_split_needs_no_code_change(world, tmp_path):
     )
     out = tmp_path / "split"
     generate_world(cfg, out)
-    assert sorted(d.name for d in (out / "id" / "train").iterdir()) == ["heart", "lightning_bolt", "ring"]
-    assert "circle" in {d.name for d in (out / "ood" / "near").iterdir()}
     assert [d.name for d in (out / "covariate").iterdir()] == ["sketch"]
-    assert [d.name for d in (out / "ood").iterdir() if d.name != "near"] == ["static"]
+    assert [d.name for d in (out / "far").iterdir()] == ["static"]
     assert load_world(out).config.id_styles == ("flat", "neon")
-    # An image depends on (seed, split, class, index) only: a class's images are unchanged when
-    # other classes join or leave the ID task.
-    shared = world / "id" / "train" / "star"
-    cfg2 = replace(TINY_WORLD, id_classes=("star", "heart"))
-    out2 = tmp_path / "split2"
-    generate_world(cfg2, out2)
-    assert _digest(shared) == _digest(out2 / "id" / "train" / "star")
+
+
+def test_caption_variants_share_the_images(world, tmp_path):
+    # Captions are drawn after the image: another caption setting gives the same pixels, and
+    # write_captions reproduces a world's caption file without rendering to disk.
+    same = write_captions(TINY_WORLD, tmp_path / "same.jsonl")
+    assert same.read_text() == (world / "pretrain" / "captions.jsonl").read_text()
+    cfg = replace(TINY_WORLD, caption_style_leads=True, caption_class_frac=1.0)
+    leads = [json.loads(x) for x in write_captions(cfg, tmp_path / "leads.jsonl").read_text().splitlines()]
+    objects = [r for r in leads if r["kind"] == "object"]
+    assert objects and all(r["caption"].startswith(STYLE_LEADS[r["style"]] + " ") for r in objects)
+    other = tmp_path / "other"
+    generate_world(replace(TINY_WORLD, caption_class_frac=1.0), other)
+    assert _digest(world / "pretrain" / "images") == _digest(other / "pretrain" / "images")
+
+
+def test_old_format_worlds_are_refused_with_a_hint(tmp_path):
+    (tmp_path / WORLD_FILE).write_text(json.dumps({"format_version": 1, "config": {}}))
+    with pytest.raises(ValueError, match="regenerate"):
+        load_world(tmp_path)
 
 
 @pytest.mark.parametrize(
