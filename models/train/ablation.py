@@ -44,6 +44,7 @@ __all__ = [
     "SELECTION_CRITERION",
     "LOSS_DEFAULTS",
     "DEFAULT_GRID",
+    "FULL_GRID",
     "AblationConfig",
     "AblationResult",
     "prompt_train_fn",
@@ -67,11 +68,17 @@ LOSS_DEFAULTS: dict[str, Any] = {"ebm_weight": 1.0, "mask_ratio": 0.1, "ce_on": 
                                  "loss_top_c": 1}
 SCALE = "scale"  # grid value standing for the model's logit scale
 
-DEFAULT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
+# Protocol amendment 2 (compute on the shared machine): λ ∈ {0.1, 1} x ce_on; mask 0.1 and loss T 1 fixed.
+# The wider grid of the original protocol, for a machine with time for it:
+FULL_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
     ("ebm_weight", (0.1, 0.3, 1.0, 3.0)),
     ("ce_on", ("edited", "original")),
     ("mask_ratio", (0.1, 0.3)),
     ("loss_temperature", (1.0, SCALE)),
+)
+DEFAULT_GRID: tuple[tuple[str, tuple[Any, ...]], ...] = (
+    ("ebm_weight", (0.1, 1.0)),
+    ("ce_on", ("edited", "original")),
 )
 
 

@@ -227,10 +227,14 @@ def run_split(
     scale = float(model.logit_scale.exp().item())
     records: dict[str, dict[str, Any]] = {}
     within: dict[str, Any] = {}
+    trained: dict[tuple[str, int], torch.Tensor] = {}  # identical arms (EBM selected = METHOD.md's) train once
     for arm, sel in selected.items():
         seeds = [0] if sel.train is None else list(cfg.seeds)
         for seed in seeds:
-            emb = _train(clip, task, sel.train, seed, work / "runs" / f"{arm}-{seed}", cache)
+            key = (json.dumps(asdict(sel.train), sort_keys=True) if sel.train else "zero-shot", seed)
+            if key not in trained:
+                trained[key] = _train(clip, task, sel.train, seed, work / "runs" / f"{arm}-{seed}", cache)
+            emb = trained[key]
             module = ScoringModule(model.visual, emb, scale, sel.params)
             split = task_logits(module, task, cache)
             ev = evaluate_logits(split, scale, sel.params, task.class_names)

@@ -72,7 +72,7 @@ class HOCVConfig:
     """How held-out-class validation partitions the ID classes (protocol §5)."""
 
     folds: int = 4  # class groups held out in turn
-    repeats: int = 2  # independent partitions (train seed 1 + repeat)
+    repeats: int = 1  # independent partitions (train seed 1 + repeat); protocol amendment 2: 1 (was 2)
     seed: int = 20261202  # partitions come from default_rng([seed, repeat])
     shots: int = 16  # training images per kept class
 
