@@ -135,6 +135,9 @@ def faithfulness(
     arch: Annotated[str, typer.Option(help="open_clip architecture of the checkpoints.")] = "tiny-clip",
     n_splits: Annotated[int, typer.Option(help="Random ID splits to check the orderings on.")] = 20,
     seed: Annotated[int, typer.Option(help="Seed of the random ID splits.")] = 0,
+    split: Annotated[
+        list[str] | None, typer.Option(help="NAME=a,b,c: a further ID split to report (repeatable).")
+    ] = None,
     json_out: Annotated[Path, typer.Option(help="JSON report.")] = Path("results/faithfulness.json"),
     md_out: Annotated[Path, typer.Option(help="Markdown table.")] = Path("docs/evidence/faithfulness.md"),
 ) -> None:
@@ -145,13 +148,20 @@ def faithfulness(
     from models.clip_loading import load_clip
     from models.train.faithfulness import check_faithfulness, write_faithfulness
 
+    named: dict[str, list[str]] = {}
+    for spec in split or []:
+        name, sep, classes = spec.partition("=")
+        if not sep or not _csv(classes):
+            raise typer.BadParameter(f"--split takes NAME=a,b,c, got {spec!r}")
+        named[name] = list(_csv(classes) or ())
     reports = []
     for spec in model:
         label, sep, path = spec.partition("=")
         if not sep or not path:
             raise typer.BadParameter(f"--model takes LABEL=CHECKPOINT, got {spec!r}")
         clip = load_clip(arch, path)
-        reports.append(check_faithfulness(clip, world, label=label, checkpoint=path, n_splits=n_splits, seed=seed))
+        reports.append(check_faithfulness(clip, world, label=label, checkpoint=path, n_splits=n_splits, seed=seed,
+                                          named_splits=named))
     command = "deltagate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     write_faithfulness(reports, json_out, md_out, command)
     for r in reports:

@@ -44,8 +44,9 @@ class PretrainConfig:
     """Hyper-parameters of tiny-CLIP pretraining; saved in the report next to the checkpoint."""
 
     arch: str = "tiny-clip"  # open_clip architecture name (models/archs/tiny-clip.json)
-    # Optimiser steps. 2000 x 128 reaches 99.8% zero-shot ID val accuracy on the default world in 790 s
-    # on one thread (runs/pre-A2); 1000 steps reached 91.0% (docs/offline.md, "Pretraining recipe").
+    # Optimiser steps. On the default world (style-tied caption leads) 2000 x 128 reach 99.0% zero-shot
+    # ID val accuracy (runs/pre-B), 1500 steps 97.9% in 569 s (runs/pre-B15); with class-only leads
+    # 1000 / 1500 / 2000 steps reached 91.0 / 97.5 / 99.8% (docs/offline.md, "Pretraining recipe").
     steps: int = 2000
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
@@ -74,6 +75,7 @@ class PretrainReport:
     config: dict[str, Any]  # the PretrainConfig
     arch_config: dict[str, Any]  # the open_clip architecture
     captions: str  # the caption file trained on
+    captions_sha256: str  # its content hash (a rewritten caption file is another corpus)
     corpus_size: int  # image-caption pairs used
     unique_captions: int  # distinct captions among them
     load_seconds: float  # reading and preprocessing the corpus
@@ -277,6 +279,11 @@ def save_checkpoint(model: torch.nn.Module, path: str | Path, dtype: str = "floa
     return out.stat().st_size
 
 
+def _caption_hash(source: Path) -> str:
+    path = source / "captions.jsonl" if source.is_dir() else source
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
 def _mean(xs: list[float]) -> float:
     return float(sum(xs) / max(1, len(xs)))
 
@@ -328,7 +335,8 @@ def pretrain_tiny(
         size = save_checkpoint(clip.model, out, cfg.save_dtype)
         k = max(1, len(losses) // 20)
         report = PretrainReport(
-            config=asdict(cfg), arch_config=model_config(cfg.arch), captions=str(source), corpus_size=len(corpus),
+            config=asdict(cfg), arch_config=model_config(cfg.arch), captions=str(source),
+            captions_sha256=_caption_hash(source), corpus_size=len(corpus),
             unique_captions=int(corpus.caption_ids.max()) + 1 if len(corpus) else 0,
             load_seconds=load_s, train_seconds=train_s, loss_first=_mean(losses[:k]), loss_last=_mean(losses[-k:]),
             loss_curve=_curve(losses), checkpoint=str(out), checkpoint_bytes=size, corpus_cached=corpus.cached,

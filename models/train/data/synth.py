@@ -85,6 +85,11 @@ SPLITS: tuple[str, ...] = ("train", "val", "test")  # object splits of every cat
 EVAL_SPLITS: tuple[str, ...] = ("val", "test")  # splits of the far-OOD and covariate sets
 
 
+# Config fields that change no image: the default ID split, and the captions (drawn after the image).
+_CAPTION_FIELDS: tuple[str, ...] = ("caption_class_frac", "caption_style_leads")
+_NOT_IN_IMAGES: tuple[str, ...] = ("id_classes", *_CAPTION_FIELDS)
+
+
 @dataclass(frozen=True)
 class WorldConfig:
     """Everything that defines a synthetic world; saved in ``world.json``."""
@@ -113,7 +118,11 @@ class WorldConfig:
     # old 0.35 the tiny CLIP learned colours and positions and reached 64% zero-shot; at 0.7, 97%
     # (docs/offline.md, "Pretraining recipe").
     caption_class_frac: float = 0.7
-    caption_style_leads: bool = False  # class-only captions lead with their style (render.STYLE_LEADS)
+    # Class-only captions lead with their style (render.STYLE_LEADS: "a photo of" flat, "a line drawing
+    # of" outline, "a 3d rendering of" shaded): a nuisance that moves every cosine with the style, as
+    # photographic content does in real CLIP. With it, 2000 steps: 99.0% zero-shot ID val accuracy and
+    # near-OOD look-alike AUROC of energy 91.1 (without: 99.8% and 98.6; runs/pre-B vs runs/pre-A2).
+    caption_style_leads: bool = True
     n_train_per_class: int = 80  # train images per category (few-shot runs sample from these)
     n_val_per_class: int = 64  # val images per category: ID val (selection, calibration) or near-OOD val
     n_test_per_class: int = 128  # test images per category: ID test or near-OOD test (per-category CIs)
@@ -170,8 +179,12 @@ class WorldConfig:
             raise ValueError("caption_class_frac must be in [0, 1]")
 
     def same_images(self, other: WorldConfig) -> bool:
-        """Whether two configs draw the same files (they may differ in the default ID split only)."""
-        return replace(self, id_classes=other.id_classes) == other
+        """Whether two configs draw the same image files (they may differ in the default ID split and captions)."""
+        return replace(self, **{k: getattr(other, k) for k in _NOT_IN_IMAGES}) == other
+
+    def same_captions(self, other: WorldConfig) -> bool:
+        """Whether two configs caption the pretraining images alike (given the same images)."""
+        return all(getattr(self, k) == getattr(other, k) for k in _CAPTION_FIELDS)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> WorldConfig:
@@ -428,10 +441,11 @@ def load_world(world_dir: str | Path) -> WorldManifest:
 
 
 def ensure_world(cfg: WorldConfig, world_dir: str | Path, *, workers: int = 2) -> WorldManifest:
-    """The world of ``cfg`` in ``world_dir``: reused when it draws the same files, else regenerated.
+    """The world of ``cfg`` in ``world_dir``: reused when it draws the same images, else regenerated.
 
-    A world that differs only in its default ID split is reused (no file depends on the split);
-    its ``world.json`` is rewritten with the new split.
+    A world that differs only in its default ID split or its captions is reused (no image depends on
+    them): its captions are rewritten when they differ (:func:`write_captions`) and ``world.json``
+    records the new config.
     """
     root = Path(world_dir)
     if (root / WORLD_FILE).is_file():
@@ -442,6 +456,9 @@ def ensure_world(cfg: WorldConfig, world_dir: str | Path, *, workers: int = 2) -
         else:
             if old.config.same_images(cfg):
                 logger.info("reusing world %s", root)
+                if not old.config.same_captions(cfg):
+                    logger.info("rewriting its pretraining captions for the new caption settings")
+                    write_captions(cfg, root / "pretrain" / CAPTIONS_FILE, workers=workers)
                 manifest = WorldManifest(root=root, config=cfg, counts=old.counts)
                 if old.config != cfg:
                     (root / WORLD_FILE).write_text(json.dumps(manifest.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,13 +38,15 @@ def run(world, tmp_path_factory):
     return pretrain_tiny(STEPS, world, out, evaluate=False, progress=False), out
 
 
-def test_loss_decreases_and_the_report_is_written(run):
+def test_loss_decreases_and_the_report_is_written(world, run):
     report, out = run
     assert report.loss_last < report.loss_first - 0.2
     assert report.corpus_size == 120 and report.unique_captions > 50
     saved = json.loads(out.with_suffix(".json").read_text())
     assert saved["config"]["steps"] == STEPS.steps and saved["checkpoint_bytes"] == out.stat().st_size
     assert saved["arch_config"]["vision_cfg"]["image_size"] == 64
+    caption_file = world / "pretrain" / "captions.jsonl"
+    assert saved["captions_sha256"] == hashlib.sha256(caption_file.read_bytes()).hexdigest()
 
 
 def test_checkpoint_loads_back_through_open_clip(run):

@@ -117,6 +117,11 @@ def test_ensure_world_reuses_a_world_that_differs_only_in_its_split(world, tmp_p
     ensure_world(cfg, root)
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == before  # nothing re-rendered
     assert load_world(root).config == cfg  # world.json names the new default split
+    recaptioned = replace(cfg, caption_class_frac=1.0)
+    ensure_world(recaptioned, root, workers=1)  # new captions, same images: only the captions are rewritten
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.png")} == before
+    assert (root / "pretrain" / "captions.jsonl").read_text() == write_captions(
+        recaptioned, tmp_path / "expected.jsonl").read_text()
     ensure_world(replace(cfg, n_val_per_class=1), root)  # a change of the images regenerates
     assert len(list((root / "objects" / "val" / "star").glob("*.png"))) == 1
 
