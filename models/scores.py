@@ -20,12 +20,15 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 
-from models.scoring_spec import ScoreParams  # defined without torch, for ONNX-only serving
+from models.scoring_spec import RESET_MODES, ResetMode, ScoreParams  # defined without torch, for ONNX-only serving
 
 __all__ = [
     "ScoreParams",
     "SCORE_NAMES",
+    "RESET_MODES",
+    "cosine_logits",
     "msp",
     "max_logit",
     "energy",
@@ -33,6 +36,23 @@ __all__ = [
     "delta_energy",
     "id_score",
 ]
+
+
+def cosine_logits(
+    features: torch.Tensor, class_embeddings: torch.Tensor, logit_scale: float | torch.Tensor
+) -> torch.Tensor:
+    """CLIP's logits: ``scale * normalize(f) @ t.T`` (the one definition; ``t`` is already L2-normalised).
+
+    Args:
+        features: (B, D) image features (normalised here; idempotent for normalised ones).
+        class_embeddings: (K, D) L2-normalised class embeddings.
+        logit_scale: multiplier of the cosine similarities (``exp`` of CLIP's ``logit_scale``).
+
+    Returns:
+        (B, K) float32 logits.
+    """
+    f = F.normalize(_f32(features), dim=-1)  # (B, D)
+    return logit_scale * f @ _f32(class_embeddings).t()  # (B, K)
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -94,19 +114,22 @@ def delta_energy(
     top_c: int = 1,
     reset_logit: float = 0.0,
     temperature: float = 1.0,
+    reset: ResetMode = "value",
 ) -> torch.Tensor:
     """ΔEnergy: the energy rise when each of the ``c`` best matches is reset, one at a time.
 
     ``ΔE_c(z) = Σ_{j=1..c} [E_T(z^(j)) - E_T(z)] = T * Σ_j [LSE(z/T) - LSE(z^(j)/T)]`` where
-    ``z^(j)`` is ``z`` with its j-th largest entry replaced by ``reset_logit``. Higher = ID; it is
-    >= 0 whenever ``reset_logit`` is below the replaced logits. ``LSE(z^(j))`` is computed on the
-    edited vector itself (never as ``log(1 - p)``, which underflows at CLIP's scale).
+    ``z^(j)`` is ``z`` with its j-th largest entry replaced by the reset logit ``r``: ``reset_logit``
+    (``reset="value"``), or the image's own minimum (``"min"``) or mean (``"mean"``) logit. Higher = ID;
+    it is >= 0 whenever ``r`` is below the replaced logits. ``LSE(z^(j))`` is computed on the edited
+    vector itself (never as ``log(1 - p)``, which underflows at CLIP's scale).
 
     Args:
         logits: (B, K) logits.
         top_c: number of largest logits to reset (clamped to K).
-        reset_logit: value that replaces a removed logit.
+        reset_logit: value that replaces a removed logit (``reset="value"``).
         temperature: T > 0.
+        reset: where the reset value comes from (see above).
 
     Returns:
         (B,) ΔEnergy scores, float32.
@@ -117,8 +140,14 @@ def delta_energy(
     top_idx = z.topk(c, dim=-1).indices  # (B, c)
     classes = torch.arange(num_classes, device=z.device)  # (K,)
     removed = top_idx.unsqueeze(-1) == classes  # (B, c, K): one True per (b, j)
-    reset = torch.full_like(z, reset_logit / temperature).unsqueeze(1)  # (B, 1, K)
-    edited = torch.where(removed, reset, z.unsqueeze(1))  # (B, c, K)
+    if reset == "min":
+        r = z.amin(dim=-1, keepdim=True)  # (B, 1), already divided by T
+    elif reset == "mean":
+        r = z.mean(dim=-1, keepdim=True)  # (B, 1)
+    else:
+        r = torch.full_like(z[:, :1], reset_logit / temperature)  # (B, 1)
+    reset_row = r.expand_as(z).unsqueeze(1)  # (B, 1, K)
+    edited = torch.where(removed, reset_row, z.unsqueeze(1))  # (B, c, K)
     lse_full = torch.logsumexp(z, dim=-1, keepdim=True)  # (B, 1)
     lse_edited = torch.logsumexp(edited, dim=-1)  # (B, c)
     return temperature * (lse_full - lse_edited).sum(dim=-1)  # (B,)
@@ -128,9 +157,9 @@ def delta_energy(
 _ID_SCORES: dict[str, Callable[[torch.Tensor, float, ScoreParams], torch.Tensor]] = {
     "msp": lambda z, scale, p: msp(z),
     "max_logit": lambda z, scale, p: max_logit(z),
-    "energy": lambda z, scale, p: -energy(z, p.temperature),
+    "energy": lambda z, scale, p: -energy(z, p.energy_temperature),
     "mcm": lambda z, scale, p: mcm(_f32(z) / scale, p.mcm_tau),
-    "delta_energy": lambda z, scale, p: delta_energy(z, p.top_c, p.reset_logit, p.temperature),
+    "delta_energy": lambda z, scale, p: delta_energy(z, p.top_c, p.reset_logit, p.temperature, p.reset),
 }
 SCORE_NAMES: tuple[str, ...] = tuple(_ID_SCORES)
 

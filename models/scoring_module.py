@@ -3,6 +3,10 @@
 This one module is what calibration evaluates, what the PyTorch engine runs and what the ONNX
 export traces, so the three cannot disagree. It holds the frozen vision tower, the baked
 (K, D) class embeddings and the score parameters; the scores come from :mod:`models.scores`.
+
+The gate (the score the OOD threshold applies to) is named by the bundle's calibration: ΔEnergy by
+default (an output of the graph), or any other score of :data:`models.scores.SCORE_NAMES`, computed
+from the ``logits`` output by :func:`models.scoring_spec.gate_scores` with the bundle's score parameters.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.scores import ScoreParams, delta_energy, energy
+from models.scores import ScoreParams, cosine_logits, delta_energy, energy
 from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
 __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
@@ -48,15 +52,14 @@ class ScoringModule(nn.Module):
 
     def logits_from_features(self, features: torch.Tensor) -> torch.Tensor:
         """(B, D) image features -> (B, K) logits (cosine similarity times the logit scale)."""
-        f = F.normalize(features.float(), dim=-1)  # (B, D)
-        return self.logit_scale * f @ self.class_embeddings.t()  # (B, K)
+        return cosine_logits(features, self.class_embeddings, self.logit_scale)  # (B, K)
 
     def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, K) logits -> (logits, probs, delta_energy, energy), the module's outputs."""
         p = self.score_params
         probs = torch.softmax(logits, dim=-1)  # (B, K)
-        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature)  # (B,)
-        en = energy(logits, p.temperature)  # (B,)
+        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature, p.reset)  # (B,)
+        en = energy(logits, p.energy_temperature)  # (B,)
         return logits, probs, de, en
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -30,6 +30,7 @@ from models.preprocess import (
     decode_image,
     preprocess_image,
 )
+from models.scoring_spec import gate_scores
 from service.batcher import Batcher, Row, Ticket
 from service.errors import (
     BadImageError,
@@ -222,7 +223,8 @@ def postprocess(
     """Rows of engine outputs -> labelled results with the OOD decision and p-value."""
     calib = manifest.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
-    scores = np.array([float(r.outputs["delta_energy"]) for r in rows], dtype=np.float64)  # (N,)
+    batch = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "delta_energy")}
+    scores = gate_scores(batch, calib.score, manifest.logit_scale, manifest.scores)  # (N,): the bundle's gate
     flags, p_values = calib.is_ood(scores), calib.p_value(scores)  # (N,), (N,)
     k = min(top_k, len(manifest.classes))
     results = []
@@ -230,13 +232,15 @@ def postprocess(
         probs = row.outputs["probs"]  # (K,)
         order = np.argsort(-probs, kind="stable")[:k]  # (k,)
         best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
+        gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
         results.append(ImageResult(
             index=i, filename=filenames[i], decision="rejected_ood" if ood else "accepted",
             label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
             top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
                    for j in order],
-            delta_energy=score, threshold=calib.threshold, is_ood=ood, ood_p_value=float(p_values[i]),
-            message=(f"rejected as out-of-distribution: ΔEnergy {score:.4g} is below the threshold "
+            delta_energy=float(row.outputs["delta_energy"]), gate_score_name=calib.score, gate_score=score,
+            threshold=calib.threshold, is_ood=ood, ood_p_value=float(p_values[i]),
+            message=(f"rejected as out-of-distribution: {gate} {score:.4g} is below the threshold "
                      f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,
         ))
     return results

@@ -86,10 +86,12 @@ class ImageResult(BaseModel):
     confidence: float = Field(description="Softmax probability of the label.")
     top_k: list[TopKEntry]
     delta_energy: float = Field(description="ΔEnergy score; higher = more in-distribution.")
-    threshold: float = Field(description="Calibrated threshold; is_ood = delta_energy < threshold.")
+    gate_score_name: str = Field("delta_energy", description="The bundle's gating score (its calibration).")
+    gate_score: float = Field(description="The gating score; higher = more in-distribution.")
+    threshold: float = Field(description="Calibrated threshold; is_ood = gate_score < threshold.")
     is_ood: bool
     ood_p_value: float = Field(
-        description="Fraction of ID calibration images with ΔEnergy at or below this one's."
+        description="Fraction of ID calibration images with a gate score at or below this one's."
     )
     message: str | None = Field(None, description="Why the image was rejected, when it was.")
 

@@ -8,12 +8,12 @@ heavy modules are imported inside the functions.
 from __future__ import annotations
 
 import logging
-import shlex
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+from deltagate.commands import command_line
 
 if TYPE_CHECKING:
     from models.clip_loading import LoadedClip
@@ -38,13 +38,6 @@ PretrainedOpt = Annotated[
 ArchOpt = Annotated[Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")]
 WeightsCacheOpt = Annotated[Path | None, typer.Option(help="Pretrained-weights cache directory.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
-
-
-def _command_line(name: str) -> str:
-    """The command as typed (recorded beside results); just its name when not run from the shell (tests)."""
-    if Path(sys.argv[0]).name == "deltagate":
-        return "deltagate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    return f"deltagate {name} ..."
 
 
 def _task(data: Path, class_names: Path | None) -> TaskData:
@@ -91,8 +84,15 @@ def train(
     ] = None,
     ebm_weight: Annotated[float | None, typer.Option(help="λ of the EBM loss [1.0].")] = None,
     mask_ratio: Annotated[float | None, typer.Option(help="Masked share of dimensions [0.1].")] = None,
-    top_c: Annotated[int | None, typer.Option(help="ΔEnergy c, in training and the bundle's score [1].")] = None,
+    loss_top_c: Annotated[int | None, typer.Option(help="ΔE_lb targets of the EBM loss [1].")] = None,
+    loss_temperature: Annotated[float | None, typer.Option(help="T of the energy in the EBM loss [1].")] = None,
     ce_on: Annotated[str | None, typer.Option(help="edited | original [edited].")] = None,
+    de_top_c: Annotated[int, typer.Option(help="Bundle's ΔEnergy score: c (with --bundle).")] = 1,
+    de_temperature: Annotated[float, typer.Option(help="Bundle's ΔEnergy score: T (with --bundle).")] = 1.0,
+    de_reset: Annotated[str, typer.Option(help="Bundle's ΔEnergy score reset: value | min | mean.")] = "value",
+    de_reset_logit: Annotated[float, typer.Option(help="Bundle's ΔEnergy reset value (reset=value).")] = 0.0,
+    energy_temperature: Annotated[float, typer.Option(help="Bundle's energy score: T (with --bundle).")] = 1.0,
+    mcm_tau: Annotated[float, typer.Option(help="Bundle's MCM score: tau (with --bundle).")] = 1.0,
     augment: Annotated[bool, typer.Option(help="Random crops and flips (turns the feature cache off).")] = False,
     feature_cache: Annotated[bool, typer.Option(help="Encode training images once (without augmentation).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of init, batch order, augmentation, few-shot sample.")] = 1,
@@ -113,7 +113,8 @@ def train(
     cfg = _train_config(
         {"method": method, "augment": augment, "cache_features": feature_cache, "seed": seed, "device": device,
          "amp": amp}, epochs=epochs, shots=shots, batch_size=batch_size, lr=lr, optimizer=optimizer, n_ctx=n_ctx,
-        ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, top_c=top_c, ce_on=ce_on, threads=threads,
+        ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, loss_top_c=loss_top_c,
+        loss_temperature=loss_temperature, ce_on=ce_on, threads=threads,
     )
     task = _task(data, class_names)
     clip = _clip(model, pretrained, arch_config, cache_dir, seed)
@@ -123,7 +124,7 @@ def train(
 
         res = benchmark_feature_cache(clip, list(task.class_names), train_idx, cfg, benchmark_cache)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_speed.json").write_text(json.dumps({"command": _command_line("train"), **res}, indent=2) + "\n")
+        (out / "train_speed.json").write_text(json.dumps({"command": command_line("train"), **res}, indent=2) + "\n")
         typer.echo(f"cached {res['cached_epoch_s']:.3f} s/epoch, recomputed {res['recompute_epoch_s']:.3f} s/epoch: "
                    f"x{res['speedup_per_epoch']:.1f}; written to {out / 'train_speed.json'}")
         return
@@ -131,9 +132,12 @@ def train(
     last = result.history[-1] if result.history else {}
     typer.echo(f"{method}: run written to {out}; last epoch: {json.dumps(last)}")
     if bundle is not None:
+        from models.scores import ScoreParams
         from models.train.run_export import export_run
 
-        export_run(out, bundle, clip=clip)
+        params = ScoreParams(top_c=de_top_c, temperature=de_temperature, reset=de_reset,  # type: ignore[arg-type]
+                             reset_logit=de_reset_logit, energy_temperature=energy_temperature, mcm_tau=mcm_tau)
+        export_run(out, bundle, clip=clip, score_params=params)
         typer.echo(f"bundle written to {bundle} (calibrate it next: deltagate calibrate --bundle {bundle} ...)")
 
 
@@ -142,9 +146,16 @@ def calibrate(
     data: Annotated[Path | None, typer.Option(help="Data root (uses ROOT/id/val).")] = None,
     val_dir: Annotated[Path | None, typer.Option(help="ID validation ImageFolder (instead of --data).")] = None,
     target_tpr: Annotated[float, typer.Option(help="Share of ID validation images that must pass.")] = 0.95,
+    score: Annotated[str, typer.Option(
+        help="The gate: delta_energy (default), energy, max_logit, mcm or msp, with the bundle's parameters.")
+    ] = "delta_energy",
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Fit the ΔEnergy threshold at the target ID TPR on ID validation images; write it into the bundle."""
+    """Fit the gate's threshold (ΔEnergy by default) at the target ID TPR on ID val; write it into the bundle."""
+    from models.scores import SCORE_NAMES
+
+    if score not in SCORE_NAMES:
+        raise typer.BadParameter(f"unknown score {score!r}; valid: {', '.join(SCORE_NAMES)}")
     from models.train.calibrate import calibrate_bundle
     from models.train.data.folders import scan_image_folder
 
@@ -158,7 +169,7 @@ def calibrate(
         index = world_split(Path(data or ".")).val  # a synthetic world's ID val (its default split)
     else:
         index = scan_image_folder(Path(data or ".") / "id" / "val")
-    rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, device=device)
+    rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, score=score, device=device)
     typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
                f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")
 
@@ -187,17 +198,25 @@ def evaluate(
     write_manifest: Annotated[bool, typer.Option(help="Store each bundle's summary in its manifest.")] = True,
     plots: Annotated[bool, typer.Option(help="Write PNG plots.")] = True,
     feature_cache: Annotated[Path | None, typer.Option(help="Feature cache directory [OUT/.feature-cache].")] = None,
+    ood_val: Annotated[Path | None, typer.Option(
+        help="Your OOD *validation* images (a folder, flat or nested): each score's parameters are selected on "
+             "ID val vs these before the test sets are scored. Never pass a test set here.")] = None,
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
-    """Every method x every score: ID and covariate accuracy, AUROC/FPR95/AUPR per OOD set, rates at the threshold."""
+    """Every method x every score: accuracy, AUROC/FPR95/AUPR per OOD set, each score at its own threshold."""
     from models.train.evaluate import evaluate_bundles
     from models.train.plots import write_plots
     from models.train.report import write_evaluation
 
     task = _task(data, class_names)
+    ood_index = None
+    if ood_val is not None:
+        from models.train.data.folders import scan_unlabelled
+
+        ood_index = scan_unlabelled(ood_val)
     evals = evaluate_bundles(_parse_bundles(bundle), task, cache_dir=feature_cache or out / ".feature-cache",
-                             device=device, write_manifest=write_manifest)
-    jpath, mpath = write_evaluation(out, evals, command=_command_line("evaluate"), extra={"data": task.summary()})
+                             device=device, write_manifest=write_manifest, ood_val=ood_index)
+    jpath, mpath = write_evaluation(out, evals, command=command_line("evaluate"), extra={"data": task.summary()})
     if plots:
         write_plots(out, evals)
     typer.echo(mpath.read_text(encoding="utf-8"))
@@ -215,42 +234,90 @@ def ablate(
     class_names: ClassNamesOpt = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run [50].")] = None,
     shots: Annotated[int | None, typer.Option(help="Images per class [16].")] = None,
-    folds: Annotated[int, typer.Option(help="Class folds of the open-set validation proxy.")] = 4,
+    folds: Annotated[int, typer.Option(help="Class folds of held-out-class validation.")] = 4,
+    repeats: Annotated[int, typer.Option(help="Independent class partitions of held-out-class validation.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 1,
     device: DeviceOpt = "auto",
     threads: Annotated[int | None, typer.Option(help="CPU threads while training.")] = 1,
 ) -> None:
-    """EBM ablation over ce_on, λ, mask_ratio, top_c; selection on ID validation data only."""
-    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation
+    """EBM loss search (λ, ce_on, mask_ratio, loss T) jointly with ΔEnergy's parameters; ID data only."""
+    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
+    from models.train.selection import HOCVConfig
 
     cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
     task = _task(data, class_names)
     clip = _clip(model, pretrained, arch_config, cache_dir, seed)
-    res = run_ablation(clip, task, cfg, out, AblationConfig(holdout_folds=folds))
-    results.mkdir(parents=True, exist_ok=True)
-    import json
+    acfg = AblationConfig(hocv=HOCVConfig(folds=folds, repeats=repeats, shots=cfg.shots))
+    res = run_ablation(clip, task, cfg, out, acfg)
+    command = command_line("ablate")
+    write_ablation(results, res, command)
+    typer.echo(ablation_markdown(res, command))
 
-    command = _command_line("ablate")
-    (results / "ablation.json").write_text(json.dumps({"command": command, **res.to_dict()}, indent=2) + "\n")
-    md = ablation_markdown(res, command)
-    (results / "ablation.md").write_text(md)
-    typer.echo(md)
+
+def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
+    from dataclasses import replace
+
+    from models.train.demo import DEMO_CONFIGS
+
+    if preset not in DEMO_CONFIGS:
+        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
+    cfg = DEMO_CONFIGS[preset]
+    changes: dict[str, Any] = {}
+    if seed is not None:
+        changes["seed"] = seed
+    if id_classes is not None:
+        changes["id_classes"] = tuple(c.strip() for c in id_classes.split(",") if c.strip())
+    try:
+        return replace(cfg, world=replace(cfg.world, **changes)) if changes else cfg
+    except ValueError as exc:  # unknown class names, fewer than two classes
+        raise typer.BadParameter(str(exc)) from exc
+
+
+WorldSeedOpt = Annotated[int | None, typer.Option("--seed", help="World seed (default: the preset's).")]
+IdClassesOpt = Annotated[str | None, typer.Option(help="ID classes of the world, 'a,b,c' (default: the preset's).")]
 
 
 @demo_app.command("build")
 def demo_build(
     preset: Annotated[str, typer.Option(help="default (the shipped model) or fast (minutes; tests).")] = "default",
+    seed: WorldSeedOpt = None,
+    id_classes: IdClassesOpt = None,
     work: Annotated[Path, typer.Option(help="Intermediate outputs (world, checkpoint, runs).")] = Path("runs/demo"),
     bundle: Annotated[Path, typer.Option(help="Where the EBM bundle goes.")] = Path("bundles/default"),
     results: Annotated[Path, typer.Option(help="Where JSON/Markdown/PNG results go.")] = Path("results"),
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """synth -> pretrain-tiny -> ablation -> train (zero-shot, CoOp, EBM) -> export -> calibrate -> evaluate."""
-    from models.train.demo import DEMO_CONFIGS, build_demo
+    """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate."""
+    from models.train.demo import build_demo
 
-    if preset not in DEMO_CONFIGS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
-    summary = build_demo(DEMO_CONFIGS[preset], work, bundle, results, command=_command_line("demo build"),
-                         progress=progress)
+    cfg = _demo_config(preset, seed, id_classes)
+    summary = build_demo(cfg, work, bundle, results, command=command_line("demo build"), progress=progress)
     typer.echo((results / "evaluation.md").read_text(encoding="utf-8"))
     typer.echo(f"bundle: {bundle}; results: {results}; stage seconds: {summary['seconds']}")
+
+
+@demo_app.command("evidence")
+def demo_evidence(
+    preset: Annotated[str, typer.Option(help="default or fast; the world and CLIP of `demo build`.")] = "default",
+    seed: WorldSeedOpt = None,
+    id_classes: IdClassesOpt = None,
+    work: Annotated[Path, typer.Option(help="The `demo build` work directory (world, checkpoint).")] = Path(
+        "runs/demo"),
+    results: Annotated[Path, typer.Option(help="Where the evidence tables go.")] = Path("results/evidence"),
+    splits: Annotated[int | None, typer.Option(help="Random ID splits besides the default (protocol: 4).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Prompt-tuning seeds per arm (protocol: 10).")] = None,
+    budget_min: Annotated[float | None, typer.Option(help="Start no new split after this many minutes.")] = None,
+    only: Annotated[str | None, typer.Option(help="Run only these splits ('default,random-1'); others are reused "
+                                                  "when finished (run several processes, then one without --only).")
+                    ] = None,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
+) -> None:
+    """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
+    from models.train.demo import build_evidence
+
+    cfg = _demo_config(preset, seed, id_classes)
+    doc = build_evidence(cfg, work, results, command=command_line("demo evidence"), n_splits=splits, n_seeds=seeds,
+                         budget_s=budget_min * 60 if budget_min else None, progress=progress,
+                         only=[x.strip() for x in only.split(",")] if only else None)
+    typer.echo((results / "evidence.md").read_text(encoding="utf-8"))
+    typer.echo(f"verdicts: {[(v['claim'], v['verdict']) for v in doc['verdicts']]}; not run: {doc['not_run']}")

@@ -5,14 +5,17 @@ results (``results/``); ``deltagate demo build`` runs it.
 Stages, each reusing its output when it already exists with the same configuration (so a rerun
 after an interruption continues instead of starting over):
 
-1. ``work/world``: the synthetic world (:func:`models.train.data.synth.generate_world`);
+1. ``work/world``: the synthetic world (:func:`models.train.data.synth.ensure_world`);
 2. ``work/tiny-clip.safetensors``: the tiny CLIP pretrained on the world's corpus;
-3. ``work/ablation``: the EBM ablation, selecting ``ce_on``, λ, ``mask_ratio``, ``top_c`` on ID
-   validation data only (:mod:`models.train.ablation`);
-4. ``work/runs/{zero-shot,coop,ebm}``: the three methods with the same prompt learner and schedule;
-5. bundles: EBM -> ``bundle_out`` (with ONNX, the shipped model), zero-shot and CoOp ->
-   ``work/bundles`` (weights only; they exist to be compared);
-6. calibration of every bundle on ID validation images;
+3. ``work/selection``: selection on ID data only (protocol §5, :func:`models.train.evidence.select_arms`):
+   the EBM loss search jointly with ΔEnergy's score parameters, then every score's parameters for
+   every method, by held-out-class validation and the 1-SE rule -> ``results/ablation.{json,md}`` and
+   ``results/selection.json``;
+4. ``work/runs/{zero-shot,coop,ebm}``: the three methods with the same prompt learner and schedule
+   (EBM with the selected loss parameters);
+5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
+   the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
+6. calibration of every bundle's gate (ΔEnergy) on ID validation images;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
@@ -23,25 +26,29 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from models.clip_loading import LoadedClip, load_clip
-from models.train.ablation import AblationConfig, ablation_markdown, run_ablation
+from models.train.ablation import AblationConfig, write_ablation
 from models.train.bench_cache import benchmark_feature_cache
 from models.train.calibrate import calibrate_bundle
 from models.train.data.folders import TaskData, few_shot
-from models.train.data.splits import load_task_root
-from models.train.data.synth import WorldConfig, ensure_world
+from models.train.data.splits import load_task_root, random_id_splits, world_split
+from models.train.data.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 from models.train.evaluate import evaluate_bundles
+from models.train.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
+from models.train.features import FeatureCache
 from models.train.plots import write_plots
 from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
 from models.train.report import write_evaluation
 from models.train.run_export import export_run
+from models.train.selection import HOCVConfig
 from models.train.trainer import METHODS, PromptTrainer, TrainConfig, checkpoint_matches
 
-__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo"]
+__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "evidence_splits", "build_evidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,13 +60,14 @@ class DemoConfig:
     world: WorldConfig = field(default_factory=WorldConfig)  # the synthetic world (synth's default)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)  # tiny-CLIP pretraining (synth's default)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(threads=1))  # base of all three methods
-    ablate: bool = True  # run the ablation and train EBM with the values it selects
-    ablation: AblationConfig = field(default_factory=AblationConfig)  # grid and selection rule
+    ablation: AblationConfig = field(default_factory=AblationConfig)  # loss grid, HOCV folds, accuracy guard
+    evidence: EvidenceConfig = field(default_factory=EvidenceConfig)  # `demo evidence`: splits, seeds, bootstrap
     bench_epochs: int = 3  # epochs per arm of the feature-cache benchmark (0: skip it)
     name: str = "deltagate-default"  # model name of the shipped bundle
     version: str = "0.1.0"  # its version
 
 
+_FAST_ABLATION = AblationConfig(grid=(("ebm_weight", (0.1, 1.0)),), hocv=HOCVConfig(folds=2, repeats=1, shots=4))
 DEMO_CONFIGS: dict[str, DemoConfig] = {
     "default": DemoConfig(),
     # Minutes on 2 cores: a small world, a few pretraining steps, 2 epochs, a 2-value ablation.
@@ -73,7 +81,9 @@ DEMO_CONFIGS: dict[str, DemoConfig] = {
         ),
         pretrain=PretrainConfig(steps=8, batch_size=32, threads=1),
         train=TrainConfig(n_ctx=4, shots=4, epochs=2, batch_size=8, threads=1),
-        ablation=AblationConfig(grid=(("ebm_weight", (0.0, 1.0)),), holdout_folds=2),
+        ablation=_FAST_ABLATION,
+        evidence=EvidenceConfig(seeds=(1, 2), n_random_splits=1, split_size=4, ablation=_FAST_ABLATION,
+                                n_boot_images=50, n_boot_overall=200),
         bench_epochs=1,
         version="0.0.0-fast",
     ),
@@ -96,10 +106,11 @@ def _pretrained(cfg: PretrainConfig, world: Path, ckpt: Path, progress: bool) ->
     return pretrain_tiny(cfg, world, ckpt, progress=progress).to_dict()
 
 
-def _train(clip: LoadedClip, task: TaskData, cfg: TrainConfig, runs: Path, progress: bool) -> dict[str, Path]:
+def _train(clip: LoadedClip, task: TaskData, cfgs: dict[str, TrainConfig], runs: Path,
+           progress: bool) -> dict[str, Path]:
     out = {}
     for method in METHODS:
-        mcfg = replace(cfg, method=method)  # type: ignore[arg-type]
+        mcfg = cfgs[method]
         train = few_shot(task.train, mcfg.shots, mcfg.seed)
         trainer = PromptTrainer(clip, task.class_names, mcfg, runs / method, cache_dir=runs / "feature-cache")
         # Resume an interrupted run of the same configuration; a changed one starts over.
@@ -109,14 +120,19 @@ def _train(clip: LoadedClip, task: TaskData, cfg: TrainConfig, runs: Path, progr
     return out
 
 
-def _ablate(clip: LoadedClip, task: TaskData, cfg: DemoConfig, work: Path, results: Path,
-            command: str, progress: bool) -> TrainConfig:
-    res = run_ablation(clip, task, replace(cfg.train, method="ebm"), work / "ablation", cfg.ablation,
-                       progress=progress)
-    (results / "ablation.json").write_text(json.dumps({"command": command, **res.to_dict()}, indent=2) + "\n",
-                                           encoding="utf-8")
-    (results / "ablation.md").write_text(ablation_markdown(res, command), encoding="utf-8")
-    return replace(cfg.train, **res.selected)
+def _select(clip: LoadedClip, task: TaskData, cfg: DemoConfig, work: Path, results: Path,
+            command: str, progress: bool) -> dict[str, ArmSelection]:
+    """Protocol §5 on the demo's split: loss and score parameters of every method, on ID data only."""
+    model: Any = clip.model
+    cache = FeatureCache(work / "feature-cache", model.visual, {"name": clip.name, "config": clip.config},
+                         clip.preprocess)
+    selected, ablation = select_arms(clip, task, cfg.train, work, cfg.ablation, cache,
+                                     arms=("zero-shot", "coop", "ebm"), progress=progress)
+    write_ablation(results, ablation, command)
+    (results / "selection.json").write_text(
+        json.dumps({"command": command, **selection_json(selected, ablation)["arms"]}, indent=2) + "\n",
+        encoding="utf-8")
+    return selected
 
 
 def build_demo(
@@ -145,13 +161,15 @@ def build_demo(
     clip = load_clip(cfg.pretrain.arch, str(work / "tiny-clip.safetensors"))
     task = load_task_root(world)
     t = time.perf_counter()
-    train_cfg = _ablate(clip, task, cfg, work, results, command, progress) if cfg.ablate else cfg.train
-    times["ablation_s"] = time.perf_counter() - t
+    selected = _select(clip, task, cfg, work / "selection", results, command, progress)
+    times["selection_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    runs = _train(clip, task, train_cfg, work / "runs", progress)
+    cfgs = {m: selected[m].train or replace(cfg.train, method="zero-shot") for m in METHODS}
+    runs = _train(clip, task, cfgs, work / "runs", progress)
     times["train_s"] = time.perf_counter() - t
+    train_cfg = cfgs["ebm"]
     t = time.perf_counter()
-    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg)
+    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
@@ -160,7 +178,8 @@ def build_demo(
     times["evaluate_s"] = time.perf_counter() - t
     summary: dict[str, Any] = {
         "command": command, "config": json.loads(json.dumps(asdict(cfg))), "train_config_used": asdict(train_cfg),
-        "bundle": str(bundle_out), "data": task.summary(), "seconds": times,
+        "bundle": str(bundle_out), "data": task.summary(), "seconds": {**times, "total_s": sum(times.values())},
+        "score_params": {m: asdict(selected[m].params) for m in METHODS},
         "pretrain": {k: pre.get(k) for k in ("train_seconds", "loss_first", "loss_last", "zero_shot")},
     }
     if cfg.bench_epochs:
@@ -175,14 +194,64 @@ def build_demo(
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
-                          cfg: DemoConfig) -> dict[str, Path]:
-    """Bundles of the three runs (EBM -> the shipped path with ONNX), each calibrated on ID val."""
+                          cfg: DemoConfig, selected: dict[str, ArmSelection]) -> dict[str, Path]:
+    """Bundles of the three runs (EBM -> the shipped path with ONNX), each with its own selected score
+    parameters and its ΔEnergy gate calibrated on ID val."""
     assert task.val is not None, "the demo world always has an ID val split"
     bundles: dict[str, Path] = {}
     for method, run in runs.items():
         out = shipped if method == "ebm" else others / method
         name = cfg.name if method == "ebm" else f"deltagate-{method}"
-        export_run(run, out, name=name, version=cfg.version, clip=clip, onnx=method == "ebm")
+        sel = selected[method].to_dict()
+        export_run(run, out, name=name, version=cfg.version, clip=clip, onnx=method == "ebm",
+                   score_params=selected[method].params,
+                   selection={"criterion": "hocv (docs/evidence/protocol.md §5)", "scores": sel["scores"]})
         calibrate_bundle(out, task.val)
         bundles[method] = out
     return bundles
+
+
+def evidence_splits(world: Path, cfg: EvidenceConfig) -> list[tuple[str, TaskData]]:
+    """The pre-registered ID splits of a world (protocol §2): its default split, then the random ones."""
+    wcfg = load_world(world).config
+    drawn = random_id_splits(wcfg.categories, cfg.split_size, cfg.n_random_splits + 1, cfg.split_seed)
+    rand = [ids for ids in drawn if set(ids) != set(wcfg.id_classes)][: cfg.n_random_splits]
+    out = [("default", world_split(world).task("test"))]
+    out += [(f"random-{j + 1}", world_split(world, ids).task("test")) for j, ids in enumerate(rand)]
+    return out
+
+
+def build_evidence(
+    cfg: DemoConfig, work_dir: str | Path, results_dir: str | Path, *, command: str = "deltagate demo evidence",
+    n_splits: int | None = None, n_seeds: int | None = None, budget_s: float | None = None, progress: bool = False,
+    only: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    """``deltagate demo evidence``: the pre-registered experiment on the world and CLIP of ``demo build``.
+
+    Args:
+        cfg: the demo configuration (its ``evidence`` part; world and pretraining locate the inputs).
+        work_dir: the ``demo build`` work directory (``world/``, ``tiny-clip.safetensors``).
+        results_dir: where ``splits.json``, ``selection.json``, ``endpoints.json`` and ``evidence.md`` go.
+        command: recorded beside the results.
+        n_splits: random splits instead of the protocol's number (fewer = a partial run, reported so).
+        n_seeds: seeds 1..n instead of the protocol's.
+        budget_s: start no new split after this many seconds (the rest are reported "not run").
+        progress: progress bars.
+        only: run just these splits (e.g. one per process); finished ones are always reused.
+    """
+    work = Path(work_dir)
+    ckpt = work / "tiny-clip.safetensors"
+    if not (work / "world" / WORLD_FILE).is_file() or not ckpt.is_file():
+        raise FileNotFoundError(f"{work}: no world or tiny CLIP; run `deltagate demo build --work {work}` first")
+    ecfg = cfg.evidence
+    if n_splits is not None:
+        ecfg = replace(ecfg, n_random_splits=n_splits)
+    if n_seeds is not None:
+        ecfg = replace(ecfg, seeds=tuple(range(1, n_seeds + 1)))
+    clip = load_clip(cfg.pretrain.arch, str(ckpt))
+    model: Any = clip.model
+    cache = FeatureCache(work / "evidence" / "feature-cache", model.visual, {"name": clip.name, "config": clip.config},
+                         clip.preprocess)
+    deadline = time.time() + budget_s if budget_s else None
+    return run_evidence(clip, evidence_splits(work / "world", ecfg), cfg.train, ecfg, work / "evidence", results_dir,
+                        cache, command, progress, deadline, only)

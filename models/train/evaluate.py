@@ -3,8 +3,15 @@
 For every method (a bundle: zero-shot, CoOp, EBM) and every score of :data:`models.scores.SCORE_NAMES`
 (ΔEnergy with the bundle's c): AUROC, FPR at 95% TPR and AUPR per OOD set, with ID test images as
 the positive class, from scikit-learn (``roc_auc_score``, ``roc_curve``, ``average_precision_score``;
-AUPR is AUPR-In, ID positive). At the bundle's own calibrated threshold: the ID pass rate and the
-OOD rejection rate per set, per ID class and per OOD sub-folder.
+AUPR is AUPR-In, ID positive), and per OOD sub-folder (near-OOD category). At the bundle's own
+calibrated threshold (its gate): the ID pass rate and the OOD rejection rate per set, per ID class and
+per OOD sub-folder. At *each score's own* threshold (fitted the same way, on ID val): the ID test pass
+rate and the rejection rate per OOD set, so a user can compare gates on their own data.
+
+Score parameters are the bundle's (each score its own: ΔEnergy's T, c, reset; energy's T; MCM's τ);
+METHOD.md's defaults are always shown beside them. With a user's OOD *validation* set (``ood_val``),
+each score's parameters are selected on it by the 1-SE rule (:mod:`models.train.selection`) first;
+the test sets are never used to select.
 
 Logits come from the bundle's :class:`~models.scoring_module.ScoringModule` (the module the service
 runs) on images read with the bundle's preprocessing; scores from :func:`models.scores.id_score`.
@@ -17,13 +24,12 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from models.bundle import Bundle, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
@@ -31,6 +37,8 @@ from models.scores import SCORE_NAMES, ScoreParams, id_score
 from models.scoring_module import ScoringModule
 from models.train.data.folders import FolderIndex, TaskData
 from models.train.features import FeatureCache
+from models.train.metrics import TPR_LEVEL, accuracy, fpr_at_tpr, ood_metrics
+from models.train.selection import merge_selected, select_on_ood_val
 
 __all__ = [
     "TPR_LEVEL",
@@ -47,7 +55,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-TPR_LEVEL = 0.95  # FPR is reported at this true-positive rate of ID images
 
 
 @dataclass
@@ -59,6 +66,7 @@ class SplitLogits:
     ood: dict[str, torch.Tensor]  # set name -> (M, K)
     covariate: dict[str, tuple[torch.Tensor, torch.Tensor]]  # style -> ((C, K) logits, (C,) labels)
     ood_groups: dict[str, list[str]] = field(default_factory=dict)  # set -> sub-folder per image ("" when flat)
+    id_val: torch.Tensor | None = None  # (V, K) ID val logits: each score's own threshold is fitted on them
 
 
 @dataclass
@@ -73,45 +81,21 @@ class MethodEval:
     threshold_score: str
 
 
-def fpr_at_tpr(labels: np.ndarray, scores: np.ndarray, tpr_level: float = TPR_LEVEL) -> float:
-    """Smallest false-positive rate among thresholds whose true-positive rate is >= ``tpr_level``.
-
-    Args:
-        labels: (N,) 1 = ID (positive), 0 = OOD.
-        scores: (N,) higher = more ID.
-    """
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    return float(fpr[int(np.searchsorted(tpr, tpr_level, side="left"))])
-
-
-def ood_metrics(id_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
-    """AUROC, FPR@95%TPR and AUPR-In of ID-vs-OOD scores (ID positive, higher score = ID)."""
-    labels = np.concatenate([np.ones(len(id_scores)), np.zeros(len(ood_scores))])  # (N + M,)
-    scores = np.concatenate([id_scores, ood_scores]).astype(np.float64)  # (N + M,)
-    return {
-        "auroc": float(roc_auc_score(labels, scores)),
-        "fpr95": fpr_at_tpr(labels, scores),
-        "aupr": float(average_precision_score(labels, scores)),
-    }
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(dim=-1) == labels).float().mean().item())
-
-
 ScoreVariant = tuple[str, str, ScoreParams]  # (key in the results, score name, its parameters)
 
 
 def score_variants(params: ScoreParams, names: Sequence[str] = SCORE_NAMES) -> list[ScoreVariant]:
-    """The scores of a table: each name with the bundle's parameters, plus energy and ΔEnergy with
-    METHOD.md's default parameters (keys ``energy@T=1``, ``delta_energy@c=1,T=1``) when the bundle's
-    differ, so a changed temperature or c is always shown beside the specification's default."""
+    """The scores of a table: each name with the bundle's parameters, plus METHOD.md's default row
+    (keys ``energy@T=1``, ``mcm@tau=1``, ``delta_energy@c=1,T=1``) of every score whose parameters differ,
+    so a changed temperature, c or reset is always shown beside the specification's default."""
     out: list[ScoreVariant] = [(n, n, params) for n in names]
-    default = replace(ScoreParams(), mcm_tau=params.mcm_tau)
-    if "energy" in names and params.temperature != default.temperature:
+    default = ScoreParams()
+    if "energy" in names and params.energy_temperature != default.energy_temperature:
         out.append(("energy@T=1", "energy", default))
-    de = (params.top_c, params.reset_logit, params.temperature)
-    if "delta_energy" in names and de != (default.top_c, default.reset_logit, default.temperature):
+    if "mcm" in names and params.mcm_tau != default.mcm_tau:
+        out.append(("mcm@tau=1", "mcm", default))
+    de = (params.top_c, params.reset, params.reset_logit, params.temperature)
+    if "delta_energy" in names and de != (default.top_c, default.reset, default.reset_logit, default.temperature):
         out.append(("delta_energy@c=1,T=1", "delta_energy", default))
     return out
 
@@ -148,6 +132,26 @@ def _threshold_summary(
     return out
 
 
+def _metrics_by_group(id_s: np.ndarray, ood_s: Mapping[str, np.ndarray], split: SplitLogits) -> dict[str, Any]:
+    """AUROC / FPR95 per sub-folder (near-OOD category) of every nested OOD set."""
+    out: dict[str, Any] = {}
+    for k, v in ood_s.items():
+        groups = split.ood_groups.get(k)
+        if not groups or not any(groups):
+            continue
+        g = np.asarray(groups)
+        out[k] = {name: ood_metrics(id_s, v[g == name]) for name in sorted(set(groups))}
+    return out
+
+
+def _own_threshold(val_s: np.ndarray, id_s: np.ndarray, ood_s: Mapping[str, np.ndarray],
+                   target_tpr: float = TPR_LEVEL) -> dict[str, Any]:
+    """A score at its own threshold, fitted on ID val exactly as calibration fits the bundle's gate."""
+    rec = CalibrationRecord.from_scores(val_s, target_tpr=target_tpr)
+    return {"threshold": rec.threshold, "id_pass_rate": float(1.0 - rec.is_ood(id_s).mean()),
+            "ood_reject_rate": {k: float(rec.is_ood(v).mean()) for k, v in ood_s.items()}}
+
+
 def evaluate_logits(
     split: SplitLogits,
     logit_scale: float,
@@ -155,6 +159,7 @@ def evaluate_logits(
     classes: Sequence[str],
     calibration: CalibrationRecord | None = None,
     scores: Sequence[str] = SCORE_NAMES,
+    gate_params: ScoreParams | None = None,
 ) -> MethodEval:
     """All metrics of one model from its logits.
 
@@ -165,6 +170,7 @@ def evaluate_logits(
         classes: class names (label order).
         calibration: the bundle's calibration (for the pass/reject rates at its threshold).
         scores: score names to evaluate (see :func:`score_variants` for the extra reference rows).
+        gate_params: the parameters the calibration was fitted with (default ``params``).
 
     Returns:
         The summary (JSON-ready) and raw scores.
@@ -175,14 +181,17 @@ def evaluate_logits(
     for set_name, z in split.ood.items():
         for n, v in score_arrays(z, logit_scale, variants).items():
             ood_s[n][set_name] = v
+    val_s = score_arrays(split.id_val, logit_scale, variants) if split.id_val is not None else None
     per_score: dict[str, Any] = {}
     for n in ood_s:
+        # Per set only: near and far OOD are never averaged together (protocol §2).
         sets = {k: ood_metrics(id_s[n], v) for k, v in ood_s[n].items()}
-        mean = {m: float(np.mean([s[m] for s in sets.values()])) for m in ("auroc", "fpr95", "aupr")} if sets else {}
-        per_score[n] = {"ood": sets, "mean": mean}
-    cov = {k: _accuracy(z, y) for k, (z, y) in split.covariate.items()}
+        per_score[n] = {"ood": sets, "ood_by_group": _metrics_by_group(id_s[n], ood_s[n], split)}
+        if val_s is not None:
+            per_score[n]["at_own_threshold"] = _own_threshold(val_s[n], id_s[n], ood_s[n])
+    cov = {k: accuracy(z, y) for k, (z, y) in split.covariate.items()}
     summary: dict[str, Any] = {
-        "id_accuracy": _accuracy(split.id_test, split.id_labels),
+        "id_accuracy": accuracy(split.id_test, split.id_labels),
         "covariate_accuracy": {**cov, **({"mean": float(np.mean(list(cov.values())))} if cov else {})},
         "score_params": asdict(params),
         "scores": per_score,
@@ -191,8 +200,9 @@ def evaluate_logits(
     }
     threshold_score = calibration.score if calibration else "delta_energy"
     if calibration is not None:
-        cal_id = id_score(calibration.score, split.id_test, logit_scale, params).numpy()
-        cal_ood = {k: id_score(calibration.score, z, logit_scale, params).numpy() for k, z in split.ood.items()}
+        gp = gate_params or params
+        cal_id = id_score(calibration.score, split.id_test, logit_scale, gp).numpy()
+        cal_ood = {k: id_score(calibration.score, z, logit_scale, gp).numpy() for k, z in split.ood.items()}
         summary["at_threshold"] = _threshold_summary(calibration, cal_id, cal_ood, split, classes)
     return MethodEval(summary, id_s, ood_s, list(classes), calibration.threshold if calibration else None,
                       threshold_score)
@@ -224,13 +234,14 @@ def task_logits(
     dev = torch.device(device)
     module.to(dev)
     id_z, id_y = _logits(module, cache, task.test, dev, batch_size)
+    val_z = _logits(module, cache, task.val, dev, batch_size)[0].cpu() if task.val is not None else None
     ood = {k: _logits(module, cache, idx, dev, batch_size)[0] for k, idx in task.ood.items()}
     cov = {k: _logits(module, cache, idx, dev, batch_size) for k, idx in task.covariate.items()}
     module.cpu()
     # Readers skip unreadable files; groups must stay aligned with the logits.
     groups = {k: _group_of(idx) for k, idx in task.ood.items() if len(idx) == len(ood[k])}
     return SplitLogits(id_z.cpu(), id_y, {k: v.cpu() for k, v in ood.items()},
-                       {k: (z.cpu(), y) for k, (z, y) in cov.items()}, groups)
+                       {k: (z.cpu(), y) for k, (z, y) in cov.items()}, groups, val_z)
 
 
 def _check_classes(bundle: Bundle, task: TaskData) -> None:
@@ -249,6 +260,7 @@ def evaluate_bundles(
     device: str = "cpu",
     write_manifest: bool = True,
     batch_size: int = 128,
+    ood_val: FolderIndex | None = None,
 ) -> dict[str, MethodEval]:
     """Evaluate several bundles (one per method) on one task.
 
@@ -259,6 +271,8 @@ def evaluate_bundles(
         device: where the vision tower runs.
         write_manifest: store each bundle's summary in its manifest's ``evaluation`` field.
         batch_size: images per forward pass.
+        ood_val: a user's OOD *validation* images: each score's parameters are selected on ID val vs these
+            (1-SE rule) before the test sets are scored; None keeps the bundle's parameters.
 
     Returns:
         Method name -> its evaluation.
@@ -272,11 +286,23 @@ def evaluate_bundles(
         cache = FeatureCache(cache_dir, module.visual, {"model_name": m.architecture.model_name,
                                                         "config": m.architecture.open_clip_config}, m.preprocess)
         split = task_logits(module, task, cache, device, batch_size)
-        ev = evaluate_logits(split, module.logit_scale, module.score_params, m.classes, m.calibration)
+        params, selected = module.score_params, None
+        if ood_val is not None:
+            if split.id_val is None:
+                raise ValueError("--ood-val needs an ID val split to select against (DIR/id/val)")
+            ood_z = _logits(module, cache, ood_val, torch.device(device), batch_size)[0].cpu()  # (M, K)
+            sel = select_on_ood_val(split.id_val, ood_z, module.logit_scale)
+            params = merge_selected(sel, module.score_params)
+            selected = {n: v.to_dict(all_rows=False) for n, v in sel.items()}
+        ev = evaluate_logits(split, module.logit_scale, params, m.classes, m.calibration,
+                             gate_params=module.score_params)
         ev.summary = {"method": method, "bundle": m.name, "version": m.version, **ev.summary}
+        if selected is not None:
+            ev.summary["selected_on_ood_val"] = {"set": str(ood_val.root) if ood_val else None, "scores": selected}
         if write_manifest:
             update_manifest(path, evaluation=json.loads(json.dumps(ev.summary)))
-        logger.info("%s: ID acc %.3f, mean ΔEnergy AUROC %.3f", method, ev.summary["id_accuracy"],
-                    ev.summary["scores"].get("delta_energy", {}).get("mean", {}).get("auroc", float("nan")))
+        logger.info("%s: ID acc %.3f, ΔEnergy AUROC %s", method, ev.summary["id_accuracy"],
+                    {k: round(v["auroc"], 4) for k, v in ev.summary["scores"].get("delta_energy", {})
+                     .get("ood", {}).items()})
         out[method] = ev
     return out

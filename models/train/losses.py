@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from models.scores import energy
+from models.scores import cosine_logits, energy
 
 __all__ = ["CeOn", "EbmTerms", "num_masked", "masked_similarity", "ebm_lower_bound", "ebm_loss"]
 
@@ -110,7 +110,7 @@ def ebm_lower_bound(
         The logits, the edited logits of the first target, ΔE_lb (B,) and the targets.
     """
     f, t = features.float(), class_embeddings.float()
-    logits = logit_scale * f @ t.t()  # (B, K)
+    logits = cosine_logits(f, t, logit_scale)  # (B, K)
     targets = _targets(logits, labels, top_c)  # (B, c)
     s_tilde = masked_similarity(f, t, targets, mask_ratio)  # (B, c)
     c = targets.shape[1]

@@ -7,21 +7,31 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tabulate import tabulate
+
 from models.train.evaluate import MethodEval
 
-__all__ = ["score_label", "evaluation_json", "evaluation_markdown", "write_evaluation"]
+__all__ = ["markdown_table", "score_label", "evaluation_json", "evaluation_markdown", "write_evaluation"]
+
+
+def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
+    """A GitHub-flavoured Markdown table (tabulate), cells as given (format numbers before)."""
+    return str(tabulate([list(r) for r in rows], headers=list(headers), tablefmt="github", disable_numparse=True))
 
 
 def score_label(key: str, summary: Mapping[str, Any]) -> str:
-    """Table label of a score: energy shows its T, ΔEnergy its c and T (reference rows: METHOD.md defaults)."""
+    """Table label of a score with its parameters (reference rows: METHOD.md defaults)."""
     p = summary["score_params"]
     if key == "delta_energy":
-        return f"delta_energy (c={p['top_c']}, T={p['temperature']:.3g})"
+        reset = f"r={p.get('reset_logit', 0.0):.3g}" if p.get("reset", "value") == "value" else f"r={p['reset']}"
+        return f"delta_energy (c={p['top_c']}, T={p['temperature']:.3g}, {reset})"
     if key == "energy":
-        return f"energy (T={p['temperature']:.3g})"
+        return f"energy (T={p.get('energy_temperature', p['temperature']):.3g})"
+    if key == "mcm":
+        return f"mcm (tau={p.get('mcm_tau', 1.0):.3g})"
     if "@" in key:
         name, params = key.split("@", 1)
-        return f"{name} ({params.replace(',', ', ')})"
+        return f"{name} ({params.replace(',', ', ')}) [METHOD.md default]"
     return key
 
 
@@ -34,47 +44,69 @@ def evaluation_json(evals: Mapping[str, MethodEval], extra: Mapping[str, Any] | 
     return {**(extra or {}), "methods": {k: v.summary for k, v in evals.items()}}
 
 
-def _headline(evals: Mapping[str, MethodEval]) -> list[str]:
+def _headline(evals: Mapping[str, MethodEval]) -> str:
     first = next(iter(evals.values())).summary
     sets = list(first["scores"]["msp"]["ood"])
     head = ["method", "score", "ID acc", "cov. acc"] + [f"AUROC {s}" for s in sets] + [f"FPR95 {s}" for s in sets]
-    head += ["AUROC mean", "FPR95 mean", "AUPR mean"]
-    lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
+    rows = []
     for method, ev in evals.items():
         s = ev.summary
         cov = s["covariate_accuracy"].get("mean")
         for name, res in s["scores"].items():
             row = [method, score_label(name, s), _pct(s["id_accuracy"]), _pct(cov) if cov is not None else "-"]
             row += [_pct(res["ood"][k]["auroc"]) for k in sets] + [_pct(res["ood"][k]["fpr95"]) for k in sets]
-            row += [_pct(res["mean"]["auroc"]), _pct(res["mean"]["fpr95"]), _pct(res["mean"]["aupr"])]
-            lines.append("| " + " | ".join(row) + " |")
-    return lines
+            rows.append(row)
+    return markdown_table(head, rows)
 
 
-def _covariate(evals: Mapping[str, MethodEval]) -> list[str]:
+def _by_group(evals: Mapping[str, MethodEval]) -> str:
+    """AUROC per near-OOD category (sub-folder), every method and score."""
+    first = next(iter(evals.values())).summary["scores"]["msp"].get("ood_by_group", {})
+    cols = [(k, g) for k, groups in first.items() for g in groups]
+    if not cols:
+        return ""
+    head = ["method", "score"] + [f"{k}/{g}" for k, g in cols]
+    rows = [[m, score_label(n, ev.summary)] + [_pct(r["ood_by_group"][k][g]["auroc"]) for k, g in cols]
+            for m, ev in evals.items() for n, r in ev.summary["scores"].items()]
+    return markdown_table(head, rows)
+
+
+def _covariate(evals: Mapping[str, MethodEval]) -> str:
     styles = [k for k in next(iter(evals.values())).summary["covariate_accuracy"] if k != "mean"]
     if not styles:
-        return []
-    lines = ["| method | ID acc | " + " | ".join(styles) + " | mean |", "|" + " --- |" * (len(styles) + 3)]
+        return ""
+    rows = []
     for method, ev in evals.items():
         cov = ev.summary["covariate_accuracy"]
-        row = [method, _pct(ev.summary["id_accuracy"])] + [_pct(cov[s]) for s in styles] + [_pct(cov["mean"])]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+        rows.append([method, _pct(ev.summary["id_accuracy"])] + [_pct(cov[s]) for s in styles] + [_pct(cov["mean"])])
+    return markdown_table(["method", "ID acc", *styles, "mean"], rows)
 
 
-def _threshold(evals: Mapping[str, MethodEval]) -> list[str]:
+def _threshold(evals: Mapping[str, MethodEval]) -> str:
     rows = [(m, ev.summary["at_threshold"]) for m, ev in evals.items() if "at_threshold" in ev.summary]
     if not rows:
-        return []
+        return ""
     sets = list(rows[0][1]["ood_reject_rate"])
-    lines = ["| method | score | threshold | ID pass rate | " + " | ".join(f"rejected {s}" for s in sets) + " |",
-             "|" + " --- |" * (len(sets) + 4)]
-    for method, t in rows:
-        row = [method, t["score"], f"{t['threshold']:.4g}", _pct(t["id_pass_rate"])]
-        row += [_pct(t["ood_reject_rate"][s]) for s in sets]
-        lines.append("| " + " | ".join(row) + " |")
-    return lines
+    out = [[m, t["score"], f"{t['threshold']:.4g}", _pct(t["id_pass_rate"])] + [_pct(t["ood_reject_rate"][s])
+           for s in sets] for m, t in rows]
+    return markdown_table(["method", "gate", "threshold", "ID pass rate", *[f"rejected {s}" for s in sets]], out)
+
+
+def _own_thresholds(evals: Mapping[str, MethodEval]) -> str:
+    """Every score at its own threshold (95% of ID val passes), on ID test and each OOD set."""
+    rows, sets = [], None
+    for method, ev in evals.items():
+        for name, res in ev.summary["scores"].items():
+            t = res.get("at_own_threshold")
+            if t is None:
+                continue
+            sets = sets or list(t["ood_reject_rate"])
+            rows.append([method, score_label(name, ev.summary), f"{t['threshold']:.4g}", _pct(t["id_pass_rate"])]
+                        + [_pct(t["ood_reject_rate"][s]) for s in sets])
+    if not rows or sets is None:
+        return ""
+    return markdown_table(["method", "score", "threshold", "ID test pass rate", *[f"rejected {s}" for s in sets]],
+                          rows)
 
 
 def evaluation_markdown(evals: Mapping[str, MethodEval], command: str | None = None,
@@ -90,13 +122,19 @@ def evaluation_markdown(evals: Mapping[str, MethodEval], command: str | None = N
     if command:
         out += ["Produced by:", "", "```bash", command, "```", ""]
     out += [*notes, ""] if notes else []
-    out += ["## OOD detection (ID test = positive class; percentages)", "", *_headline(evals), ""]
+    out += ["## OOD detection (ID test = positive class; percentages)", "", _headline(evals), ""]
+    groups = _by_group(evals)
+    if groups:
+        out += ["## AUROC per OOD category (%)", "", groups, ""]
     cov = _covariate(evals)
     if cov:
-        out += ["## Accuracy under covariate shift (%)", "", *cov, ""]
+        out += ["## Accuracy under covariate shift (%)", "", cov, ""]
     thr = _threshold(evals)
     if thr:
-        out += ["## At each bundle's calibrated threshold (%)", "", *thr, ""]
+        out += ["## At each bundle's calibrated gate (%)", "", thr, ""]
+    own = _own_thresholds(evals)
+    if own:
+        out += ["## Every score at its own threshold (95% of ID val pass; %)", "", own, ""]
     return "\n".join(out)
 
 

@@ -1,8 +1,8 @@
 """A training run directory -> a bundle (the baked prompts on the frozen vision tower).
 
 The exported module is :class:`models.scoring_module.ScoringModule` with the run's class
-embeddings and the ΔEnergy parameters of its :class:`~models.train.trainer.TrainConfig`, so the
-score the bundle serves is the score the run trained for.
+embeddings and the score parameters given at export (selected on ID data, or METHOD.md's defaults).
+They are independent of the loss parameters the run trained with (its ``TrainConfig``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from models.scoring_module import ScoringModule
 from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 from models.train.trainer import PROMPT_FILE, TrainConfig
 
-__all__ = ["RunInfo", "read_run", "score_params_of", "module_from_run", "export_run"]
+__all__ = ["RunInfo", "module_from_run", "export_run"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,26 +48,18 @@ class RunInfo:
         return list(self.run["classes"])
 
 
-def read_run(path: str | Path) -> RunInfo:
-    """Read a run directory (see :class:`RunInfo`)."""
-    return RunInfo(path)
-
-
-def score_params_of(cfg: TrainConfig) -> ScoreParams:
-    """The bundle's score parameters: the run's c, reset and temperature."""
-    return ScoreParams(top_c=cfg.top_c, reset_logit=cfg.reset_logit, temperature=cfg.temperature)
-
-
-def module_from_run(run: RunInfo, clip: LoadedClip | None = None) -> tuple[ScoringModule, LoadedClip]:
+def module_from_run(run: RunInfo, clip: LoadedClip | None = None,
+                    score_params: ScoreParams | None = None) -> tuple[ScoringModule, LoadedClip]:
     """The scoring module of a run (CPU, float32, eval) and the CLIP it was built from.
 
     Args:
         run: the run.
         clip: the already loaded CLIP of the run (loaded from the run's model/pretrained otherwise).
+        score_params: the served scores' parameters (default: METHOD.md's).
     """
     clip = clip or load_clip(run.run["model"], run.run["pretrained"])
     clip.model.float().cpu().eval()
-    module = scoring_module_from_clip(clip, run.classes, run.class_embeddings, score_params_of(run.config))
+    module = scoring_module_from_clip(clip, run.classes, run.class_embeddings, score_params or ScoreParams())
     return module, clip
 
 
@@ -79,6 +71,8 @@ def export_run(
     version: str = "0.1.0",
     clip: LoadedClip | None = None,
     onnx: bool = True,
+    score_params: ScoreParams | None = None,
+    selection: dict[str, Any] | None = None,
 ) -> Bundle:
     """Write the bundle of a training run (weights, ONNX checked against PyTorch, manifest).
 
@@ -89,14 +83,18 @@ def export_run(
         version: model version.
         clip: the run's CLIP if already loaded.
         onnx: also write ``model.onnx``.
+        score_params: the bundle's score parameters (default: METHOD.md's).
+        selection: how they were selected (stored in the manifest's ``prompt`` record).
 
     Returns:
         The bundle (not yet calibrated: run ``calibrate`` next).
     """
-    run = read_run(run_dir)
-    module, clip = module_from_run(run, clip)
+    run = RunInfo(run_dir)
+    module, clip = module_from_run(run, clip, score_params)
     cfg = run.config
     prompt: dict[str, Any] = {"method": cfg.method, "train_config": asdict(cfg), "run": str(run.path)}
+    if selection is not None:
+        prompt["score_selection"] = selection
     if cfg.method != "zero-shot":
         prompt["n_ctx"] = cfg.n_ctx
     else:

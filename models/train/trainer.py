@@ -49,9 +49,11 @@ from models.train.features import (
     torch_threads,
 )
 from models.train.losses import ebm_loss
+from models.train.metrics import accuracy, correct
 
 __all__ = [
     "METHODS",
+    "LOSS_PARAMS",
     "TrainConfig",
     "TrainResult",
     "resolve_device",
@@ -63,6 +65,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 METHODS: tuple[str, ...] = ("zero-shot", "coop", "ebm")
+# The EBM loss's parameters (METHOD.md); the score parameters (T, c, reset of ΔEnergy ...) are separate.
+LOSS_PARAMS: tuple[str, ...] = ("ebm_weight", "mask_ratio", "ce_on", "loss_temperature", "loss_top_c")
 CHECKPOINT = "checkpoint.pt"
 PROMPT_FILE = "prompt.safetensors"
 
@@ -86,10 +90,9 @@ class TrainConfig:
     warmup_lr: float = 1e-5  # the warm-up rate (CoOp: 1e-5)
     ebm_weight: float = 1.0  # λ of the EBM loss (METHOD.md default)
     mask_ratio: float = 0.1  # share of dimensions masked in ΔE_lb (METHOD.md default)
-    top_c: int = 1  # ΔE_lb targets in training and c of the bundle's ΔEnergy score (METHOD.md default 1)
+    loss_top_c: int = 1  # ΔE_lb targets of the loss (METHOD.md default 1); never the served score's c
     ce_on: Literal["edited", "original"] = "edited"  # logits of the cross-entropy (paper's figure: edited)
-    temperature: float = 1.0  # T of the energy (METHOD.md default)
-    reset_logit: float = 0.0  # ΔEnergy reset value r of the exported score (METHOD.md default)
+    loss_temperature: float = 1.0  # T of the energy in the loss (METHOD.md default); never the served score's T
     augment: bool = False  # random resized crop + flip (disables the feature cache)
     cache_features: bool = True  # encode training images once (only without augmentation)
     seed: int = 1  # context init, batch order, augmentation and few-shot sample (CoOp seeds 1, 2, 3)
@@ -107,8 +110,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adamw")
         if self.ce_on not in ("edited", "original"):
             raise ValueError(f"ce_on must be 'edited' or 'original', got {self.ce_on!r}")
-        if self.epochs < 1 or self.batch_size < 1 or self.top_c < 1:
-            raise ValueError("epochs, batch_size and top_c must be >= 1")
+        if self.epochs < 1 or self.batch_size < 1 or self.loss_top_c < 1:
+            raise ValueError("epochs, batch_size and loss_top_c must be >= 1")
         object.__setattr__(self, "templates", tuple(self.templates))
 
     @property
@@ -116,9 +119,20 @@ class TrainConfig:
         """Whether training reads cached features (cache on and no augmentation)."""
         return self.cache_features and not self.augment
 
+    @property
+    def loss_params(self) -> dict[str, Any]:
+        """The loss parameters (what the EBM ablation searches); score parameters live in ScoreParams."""
+        return {k: getattr(self, k) for k in LOSS_PARAMS}
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """Inverse of ``asdict``; unknown keys raise."""
+        """Inverse of ``asdict``; unknown keys raise. Configs written before the loss and score parameters
+        were separated (``top_c``/``temperature`` set both) are read with those as the loss's."""
+        data = dict(data)
+        for old, new in (("top_c", "loss_top_c"), ("temperature", "loss_temperature")):
+            if old in data:
+                data.setdefault(new, data.pop(old))
+        data.pop("reset_logit", None)  # a score parameter, now chosen at export
         return cls(**data)
 
 
@@ -159,10 +173,6 @@ def checkpoint_matches(out_dir: str | Path, cfg: TrainConfig) -> bool:
 def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
     where = {k: getattr(cfg, k) for k in ("device", "num_workers", "threads")}  # may change between runs
     return replace(saved, **where) == cfg
-
-
-def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((logits.argmax(dim=-1) == labels).float().mean().item()) if len(labels) else float("nan")
 
 
 class PromptTrainer:
@@ -229,8 +239,8 @@ class PromptTrainer:
         ebm = cfg.method == "ebm"
         return ebm_loss(
             feats, class_emb.float(), labels, self.logit_scale,
-            ebm_weight=cfg.ebm_weight if ebm else 0.0, mask_ratio=cfg.mask_ratio, top_c=cfg.top_c,
-            temperature=cfg.temperature, ce_on=cfg.ce_on if ebm else "original",
+            ebm_weight=cfg.ebm_weight if ebm else 0.0, mask_ratio=cfg.mask_ratio, top_c=cfg.loss_top_c,
+            temperature=cfg.loss_temperature, ce_on=cfg.ce_on if ebm else "original",
         )
 
     def _epoch(self, learner: PromptLearner, opt: torch.optim.Optimizer, scaler: Any,
@@ -244,7 +254,7 @@ class PromptTrainer:
             scaler.update()
             b = float(len(labels))
             totals["loss"] += float(loss.item()) * b
-            totals["correct"] += float((terms.logits.argmax(dim=-1) == labels).sum().item())
+            totals["correct"] += float(correct(terms.logits, labels).sum().item())
             totals["delta_e_lb"] += float(terms.delta_e_lb.sum().item())
             totals["n"] += b
             bar.set_postfix(loss=f"{totals['loss'] / totals['n']:.3f}", acc=f"{totals['correct'] / totals['n']:.3f}")
@@ -257,8 +267,8 @@ class PromptTrainer:
         cfg = self.cfg
         feats, labels = split.features.to(self.device), split.labels.to(self.device)
         _, terms = ebm_loss(feats, class_embeddings.to(self.device).float(), labels, self.logit_scale,
-                            mask_ratio=cfg.mask_ratio, top_c=cfg.top_c, temperature=cfg.temperature)
-        return {"val_acc": _accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item())}
+                            mask_ratio=cfg.mask_ratio, top_c=cfg.loss_top_c, temperature=cfg.loss_temperature)
+        return {"val_acc": accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item())}
 
     # ----------------------------------------------------------------- run
     def _new_learner(self) -> PromptLearner:
@@ -302,6 +312,7 @@ class PromptTrainer:
         resume: bool = False,
         stop_after: int | None = None,
         progress: bool = True,
+        checkpoints: bool = True,
     ) -> TrainResult:
         """Train (or, for zero-shot, just build) the class embeddings.
 
@@ -311,15 +322,17 @@ class PromptTrainer:
             resume: continue from ``out_dir/checkpoint.pt`` when it exists.
             stop_after: stop once this many epochs are done (simulates an interruption; tests).
             progress: show tqdm bars.
+            checkpoints: write ``checkpoint.pt`` after each epoch (off for the many short selection runs,
+                which are rerun rather than resumed).
 
         Returns:
             The baked class embeddings and the history.
         """
         with torch_threads(self.cfg.threads):
-            return self._fit(train, val, resume, stop_after, progress)
+            return self._fit(train, val, resume, stop_after, progress, checkpoints)
 
     def _fit(self, train: FolderIndex, val: FolderIndex | None, resume: bool, stop_after: int | None,
-             progress: bool) -> TrainResult:
+             progress: bool, checkpoints: bool = True) -> TrainResult:
         self._write_common(train, val)
         val_split = self.encode(val, "encode val", progress) if val is not None else None
         if self.cfg.method == "zero-shot":
@@ -334,7 +347,8 @@ class PromptTrainer:
         last = self.cfg.epochs if stop_after is None else min(self.cfg.epochs, stop_after)
         for epoch in range(start, last):
             history.append(self._run_epoch(epoch, learner, opt, scaler, train, train_split, val_split, progress))
-            self._save_checkpoint(epoch + 1, learner, opt, scaler, history)
+            if checkpoints:
+                self._save_checkpoint(epoch + 1, learner, opt, scaler, history)
         return self._finish(learner.bake(), history, learner)
 
     def _run_epoch(self, epoch: int, learner: PromptLearner, opt: torch.optim.Optimizer, scaler: Any,

@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.clip_loading import LoadedClip
 from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
-from models.scores import ScoreParams, id_score
-from models.train.data.folders import FolderIndex, TaskData, load_images
-from models.train.evaluate import ood_metrics
+from models.scores import ScoreParams, cosine_logits, id_score
+from models.train.data.folders import FolderIndex, TaskData
+from models.train.features import encode_index
+from models.train.metrics import accuracy, ood_metrics
 
-__all__ = ["ZeroShotReport", "encode_images", "linear_probe", "evaluate_zero_shot"]
+__all__ = ["ZeroShotReport", "linear_probe", "evaluate_zero_shot"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,26 +47,6 @@ class ZeroShotReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@torch.no_grad()
-def encode_images(model: Any, pixels: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised image features of preprocessed pixels, in batches.
-
-    Args:
-        model: an open_clip model (eval mode is set by the caller).
-        pixels: (N, 3, H, W) preprocessed images (any float dtype).
-        batch_size: images per forward pass.
-
-    Returns:
-        (N, D) float32 features.
-    """
-    device = next(model.parameters()).device
-    feats = [
-        F.normalize(model.encode_image(pixels[i : i + batch_size].to(device).float()).float(), dim=-1).cpu()  # (b, D)
-        for i in range(0, len(pixels), batch_size)
-    ]
-    return torch.cat(feats) if feats else torch.empty(0, 0)  # (N, D)
 
 
 def linear_probe(
@@ -94,8 +74,10 @@ def linear_probe(
 
 
 def _features(clip: LoadedClip, index: FolderIndex, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    loaded = load_images(index, clip.preprocess)
-    return encode_images(clip.model, loaded.pixels, batch_size), loaded.labels
+    model: Any = clip.model
+    device = next(model.parameters()).device
+    enc = encode_index(model.visual, index, clip.preprocess, device=device, batch_size=batch_size)
+    return enc.features, enc.labels  # (N, D) L2-normalised, (N,)
 
 
 def evaluate_zero_shot(
@@ -131,17 +113,17 @@ def evaluate_zero_shot(
     text = zero_shot_class_embeddings(model, clip.tokenizer, classes, templates).cpu()  # (K, D)
     scale = float(model.logit_scale.detach().exp())
     test_f, test_y = _features(clip, task.test, batch_size)
-    test_logits = scale * test_f @ text.t()  # (N, K)
-    report = ZeroShotReport(list(templates), classes, float((test_logits.argmax(-1) == test_y).float().mean()))
+    test_logits = cosine_logits(test_f, text, scale)  # (N, K)
+    report = ZeroShotReport(list(templates), classes, accuracy(test_logits, test_y))
     report.counts["id/test"] = len(test_y)
     for name, index in task.covariate.items():
         f, y = _features(clip, index, batch_size)
-        report.covariate_accuracy[name] = float(((scale * f @ text.t()).argmax(-1) == y).float().mean())
+        report.covariate_accuracy[name] = accuracy(cosine_logits(f, text, scale), y)
         report.counts[f"covariate/{name}"] = len(y)
     id_s = {s: id_score(s, test_logits, scale, score_params).numpy() for s in scores}
     for name, index in task.ood.items():
         f, _ = _features(clip, index, batch_size)
-        logits = scale * f @ text.t()  # (M, K)
+        logits = cosine_logits(f, text, scale)  # (M, K)
         report.counts[f"ood/{name}"] = len(f)
         for s in scores:
             ood_s = id_score(s, logits, scale, score_params).numpy()

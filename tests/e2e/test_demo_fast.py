@@ -33,8 +33,8 @@ def test_the_demo_writes_a_calibrated_evaluated_bundle_and_results(demo):
     assert m.prompt["method"] == "ebm" and m.calibration is not None and m.onnx is not None
     assert m.evaluation is not None and m.evaluation["method"] == "ebm"
     names = {p.name for p in (demo / "results").iterdir()}
-    assert {"evaluation.json", "evaluation.md", "ablation.json", "ablation.md", "train_speed.json", "demo.json",
-            "hist_delta_energy.png", "roc.png", "per_class.png"} <= names
+    assert {"evaluation.json", "evaluation.md", "ablation.json", "ablation.md", "selection.json", "train_speed.json",
+            "demo.json", "hist_delta_energy.png", "roc.png", "per_class.png"} <= names
     doc = json.loads((demo / "results" / "evaluation.json").read_text())
     assert list(doc["methods"]) == ["zero-shot", "coop", "ebm"]
     assert doc["methods"]["ebm"] == m.evaluation
@@ -52,3 +52,34 @@ def test_the_ablation_picked_the_training_config(demo):
     ablation = json.loads((demo / "results" / "ablation.json").read_text())
     used = summary["train_config_used"]
     assert all(used[k] == v for k, v in ablation["selected"].items())
+
+
+def test_the_shipped_bundle_carries_the_selected_score_parameters(demo):
+    m = load_bundle(demo / "bundle").manifest
+    selection = json.loads((demo / "results" / "selection.json").read_text())
+    chosen = selection["ebm"]["score_params"]
+    from dataclasses import asdict
+
+    assert asdict(m.scores) == chosen  # what was selected on ID val is what is served
+    assert m.calibration is not None and m.calibration.score == "delta_energy"
+    assert m.prompt["score_selection"]["scores"]["delta_energy"]["hocv_auroc"] == pytest.approx(
+        selection["ebm"]["scores"]["delta_energy"]["hocv_auroc"])
+
+
+def test_the_evidence_pipeline_writes_verdicts_with_intervals(demo):
+    out = demo / "evidence"
+    result = CliRunner().invoke(app, ["demo", "evidence", "--preset", "fast", "--work", str(demo / "work"),
+                                      "--results", str(out)])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    doc = json.loads((out / "endpoints.json").read_text())
+    assert [v["claim"] for v in doc["verdicts"]] == ["C1", "C2", "C3", "C4", "C5"]
+    assert all(v["verdict"] in ("reproduced", "not reproduced", "inconclusive") for v in doc["verdicts"])
+    for ep in doc["endpoints"]["primary"].values():
+        lo, hi = ep["overall"]["ci95"]
+        assert lo <= ep["overall"]["mean"] <= hi
+    sel = json.loads((out / "selection.json").read_text())
+    assert set(sel["default"]) == {"zero-shot", "coop", "ebm", "ebm-default"}
+    # the demo's selection on the default split is the evidence's (same rule, same folds)
+    demo_sel = json.loads((demo / "results" / "selection.json").read_text())
+    assert sel["default"]["ebm"]["score_params"] == demo_sel["ebm"]["score_params"]
+    assert "## Verdicts" in (out / "evidence.md").read_text()

@@ -53,13 +53,14 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     for method in ("zero-shot", "coop", "ebm"):
         run, bundle = str(tmp_path / "runs" / method), str(tmp_path / "bundles" / method)
         _ok(runner.invoke(app, ["train", "--data", str(data), "--method", method, "--out", run, "--bundle", bundle,
-                                "--top-c", "2", *ARCH, *FAST]))
+                                "--de-top-c", "2", *ARCH, *FAST]))
         _ok(runner.invoke(app, ["calibrate", "--bundle", str(tmp_path / "bundles" / method), "--data", str(data)]))
     specs = [f"{m}={tmp_path / 'bundles' / m}" for m in ("zero-shot", "coop", "ebm")]
     out = tmp_path / "results"
     res = _ok(runner.invoke(app, ["evaluate", "--data", str(data), *sum((["--bundle", s] for s in specs), []),
                                   "--out", str(out)]))
-    assert "delta_energy (c=2, T=1)" in res.output
+    assert "delta_energy (c=2, T=1, r=0)" in res.output
+    assert "Every score at its own threshold" in res.output
     doc = json.loads((out / "evaluation.json").read_text())
     assert list(doc["methods"]) == ["zero-shot", "coop", "ebm"]
     ebm = doc["methods"]["ebm"]
@@ -82,27 +83,59 @@ def test_cache_benchmark_writes_its_measurements(tmp_path):
 
 
 def test_ablation_selects_on_validation_data_only(tmp_path):
+    from dataclasses import replace
+
     from models.clip_loading import load_clip, register_architecture
     from models.train.ablation import AblationConfig, run_ablation
     from models.train.data.folders import TaskPaths, load_task
-    from models.train.trainer import TrainConfig
+    from models.train.selection import HOCVConfig, one_se_pick
+    from models.train.trainer import LOSS_PARAMS, TrainConfig
 
-    task = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
+    full = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
+    # No test, OOD or covariate data at all: the search can only have used ID train and val.
+    task = replace(full, test=None, ood={}, covariate={})
     register_architecture(ASSETS / f"{MICRO_ARCH}.json")
     torch.manual_seed(0)
     clip = load_clip(MICRO_ARCH)
     base = TrainConfig(n_ctx=4, shots=0, epochs=1, batch_size=8, threads=1, device="cpu")
-    grid = (("ce_on", ("edited", "original")), ("top_c", (1, 2)))
-    res = run_ablation(clip, task, base, tmp_path / "abl", AblationConfig(grid=grid, holdout_folds=2), progress=False)
-    assert [(r["param"], r["value"]) for r in res.rows] == [("ce_on", "edited"), ("ce_on", "original"),
-                                                             ("top_c", 1), ("top_c", 2)]
-    assert set(res.selected) == {"ce_on", "top_c"}
-    # The pick follows the validation columns alone (test columns are for the record).
-    for param in ("ce_on", "top_c"):
-        rows = [r for r in res.rows if r["param"] == param]
-        best_acc = max(r["val_acc"] for r in rows)
-        eligible = [r for r in rows if r["val_acc"] >= best_acc - 0.01]
-        best = max(eligible, key=lambda r: r["val_open_auroc"])
-        chosen = next(r for r in rows if r["selected"])
-        assert chosen["val_open_auroc"] == best["val_open_auroc"]
-    assert (tmp_path / "abl" / "ablation.json").is_file()
+    grid = (("ebm_weight", (0.1, 1.0)), ("ce_on", ("edited", "original")))
+    acfg = AblationConfig(grid=grid, hocv=HOCVConfig(folds=2, repeats=1, shots=0), acc_tolerance=1.0)
+    res = run_ablation(clip, task, base, tmp_path / "abl", acfg, progress=False)
+    assert [(r["ebm_weight"], r["ce_on"]) for r in res.rows] == [(0.1, "edited"), (0.1, "original"),
+                                                                (1.0, "edited"), (1.0, "original")]
+    assert set(res.selected) == set(LOSS_PARAMS) and "temperature" in res.selected_score
+    assert sum(r["selected"] for r in res.rows) == 1
+    # The pick is the 1-SE rule over every (loss, ΔEnergy) pair, recomputed here.
+    assert res.selection is not None
+    assert one_se_pick(res.selection.candidates).params == {**res.selected, **res.selected_score}
+    assert set(res.folds) >= {"coop", "ebm", "ebm-default"} and len(res.folds["ebm"]) == 2
+    doc = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    assert not any("test" in k for r in doc["rows"] for k in r)  # no test column exists
+
+
+def test_a_user_ood_val_set_selects_and_another_score_can_gate(tmp_path):
+    from tests.train_support import write_png
+
+    data = make_task_dirs(tmp_path / "data")
+    for i in range(6):
+        write_png(tmp_path / "ood_val" / f"v_{i}.png", 700 + i)
+    runner = CliRunner()
+    run, bundle = tmp_path / "runs" / "zs", tmp_path / "bundles" / "zs"
+    _ok(runner.invoke(app, ["train", "--data", str(data), "--method", "zero-shot", "--out", str(run),
+                            "--bundle", str(bundle), "--energy-temperature", "3", *ARCH, *FAST]))
+    assert load_bundle(bundle).manifest.scores.energy_temperature == 3.0
+    _ok(runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "energy"]))
+    calib = load_bundle(bundle).manifest.calibration
+    assert calib is not None and calib.score == "energy"
+    out = tmp_path / "results"
+    _ok(runner.invoke(app, ["evaluate", "--data", str(data), "--bundle", f"zs={bundle}", "--out", str(out),
+                            "--ood-val", str(tmp_path / "ood_val"), "--no-plots", "--no-write-manifest"]))
+    summary = json.loads((out / "evaluation.json").read_text())["methods"]["zs"]
+    chosen = summary["selected_on_ood_val"]["scores"]
+    assert set(chosen) == {"msp", "max_logit", "energy", "mcm", "delta_energy"}
+    # the selected parameters are the ones scored, and the gate's rates use the bundle's own parameters
+    assert summary["score_params"]["energy_temperature"] == chosen["energy"]["chosen"]["energy_temperature"]
+    assert summary["at_threshold"]["score"] == "energy"
+    assert all("at_own_threshold" in v for v in summary["scores"].values())
+    bad = runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "odin"])
+    assert bad.exit_code != 0 and "valid" in bad.output

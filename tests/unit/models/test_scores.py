@@ -148,3 +148,51 @@ def test_id_score_unknown_name_lists_valid():
 def test_scores_module_exports():
     assert set(SCORE_NAMES) == {"msp", "max_logit", "energy", "mcm", "delta_energy"}
     assert scores.delta_energy is delta_energy
+
+
+def ref_delta_energy_reset(z: np.ndarray, c: int, mode: str, t: float) -> np.ndarray:
+    """METHOD.md's loop with the reset value taken from the image itself (min or mean logit)."""
+    out = []
+    for row in z.astype(np.float64):
+        r = row.min() if mode == "min" else row.mean()
+        out.append(ref_delta_energy(row[None], c, r, t)[0])
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mode", ["min", "mean"])
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("t", [1.0, 30.0])
+def test_delta_energy_with_a_per_image_reset(logits, mode, c, t):
+    got = delta_energy(torch.from_numpy(logits), top_c=c, temperature=t, reset=mode).numpy()
+    np.testing.assert_allclose(got, ref_delta_energy_reset(logits, c, mode, t), rtol=1e-4, atol=2e-3)
+
+
+def test_score_params_keep_each_score_apart_and_reject_bad_values():
+    z = torch.tensor([[3.0, 1.0, 0.5]])
+    p = ScoreParams(temperature=10.0, energy_temperature=2.0)
+    np.testing.assert_allclose(id_score("energy", z, 1.0, p).numpy(), -energy(z, 2.0).numpy())
+    np.testing.assert_allclose(id_score("delta_energy", z, 1.0, p).numpy(), delta_energy(z, temperature=10.0).numpy())
+    with pytest.raises(ValueError, match="reset"):
+        ScoreParams(reset="max")  # type: ignore[arg-type]
+    with pytest.raises(ValueError):
+        ScoreParams(energy_temperature=0.0)
+
+
+def test_cosine_logits_is_scale_times_cosine():
+    from models.scores import cosine_logits
+
+    f = torch.tensor([[3.0, 4.0]])  # normalised to (0.6, 0.8)
+    t = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    np.testing.assert_allclose(cosine_logits(f, t, 10.0).numpy(), [[6.0, 8.0]], rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", SCORE_NAMES)
+def test_gate_scores_follow_the_named_score(name):
+    from models.scoring_spec import gate_scores
+
+    rng = np.random.default_rng(3)
+    z = (rng.uniform(-0.3, 0.5, size=(8, 5)) * 20).astype(np.float32)
+    p = ScoreParams(top_c=2, temperature=4.0, energy_temperature=3.0, mcm_tau=0.1)
+    outputs = {"logits": z, "delta_energy": delta_energy(torch.from_numpy(z), 2, 0.0, 4.0).numpy()}
+    got = gate_scores(outputs, name, 20.0, p)
+    np.testing.assert_allclose(got, id_score(name, torch.from_numpy(z), 20.0, p).numpy(), rtol=1e-5, atol=1e-5)

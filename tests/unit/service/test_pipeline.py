@@ -34,10 +34,25 @@ def test_postprocess_labels_flags_and_p_values() -> None:
     assert (ood.is_ood, ood.decision, ood.label) == (True, "rejected_ood", "class_0")  # ties: lowest index
     assert ood.message is not None and "out-of-distribution" in ood.message
     assert ok.threshold == ood.threshold == calib.threshold
+    assert ok.gate_score_name == "delta_energy" and ok.gate_score == ok.delta_energy
     # independent p-value: the dummy calibration scores are linspace(2, 40, 201), fraction <= score
     scores = np.linspace(2.0, 40.0, 201)
     for r in results:
         assert r.ood_p_value == pytest.approx((scores <= r.delta_energy).mean(), abs=0.01)
+
+
+def test_the_gate_is_the_score_the_calibration_names() -> None:
+    """A bundle calibrated on max_logit gates on max_logit; delta_energy is still reported."""
+    from models.calibration import CalibrationRecord
+
+    base = dummy_bundle(4).manifest
+    manifest = base.model_copy(update={"calibration": CalibrationRecord.from_scores(
+        np.linspace(-1.0, -0.5, 101), score="max_logit")})
+    high, low = row([0.1, 0.6, 0.2, 0.1], 0.0), row([0.25, 0.25, 0.3, 0.2], 99.0)  # max log p: -0.51, -1.20
+    ok, ood = postprocess([high, low], manifest, 2, [None, None])
+    assert (ok.gate_score_name, ok.gate_score) == ("max_logit", pytest.approx(float(np.log(0.6)), rel=1e-5))
+    assert not ok.is_ood and ood.is_ood  # although ood's ΔEnergy (99) is far above any ΔEnergy threshold
+    assert ood.delta_energy == pytest.approx(99.0) and ood.message is not None and "max_logit" in ood.message
 
 
 def test_top_k_is_clamped_to_the_number_of_classes() -> None:

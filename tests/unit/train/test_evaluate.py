@@ -72,24 +72,62 @@ def test_evaluate_logits_summary_and_threshold_rates():
 
 
 def test_markdown_has_one_row_per_method_and_score():
+    import re
+
     ev = evaluate_logits(_split(), 10.0, ScoreParams(top_c=3), ["a", "b", "c"])
     md = evaluation_markdown({"zero-shot": ev, "ebm": ev}, command="deltagate evaluate ...")
     assert "deltagate evaluate ..." in md
-    rows = [line for line in md.splitlines() if line.startswith("| zero-shot |") or line.startswith("| ebm |")]
-    # score rows (+1 reference ΔEnergy row with METHOD.md's defaults, since c=3), plus the covariate table's rows
-    assert len(rows) == 2 * (len(SCORE_NAMES) + 1) + 2
-    assert "delta_energy (c=3, T=1)" in md and "delta_energy (c=1, T=1)" in md and "energy (T=1)" in md
+    rows = [line for line in md.splitlines() if re.match(r"^\| (zero-shot|ebm) +\|", line)]
+    # per method: score rows (+1 METHOD.md default ΔEnergy row, since c=3) in the headline and the
+    # per-category table (the nested set has groups), plus one covariate row
+    assert len(rows) == 2 * (2 * (len(SCORE_NAMES) + 1) + 1)
+    assert "delta_energy (c=3, T=1, r=0)" in md and "delta_energy (c=1, T=1) [METHOD.md default]" in md
+    assert "energy (T=1)" in md and "mcm (tau=1)" in md
 
 
 def test_reference_rows_appear_only_when_the_parameters_differ_from_the_specification():
     from models.train.evaluate import score_variants
 
     assert [k for k, _, _ in score_variants(ScoreParams())] == list(SCORE_NAMES)
-    keys = [k for k, _, _ in score_variants(ScoreParams(temperature=20.0))]
-    assert keys == [*SCORE_NAMES, "energy@T=1", "delta_energy@c=1,T=1"]
+    assert [k for k, _, _ in score_variants(ScoreParams(temperature=20.0))] == [*SCORE_NAMES, "delta_energy@c=1,T=1"]
+    assert [k for k, _, _ in score_variants(ScoreParams(reset="min"))] == [*SCORE_NAMES, "delta_energy@c=1,T=1"]
+    keys = [k for k, _, _ in score_variants(ScoreParams(energy_temperature=20.0, mcm_tau=0.1))]
+    assert keys == [*SCORE_NAMES, "energy@T=1", "mcm@tau=1"]
     ev = evaluate_logits(_split(), 10.0, ScoreParams(temperature=20.0), ["a", "b", "c"])
     # The reference row is the score with METHOD.md's defaults, computed independently here.
     from models.scores import delta_energy
 
     expected = delta_energy(_split().id_test).numpy()
     np.testing.assert_allclose(ev.id_scores["delta_energy@c=1,T=1"], expected, rtol=1e-6)
+
+
+def test_energy_and_delta_energy_use_their_own_temperatures():
+    from models.scores import delta_energy, energy
+
+    split = _split()
+    ev = evaluate_logits(split, 10.0, ScoreParams(temperature=5.0, energy_temperature=2.0), ["a", "b", "c"])
+    np.testing.assert_allclose(ev.id_scores["energy"], -energy(split.id_test, 2.0).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(ev.id_scores["delta_energy"], delta_energy(split.id_test, temperature=5.0).numpy(),
+                               rtol=1e-6)
+
+
+def test_per_category_metrics_and_each_score_at_its_own_threshold():
+    split = _split()
+    g = torch.Generator().manual_seed(1)
+    split.id_val = torch.randn(40, 3, generator=g) * 5
+    ev = evaluate_logits(split, 10.0, ScoreParams(), ["a", "b", "c"])
+    msp = ev.summary["scores"]["msp"]
+    # per sub-folder of the nested set: the ID scores against that group's images only
+    nested = ev.ood_scores["msp"]["nested"]
+    assert msp["ood_by_group"]["nested"]["a"] == ood_metrics(ev.id_scores["msp"], nested[:2])
+    assert "flat" not in msp["ood_by_group"]
+    # the own threshold is the 5% quantile of the score on ID val, applied to ID test and each OOD set
+    from models.scores import id_score
+
+    val = id_score("msp", split.id_val, 10.0).numpy()
+    thr = float(np.quantile(val, 0.05))
+    own = msp["at_own_threshold"]
+    assert own["threshold"] == pytest.approx(thr)
+    assert own["id_pass_rate"] == pytest.approx(float((ev.id_scores["msp"] >= thr).mean()))
+    assert own["ood_reject_rate"]["flat"] == pytest.approx(float((ev.ood_scores["msp"]["flat"] < thr).mean()))
+    assert "mean" not in msp  # near and far OOD are never averaged together
