@@ -14,7 +14,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "EngineName", "DeviceName"]
 
-EngineName = Literal["torch", "onnx", "dummy"]
+EngineName = Literal["torch", "onnx", "dummy", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -25,7 +25,7 @@ class Settings(BaseSettings):
 
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
-    engine: EngineName = Field("torch", description="Inference engine: torch, onnx or dummy (tests).")
+    engine: EngineName = Field("torch", description="Inference engine: torch, onnx, onnx-int8 or dummy (tests).")
     device: DeviceName = Field("auto", description="auto = CUDA when available, else CPU.")
     warmup: bool = Field(True, description="One forward per batch-size bucket before readiness.")
     dummy_num_classes: int = Field(4, ge=2, description="Classes of the dummy engine when no bundle.")

@@ -7,11 +7,13 @@ import bisect
 import io
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -24,7 +26,10 @@ from deltagate.bench.report import LatencyStats, latency_stats
 from service.server import settings_to_env
 from service.settings import Settings
 
-__all__ = ["synthetic_png", "ServerProcess", "LoadResult", "run_load", "summarize_load", "batch_counters"]
+__all__ = [
+    "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult", "run_load", "load_log",
+    "summarize_load", "batch_counters",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -45,49 +50,82 @@ def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
+def free_port(port_range: tuple[int, int] | None = None) -> int:
+    """A TCP port free on 127.0.0.1 now: the first free one of ``port_range`` (inclusive), else the OS's pick.
+
+    Raises:
+        RuntimeError: every port of the range is taken.
+    """
+    candidates = range(port_range[0], port_range[1] + 1) if port_range else [0]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port in {port_range[0]}-{port_range[1]}" if port_range else "no free port")
+
+
+_taken: set[int] = set()  # ports handed to servers of this process that may not be listening yet
+
+
+def _claim_port(port_range: tuple[int, int] | None) -> int:
+    if port_range is None:
+        return free_port()
+    for _ in range(port_range[1] - port_range[0] + 1):
+        port = free_port(port_range)
+        if port not in _taken:
+            _taken.add(port)
+            return port
+        port_range = (port + 1, port_range[1])
+    raise RuntimeError(f"no free port in the range ending at {port_range[1]}")
 
 
 class ServerProcess:
-    """``service.server.run`` in a subprocess on 127.0.0.1 and a free port; a context manager.
+    """A server in a subprocess on 127.0.0.1; a context manager that waits until it is ready.
 
-    The settings travel as ``DELTAGATE_*`` variables (as for uvicorn workers); host and port are
-    overridden. The server's log goes to a temporary file, quoted when start-up fails.
+    The server's log goes to a temporary file, quoted when start-up fails. The child gets its own
+    process group, which is terminated (then killed) on exit, so servers that spawn workers
+    (LitServe, uvicorn with workers) leave nothing behind.
 
     Args:
-        settings: service settings.
-        ready_timeout_s: how long to wait for ``/readyz``.
+        name: shown in logs and errors.
+        argv: the command; ``{port}`` in an argument is replaced by the chosen port.
+        env: extra environment variables (the child inherits this process's environment).
+        ready_path: polled until it answers 200; a JSON ``{"status": "failed"}`` aborts.
+        ready_timeout_s: how long to wait for readiness.
+        port_range: ports to choose from (inclusive); None: the OS picks a free one.
+        graceful_s: time the server gets to stop after SIGTERM before it is killed.
     """
 
-    def __init__(self, settings: Settings, ready_timeout_s: float = 300.0) -> None:
-        self.port = free_port()
-        self.settings = settings.model_copy(update={"host": LOCALHOST, "port": self.port})
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
+                 ready_path: str = "/readyz", ready_timeout_s: float = 300.0,
+                 port_range: tuple[int, int] | None = None, graceful_s: float = 30.0) -> None:
+        self.name = name
+        self.port = _claim_port(port_range)
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {k: v.replace("{port}", str(self.port)) for k, v in (env or {}).items()}
         self.url = f"http://{LOCALHOST}:{self.port}"
+        self.ready_path = ready_path
         self.ready_timeout_s = ready_timeout_s
+        self.graceful_s = graceful_s
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
 
     def __enter__(self) -> ServerProcess:
-        # The child inherits this environment (PATH, thread variables) plus the service settings.
-        env = {**os.environ, **settings_to_env(self.settings)}
         self._log = tempfile.TemporaryFile()
         start = time.perf_counter()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from service.server import run; run()"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
         try:
             self._wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
         self.startup_seconds = round(time.perf_counter() - start, 2)
-        logger.info("server ready on %s after %.1f s", self.url, self.startup_seconds)
+        logger.info("%s ready on %s after %.1f s", self.name, self.url, self.startup_seconds)
         return self
 
     def _wait_ready(self) -> None:
@@ -96,17 +134,17 @@ class ServerProcess:
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self._proc.returncode}:\n{self.log_tail()}")
+                    raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self.log_tail()}")
                 try:
-                    response = client.get("/readyz")
+                    response = client.get(self.ready_path)
                 except httpx.TransportError:
                     response = None
                 if response is not None and response.status_code == 200:
                     return
-                if response is not None and response.json().get("status") == "failed":
-                    raise RuntimeError(f"server failed to load: {response.json().get('error')}")
+                if response is not None and _json_status(response) == "failed":
+                    raise RuntimeError(f"{self.name} failed to load: {response.json().get('error')}")
                 time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.name} not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's log."""
@@ -116,16 +154,57 @@ class ServerProcess:
         return self._log.read().decode("utf-8", "replace")[-chars:]
 
     def __exit__(self, *_exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
-            try:
-                self._proc.wait(timeout=self.settings.graceful_shutdown_s + 10.0)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            _stop_group(self._proc, self.graceful_s)
+            _taken.discard(self.port)
+            self._proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _json_status(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
+
+
+def _stop_group(proc: subprocess.Popen[bytes], graceful_s: float) -> None:
+    """SIGTERM to the server's process group (uvicorn's graceful shutdown), then SIGKILL to what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=graceful_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("server %d did not stop within %.0f s; killing it", proc.pid, graceful_s)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # spawned workers the leader left behind, or the leader itself
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def deltagate_server(settings: Settings, *, pythonpath: str | None = None,
+                     port_range: tuple[int, int] | None = None, name: str = "deltagate") -> ServerProcess:
+    """``service.server.run`` with these settings (as ``DELTAGATE_*`` variables; host and port overridden).
+
+    Args:
+        settings: service settings.
+        pythonpath: run the service code of another checkout (``PYTHONPATH`` of the child), e.g. a
+            worktree of an older commit to compare with.
+        port_range: see :class:`ServerProcess`.
+        name: shown in logs.
+    """
+    env = {k: v for k, v in settings_to_env(settings).items() if k not in {"DELTAGATE_HOST", "DELTAGATE_PORT"}}
+    env.update({"DELTAGATE_HOST": LOCALHOST, "DELTAGATE_PORT": "{port}"})
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    return ServerProcess(name, [sys.executable, "-c", "from service.server import run; run()"], env,
+                         port_range=port_range, graceful_s=settings.graceful_shutdown_s + 10.0)
 
 
 def batch_counters(url: str) -> dict[str, float]:
@@ -162,33 +241,72 @@ class LoadResult:
         return row
 
 
-async def _client_loop(
-    client: httpx.AsyncClient, png: bytes, stop_at: float, log: list[tuple[float, float, str]]
-) -> None:
-    """One closed-loop client: send, wait for the answer, send again, until ``stop_at``."""
-    files = {"file": ("bench.png", png, "image/png")}
+@dataclass(frozen=True)
+class Payload:
+    """One image a client sends, and the label a correct answer carries (None: not checked)."""
+
+    data: bytes
+    filename: str = "bench.png"
+    content_type: str = "image/png"
+    expected_label: str | None = None
+
+
+MISMATCH = "200-mismatch"  # outcome of a 200 whose label is not the expected one (or is missing)
+
+
+def response_label(body: Any) -> str | None:
+    """The label of a single-image answer: deltagate's ``results[0].label`` or a peer's ``label``."""
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("results"), list) and body["results"]:
+        body = body["results"][0]
+    label = body.get("label") if isinstance(body, dict) else None
+    return label if isinstance(label, str) else None
+
+
+def _outcome(response: httpx.Response, payload: Payload) -> str:
+    if response.status_code != 200 or payload.expected_label is None:
+        return str(response.status_code)
+    try:
+        label = response_label(response.json())
+    except ValueError:
+        label = None
+    return "200" if label == payload.expected_label else MISMATCH
+
+
+async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], first: int, stop_at: float,
+                       log: list[tuple[float, float, str]]) -> None:
+    """One closed-loop client: send, wait for the answer, send again, until ``stop_at``.
+
+    Client ``first`` starts at payload ``first`` and steps through all of them, so concurrent
+    clients send different images and a batch mixes them (a swapped answer shows as a mismatch).
+    """
+    i = first
     while time.perf_counter() < stop_at:
+        payload = payloads[i % len(payloads)]
+        i += 1
+        files = {"file": (payload.filename, payload.data, payload.content_type)}
         t0 = time.perf_counter()
         try:
             response = await client.post("/classify", files=files)
-            outcome = str(response.status_code)
+            outcome = _outcome(response, payload)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
         log.append((t0, time.perf_counter(), outcome))
 
 
-async def _drive(url: str, png: bytes, concurrency: int, warmup_s: float, seconds: float,
+async def _drive(url: str, payloads: Sequence[Payload], concurrency: int, warmup_s: float, seconds: float,
                  timeout_s: float) -> tuple[list[tuple[float, float, str]], float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     log: list[tuple[float, float, str]] = []
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
         begin = time.perf_counter() + warmup_s
         end = begin + seconds
-        await asyncio.gather(*(_client_loop(client, png, end, log) for _ in range(concurrency)))
+        await asyncio.gather(*(_client_loop(client, payloads, c, end, log) for c in range(concurrency)))
     return log, begin, end
 
 
-def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: float = 2.0,
+def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, seconds: float, warmup_s: float = 2.0,
              timeout_s: float = 60.0) -> LoadResult:
     """``concurrency`` clients each keep one single-image multipart request in flight.
 
@@ -200,7 +318,8 @@ def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: f
 
     Args:
         url: the server's base URL.
-        png: encoded image sent with every request (encoded once, before the clock starts).
+        payloads: the images the clients send in turn (encoded once, before the clock starts), or
+            one PNG's bytes (sent by every request, label not checked).
         concurrency: number of concurrent clients.
         seconds: measured time after the warm-up.
         warmup_s: unmeasured lead-in (connections, batcher steady state).
@@ -208,10 +327,22 @@ def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: f
 
     Returns:
         Client-side throughput, latency (of the requests completed in the window) and status counts
-        (of every request completed after the warm-up).
+        (of every request completed after the warm-up; a 200 with a wrong label counts as
+        ``200-mismatch``, an error).
     """
-    log, begin, end = asyncio.run(_drive(url, png, concurrency, warmup_s, seconds, timeout_s))
-    return summarize_load(log, begin, end, concurrency)
+    items = [Payload(payloads)] if isinstance(payloads, bytes) else list(payloads)
+    return summarize_load(*load_log(url, items, concurrency, seconds, warmup_s, timeout_s), concurrency)
+
+
+def load_log(url: str, payloads: Sequence[Payload], concurrency: int, seconds: float, warmup_s: float,
+             timeout_s: float) -> tuple[list[tuple[float, float, str]], float, float]:
+    """The closed loop of :func:`run_load`, unsummarised.
+
+    Returns:
+        (start, end, outcome) per request in ``time.perf_counter()`` seconds, the end of the
+        warm-up and the end of the measured time.
+    """
+    return asyncio.run(_drive(url, payloads, concurrency, warmup_s, seconds, timeout_s))
 
 
 BURST_GAP_S = 0.005  # completions closer than this belong to one burst (the rows of one batch)

@@ -134,3 +134,73 @@ def service(
         )
     typer.echo(f"errors: {v['errors']} [target {TARGETS['max_errors']}: {'met' if v['met']['errors'] else 'MISSED'}]")
     _finish(report, out)
+
+
+@bench_app.command("bundle")
+def bundle(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    model: Annotated[str, typer.Option(help="open_clip architecture (random weights).")] = "ViT-B-32",
+    int8: Annotated[bool, typer.Option(help="Also write the int8 graph.")] = True,
+) -> None:
+    """A random-weight bundle for benchmarks: export, bench-only thresholds, int8 graph."""
+    from deltagate.bench.bundle import make_bench_bundle
+
+    made = make_bench_bundle(out, model, int8)
+    files = ", ".join(f"{k} ({v.size / 1e6:.1f} MB)" for k, v in made.manifest.files.items())
+    typer.echo(f"wrote bench bundle {made.path}: {files}")
+
+
+def _port_range(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        lo, hi = (int(v) for v in spec.split("-"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected LOW-HIGH, got {spec!r}") from exc
+    if not 1 <= lo <= hi <= 65535:
+        raise typer.BadParameter(f"expected 1 <= LOW <= HIGH <= 65535, got {spec!r}")
+    return lo, hi
+
+
+def _names(spec: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise typer.BadParameter(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    return names
+
+
+@bench_app.command("compare")
+def compare(
+    bundle: Bundle,
+    out: Annotated[Path, typer.Option(help="JSON report; the Markdown table goes beside it (.md).")] = Path(
+        "results/bench/compare.json"),
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds (each: every workload in every condition).")] = 3,
+    workloads: Annotated[str, typer.Option(help="Comma-separated: small (256x256), photo (1-12 MP).")] = "small,photo",
+    conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
+        "quiet,neighbour"),
+    peers: Annotated[str, typer.Option(help="Comma-separated: plain, litserve ('' for none).")] = "plain,litserve",
+    baseline: Annotated[Path | None, typer.Option(help="Checkout whose service is 'today' (git worktree).")] = None,
+    baseline_workloads: Annotated[str, typer.Option(help="Workloads the baseline runs in.")] = "photo",
+    seconds: Annotated[float, typer.Option(help="Measured seconds at saturation, per system and segment.")] = 6.0,
+    c1_seconds: Annotated[float, typer.Option(help="Measured seconds at concurrency 1.")] = 3.0,
+    concurrency: Annotated[int, typer.Option(min=2, help="Clients at saturation.")] = 16,
+    ports: Annotated[str | None, typer.Option(help="Port range for the servers, LOW-HIGH [OS picks].")] = None,
+) -> None:
+    """deltagate vs LitServe vs a plain FastAPI app vs the raw engine, same model, same load, interleaved rounds."""
+    from deltagate.bench.compare import CompareConfig, compare_report, markdown_report
+    from deltagate.bench.runs import write_report
+
+    cfg = CompareConfig(
+        bundle=bundle, rounds=rounds, workloads=_names(workloads, ("small", "photo"), "workloads"),
+        conditions=_names(conditions, ("quiet", "neighbour"), "conditions"),
+        peers=_names(peers, ("plain", "litserve"), "peers"), baseline=baseline,
+        baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
+        seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
+    )
+    report = compare_report(_command_line(), cfg)
+    write_report(report, out)
+    md = markdown_report(report)
+    out.with_suffix(".md").write_text(md, encoding="utf-8")
+    typer.echo(md)
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
