@@ -23,6 +23,7 @@ def serve(
     workers: Annotated[int | None, typer.Option(help="Worker processes [env DELTAGATE_WORKERS].")] = None,
 ) -> None:
     """Serve POST /classify, /healthz, /readyz, /model and /metrics. Flags override DELTAGATE_* env vars."""
+    from service.runtime import check_device
     from service.server import run
     from service.settings import Settings
 
@@ -30,4 +31,6 @@ def serve(
         "bundle_path": bundle, "engine": engine, "device": device, "host": host, "port": port,
         "max_batch_size": max_batch_size, "max_wait_ms": max_wait_ms, "workers": workers,
     }
-    run(Settings(**{k: v for k, v in given.items() if v is not None}))
+    settings = Settings(**{k: v for k, v in given.items() if v is not None})
+    check_device(settings)  # device=cuda: refuse to start (exit 2) if an engine would run elsewhere
+    run(settings)
