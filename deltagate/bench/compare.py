@@ -266,7 +266,8 @@ def _servers(cfg: CompareConfig, stack: ExitStack) -> dict[str, ServerProcess]:
             peer, argv,
             ready_path="/healthz" if peer == "plain" else "/health", port_range=cfg.port_range, graceful_s=10.0,
         )
-    small = base.model_copy(update={"max_queue_size": cfg.overload_queue})
+    # A full request must fit the queue (the service refuses settings where it cannot).
+    small = base.model_copy(update={"max_queue_size": cfg.overload_queue, "max_images_per_request": 1})
     specs["overload"] = deltagate_server(small, port_range=cfg.port_range, name="overload")
     for server in specs.values():
         stack.enter_context(server)

@@ -22,12 +22,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from fastapi import FastAPI, UploadFile
 
 from models.bundle import Bundle, load_bundle
 from models.preprocess import decode_image, preprocess_image
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 
-__all__ = ["PEERS", "LITSERVE_MAX_BATCH", "LITSERVE_BATCH_TIMEOUT_S", "plain_app", "run_peer"]
+__all__ = [
+    "PEERS", "LITSERVE_MAX_BATCH", "LITSERVE_BATCH_TIMEOUT_S", "session_of", "pixels_of", "answer_of", "plain_app",
+    "run_peer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,27 +40,27 @@ LITSERVE_MAX_BATCH = 8  # LitServe's max_batch_size (the same batch as deltagate
 LITSERVE_BATCH_TIMEOUT_S = 0.005  # LitServe's batch_timeout: how long its loop gathers a batch
 
 
-def _session(bundle: Bundle) -> Any:
+def session_of(bundle: Bundle) -> Any:
+    """An ONNX Runtime session on the bundle's ``model.onnx`` with the default options (CPU)."""
     import onnxruntime as ort
 
     return ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
 
 
-def _pixels(bundle: Bundle, data: bytes) -> np.ndarray:
+def pixels_of(bundle: Bundle, data: bytes) -> np.ndarray:
+    """One encoded image through the bundle's decode and preprocessing."""
     return preprocess_image(decode_image(data), bundle.manifest.preprocess)  # (3, H, W)
 
 
-def _answer(bundle: Bundle, logits: np.ndarray, delta_energy: float) -> dict[str, Any]:
-    """One image's answer from its (K,) logits."""
+def answer_of(bundle: Bundle, logits: np.ndarray, delta_energy: float) -> dict[str, Any]:
+    """One image's answer from its (K,) logits: the label and ΔEnergy."""
     return {"label": bundle.manifest.classes[int(np.argmax(logits))], "delta_energy": float(delta_energy)}
 
 
-def plain_app(bundle_path: Path) -> Any:
+def plain_app(bundle_path: Path) -> FastAPI:
     """The plain FastAPI app: decode, preprocess and one ``session.run`` per request, in the thread pool."""
-    from fastapi import FastAPI, UploadFile
-
     bundle = load_bundle(bundle_path)
-    session = _session(bundle)
+    session = session_of(bundle)
     app = FastAPI()
 
     @app.get("/healthz")
@@ -64,42 +68,14 @@ def plain_app(bundle_path: Path) -> Any:
         return {"status": "ok"}
 
     @app.post("/classify")
-    def classify(file: UploadFile) -> dict[str, Any]:  # a sync route: Starlette runs it in its thread pool
-        x = _pixels(bundle, file.file.read())[None]  # (1, 3, H, W)
+    # A sync route: Starlette runs it in its thread pool. (UploadFile is imported at module level:
+    # FastAPI resolves these annotations, postponed by `from __future__ import annotations`, there.)
+    def classify(file: UploadFile) -> dict[str, Any]:
+        x = pixels_of(bundle, file.file.read())[None]  # (1, 3, H, W)
         logits, _, delta_energy, _ = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        return _answer(bundle, logits[0], delta_energy[0])
+        return answer_of(bundle, logits[0], delta_energy[0])
 
     return app
-
-
-def _litserve_api(bundle_path: Path) -> Any:
-    import litserve as ls
-
-    class ClassifyAPI(ls.LitAPI):
-        """LitServe's stages: decode_request -> batch -> predict -> unbatch -> encode_response."""
-
-        def setup(self, device: str) -> None:
-            self.bundle = load_bundle(bundle_path)
-            self.session = _session(self.bundle)
-
-        def decode_request(self, request: Any) -> np.ndarray:
-            return _pixels(self.bundle, request["file"].file.read())  # (3, H, W)
-
-        def batch(self, inputs: list[np.ndarray]) -> np.ndarray:
-            return np.stack(inputs)  # (B, 3, H, W)
-
-        def predict(self, x: np.ndarray) -> list[tuple[np.ndarray, float]]:
-            logits, _, delta_energy, _ = self.session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-            return list(zip(logits, delta_energy, strict=True))
-
-        def unbatch(self, output: list[tuple[np.ndarray, float]]) -> list[tuple[np.ndarray, float]]:
-            return output
-
-        def encode_response(self, output: tuple[np.ndarray, float]) -> dict[str, Any]:
-            return _answer(self.bundle, output[0], output[1])
-
-    return ClassifyAPI(max_batch_size=LITSERVE_MAX_BATCH, batch_timeout=LITSERVE_BATCH_TIMEOUT_S,
-                       api_path="/classify")
 
 
 def run_peer(kind: str, bundle_path: Path, host: str, port: int) -> None:
@@ -118,7 +94,11 @@ def run_peer(kind: str, bundle_path: Path, host: str, port: int) -> None:
     elif kind == "litserve":
         import litserve as ls
 
-        server = ls.LitServer(_litserve_api(bundle_path), accelerator="cpu", workers_per_device=1, timeout=60)
+        from deltagate.bench.litserve_peer import ClassifyAPI
+
+        api = ClassifyAPI(bundle_path, max_batch_size=LITSERVE_MAX_BATCH, batch_timeout=LITSERVE_BATCH_TIMEOUT_S,
+                          api_path="/classify")
+        server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
         server.run(host=host, port=port, log_level="warning", generate_client_file=False)
     else:
         raise ValueError(f"unknown peer {kind!r}; valid peers: {', '.join(PEERS)}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,6 +202,8 @@ def compare(
         baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
         seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
     )
+    # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     report = compare_report(_command_line(), cfg)
     write_report(report, out)
     md = markdown_report(report)

@@ -95,12 +95,21 @@ def _check_quantize(quantize: str | None, onnx: bool, method: str) -> None:
         raise typer.BadParameter(f"--quantize-method {method!r}: choose {' or '.join(QUANTIZE_METHODS)}")
 
 
-def _quantize(bundle_dir: Path, method: str, data: Path | None) -> None:
+def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | None = None) -> None:
+    import json
+    import shlex
+    import sys
+
     from models.train.quantize import QuantizeConfig, quantize_bundle
 
     bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
     info = bundle.manifest.int8
     assert info is not None
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"command": shlex.join(["deltagate", *sys.argv[1:]]), "bundle": bundle.manifest.name,
+               "int8": info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
+        report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     p = info.parity
     size = bundle.manifest.files[info.file].size / 1e6
     typer.echo(f"int8 graph {info.file} ({size:.1f} MB, {info.method}): label agreement {p.label_agreement:.4f}, "
@@ -120,7 +129,8 @@ def quantize(
     bundle: Annotated[Path, typer.Option(help="Bundle directory with model.onnx (its manifest is updated).")],
     data: DataOpt = None,
     method: QuantizeMethodOpt = "dynamic",
+    report: Annotated[Path | None, typer.Option(help="Also write the parity record as JSON here.")] = None,
 ) -> None:
     """Add an int8 graph (model.int8.onnx) to an existing bundle, with its parity record and threshold."""
     _check_quantize("int8", True, method)
-    _quantize(bundle, method, data)
+    _quantize(bundle, method, data, report)
