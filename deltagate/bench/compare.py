@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from deltagate.bench.engine import load_engine, measure_engine
 from deltagate.bench.http import (
@@ -46,7 +45,7 @@ from deltagate.bench.http import (
     deltagate_server,
     load_log,
     run_load,
-    synthetic_png,
+    synthetic_image,
 )
 from deltagate.bench.peers import PEERS
 from deltagate.bench.report import latency_stats, machine_info
@@ -119,9 +118,8 @@ class Workload:
 
 
 def _jpeg(width: int, height: int, seed: int) -> bytes:
-    img = Image.open(io.BytesIO(synthetic_png(width, height, seed)))
     buf = io.BytesIO()
-    img.convert("RGB").save(buf, "JPEG", quality=JPEG_QUALITY)
+    synthetic_image(width, height, seed).save(buf, "JPEG", quality=JPEG_QUALITY)
     return buf.getvalue()
 
 
@@ -194,12 +192,12 @@ def _level(url: str, workload: Workload, concurrency: int, seconds: float, cfg: 
 def _raw_pass(models: dict[str, LoadedModel], workload: Workload, cfg: CompareConfig) -> dict[str, Any]:
     data = workload.payloads[0].data
     fp32 = models["raw"]
-    b1 = measure_engine(fp32, data, 1, cfg.engine_seconds)
-    bmax = measure_engine(fp32, data, cfg.max_batch_size, cfg.engine_seconds)
+    b1 = measure_engine(fp32, data, 1, cfg.engine_seconds, warmup=1)
+    bmax = measure_engine(fp32, data, cfg.max_batch_size, cfg.engine_seconds, warmup=1)
     out: dict[str, Any] = {"batch1_p50_ms": b1.latency.p50_ms, "images_per_s": bmax.images_per_s}
     if "raw-int8" in models:
-        q1 = measure_engine(models["raw-int8"], data, 1, cfg.engine_seconds)
-        q = measure_engine(models["raw-int8"], data, cfg.max_batch_size, cfg.engine_seconds)
+        q1 = measure_engine(models["raw-int8"], data, 1, cfg.engine_seconds, warmup=1)
+        q = measure_engine(models["raw-int8"], data, cfg.max_batch_size, cfg.engine_seconds, warmup=1)
         out.update({"int8_images_per_s": q.images_per_s, "int8_batch1_p50_ms": q1.latency.p50_ms,
                     "int8_speedup": round(q.images_per_s / bmax.images_per_s, 3)})
     return out
@@ -269,8 +267,11 @@ def _servers(cfg: CompareConfig, stack: ExitStack) -> dict[str, ServerProcess]:
     # A full request must fit the queue (the service refuses settings where it cannot).
     small = base.model_copy(update={"max_queue_size": cfg.overload_queue, "max_images_per_request": 1})
     specs["overload"] = deltagate_server(small, port_range=cfg.port_range, name="overload")
+    for server in specs.values():  # all load at once; each is stopped when the run ends, whatever happens
+        stack.callback(server.__exit__, None, None, None)
+        server.start()
     for server in specs.values():
-        stack.enter_context(server)
+        server.wait_ready()
     return specs
 
 

@@ -27,8 +27,8 @@ from service.server import settings_to_env
 from service.settings import Settings
 
 __all__ = [
-    "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult", "run_load", "load_log",
-    "summarize_load", "batch_counters",
+    "synthetic_image", "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult",
+    "run_load", "load_log", "summarize_load", "batch_counters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -36,17 +36,22 @@ logger = logging.getLogger(__name__)
 LOCALHOST = "127.0.0.1"
 
 
-def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
-    """A photo-like PNG (smooth gradients, a few shapes, mild noise), so decode cost is realistic."""
+def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photo-like RGB image (smooth gradients, a few shapes, mild noise), so decode cost is realistic."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)  # (H, W) each
     arr = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200.0  # (H, W, 3)
     for _ in range(4):
         cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, min(width, height) / 3)
         arr[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.uniform(0, 255, 3)
-    arr += rng.normal(0.0, 6.0, arr.shape)
+    arr += rng.normal(0.0, 6.0, arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
+    """:func:`synthetic_image` encoded as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "PNG")
+    synthetic_image(width, height, seed).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -113,23 +118,37 @@ class ServerProcess:
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._started = 0.0
 
     def __enter__(self) -> ServerProcess:
-        self._log = tempfile.TemporaryFile()
-        start = time.perf_counter()
-        self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+        self.start()
         try:
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        self.startup_seconds = round(time.perf_counter() - start, 2)
-        logger.info("%s ready on %s after %.1f s", self.name, self.url, self.startup_seconds)
         return self
 
+    def start(self) -> None:
+        """Start the process without waiting (several servers can then load in parallel)."""
+        self._log = tempfile.TemporaryFile()
+        self._started = time.perf_counter()
+        self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self) -> None:
+        """Poll ``ready_path`` until it answers 200.
+
+        Raises:
+            RuntimeError: the server exited or reported a failed load.
+            TimeoutError: not ready within ``ready_timeout_s``.
+        """
+        self._wait_ready()
+        self.startup_seconds = round(time.perf_counter() - self._started, 2)
+        logger.info("%s ready on %s after %.1f s", self.name, self.url, self.startup_seconds)
+
     def _wait_ready(self) -> None:
-        assert self._proc is not None
+        assert self._proc is not None, "start() first"
         deadline = time.monotonic() + self.ready_timeout_s
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
@@ -274,15 +293,22 @@ def _outcome(response: httpx.Response, payload: Payload) -> str:
     return "200" if label == payload.expected_label else MISMATCH
 
 
-async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], first: int, stop_at: float,
+@dataclass
+class _Clock:
+    """When the clients stop; set by the controller of :func:`_drive` once the window is complete."""
+
+    stop_at: float = float("inf")
+
+
+async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], first: int, clock: _Clock,
                        log: list[tuple[float, float, str]]) -> None:
-    """One closed-loop client: send, wait for the answer, send again, until ``stop_at``.
+    """One closed-loop client: send, wait for the answer, send again, until ``clock.stop_at``.
 
     Client ``first`` starts at payload ``first`` and steps through all of them, so concurrent
     clients send different images and a batch mixes them (a swapped answer shows as a mismatch).
     """
     i = first
-    while time.perf_counter() < stop_at:
+    while time.perf_counter() < clock.stop_at:
         payload = payloads[i % len(payloads)]
         i += 1
         files = {"file": (payload.filename, payload.data, payload.content_type)}
@@ -295,14 +321,35 @@ async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], f
         log.append((t0, time.perf_counter(), outcome))
 
 
+MAX_WINDOW_FACTOR = 4.0  # a measured window may stretch to this many times ``seconds`` to see enough answers
+
+
+async def _control(clock: _Clock, log: list[tuple[float, float, str]], concurrency: int, warmup_s: float,
+                   seconds: float, timeout_s: float) -> tuple[float, float]:
+    """Warm up until ``warmup_s`` passed and ``concurrency`` answers came (the pipeline is full), then
+    measure for ``seconds`` and until ``concurrency`` more answers came (at most ``MAX_WINDOW_FACTOR``
+    times ``seconds``), so a slow system is never judged on an empty window."""
+    t0 = time.perf_counter()
+    while (time.perf_counter() - t0 < warmup_s or len(log) < concurrency) and time.perf_counter() - t0 < timeout_s:
+        await asyncio.sleep(0.005)
+    begin, seen = time.perf_counter(), len(log)
+    while time.perf_counter() - begin < seconds or (
+        len(log) - seen < concurrency and time.perf_counter() - begin < MAX_WINDOW_FACTOR * seconds
+    ):
+        await asyncio.sleep(0.005)
+    clock.stop_at = end = time.perf_counter()
+    return begin, end
+
+
 async def _drive(url: str, payloads: Sequence[Payload], concurrency: int, warmup_s: float, seconds: float,
                  timeout_s: float) -> tuple[list[tuple[float, float, str]], float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     log: list[tuple[float, float, str]] = []
+    clock = _Clock()
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
-        begin = time.perf_counter() + warmup_s
-        end = begin + seconds
-        await asyncio.gather(*(_client_loop(client, payloads, c, end, log) for c in range(concurrency)))
+        clients = [asyncio.create_task(_client_loop(client, payloads, c, clock, log)) for c in range(concurrency)]
+        begin, end = await _control(clock, log, concurrency, warmup_s, seconds, timeout_s)
+        await asyncio.gather(*clients)
     return log, begin, end
 
 
@@ -310,9 +357,11 @@ def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, se
              timeout_s: float = 60.0) -> LoadResult:
     """``concurrency`` clients each keep one single-image multipart request in flight.
 
-    Throughput is counted between completions, not over a fixed window: the window runs from the
-    burst of completions at or before ``warmup_s`` to the burst at or before ``warmup_s + seconds``,
-    and counts the completions after its start. When responses come back in bursts (a batch of 8
+    The warm-up lasts ``warmup_s`` and until ``concurrency`` answers came; the measured window then
+    lasts ``seconds`` and until ``concurrency`` more answers came (see :func:`_control`).
+    Throughput is counted between completions, not over a fixed window: from the burst of
+    completions at or before the window's start to the burst at or before its end, counting the
+    completions after its start. When responses come back in bursts (a batch of 8
     every 1.5 s), a fixed window would catch a varying number of bursts; this one always spans
     whole batch cycles.
 
