@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
 import signal
 import sys
 from pathlib import Path
@@ -43,8 +42,10 @@ def _size(spec: str) -> tuple[int, int]:
     return w, h
 
 
-def _command_line() -> str:
-    return shlex.join(["deltagate", *sys.argv[1:]])
+def _command_line(ctx: typer.Context) -> str:
+    from deltagate.commands.command_line import command_line
+
+    return command_line(ctx)
 
 
 def _finish(report: dict[str, Any], out: Path | None) -> None:
@@ -63,6 +64,7 @@ ImageSize = Annotated[str, typer.Option(help="Size of the generated PNG every fo
 
 @bench_app.command("engine")
 def engine(
+    ctx: typer.Context,
     bundle: Bundle,
     engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -75,7 +77,7 @@ def engine(
     from deltagate.bench import engine_report, format_table, synthetic_png
 
     png = synthetic_png(*_size(image_size))
-    report = engine_report(_command_line(), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
+    report = engine_report(_command_line(ctx), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
     typer.echo(report["command"])
     typer.echo(format_table(report["results"], ENGINE_COLUMNS))
     pre = report["decode_preprocess"]
@@ -86,6 +88,7 @@ def engine(
 
 @bench_app.command("service")
 def service(
+    ctx: typer.Context,
     bundle: Bundle,
     engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -112,7 +115,7 @@ def service(
     settings = Settings(**{k: v for k, v in given.items() if v is not None},
                         max_queue_size=max(256, max_batch_size, max(levels)))
     png = synthetic_png(*_size(image_size))
-    report = service_report(_command_line(), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
+    report = service_report(_command_line(ctx), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
     typer.echo(report["command"])
     typer.echo("\nraw engine, in-process (pass 0 before round 0; pass r+1 after round r):")
     typer.echo(format_table(report["engine"], ("pass", *ENGINE_COLUMNS)))
@@ -176,6 +179,7 @@ def _names(spec: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
 
 @bench_app.command("compare")
 def compare(
+    ctx: typer.Context,
     bundle: Bundle,
     out: Annotated[Path, typer.Option(help="JSON report; the Markdown table goes beside it (.md).")] = Path(
         "results/bench/compare.json"),
@@ -204,7 +208,7 @@ def compare(
     )
     # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = compare_report(_command_line(), cfg)
+    report = compare_report(_command_line(ctx), cfg)
     write_report(report, out)
     md = markdown_report(report)
     out.with_suffix(".md").write_text(md, encoding="utf-8")

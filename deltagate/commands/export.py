@@ -95,11 +95,11 @@ def _check_quantize(quantize: str | None, onnx: bool, method: str) -> None:
         raise typer.BadParameter(f"--quantize-method {method!r}: choose {' or '.join(QUANTIZE_METHODS)}")
 
 
-def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | None = None) -> None:
+def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | None = None,
+              ctx: typer.Context | None = None) -> None:
     import json
-    import shlex
-    import sys
 
+    from deltagate.commands.command_line import command_line
     from models.train.quantize import QuantizeConfig, quantize_bundle
 
     bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
@@ -107,7 +107,7 @@ def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | N
     assert info is not None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
-        doc = {"command": shlex.join(["deltagate", *sys.argv[1:]]), "bundle": bundle.manifest.name,
+        doc = {"command": command_line(ctx) if ctx else None, "bundle": bundle.manifest.name,
                "int8": info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
         report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     p = info.parity
@@ -126,6 +126,7 @@ def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | N
 
 
 def quantize(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle directory with model.onnx (its manifest is updated).")],
     data: DataOpt = None,
     method: QuantizeMethodOpt = "dynamic",
@@ -133,4 +134,4 @@ def quantize(
 ) -> None:
     """Add an int8 graph (model.int8.onnx) to an existing bundle, with its parity record and threshold."""
     _check_quantize("int8", True, method)
-    _quantize(bundle, method, data, report)
+    _quantize(bundle, method, data, report, ctx)

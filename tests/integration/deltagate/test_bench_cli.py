@@ -22,7 +22,10 @@ def test_bench_engine_writes_a_report(tiny_bundle: Path, tmp_path: Path, engine:
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, (result.output, repr(result.exception))
     report = json.loads(out.read_text())
-    assert report["benchmark"] == "engine" and report["command"].startswith("deltagate ")
+    # The command as parsed, not pytest's sys.argv (under a bare `pytest` that was just "deltagate").
+    assert report["benchmark"] == "engine" and report["command"] == (
+        f"deltagate bench engine --bundle {tiny_bundle} --engine {engine} --batch-sizes 1,4 --seconds 0.5 "
+        f"--image-size 64x48 --out {out}")
     assert report["machine"]["cpu_count"] >= 1 and report["machine"]["versions"]["onnxruntime"]
     assert report["parameters"]["engine"] == engine
     rows = report["results"]
