@@ -28,7 +28,7 @@ from service.settings import Settings
 
 __all__ = [
     "synthetic_image", "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult",
-    "run_load", "load_log", "summarize_load", "batch_counters",
+    "run_load", "load_log", "probe_while_full", "summarize_load", "batch_counters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -301,11 +301,12 @@ class _Clock:
 
 
 async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], first: int, clock: _Clock,
-                       log: list[tuple[float, float, str]]) -> None:
+                       log: list[tuple[float, float, str]], backoff_503_s: float = 0.0) -> None:
     """One closed-loop client: send, wait for the answer, send again, until ``clock.stop_at``.
 
     Client ``first`` starts at payload ``first`` and steps through all of them, so concurrent
     clients send different images and a batch mixes them (a swapped answer shows as a mismatch).
+    After a 503 it waits ``backoff_503_s`` before the next request.
     """
     i = first
     while time.perf_counter() < clock.stop_at:
@@ -319,6 +320,8 @@ async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], f
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
         log.append((t0, time.perf_counter(), outcome))
+        if outcome == "503" and backoff_503_s > 0:
+            await asyncio.sleep(backoff_503_s)
 
 
 MAX_WINDOW_FACTOR = 4.0  # a measured window may stretch to this many times ``seconds`` to see enough answers
@@ -351,6 +354,52 @@ async def _drive(url: str, payloads: Sequence[Payload], concurrency: int, warmup
         begin, end = await _control(clock, log, concurrency, warmup_s, seconds, timeout_s)
         await asyncio.gather(*clients)
     return log, begin, end
+
+
+async def _probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, backoff_503_s: float,
+                            warmup_s: float, seconds: float, interval_s: float, timeout_s: float,
+                            ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+    limits = httpx.Limits(max_connections=fillers + 1, max_keepalive_connections=fillers + 1)
+    fill_log: list[tuple[float, float, str]] = []
+    probe_log: list[tuple[float, float, str]] = []
+    clock = _Clock()
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+        tasks = [asyncio.create_task(_client_loop(client, payloads, c, clock, fill_log, backoff_503_s))
+                 for c in range(fillers)]
+        await asyncio.sleep(warmup_s)  # the fillers fill the queue
+        end = time.perf_counter() + seconds
+        i = 0
+        while time.perf_counter() < end:
+            payload = payloads[i % len(payloads)]
+            i += 1
+            t0 = time.perf_counter()
+            try:
+                response = await client.post("/classify", files={"file": (payload.filename, payload.data,
+                                                                           payload.content_type)})
+                outcome = _outcome(response, payload)
+            except httpx.HTTPError as exc:
+                outcome = type(exc).__name__
+            probe_log.append((t0, time.perf_counter(), outcome))
+            await asyncio.sleep(interval_s)
+        clock.stop_at = time.perf_counter()
+        await asyncio.gather(*tasks)
+    return fill_log, probe_log
+
+
+def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, seconds: float, warmup_s: float = 1.0,
+                     backoff_503_s: float = 0.01, interval_s: float = 0.02, timeout_s: float = 60.0,
+                     ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+    """Keep a server's queue full with ``fillers`` closed-loop clients and time a probe's requests.
+
+    The fillers wait ``backoff_503_s`` after each 503 (so the refusals do not turn into a storm
+    that measures the clients' own event loop), which keeps the queue topped up as forwards free
+    it. One probe request every ``interval_s`` measures how fast a request meets a full queue.
+
+    Returns:
+        The fillers' and the probe's (start, end, outcome) logs.
+    """
+    return asyncio.run(_probe_while_full(url, payloads, fillers, backoff_503_s, warmup_s, seconds, interval_s,
+                                         timeout_s))
 
 
 def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, seconds: float, warmup_s: float = 2.0,
