@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import io
+import json
 import logging
 import os
 import signal
@@ -356,34 +357,14 @@ async def _drive(url: str, payloads: Sequence[Payload], concurrency: int, warmup
     return log, begin, end
 
 
-async def _probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, backoff_503_s: float,
-                            warmup_s: float, seconds: float, interval_s: float, timeout_s: float,
-                            ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
-    limits = httpx.Limits(max_connections=fillers + 1, max_keepalive_connections=fillers + 1)
-    fill_log: list[tuple[float, float, str]] = []
-    probe_log: list[tuple[float, float, str]] = []
-    clock = _Clock()
+async def _fill(url: str, payloads: Sequence[Payload], fillers: int, backoff_503_s: float, seconds: float,
+                timeout_s: float) -> list[tuple[float, float, str]]:
+    limits = httpx.Limits(max_connections=fillers, max_keepalive_connections=fillers)
+    log: list[tuple[float, float, str]] = []
+    clock = _Clock(stop_at=time.perf_counter() + seconds)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
-        tasks = [asyncio.create_task(_client_loop(client, payloads, c, clock, fill_log, backoff_503_s))
-                 for c in range(fillers)]
-        await asyncio.sleep(warmup_s)  # the fillers fill the queue
-        end = time.perf_counter() + seconds
-        i = 0
-        while time.perf_counter() < end:
-            payload = payloads[i % len(payloads)]
-            i += 1
-            t0 = time.perf_counter()
-            try:
-                response = await client.post("/classify", files={"file": (payload.filename, payload.data,
-                                                                           payload.content_type)})
-                outcome = _outcome(response, payload)
-            except httpx.HTTPError as exc:
-                outcome = type(exc).__name__
-            probe_log.append((t0, time.perf_counter(), outcome))
-            await asyncio.sleep(interval_s)
-        clock.stop_at = time.perf_counter()
-        await asyncio.gather(*tasks)
-    return fill_log, probe_log
+        await asyncio.gather(*(_client_loop(client, payloads, c, clock, log, backoff_503_s) for c in range(fillers)))
+    return log
 
 
 def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, seconds: float, warmup_s: float = 1.0,
@@ -391,15 +372,29 @@ def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, second
                      ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
     """Keep a server's queue full with ``fillers`` closed-loop clients and time a probe's requests.
 
-    The fillers wait ``backoff_503_s`` after each 503 (so the refusals do not turn into a storm
-    that measures the clients' own event loop), which keeps the queue topped up as forwards free
-    it. One probe request every ``interval_s`` measures how fast a request meets a full queue.
+    The fillers wait ``backoff_503_s`` after each 503 (so the refusals do not turn into a storm),
+    which keeps the queue topped up as forwards free it. The probe (:mod:`deltagate.bench.probe`)
+    runs in its own process, one request every ``interval_s`` after ``warmup_s``, so its timings
+    do not wait for the fillers' event loop.
 
     Returns:
-        The fillers' and the probe's (start, end, outcome) logs.
+        The fillers' and the probe's (start, end, outcome) logs (the probe's starts are 0).
     """
-    return asyncio.run(_probe_while_full(url, payloads, fillers, backoff_503_s, warmup_s, seconds, interval_s,
-                                         timeout_s))
+    payload = payloads[0]
+    with tempfile.NamedTemporaryFile(suffix=".img") as image:
+        image.write(payload.data)
+        image.flush()
+        argv = [sys.executable, "-m", "deltagate.bench.probe", url, image.name, "--seconds", str(seconds),
+                "--interval", str(interval_s), "--timeout", str(timeout_s),
+                *(["--expect", payload.expected_label] if payload.expected_label else [])]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # The probe imports during the fillers' first seconds (its clock starts then); they outlast it by 3 s.
+        fill = asyncio.run(_fill(url, payloads, fillers, backoff_503_s, warmup_s + seconds + 3.0, timeout_s))
+        out, err = proc.communicate(timeout=timeout_s + seconds)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    probe = [(0.0, float(r["seconds"]), str(r["outcome"])) for r in json.loads(out)]
+    return fill, probe
 
 
 def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, seconds: float, warmup_s: float = 2.0,
