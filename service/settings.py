@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpu_budget import cpu_budget
 
-__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan"]
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
 EngineName = Literal["torch", "onnx", "dummy", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -65,7 +65,10 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field("torch", description="Inference engine: torch, onnx, onnx-int8 or dummy (tests).")
-    device: DeviceName = Field("auto", description="auto = CUDA when available, else CPU.")
+    device: DeviceName = Field(
+        "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
+        "runs on CUDA."
+    )
     warmup: bool = Field(True, description="One forward per batch-size bucket before readiness.")
     dummy_num_classes: int = Field(4, ge=2, description="Classes of the dummy engine when no bundle.")
 
@@ -139,8 +142,13 @@ class Settings(BaseSettings):
         return self
 
     def threads(self) -> ThreadPlan:
-        """Instances, intra-op threads and decode workers: the explicit settings, else CPU-budget defaults."""
-        return ThreadPlan.derive(cpu_budget(), self.instances, self.intra_op_threads, self.preprocess_workers)
+        """Instances, intra-op threads and decode workers: the explicit settings, else CPU-budget defaults.
+
+        With ``workers > 1`` each uvicorn worker process gets an equal share of the budget, so the
+        processes together do not start more threads than the CPUs they may use.
+        """
+        budget = max(1, cpu_budget() // self.workers)
+        return ThreadPlan.derive(budget, self.instances, self.intra_op_threads, self.preprocess_workers)
 
     def batch_buckets(self) -> list[int]:
         """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself: warm-up shapes."""
@@ -150,3 +158,16 @@ class Settings(BaseSettings):
         if buckets[-1] != self.max_batch_size:
             buckets.append(self.max_batch_size)
         return buckets
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (env name, default, description), as in docs/service.md.
+
+    Generated from ``Settings.model_fields``, so the docs cannot drift: a test compares the two.
+    """
+    lines = ["| env variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        value = field.default
+        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        lines.append(f"| `DELTAGATE_{name.upper()}` | {default} | {field.description or ''} |")
+    return "\n".join(lines)

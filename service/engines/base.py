@@ -10,6 +10,7 @@ from __future__ import annotations
 import abc
 import logging
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
@@ -55,6 +56,8 @@ class Engine(abc.ABC):
     name: str = "base"
 
     def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
+        if device not in get_args(DeviceName):
+            raise EngineError(f"unknown device {device!r}; valid devices: {', '.join(get_args(DeviceName))}")
         self.bundle = bundle
         self.requested_device = device
         self.threads = threads or EngineThreads()

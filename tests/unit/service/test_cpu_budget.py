@@ -69,3 +69,12 @@ def test_settings_plan_follows_the_budget(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(service.settings, "cpu_budget", lambda: 6)
     plan = Settings(instances=3).threads()
     assert (plan.budget, plan.instances, plan.intra_op_threads, plan.decode_workers) == (6, 3, 2, 6)
+
+
+def test_worker_processes_share_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import service.settings
+
+    monkeypatch.setattr(service.settings, "cpu_budget", lambda: 8)
+    plan = Settings(workers=2).threads()
+    assert plan.budget == 4 and plan.instances * plan.intra_op_threads <= 4 and plan.decode_workers == 4
+    assert Settings(workers=16).threads().budget == 1

@@ -17,6 +17,11 @@ def test_unknown_engine_lists_the_valid_ones() -> None:
         create_engine("tensorrt", dummy_bundle(4))
 
 
+def test_unknown_device_is_refused_not_run_on_the_cpu() -> None:
+    with pytest.raises(EngineError, match="valid devices: auto, cpu, cuda"):
+        create_engine("dummy", dummy_bundle(4), "tpu")  # type: ignore[arg-type]
+
+
 def test_registry_holds_every_settings_choice() -> None:
     from typing import get_args
 
