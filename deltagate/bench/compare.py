@@ -240,8 +240,8 @@ def _bad(counts: dict[str, int]) -> dict[str, int]:
 def _overload(server: ServerProcess, workload: Workload, cfg: CompareConfig) -> dict[str, Any]:
     """A full queue: how fast a request is refused, and that every answer is right.
 
-    ``overload_clients`` fillers keep the small queue full (waiting 10 ms after each 503); a probe
-    sends one request every 20 ms; its 503s' latency (client side) is the target's number.
+    ``overload_clients`` fillers keep the small queue full (waiting 2 ms after each 503); a probe in
+    its own process sends one request every 20 ms; its 503s' latency (client side) is the target's number.
     """
     fill, probe = probe_while_full(server.url, workload.payloads, cfg.overload_clients, cfg.overload_seconds,
                                    cfg.warmup_s, timeout_s=cfg.request_timeout_s)
@@ -394,7 +394,7 @@ def _per_round(segs: Sequence[dict[str, Any]], fn: Callable[[dict[str, Any]], fl
             v = fn(s)
         except KeyError:
             v = None
-        out.append(None if v is None else round(v, 3))
+        out.append(None if v is None or v != v else round(v, 3))  # NaN: nothing to measure (e.g. no 503)
     return out
 
 

@@ -368,7 +368,7 @@ async def _fill(url: str, payloads: Sequence[Payload], fillers: int, backoff_503
 
 
 def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, seconds: float, warmup_s: float = 1.0,
-                     backoff_503_s: float = 0.01, interval_s: float = 0.02, timeout_s: float = 60.0,
+                     backoff_503_s: float = 0.002, interval_s: float = 0.02, timeout_s: float = 60.0,
                      ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
     """Keep a server's queue full with ``fillers`` closed-loop clients and time a probe's requests.
 
@@ -385,10 +385,10 @@ def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, second
         image.write(payload.data)
         image.flush()
         argv = [sys.executable, "-m", "deltagate.bench.probe", url, image.name, "--seconds", str(seconds),
-                "--interval", str(interval_s), "--timeout", str(timeout_s),
+                "--interval", str(interval_s), "--timeout", str(timeout_s), "--delay", str(warmup_s),
                 *(["--expect", payload.expected_label] if payload.expected_label else [])]
         proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        # The probe imports during the fillers' first seconds (its clock starts then); they outlast it by 3 s.
+        # The probe imports and waits warmup_s while the fillers fill the queue; they outlast it by 3 s.
         fill = asyncio.run(_fill(url, payloads, fillers, backoff_503_s, warmup_s + seconds + 3.0, timeout_s))
         out, err = proc.communicate(timeout=timeout_s + seconds)
     if proc.returncode != 0:
