@@ -141,3 +141,18 @@ def test_export_quantize_without_data_records_parity_but_no_threshold(micro_clip
     again = load_bundle(out)
     assert again.manifest.int8 is None and INT8_ONNX_FILE not in again.manifest.files
     assert not (out / INT8_ONNX_FILE).exists()
+
+
+def test_export_cli_with_quantize_int8(tmp_path: Path) -> None:
+    from tests.conftest import ASSETS, MICRO_ARCH
+
+    out, data = tmp_path / "b", _world(tmp_path / "world", per_class=2)
+    args = ["export", "--out", str(out), "--classes", ",".join(MICRO_CLASSES), "--model", MICRO_ARCH,
+            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--quantize", "int8", "--data", str(data)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    info = load_bundle(out).manifest.int8
+    assert info is not None and info.calibration is not None and info.parity.images == 2 * 4 + 10
+    assert "ID accuracy" in result.output and "AUROC near" in result.output
+    bad = CliRunner().invoke(app, [*args[:-4], "--quantize", "int4"])
+    assert bad.exit_code != 0 and "the only choice is int8" in bad.output
