@@ -288,12 +288,15 @@ def _servers(cfg: CompareConfig, stack: ExitStack) -> dict[str, ServerProcess]:
     return specs
 
 
-def compare_report(command: str, cfg: CompareConfig) -> dict[str, Any]:
+def compare_report(command: str, cfg: CompareConfig,
+                   on_segment: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run the comparison and return the JSON-ready report (segments, medians, verdict).
 
     Args:
         command: the command line, stored in the report.
         cfg: what to measure.
+        on_segment: called with the report so far (``"complete": False``) after every segment, so
+            a run cut short still leaves its measurements.
 
     Returns:
         The report: machine, parameters, every segment's numbers, per-system medians and the
@@ -321,9 +324,14 @@ def compare_report(command: str, cfg: CompareConfig) -> dict[str, Any]:
                 for w in workloads.values():
                     for condition in cfg.conditions:
                         segments.append(_segment(r, w, condition, servers, models, cfg))
+                        if on_segment is not None:
+                            on_segment({**report, "complete": False, "segments": segments,
+                                        "summary": summarize(segments, cfg), "verdict": verdict(segments, cfg),
+                                        "wall_seconds": round(time.perf_counter() - t0, 1)})
     finally:
         for m in models.values():
             m.engine.close()
+    report["complete"] = True
     report["segments"] = segments
     report["summary"] = summarize(segments, cfg)
     report["verdict"] = verdict(segments, cfg)
@@ -513,6 +521,8 @@ def markdown_report(report: dict[str, Any]) -> str:
     loads = [x for s in segs for x in (s["load_average_before"], s["load_average_after"]) if x]
     lines = [
         f"`{report['command']}`", "",
+        *([] if report.get("complete", True) else
+          [f"**Cut short: {len(segs)} segments measured** (the run did not finish).", ""]),
         f"Started {report['started_at']}, {report['wall_seconds']} s; {report['machine']['usable_cpus']} usable CPUs; "
         f"1-min load average during the segments {min(x[0] for x in loads):.2f}–{max(x[0] for x in loads):.2f}"
         if loads else "", "",

@@ -208,9 +208,23 @@ def compare(
     )
     # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = compare_report(_command_line(ctx), cfg)
+    report = compare_report(_command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
     write_report(report, out)
     md = markdown_report(report)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     typer.echo(md)
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@bench_app.command("markdown")
+def markdown(
+    report: Annotated[Path, typer.Argument(help="A bench compare JSON report (complete or cut short).")],
+) -> None:
+    """Write (and print) the Markdown tables of a compare report from its JSON, beside it (.md)."""
+    import json
+
+    from deltagate.bench.compare import markdown_report
+
+    md = markdown_report(json.loads(report.read_text(encoding="utf-8")))
+    report.with_suffix(".md").write_text(md, encoding="utf-8")
+    typer.echo(md)
