@@ -103,12 +103,15 @@ class ServerProcess:
         ready_timeout_s: how long to wait for readiness.
         port_range: ports to choose from (inclusive); None: the OS picks a free one.
         graceful_s: time the server gets to stop after SIGTERM before it is killed.
+        cwd: working directory of the server (None: this one).
     """
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
                  ready_path: str = "/readyz", ready_timeout_s: float = 300.0,
-                 port_range: tuple[int, int] | None = None, graceful_s: float = 30.0) -> None:
+                 port_range: tuple[int, int] | None = None, graceful_s: float = 30.0,
+                 cwd: str | None = None) -> None:
         self.name = name
+        self.cwd = cwd
         self.port = _claim_port(port_range)
         self.argv = [a.replace("{port}", str(self.port)) for a in argv]
         self.env = {k: v.replace("{port}", str(self.port)) for k, v in (env or {}).items()}
@@ -135,7 +138,7 @@ class ServerProcess:
         self._log = tempfile.TemporaryFile()
         self._started = time.perf_counter()
         self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True)
+                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
 
     def wait_ready(self) -> None:
         """Poll ``ready_path`` until it answers 200.
@@ -223,8 +226,10 @@ def deltagate_server(settings: Settings, *, pythonpath: str | None = None,
     env.update({"DELTAGATE_HOST": LOCALHOST, "DELTAGATE_PORT": "{port}"})
     if pythonpath is not None:
         env["PYTHONPATH"] = pythonpath
+    # `python -c` puts the working directory first on sys.path: run another checkout's code from
+    # inside it, or this checkout's `service` would shadow it.
     return ServerProcess(name, [sys.executable, "-c", "from service.server import run; run()"], env,
-                         port_range=port_range, graceful_s=settings.graceful_shutdown_s + 10.0)
+                         port_range=port_range, graceful_s=settings.graceful_shutdown_s + 10.0, cwd=pythonpath)
 
 
 def batch_counters(url: str) -> dict[str, float]:
