@@ -17,7 +17,7 @@ from service.cpu_budget import cpu_budget
 
 __all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
-EngineName = Literal["auto", "torch", "onnx", "dummy"]
+EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field(
         "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
-        "onnx or dummy (tests)."
+        "onnx, onnx-int8 (the bundle's int8 graph) or dummy (tests)."
     )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "

@@ -21,6 +21,7 @@ ENGINES: dict[str, str] = {
     "torch": "service.engines.torch_engine:TorchEngine",
     "onnx": "service.engines.onnx_engine:OnnxEngine",
     "dummy": "service.engines.dummy:DummyEngine",
+    "onnx-int8": "service.engines.onnx_int8:OnnxInt8Engine",  # the bundle's int8 graph (deltagate quantize)
 }
 AUTO = "auto"  # not an engine: resolved per bundle by resolve_engine_name
 
