@@ -58,10 +58,30 @@ app.command()(ablate)
 app.add_typer(demo_app, name="demo")
 
 
+def _settings_error_line(exc: Exception) -> str:
+    """One line for a pydantic ValidationError: each bad field with its flag/env name and the reason."""
+    parts = []
+    for err in exc.errors():  # type: ignore[attr-defined]
+        field = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        where = f" (--{field.replace('_', '-')} / DELTAGATE_{field.upper()})" if err.get("loc") else ""
+        given = f", got {err['input']!r}" if "input" in err and not isinstance(err["input"], dict) else ""
+        parts.append(f"{field}{where}: {err.get('msg', 'invalid')}{given}")
+    return "invalid setting: " + "; ".join(parts)
+
+
 def cli_main() -> None:
-    """Console-script entry: expected user errors print one clear line instead of a traceback."""
+    """Console-script entry: expected user errors print one clear line instead of a traceback.
+
+    User errors are the model side's :class:`DeltagateError` (bundles, engines that cannot run
+    where asked), a missing file, and invalid settings from flags or ``DELTAGATE_*`` variables.
+    """
+    from pydantic import ValidationError
+
     try:
         app()
     except (DeltagateError, FileNotFoundError) as exc:
         typer.secho(f"error: {exc}", err=True, fg=typer.colors.RED)
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        typer.secho(f"error: {_settings_error_line(exc)}", err=True, fg=typer.colors.RED)
         raise SystemExit(2) from None

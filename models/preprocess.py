@@ -3,14 +3,26 @@
 The bundle carries a :class:`PreprocessConfig`; ``deltagate evaluate`` and the service both call
 :func:`preprocess_image` with it, so an image is turned into the same tensor offline and online.
 It reproduces open_clip's eval transform (resize the shortest side with PIL, centre crop, scale to
-[0, 1], normalise) with PIL and NumPy only, so the ONNX service path needs no torchvision. One
-deliberate difference: images are converted to RGB *before* resizing (open_clip converts after,
-which resizes palette images with nearest-neighbour).
+[0, 1], normalise) with PIL and NumPy only, so the ONNX service path needs no torchvision. Two
+deliberate differences:
+
+- images are converted to RGB *before* resizing (open_clip converts after, which resizes palette
+  images with nearest-neighbour);
+- transparency is handled by one documented conversion, :func:`to_rgb`: an image with an alpha
+  channel or a transparent palette/colour key is composited over :data:`TRANSPARENT_BACKGROUND`
+  (white). Training, evaluation and serving all call it, and it never triggers Pillow's "palette
+  images with transparency should be converted to RGBA" warning.
+
+Fast decode (serving only): :func:`decode_image` with ``min_side`` decodes a JPEG much larger
+than the model input at a reduced DCT scale (Pillow's draft mode: 1/2, 1/4 or 1/8, done inside
+libjpeg), keeping the shortest side at least ``DRAFT_MARGIN`` x ``min_side``; the exact resize and
+crop then run on that image. ``deltagate bench decode`` measures what it changes.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from collections.abc import Sequence
 from typing import Literal
@@ -24,7 +36,10 @@ __all__ = [
     "ImageDecodeError",
     "ImageTooLargeError",
     "SUPPORTED_FORMATS",
+    "TRANSPARENT_BACKGROUND",
+    "DRAFT_MARGIN",
     "decode_image",
+    "to_rgb",
     "preprocess_image",
     "preprocess_batch",
 ]
@@ -37,6 +52,14 @@ _INTERPOLATIONS = {
     "bilinear": Image.Resampling.BILINEAR,
     "nearest": Image.Resampling.NEAREST,
 }
+
+
+# Colour under transparent pixels: white, as image viewers and browsers show transparent clipart.
+TRANSPARENT_BACKGROUND: tuple[int, int, int] = (255, 255, 255)
+# A draft-decoded JPEG keeps its shortest side >= DRAFT_MARGIN x the model input, so the exact
+# bicubic resize still reduces by at least 2x (`deltagate bench decode` measures the agreement).
+DRAFT_MARGIN = 2
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 class PreprocessConfig(BaseModel):
@@ -61,12 +84,15 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
     """Decode image bytes, checking format and pixel count before the pixels are decoded.
 
     Args:
         data: encoded image bytes.
         max_pixels: largest width * height accepted; read from the header, before decoding.
+        min_side: if given, a JPEG is decoded at the smallest DCT scale whose shortest side is
+            still >= ``DRAFT_MARGIN * min_side`` (full size when it is not that large). None:
+            always full size (training and evaluation).
 
     Returns:
         The decoded image (fully loaded, any mode).
@@ -89,6 +115,8 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
             width, height = img.size
             if width * height > max_pixels:
                 raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+            if min_side is not None and fmt == "JPEG":
+                _draft(img, DRAFT_MARGIN * min_side)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
@@ -99,6 +127,30 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
             raise
         raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
     return img
+
+
+def _draft(img: Image.Image, keep_side: int) -> None:
+    """Ask libjpeg for a reduced-scale decode keeping the shortest side >= ``keep_side``."""
+    width, height = img.size
+    scale = keep_side / min(width, height)
+    if scale <= 0.5:  # at least one halving is possible
+        img.draft(img.mode, (math.ceil(width * scale), math.ceil(height * scale)))  # Pillow keeps >= this
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """The one conversion to RGB, used by training, evaluation and serving.
+
+    Images with transparency (an alpha channel, a palette with transparent entries, or a
+    transparent colour key) are converted to RGBA and composited over
+    :data:`TRANSPARENT_BACKGROUND`; every other mode is converted directly.
+    """
+    if img.mode == "RGB":
+        return img
+    if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
+        return img.convert("RGB")
+    rgba = img.convert("RGBA")  # P/L/RGB with a transparency key -> real alpha (no Pillow warning)
+    background = Image.new("RGBA", rgba.size, (*TRANSPARENT_BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba).convert("RGB")
 
 
 def _resize(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
@@ -127,7 +179,7 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     Returns:
         float32 array of shape (3, image_size, image_size).
     """
-    img = _resize(img.convert("RGB"), cfg)
+    img = _resize(to_rgb(img), cfg)
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)

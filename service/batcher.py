@@ -1,18 +1,27 @@
-"""Dynamic batching: gather queued images into one forward pass, route the rows back.
+"""Adaptive batching over engine instances, with admission before any work is done.
 
-Requests put their preprocessed images on a bounded queue and await one future per image. A
-single worker task takes the first waiting image, keeps collecting until ``max_batch_size``
-images or until the first one has waited ``max_wait_s`` (whichever comes first), stacks them, runs
-the engine once in a dedicated inference thread (so the event loop keeps accepting and
-preprocessing while the forward runs) and resolves each future with its row of the outputs.
+Admission: a request reserves its images (:meth:`Batcher.admit`) before its body is read; the
+budget ``max_queue_size`` counts every image admitted and not yet in a forward (being read,
+decoded or queued). Over it, :class:`~service.errors.OverloadedError` (503) comes back at once and
+nothing of the request is decoded.
 
-Images whose future is already done (the request's client disconnected, or its deadline passed)
-are dropped before they reach a batch. A failing forward fails only the futures of that batch.
+Batching: one worker task per engine instance, each with its own inference thread, all fed from
+one queue. An idle instance takes whatever is waiting at once (up to ``max_batch_size``); images
+gather into larger batches only while every instance is busy (infinity's and Triton's dynamic
+batching). ``max_wait_s > 0`` makes a batch's first image wait that long for company even on an
+idle instance (the classic timeout batcher). Only one idle instance collects at a time, so a
+waiting batch is not split between idle instances. Batches are stacked (and padded) inside the
+instance's thread, not on the event loop.
+
+Images whose future is already done (the client disconnected, the deadline passed) are dropped
+before they reach a batch. A failing forward fails only the futures of its batch. Errors are the
+service's own (:mod:`service.errors`), mapped to HTTP by its one handler.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import functools
 import logging
 import time
@@ -20,21 +29,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from types import TracebackType
 
 import numpy as np
 
 from service.engines.base import EngineOutputs
+from service.errors import DeadlineError, InferenceFailedError, NotReadyError, OverloadedError
 
-__all__ = [
-    "Batcher",
-    "Row",
-    "QueueFullError",
-    "DeadlineExceededError",
-    "InferenceError",
-    "BatcherClosedError",
-]
+__all__ = ["Batcher", "Row", "Ticket"]
 
 logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Row:
@@ -42,22 +47,7 @@ class Row:
 
     outputs: dict[str, np.ndarray]  # logits (K,), probs (K,), delta_energy (), energy ()
     batch_size: int  # images in the forward that produced it (padding excluded)
-
-
-class QueueFullError(RuntimeError):
-    """The queue cannot take the request's images now (overload)."""
-
-
-class BatcherClosedError(RuntimeError):
-    """The batcher is shutting down and takes no new work."""
-
-
-class DeadlineExceededError(TimeoutError):
-    """The image waited in the queue past its request's deadline."""
-
-
-class InferenceError(RuntimeError):
-    """The forward pass of the image's batch failed."""
+    instance: int = 0  # which engine instance ran it
 
 
 @dataclass(eq=False)
@@ -69,23 +59,57 @@ class _Pending:
     queued: bool = field(default=True)  # still counted in the queue depth
 
 
+class Ticket:
+    """A request's admitted images: counted in the budget until they are queued or it is released.
+
+    Use as a context manager; whatever is still held at exit is released (e.g. a request whose
+    body turned out to be invalid).
+    """
+
+    def __init__(self, batcher: Batcher, held: int) -> None:
+        self._batcher = batcher
+        self.held = held
+
+    def grow(self, total: int) -> None:
+        """Hold ``total`` images instead of the provisional count (once the body is read).
+
+        Raises:
+            OverloadedError: the budget cannot take the extra images; the ticket keeps what it held.
+        """
+        if total > self.held:
+            self._batcher._reserve(total - self.held)
+            self.held = total
+
+    def release(self) -> None:
+        self._batcher._unreserve(self.held)
+        self.held = 0
+
+    def __enter__(self) -> Ticket:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.release()
+
+
 class Batcher:
-    """Gathers images into batches for one engine.
+    """Gathers images into batches for a group of engine instances.
 
     Args:
-        infer: the engine's blocking forward, (B, 3, H, W) -> outputs; run in one thread.
+        instances: each instance's blocking forward, (B, 3, H, W) -> outputs; each runs in its own thread.
         max_batch_size: largest batch.
-        max_wait_s: longest time the first image of a batch waits for company.
-        max_queue_size: most images waiting; a submission that would exceed it is refused.
+        max_wait_s: how long a batch's first image waits for company on an idle instance (0: none).
+        max_queue_size: most images admitted and not yet in a forward.
         pad_buckets: if given, batches are zero-padded to the smallest bucket that holds them
             (stable shapes for CUDA kernels); the padding rows are discarded.
         on_batch: called with (batch size, forward seconds) after every forward.
-        on_depth: called with the queue depth whenever it changes.
+        on_depth: called with :attr:`depth` whenever it changes.
     """
 
     def __init__(
         self,
-        infer: Callable[[np.ndarray], EngineOutputs],
+        instances: Sequence[Callable[[np.ndarray], EngineOutputs]],
         max_batch_size: int,
         max_wait_s: float,
         max_queue_size: int,
@@ -93,7 +117,9 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
     ) -> None:
-        self._infer = infer
+        if not instances:
+            raise ValueError("at least one engine instance is needed")
+        self._instances = list(instances)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
         self.max_queue_size = max_queue_size
@@ -101,43 +127,93 @@ class Batcher:
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
         self._queue: deque[_Pending] = deque()
-        self._depth = 0  # queued images whose futures are not done
+        self._queued = 0  # queued images whose futures are not done
+        self._reserved = 0  # admitted images not queued yet (body being read, images being decoded)
         self._wakeup = asyncio.Event()
-        self._idle = asyncio.Event()  # set while no forward runs
-        self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="deltagate-infer")
-        self._task: asyncio.Task[None] | None = None
+        self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
+        self._executors = [
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deltagate-infer-{i}")
+            for i in range(len(self._instances))
+        ]
+        self._jobs: dict[int, concurrent.futures.Future[tuple[EngineOutputs, float]]] = {}  # last job per instance
+        self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
 
     @property
     def depth(self) -> int:
-        """Images waiting for a forward."""
-        return self._depth
+        """Images admitted and not yet in a forward (reserved + queued)."""
+        return self._reserved + self._queued
+
+    def _running(self) -> list[concurrent.futures.Future[tuple[EngineOutputs, float]]]:
+        """Forwards still inside an engine (a cancelled request does not stop its thread)."""
+        return [job for job in self._jobs.values() if not job.done()]
+
+    @property
+    def busy_instances(self) -> int:
+        """Instances running a forward now."""
+        return len(self._running())
 
     def start(self) -> None:
-        """Start the worker task on the running loop."""
-        if self._task is None:
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="deltagate-batcher")
+        """Start one worker task per instance on the running loop."""
+        if not self._tasks:
+            loop = asyncio.get_running_loop()
+            self._tasks = [loop.create_task(self._worker(i), name=f"deltagate-batcher-{i}")
+                           for i in range(len(self._instances))]
 
-    def submit(self, images: Sequence[np.ndarray], timeout_s: float) -> list[asyncio.Future[Row]]:
+    # --- admission --------------------------------------------------------------------------------
+    def admit(self, images: int = 1) -> Ticket:
+        """Reserve room for a request's images before any of its work is done.
+
+        Args:
+            images: how many to reserve now (1 before the body is read: the count is not known yet).
+
+        Raises:
+            NotReadyError: shutting down.
+            OverloadedError: the budget is spent.
+        """
+        if self._closing:
+            raise NotReadyError("the service is shutting down")
+        self._reserve(images)
+        return Ticket(self, images)
+
+    def _reserve(self, n: int) -> None:
+        if self.depth + n > self.max_queue_size:
+            raise OverloadedError(
+                f"overloaded: {self.depth}/{self.max_queue_size} images in flight, {n} more do not fit; retry later"
+            )
+        self._reserved += n
+        self._on_depth(self.depth)
+
+    def _unreserve(self, n: int) -> None:
+        if n:
+            self._reserved -= n
+            self._on_depth(self.depth)
+
+    # --- queueing ---------------------------------------------------------------------------------
+    def submit(
+        self, images: Sequence[np.ndarray], timeout_s: float, ticket: Ticket | None = None
+    ) -> list[asyncio.Future[Row]]:
         """Queue a request's images, all or none.
 
         Args:
             images: preprocessed images, each (3, H, W) float32.
             timeout_s: seconds from now after which a still-queued image is dropped.
+            ticket: the request's admission; its images move from reserved to queued. Without one
+                (tests, in-process callers), the images are admitted here.
 
         Returns:
             One future per image, resolved with its row, or failed with
-            :class:`DeadlineExceededError` / :class:`InferenceError`.
+            :class:`~service.errors.DeadlineError` / :class:`~service.errors.InferenceFailedError`.
 
         Raises:
-            QueueFullError: the queue cannot hold the images now.
-            BatcherClosedError: shutting down.
+            OverloadedError: no ticket and the budget cannot hold the images now.
+            NotReadyError: no ticket and shutting down (admitted requests still finish).
         """
-        if self._closing:
-            raise BatcherClosedError("the service is shutting down")
-        if self._depth + len(images) > self.max_queue_size:
-            raise QueueFullError(f"queue full ({self._depth}/{self.max_queue_size} images waiting)")
+        n = len(images)
+        if ticket is None:
+            ticket = self.admit(n)
+        else:
+            ticket.grow(n)
         loop = asyncio.get_running_loop()
         now = loop.time()
         futures: list[asyncio.Future[Row]] = []
@@ -146,8 +222,10 @@ class Batcher:
             item.future.add_done_callback(functools.partial(self._on_done, item))
             self._queue.append(item)
             futures.append(item.future)
-        self._depth += len(images)
-        self._on_depth(self._depth)
+        ticket.held -= n  # reserved -> queued, with no await in between
+        self._reserved -= n
+        self._queued += n
+        self._on_depth(self.depth)
         self._wakeup.set()
         return futures
 
@@ -158,8 +236,8 @@ class Batcher:
         """Take an image out of the depth count (idempotent)."""
         if item.queued:
             item.queued = False
-            self._depth -= 1
-            self._on_depth(self._depth)
+            self._queued -= 1
+            self._on_depth(self.depth)
 
     def _pop_live(self, now: float) -> _Pending | None:
         """The next image still worth a forward; drops cancelled and expired ones."""
@@ -168,14 +246,15 @@ class Batcher:
             if item.future.done():  # client gone or request timed out: never reaches a batch
                 continue
             if now > item.deadline:
-                item.future.set_exception(DeadlineExceededError("waited in the queue past the deadline"))
+                item.future.set_exception(DeadlineError("the request waited in the queue past its deadline"))
                 continue
             self._release(item)
             return item
         return None
 
+    # --- batching ---------------------------------------------------------------------------------
     async def _collect(self) -> list[_Pending]:
-        """Wait for the first image, then gather until the batch is full or its wait is over."""
+        """Wait for the first image; take what else is waiting; wait ``max_wait_s`` for more if set."""
         loop = asyncio.get_running_loop()
         first = self._pop_live(loop.time())
         while first is None:
@@ -199,60 +278,74 @@ class Batcher:
                 break
         return batch
 
-    def _stack(self, batch: list[_Pending]) -> np.ndarray:
-        pixels = np.stack([item.pixels for item in batch])  # (B, 3, H, W)
-        if self._buckets:
-            size = next((b for b in self._buckets if b >= len(batch)), len(batch))
-            pad = np.zeros((size - len(batch), *pixels.shape[1:]), dtype=pixels.dtype)  # (P, 3, H, W)
-            pixels = np.concatenate([pixels, pad])  # (bucket, 3, H, W)
-        return pixels
-
-    async def _forward(self, batch: list[_Pending]) -> None:
-        """One forward for the batch; each future gets its row, or the batch's error."""
-        loop = asyncio.get_running_loop()
+    def _stack_and_infer(self, instance: int, pixels: list[np.ndarray]) -> tuple[EngineOutputs, float]:
+        """In the instance's thread: stack (and pad) the batch, run the forward; returns (outputs, seconds)."""
         start = time.perf_counter()
-        self._idle.clear()
+        x = np.stack(pixels)  # (B, 3, H, W)
+        if self._buckets:
+            size = next((b for b in self._buckets if b >= len(pixels)), len(pixels))
+            pad = np.zeros((size - len(pixels), *x.shape[1:]), dtype=x.dtype)  # (P, 3, H, W)
+            x = np.concatenate([x, pad])  # (bucket, 3, H, W)
+        outputs = self._instances[instance](x)
+        return outputs, time.perf_counter() - start
+
+    async def _forward(self, instance: int, batch: list[_Pending]) -> None:
+        """One forward on ``instance``; each future gets its row, or the batch's error."""
+        job = self._executors[instance].submit(self._stack_and_infer, instance, [it.pixels for it in batch])
+        self._jobs[instance] = job
         try:
-            outputs = await loop.run_in_executor(self._executor, self._infer, self._stack(batch))
-        except asyncio.CancelledError:  # stop() past its timeout: nobody will read these rows
+            outputs, seconds = await asyncio.wrap_future(job)
+        except asyncio.CancelledError:  # stop() past its drain time: nobody will read these rows
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(BatcherClosedError("the service shut down during the forward"))
+                    item.future.set_exception(NotReadyError("the service shut down during the forward"))
             raise
         except Exception as exc:
-            logger.exception("forward of a batch of %d images failed", len(batch))
+            logger.exception("forward of a batch of %d images failed (instance %d)", len(batch), instance)
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(InferenceError(f"inference failed: {type(exc).__name__}"))
+                    item.future.set_exception(InferenceFailedError(f"inference failed: {type(exc).__name__}"))
             return
-        finally:
-            self._idle.set()
-        self._on_batch(len(batch), time.perf_counter() - start)
+        self._on_batch(len(batch), seconds)
         for i, item in enumerate(batch):
             if not item.future.done():  # the request may have given up meanwhile
-                item.future.set_result(Row({name: arr[i] for name, arr in outputs.items()}, len(batch)))
+                row = {name: arr[i] for name, arr in outputs.items()}
+                item.future.set_result(Row(row, len(batch), instance))
 
-    async def _run(self) -> None:
+    async def _worker(self, instance: int) -> None:
         while True:
-            batch = await self._collect()
-            await self._forward(batch)
+            async with self._collecting:
+                batch = await self._collect()
+            await self._forward(instance, batch)
 
+    # --- shutdown ---------------------------------------------------------------------------------
     async def stop(self, timeout_s: float = 30.0) -> None:
-        """Refuse new work, finish what is queued and running (up to ``timeout_s``), then stop."""
+        """Refuse new requests, finish admitted and running work (up to ``timeout_s``), then stop.
+
+        Forwards still running after ``timeout_s`` cannot be interrupted; their rows are dropped
+        (the requests get 503), and this waits for them to end anyway, so that the caller may close
+        the engines safely afterwards.
+        """
         self._closing = True
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout_s
-        while (self._depth > 0 or not self._idle.is_set()) and loop.time() < end:
+        while (self.depth > 0 or self._running()) and loop.time() < end:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
             try:
-                await self._task
+                await task
             except asyncio.CancelledError:
                 pass
-            self._task = None
+        self._tasks = []
         for item in self._queue:
             if not item.future.done():
-                item.future.set_exception(BatcherClosedError("the service shut down before this image ran"))
+                item.future.set_exception(NotReadyError("the service shut down before this image ran"))
         self._queue.clear()
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        running = self._running()
+        if running:
+            logger.warning("shutdown: waiting for %d running forward(s) before closing the engines", len(running))
+            await asyncio.to_thread(concurrent.futures.wait, running)
+        for executor in self._executors:
+            executor.shutdown(wait=True)  # every job has ended: returns at once

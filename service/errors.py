@@ -1,7 +1,10 @@
 """Service errors: one exception type per client-visible failure, one JSON error body for all.
 
 Every error response has the body ``{"error": {"status", "code", "message", "details"},
-"request_id"}``, whether it comes from our own checks, from FastAPI's request validation, from
+"request_id"}``. The status and code of each failure live in one place, on its class below; the
+batcher, the pipeline and the routes raise these types and the one handler maps them, so there is
+no second hierarchy to translate. Every 503 carries ``Retry-After`` (the ``retry_after_s``
+setting) unless the raiser set its own, whether it comes from our own checks, from FastAPI's request validation, from
 Starlette (404, 405) or from an unexpected exception (500, logged with its traceback; the client
 sees no internals).
 """
@@ -80,19 +83,19 @@ class UnauthorizedError(ServiceError):
 
 
 class OverloadedError(ServiceError):
-    status, code = 503, "overloaded"
+    status, code = 503, "overloaded"  # the in-flight image budget (max_queue_size) is spent
 
 
 class NotReadyError(ServiceError):
-    status, code = 503, "not_ready"
+    status, code = 503, "not_ready"  # loading, failed, or shutting down
 
 
 class DeadlineError(ServiceError):
-    status, code = 504, "deadline_exceeded"
+    status, code = 504, "deadline_exceeded"  # waited past the request's deadline
 
 
 class InferenceFailedError(ServiceError):
-    status, code = 500, "inference_failed"
+    status, code = 500, "inference_failed"  # the forward of the image's batch raised
 
 
 class ClientGoneError(ServiceError):
@@ -120,7 +123,11 @@ def _request_id(request: Request) -> str | None:
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return error_response(_request_id(request), exc.status, exc.code, exc.message, exc.details, exc.headers)
+    headers = exc.headers
+    if exc.status == 503 and "Retry-After" not in headers:
+        settings = getattr(request.app.state, "settings", None)
+        headers = {**headers, "Retry-After": str(getattr(settings, "retry_after_s", 1))}
+    return error_response(_request_id(request), exc.status, exc.code, exc.message, exc.details, headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -1,6 +1,9 @@
-"""The request pipeline's named stages: read → decode/preprocess → batch/forward → postprocess.
+"""The request pipeline's named stages: admit → read → decode/preprocess → batch/forward → postprocess.
 
-Each stage is a small function; the classify route only strings them together.
+Each stage is a small function; the classify route only strings them together. Admission
+(:meth:`service.batcher.Batcher.admit`) runs before the body is read, so an overloaded service
+answers 503 without reading or decoding anything. JSON parsing and base64 decoding run in the
+decode pool, never on the event loop.
 """
 
 from __future__ import annotations
@@ -27,30 +30,20 @@ from models.preprocess import (
     decode_image,
     preprocess_image,
 )
-from service.batcher import (
-    Batcher,
-    BatcherClosedError,
-    DeadlineExceededError,
-    InferenceError,
-    QueueFullError,
-    Row,
-)
+from service.batcher import Batcher, Row, Ticket
 from service.errors import (
     BadImageError,
     ClientGoneError,
     DeadlineError,
-    InferenceFailedError,
     InvalidBodyError,
     InvalidFieldError,
-    NotReadyError,
-    OverloadedError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
 from service.schemas import ClassifyJSONRequest, ImageResult, TopKEntry
 from service.settings import Settings
 
-__all__ = ["InputImage", "read_images", "prepare_images", "run_batched", "postprocess"]
+__all__ = ["InputImage", "read_images", "resolve_top_k", "prepare_images", "run_batched", "postprocess"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -62,10 +55,19 @@ class InputImage:
 
 
 # --- stage 1: read the request body -------------------------------------------------------------
-async def read_images(request: Request, settings: Settings) -> tuple[list[InputImage], int | None]:
-    """The images and optional ``top_k`` of a multipart or JSON request.
+async def read_images(
+    request: Request, settings: Settings, ticket: Ticket, pool: Executor
+) -> tuple[list[InputImage], int | None]:
+    """The images and optional body ``top_k`` of a multipart or JSON request; the ticket grows to hold them.
+
+    Args:
+        request: the request (its body is read here).
+        settings: limits.
+        ticket: the request's admission; it holds one provisional image until the count is known.
+        pool: where JSON is parsed and base64 decoded.
 
     Raises:
+        OverloadedError: the images do not fit in the in-flight budget (nothing is decoded).
         UnsupportedMediaTypeError: neither multipart/form-data nor application/json.
         InvalidFieldError: malformed fields, no image.
         InvalidBodyError: unparsable JSON.
@@ -75,7 +77,7 @@ async def read_images(request: Request, settings: Settings) -> tuple[list[InputI
     if content_type == _MULTIPART:
         images, top_k = await _read_multipart(request)
     elif content_type == _JSON:
-        images, top_k = await _read_json(request)
+        images, top_k = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, await request.body())
     else:
         raise UnsupportedMediaTypeError(
             f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
@@ -87,6 +89,7 @@ async def read_images(request: Request, settings: Settings) -> tuple[list[InputI
         raise PayloadTooLargeError(
             f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
         )
+    ticket.grow(len(images))
     return images, top_k
 
 
@@ -105,9 +108,10 @@ async def _read_multipart(request: Request) -> tuple[list[InputImage], int | Non
     return images, int(top_k)
 
 
-async def _read_json(request: Request) -> tuple[list[InputImage], int | None]:
+def _parse_json(body: bytes) -> tuple[list[InputImage], int | None]:
+    """JSON + base64 -> images (in the decode pool: ~0.1 s for a 32 MB body would stall the loop)."""
     try:
-        payload = json.loads(await request.body())
+        payload = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
     try:
@@ -119,22 +123,45 @@ async def _read_json(request: Request) -> tuple[list[InputImage], int | None]:
     return [InputImage(data) for data in parsed.images], parsed.top_k
 
 
+def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
+    """One rule for ``top_k``: the query parameter or the body field (either form), never both.
+
+    Raises:
+        InvalidFieldError: both are given with different values (422).
+    """
+    if query is not None and body is not None and query != body:
+        raise InvalidFieldError(
+            f"top_k given twice with different values (query {query}, body {body}); give it once",
+            details=[{"loc": ["query", "top_k"]}, {"loc": ["body", "top_k"]}],
+        )
+    return body or query or default
+
+
 # --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
-def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int) -> np.ndarray:
-    return preprocess_image(decode_image(data, max_pixels), cfg)  # (3, H, W)
+def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool) -> np.ndarray:
+    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None)
+    return preprocess_image(img, cfg)  # (3, H, W)
 
 
 async def prepare_images(
-    images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor
+    images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True
 ) -> list[np.ndarray]:
     """Decode and preprocess every image off the event loop, exactly as the bundle says.
+
+    Args:
+        images: the request's images.
+        cfg: the bundle's preprocessing.
+        max_pixels: pixel limit per image.
+        pool: the decode pool.
+        fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_image`).
 
     Raises:
         BadImageError: an image is not decodable (400); the message names which.
         PayloadTooLargeError: an image has too many pixels (413).
     """
     loop = asyncio.get_running_loop()
-    jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels) for im in images]
+    jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode)
+            for im in images]
     outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
         where = {"index": i, "filename": images[i].filename}
@@ -155,30 +182,28 @@ async def _client_gone(receive: Receive) -> None:
 
 
 async def run_batched(
-    request: Request, batcher: Batcher, pixels: list[np.ndarray], deadline: float, retry_after_s: int
+    request: Request, batcher: Batcher, ticket: Ticket, pixels: list[np.ndarray], deadline: float
 ) -> list[Row]:
     """Queue the images, await their rows; give up on deadline or when the client goes away.
 
     Args:
         request: the request (its ``receive`` tells when the client disconnects).
         batcher: the running batcher.
+        ticket: the request's admission (its images move to the queue).
         pixels: preprocessed images.
         deadline: ``time.monotonic()`` by which the request must be answered.
-        retry_after_s: value of ``Retry-After`` on overload.
 
     Returns:
         One output row per image, in order.
+
+    Raises:
+        ServiceError: the batcher's errors (504 deadline, 500 inference, 503 shutdown) as they
+            come, and 499 / 504 when the client leaves or the deadline passes here.
     """
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise DeadlineError("the request's deadline passed before it reached the queue")
-    try:
-        futures = batcher.submit(pixels, remaining)
-    except QueueFullError as exc:
-        raise OverloadedError(f"overloaded: {exc}; retry later", headers={"Retry-After": str(retry_after_s)}) from exc
-    except BatcherClosedError as exc:
-        raise NotReadyError(str(exc), headers={"Retry-After": str(retry_after_s)}) from exc
-    rows = asyncio.gather(*futures)
+    rows = asyncio.gather(*batcher.submit(pixels, remaining, ticket))
     gone = asyncio.ensure_future(_client_gone(request.receive))
     waiting: set[asyncio.Future[Any]] = {rows, gone}
     try:
@@ -190,14 +215,7 @@ async def run_batched(
         if gone in done:
             raise ClientGoneError("the client closed the connection")
         raise DeadlineError(f"no answer within the request timeout ({remaining:.1f} s left at queueing)")
-    try:
-        return rows.result()
-    except DeadlineExceededError as exc:
-        raise DeadlineError(f"the request waited in the queue past its deadline: {exc}") from exc
-    except InferenceError as exc:
-        raise InferenceFailedError(str(exc)) from exc
-    except BatcherClosedError as exc:
-        raise NotReadyError(str(exc), headers={"Retry-After": str(retry_after_s)}) from exc
+    return rows.result()
 
 
 # --- stage 4: postprocess ----------------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""The service's runtime: bundle, engine, batcher and thread pool, with their lifecycle.
+"""The service's runtime: bundle, engine instances, batcher and decode pool, with their lifecycle.
 
 Start-up runs in the background so that ``/healthz`` answers at once and ``/readyz`` says 503
-until the bundle is loaded and every batch-size bucket has run one forward (warm-up).
+until the bundle is loaded into every engine instance and each instance has run one forward per
+batch-size bucket (warm-up). Thread counts come from :meth:`Settings.threads` (the CPU budget).
 """
 
 from __future__ import annotations
@@ -12,20 +13,18 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
-from models.bundle import MANIFEST_FILE, ArchitectureInfo, Bundle, BundleError, BundleManifest, load_bundle
-from models.calibration import CalibrationRecord
-from models.preprocess import PreprocessConfig
+from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
 from service.batcher import Batcher
-from service.engines import Engine, check_outputs, create_engine
+from service.engines import Engine, EngineThreads, check_outputs, create_engine
+from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
-from service.settings import Settings
+from service.settings import Settings, ThreadPlan
 from service.telemetry import ServiceMetrics
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_model", "dummy_bundle"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,26 +51,13 @@ class LoadedModel:
         return check_outputs(outputs, pixel_values.shape[0], len(self.manifest.classes))
 
 
-def dummy_bundle(num_classes: int) -> Bundle:
-    """An in-memory bundle for the dummy engine: no files, 32 px inputs, a fixed calibration.
-
-    The calibration scores span 2..40, so a uniform image (ΔEnergy ≈ 0.3 under the dummy engine)
-    is OOD and an image bright in one strip (ΔEnergy ≈ 40) is in-distribution.
-    """
-    manifest = BundleManifest(
-        name="dummy", version="0", architecture=ArchitectureInfo(model_name="dummy", open_clip_config={}),
-        preprocess=PreprocessConfig(image_size=32), classes=[f"class_{i}" for i in range(num_classes)],
-        logit_scale=100.0, calibration=CalibrationRecord.from_scores(np.linspace(2.0, 40.0, 201)), files={},
-    )
-    return Bundle(Path("<dummy>"), manifest)
-
-
-def load_model(settings: Settings) -> LoadedModel:
-    """Load the bundle and its engine (blocking).
+def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
+    """Load the bundle once and one engine instance per ``plan.instances`` (blocking).
 
     Raises:
         BundleError: bundle missing, corrupt or without a calibrated threshold.
-        EngineError: the engine cannot run here (e.g. CUDA asked for but absent).
+        EngineError: the engine cannot run where asked (e.g. device=cuda and an instance would
+            run on the CPU).
     """
     if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
         bundle = dummy_bundle(settings.dummy_num_classes)
@@ -79,11 +65,32 @@ def load_model(settings: Settings) -> LoadedModel:
         bundle = load_bundle(settings.bundle_path)
     if bundle.manifest.calibration is None:
         raise BundleError(f"{bundle.path}: bundle has no calibrated threshold (run `deltagate calibrate`)")
-    engine = create_engine(settings.engine, bundle, settings.device)
-    engine.load()
-    logger.info("engine loaded", extra={"fields": {"bundle": str(bundle.path), "model": bundle.manifest.name,
-                                                   "version": bundle.manifest.version, **engine.describe()}})
-    return LoadedModel(bundle, engine)
+    threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
+    models = []
+    for i in range(plan.instances):
+        engine = create_engine(settings.engine, bundle, settings.device, threads)
+        engine.load()
+        models.append(LoadedModel(bundle, engine))
+        logger.info("engine instance loaded", extra={"fields": {
+            "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
+            "version": bundle.manifest.version, **engine.describe()}})
+    return models
+
+
+def check_device(settings: Settings) -> None:
+    """Before the server starts: with ``device=cuda``, load one engine instance to prove it runs on CUDA.
+
+    ``device=auto``/``cpu`` need no check. The service itself would also refuse (the engines raise
+    in ``load``, ``/readyz`` stays "failed"), but ``deltagate serve`` should not start at all.
+
+    Raises:
+        EngineError: the engine would run elsewhere (no CUDA, or its CUDA provider failed to initialise).
+        BundleError: the bundle cannot be loaded.
+    """
+    if settings.device != "cuda":
+        return
+    (model,) = load_models(settings, ThreadPlan(1, 1, 1, 1))
+    model.engine.close()
 
 
 def warm_up(model: LoadedModel, buckets: list[int]) -> None:
@@ -108,9 +115,11 @@ class Runtime:
         self.metrics = metrics
         self.phase = Phase.LOADING
         self.error: str | None = None
-        self.model: LoadedModel | None = None
+        self.plan = settings.threads()
+        self.instances: list[LoadedModel] = []
         self.batcher: Batcher | None = None
-        self.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="deltagate-pre")
+        # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
+        self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
         self._start_task: asyncio.Task[None] | None = None
 
     def begin_start(self) -> asyncio.Task[None]:
@@ -123,30 +132,48 @@ class Runtime:
         if self._start_task is not None:
             await asyncio.shield(self._start_task)
 
+    @property
+    def model(self) -> LoadedModel | None:
+        """The first instance (bundle, manifest and engine facts are the same for all)."""
+        return self.instances[0] if self.instances else None
+
     async def start(self) -> None:
         """Load, warm up, start the batcher, then turn ready. Failures are kept, not raised."""
-        s = self.settings
+        s, plan = self.settings, self.plan
+        if plan.instances * plan.intra_op_threads > plan.budget:
+            logger.warning("%d instances x %d intra-op threads exceed the CPU budget of %d",
+                           plan.instances, plan.intra_op_threads, plan.budget)
         try:
-            model = await asyncio.to_thread(load_model, s)
+            models = await asyncio.to_thread(load_models, s, plan)
             if s.warmup:
-                await asyncio.to_thread(warm_up, model, s.batch_buckets())
+                for model in models:
+                    await asyncio.to_thread(warm_up, model, s.batch_buckets())
         except Exception as exc:
             self.phase, self.error = Phase.FAILED, f"{type(exc).__name__}: {exc}"
             logger.error("model load failed; the service stays unready", exc_info=True)
             return
-        pad = model.engine.device.startswith("cuda") if s.pad_to_bucket is None else s.pad_to_bucket
+        pad = models[0].engine.device.startswith("cuda") if s.pad_to_bucket is None else s.pad_to_bucket
         self.batcher = Batcher(
-            model.infer, s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
+            [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,
             on_batch=self.metrics.observe_batch, on_depth=self.metrics.queue_depth.set,
         )
         self.batcher.start()
-        self.model = model
-        self.metrics.bind_model(model.manifest, model.engine.describe())
+        self.instances = models
+        facts = self.engine_facts()
+        self.metrics.bind_model(models[0].manifest, facts)
         self.metrics.ready.set(1)
         self.phase = Phase.READY
-        logger.info("ready", extra={"fields": {**model.engine.describe(), "max_batch_size": s.max_batch_size,
-                                               "max_wait_ms": s.max_wait_ms, "padded_batches": pad}})
+        logger.info("ready", extra={"fields": {**facts, "max_batch_size": s.max_batch_size,
+                                               "max_wait_ms": s.max_wait_ms, "padded_batches": pad,
+                                               "decode_workers": plan.decode_workers, "cpu_budget": plan.budget}})
+
+    def engine_facts(self) -> dict[str, str]:
+        """What really runs, for /model, the log and the model-info metric: the first instance's facts
+        and the instance count; a fact on which instances differ lists every instance's value."""
+        described = [m.engine.describe() for m in self.instances]
+        facts = {key: ";".join(dict.fromkeys(d[key] for d in described)) for key in described[0]}
+        return {**facts, "instances": str(len(described))}
 
     async def stop(self) -> None:
         """Finish queued and running work (graceful), then free the engine and threads."""
@@ -155,14 +182,14 @@ class Runtime:
         if self._start_task is not None and not self._start_task.done():
             self._start_task.cancel()
         if self.batcher is not None:
-            await self.batcher.stop(self.settings.graceful_shutdown_s)
-        if self.model is not None:
-            self.model.engine.close()
+            await self.batcher.stop(self.settings.graceful_shutdown_s)  # returns once no forward runs
+        for model in self.instances:
+            model.engine.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
         logger.info("stopped")
 
     def require_ready(self) -> tuple[LoadedModel, Batcher]:
-        """The model and batcher, or 503 with ``Retry-After`` while loading or stopping."""
+        """The model (first instance) and batcher, or 503 with ``Retry-After`` while loading or stopping."""
         if self.phase is not Phase.READY or self.model is None or self.batcher is None:
             headers = {"Retry-After": str(self.settings.retry_after_s)}
             raise NotReadyError(f"the model is not ready (state: {self.phase.value})", headers=headers)

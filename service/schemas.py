@@ -142,8 +142,12 @@ class ModelInfoResponse(BaseModel):
     preprocess: dict[str, Any]
     files: dict[str, dict[str, Any]] = Field(description="Bundle files with SHA-256 and size.")
     engine: str
-    device: str
+    device: str = Field(description="Where the forward runs (every instance's value, ';'-joined, if they differ).")
     precision: str
+    instances: list[dict[str, str]] = Field(
+        default_factory=list,
+        description="What really runs, per engine instance: engine, device, precision, providers, intra_op_threads.",
+    )
     batching: dict[str, Any]
     calibration_quantiles: QuantileSummary | None = Field(
         None, description="Quantile summary of the ID calibration scores (the threshold's distribution)."

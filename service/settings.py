@@ -6,16 +6,55 @@ Nothing else in the service reads ``os.environ``; the app receives a :class:`Set
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "EngineName", "DeviceName"]
+from service.cpu_budget import cpu_budget
+
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
 EngineName = Literal["torch", "onnx", "dummy"]
 DeviceName = Literal["auto", "cpu", "cuda"]
+
+
+@dataclass(frozen=True)
+class ThreadPlan:
+    """How the CPU budget is split: engine instances x intra-op threads, and decode workers."""
+
+    budget: int  # whole CPUs the process may use (service.cpu_budget)
+    instances: int  # engine instances, each with its own inference thread
+    intra_op_threads: int  # threads inside one instance's forward
+    decode_workers: int  # threads that decode and preprocess
+
+    @classmethod
+    def derive(
+        cls, budget: int, instances: int | None, intra_op: int | None, decode: int | None
+    ) -> ThreadPlan:
+        """Fill the unset numbers from the budget (docs/service.md has the measurement behind them).
+
+        Args:
+            budget: whole CPUs (:func:`service.cpu_budget.cpu_budget`).
+            instances: explicit instance count, or None.
+            intra_op: explicit intra-op threads per instance, or None.
+            decode: explicit decode workers, or None.
+        """
+        n = instances or _default_instances(budget)
+        return cls(budget, n, intra_op or max(1, budget // n), decode or budget)
+
+
+def _default_instances(budget: int) -> int:
+    """One instance per 4 CPUs (each with 4 intra-op threads), at least one.
+
+    A batch-1 forward gains little past ~4 intra-op threads, while independent instances keep
+    cores busy between batches; on small budgets (<= 4 CPUs) one instance with every CPU gives the
+    lowest concurrency-1 latency. With a noisy neighbour, ``DELTAGATE_INSTANCES=<budget>`` with one
+    thread each may give more throughput (docs/service.md).
+    """
+    return max(1, budget // 4)
 
 
 class Settings(BaseSettings):
@@ -26,20 +65,49 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field("torch", description="Inference engine: torch, onnx or dummy (tests).")
-    device: DeviceName = Field("auto", description="auto = CUDA when available, else CPU.")
+    device: DeviceName = Field(
+        "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
+        "runs on CUDA."
+    )
     warmup: bool = Field(True, description="One forward per batch-size bucket before readiness.")
     dummy_num_classes: int = Field(4, ge=2, description="Classes of the dummy engine when no bundle.")
 
     # --- batching ------------------------------------------------------------------------------
     max_batch_size: int = Field(16, ge=1, le=1024, description="Largest batch per forward.")
-    max_wait_ms: float = Field(5.0, ge=0.0, le=10_000.0, description="Longest wait to fill a batch.")
-    max_queue_size: int = Field(256, ge=1, description="Images waiting for a forward; beyond: 503.")
+    max_wait_ms: float = Field(
+        0.0, ge=0.0, le=10_000.0,
+        description="Longest time a batch's first image waits for company on an idle instance (0 = none: "
+        "an idle instance takes what is waiting at once; batches grow only while every instance is busy).",
+    )
+    max_queue_size: int = Field(
+        256, ge=1, description="Images admitted and not yet in a forward (being read, decoded or queued); beyond: 503."
+    )
     pad_to_bucket: bool | None = Field(
         None, description="Pad batches to a power-of-two bucket (stable shapes); None = on CUDA only."
     )
     request_timeout_s: float = Field(30.0, gt=0.0, description="Deadline of a request; past it: 504.")
     retry_after_s: int = Field(1, ge=1, description="Retry-After header (seconds) on 503.")
-    preprocess_workers: int = Field(2, ge=1, le=64, description="Threads that decode and preprocess.")
+    preprocess_workers: int | None = Field(
+        None, ge=1, le=64, description="Threads that decode and preprocess; None = the CPU budget."
+    )
+    fast_decode: bool = Field(
+        True, description="Decode JPEGs much larger than the model input at reduced scale (DCT draft mode)."
+    )
+
+    # --- engine instances and threads (Triton's instance_group) --------------------------------
+    instances: int | None = Field(
+        None, ge=1, le=64,
+        description="Engine instances, each with its own session and inference thread; None = derived "
+        "from the CPU budget (see service.cpu_budget).",
+    )
+    intra_op_threads: int | None = Field(
+        None, ge=1, le=256, description="Intra-op threads per instance; None = CPU budget / instances."
+    )
+    inter_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime inter-op threads per instance.")
+    spin_wait: bool = Field(
+        False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated cores, "
+        "burns CPU a noisy neighbour or the decode threads need)."
+    )
 
     # --- limits --------------------------------------------------------------------------------
     max_body_bytes: int = Field(32 * 1024 * 1024, ge=1024, description="Request body limit (413).")
@@ -61,10 +129,27 @@ class Settings(BaseSettings):
     ui: bool = Field(True, description="Serve the try-it page at / (false: / answers 404).")
 
     @model_validator(mode="after")
-    def _queue_holds_a_batch(self) -> Settings:
+    def _limits_that_can_work(self) -> Settings:
         if self.max_queue_size < self.max_batch_size:
-            raise ValueError("max_queue_size must be >= max_batch_size")
+            raise ValueError(
+                f"max_queue_size ({self.max_queue_size}) must be >= max_batch_size ({self.max_batch_size}): "
+                "a batch could never fill"
+            )
+        if self.max_images_per_request > self.max_queue_size:
+            raise ValueError(
+                f"max_images_per_request ({self.max_images_per_request}) must be <= max_queue_size "
+                f"({self.max_queue_size}): a full request could never be admitted"
+            )
         return self
+
+    def threads(self) -> ThreadPlan:
+        """Instances, intra-op threads and decode workers: the explicit settings, else CPU-budget defaults.
+
+        With ``workers > 1`` each uvicorn worker process gets an equal share of the budget, so the
+        processes together do not start more threads than the CPUs they may use.
+        """
+        budget = max(1, cpu_budget() // self.workers)
+        return ThreadPlan.derive(budget, self.instances, self.intra_op_threads, self.preprocess_workers)
 
     def batch_buckets(self) -> list[int]:
         """Powers of two up to ``max_batch_size``, and ``max_batch_size`` itself: warm-up shapes."""
@@ -74,3 +159,16 @@ class Settings(BaseSettings):
         if buckets[-1] != self.max_batch_size:
             buckets.append(self.max_batch_size)
         return buckets
+
+
+def settings_table() -> str:
+    """The Markdown table of every setting (env name, default, description), as in docs/service.md.
+
+    Generated from ``Settings.model_fields``, so the docs cannot drift: a test compares the two.
+    """
+    lines = ["| env variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        value = field.default
+        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
+        lines.append(f"| `DELTAGATE_{name.upper()}` | {default} | {field.description or ''} |")
+    return "\n".join(lines)

@@ -1,19 +1,67 @@
-"""Helpers shared by the service tests: generated images and an in-process running app."""
+"""Helpers shared by the service tests: generated images, an instrumented dummy engine, a running app."""
 
 from __future__ import annotations
 
 import base64
 import io
-from collections.abc import AsyncIterator
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from unittest import mock
 
 import httpx
 import numpy as np
 from fastapi import FastAPI
 from PIL import Image
 
+from service import engines
 from service.app import create_app
+from service.engines.dummy import DummyEngine
 from service.settings import Settings
+
+
+class TestEngine(DummyEngine):
+    """The dummy engine with test hooks: it records batch sizes, can block on a gate and can fail.
+
+    ``running``/``serve`` register it under the name "dummy" while an app runs, so the service
+    code never carries these hooks.
+    """
+
+    __test__ = False  # not a pytest class
+    events: deque[str]  # "forward-start", "forward-end", "close": order checks for shutdown tests
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._batch_sizes: deque[int] = deque(maxlen=10_000)  # one entry per forward, in order (bounded)
+        self.events = deque(maxlen=10_000)
+        self.gate: threading.Event | None = None  # if set, each forward waits for it
+        self.fail_with: Callable[[np.ndarray], Exception | None] | None = None  # raise what it returns
+        self._lock = threading.Lock()
+
+    @property
+    def batch_sizes(self) -> list[int]:
+        return list(self._batch_sizes)
+
+    @property
+    def forward_count(self) -> int:
+        return len(self._batch_sizes)
+
+    def infer(self, pixel_values: np.ndarray) -> dict[str, np.ndarray]:
+        with self._lock:
+            self._batch_sizes.append(int(pixel_values.shape[0]))
+            self.events.append("forward-start")
+        try:
+            if self.gate is not None:
+                self.gate.wait(timeout=30.0)
+            if self.fail_with is not None and (exc := self.fail_with(pixel_values)) is not None:
+                raise exc
+            return super().infer(pixel_values)
+        finally:
+            self.events.append("forward-end")
+
+    def close(self) -> None:
+        self.events.append("close")
 
 
 def encode(arr: np.ndarray, fmt: str = "PNG") -> bytes:
@@ -51,19 +99,29 @@ def files(*images: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 def dummy_settings(**overrides: object) -> Settings:
-    base: dict[str, object] = {"engine": "dummy", "bundle_path": "/nonexistent/bundle", "max_wait_ms": 2.0}
+    """Dummy-engine settings; one engine instance unless asked, so batch compositions are exact."""
+    base: dict[str, object] = {"engine": "dummy", "bundle_path": "/nonexistent/bundle", "max_wait_ms": 2.0,
+                               "instances": 1}
     return Settings(**{**base, **overrides})  # type: ignore[arg-type]
+
+
+def engines_of(app: FastAPI) -> list[TestEngine]:
+    """The running app's engine instances (test engines)."""
+    found = [m.engine for m in app.state.runtime.instances]
+    assert all(isinstance(e, TestEngine) for e in found)
+    return found  # type: ignore[return-value]
 
 
 @asynccontextmanager
 async def running(app: FastAPI, wait_ready: bool = True) -> AsyncIterator[httpx.AsyncClient]:
     """Run the app's lifespan (load, warm-up; stop at exit) and give an httpx client on it."""
-    async with app.router.lifespan_context(app):
-        if wait_ready:
-            await app.state.runtime.wait_started()
-        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
-            yield client
+    with mock.patch.dict(engines.ENGINES, {"dummy": TestEngine}):
+        async with app.router.lifespan_context(app):
+            if wait_ready:
+                await app.state.runtime.wait_started()
+            transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+            async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+                yield client
 
 
 @asynccontextmanager

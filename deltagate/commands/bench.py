@@ -9,10 +9,13 @@ from typing import Annotated, Any
 
 import typer
 
+from deltagate.commands.bench_decode import decode
+
 bench_app = typer.Typer(
     help="Benchmarks: raw engine throughput, and the real server compared with it in the same run.",
     no_args_is_help=True,
 )
+bench_app.command("decode")(decode)  # fast vs full JPEG decode (deltagate/bench/decode.py)
 
 ENGINE_COLUMNS = ("engine", "device", "batch_size", "forwards", "images_per_s", "batch_p50_ms", "batch_p95_ms",
                   "batch_p99_ms")
@@ -44,7 +47,7 @@ def _command_line() -> str:
 
 
 def _finish(report: dict[str, Any], out: Path | None) -> None:
-    from service.bench import write_report
+    from deltagate.bench import write_report
 
     if out is not None:
         write_report(report, out)
@@ -68,7 +71,7 @@ def engine(
     out: Out = None,
 ) -> None:
     """Raw engine throughput (images/s) and per-batch latency, in-process with the service's engine classes."""
-    from service.bench import engine_report, format_table, synthetic_png
+    from deltagate.bench import engine_report, format_table, synthetic_png
 
     png = synthetic_png(*_size(image_size))
     report = engine_report(_command_line(), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
@@ -97,7 +100,7 @@ def service(
     out: Out = None,
 ) -> None:
     """Start the real server, load it with concurrent single-image clients, compare with the raw engine."""
-    from service.bench import TARGETS, format_table, service_report, synthetic_png
+    from deltagate.bench import TARGETS, format_table, service_report, synthetic_png
     from service.settings import Settings
 
     given: dict[str, Any] = {"bundle_path": bundle, "engine": engine, "device": device,

@@ -31,7 +31,14 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from models.preprocess import ImageDecodeError, ImageTooLargeError, PreprocessConfig, decode_image, preprocess_image
+from models.preprocess import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    PreprocessConfig,
+    decode_image,
+    preprocess_image,
+    to_rgb,
+)
 from models.train.data.folders import FolderIndex, ImageFolderDataset, collate_skip_bad
 
 __all__ = [
@@ -126,7 +133,7 @@ class AugmentedImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int] | None:
         path = self.index.paths[i]
         try:
-            img = decode_image(path.read_bytes()).convert("RGB")
+            img = to_rgb(decode_image(path.read_bytes()))  # the one RGB conversion, before augmentation
         except (OSError, ImageDecodeError, ImageTooLargeError) as exc:
             logger.warning("skipping unreadable image %s (%s)", path, exc)
             return None

@@ -3,23 +3,25 @@
 from __future__ import annotations
 
 from models.bundle import Bundle
-from service.engines.base import Engine, EngineError, EngineOutputs, check_outputs
+from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads, check_outputs
 from service.engines.dummy import DummyEngine
 from service.engines.onnx_engine import OnnxEngine
 from service.engines.torch_engine import TorchEngine
 from service.settings import DeviceName
 
-__all__ = ["ENGINES", "Engine", "EngineError", "EngineOutputs", "check_outputs", "create_engine"]
+__all__ = ["ENGINES", "Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs", "create_engine"]
 
 ENGINES: dict[str, type[Engine]] = {"torch": TorchEngine, "onnx": OnnxEngine, "dummy": DummyEngine}
 
 
-def create_engine(name: str, bundle: Bundle, device: DeviceName = "auto") -> Engine:
-    """Instantiate a registered engine (not loaded yet).
+def create_engine(
+    name: str, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None
+) -> Engine:
+    """Instantiate a registered engine (not loaded yet); one call = one instance.
 
     Raises:
         EngineError: unknown name (the message lists the valid ones).
     """
     if name not in ENGINES:
         raise EngineError(f"unknown engine {name!r}; valid engines: {', '.join(ENGINES)}")
-    return ENGINES[name](bundle, device)
+    return ENGINES[name](bundle, device, threads)

@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import abc
 import logging
+from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 
 from models.bundle import Bundle
+from models.errors import DeltagateError
 from models.scoring_module import OUTPUT_NAMES
 from service.settings import DeviceName
 
-__all__ = ["Engine", "EngineError", "EngineOutputs", "check_outputs"]
+__all__ = ["Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,25 +27,43 @@ logger = logging.getLogger(__name__)
 EngineOutputs = dict[str, np.ndarray]
 
 
-class EngineError(RuntimeError):
-    """An engine could not be created or loaded (e.g. CUDA asked for but not available)."""
+class EngineError(DeltagateError, RuntimeError):
+    """An engine could not be created or loaded (e.g. CUDA asked for but not available).
+
+    A :class:`~models.errors.DeltagateError`: the CLI prints its message as one line.
+    """
+
+
+@dataclass(frozen=True)
+class EngineThreads:
+    """Thread settings of one engine instance (what the runtime derives from the CPU budget)."""
+
+    intra_op: int | None = None  # threads inside one forward; None = the library's default (all cores)
+    inter_op: int = 1  # threads running independent graph nodes in parallel (ONNX Runtime)
+    spin_wait: bool = False  # idle pool threads spin instead of sleeping (ONNX Runtime)
 
 
 class Engine(abc.ABC):
-    """One way of running the bundle's scoring module.
+    """One way of running the bundle's scoring module; one object = one instance (own session).
 
     Args:
         bundle: the loaded bundle (manifest and files).
-        device: "auto", "cpu" or "cuda"; the engine resolves "auto" in :meth:`load`.
+        device: "auto", "cpu" or "cuda"; the engine resolves "auto" in :meth:`load`. An engine
+            asked for "cuda" raises :class:`EngineError` in :meth:`load` unless it really runs there.
+        threads: thread settings of this instance.
     """
 
     name: str = "base"
 
-    def __init__(self, bundle: Bundle, device: DeviceName = "auto") -> None:
+    def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
+        if device not in get_args(DeviceName):
+            raise EngineError(f"unknown device {device!r}; valid devices: {', '.join(get_args(DeviceName))}")
         self.bundle = bundle
         self.requested_device = device
+        self.threads = threads or EngineThreads()
         self.device = "unloaded"  # the resolved device, e.g. "cpu" or "cuda:0", set by load()
         self.precision = "float32"  # dtype of the forward pass, shown in /model
+        self.providers: list[str] = []  # what really runs the forward (ONNX Runtime providers, torch device)
 
     @abc.abstractmethod
     def load(self) -> None:
@@ -63,8 +84,10 @@ class Engine(abc.ABC):
         """Release what the engine holds."""
 
     def describe(self) -> dict[str, str]:
-        """Engine facts for ``/model``, the start-up log and the model-info metric."""
-        return {"engine": self.name, "device": self.device, "precision": self.precision}
+        """Engine facts for ``/model``, the start-up log and the model-info metric (strings only)."""
+        return {"engine": self.name, "device": self.device, "precision": self.precision,
+                "providers": ",".join(self.providers),
+                "intra_op_threads": str(self.threads.intra_op) if self.threads.intra_op else "default"}
 
 
 def check_outputs(outputs: EngineOutputs, batch_size: int, num_classes: int) -> EngineOutputs:

@@ -1,25 +1,39 @@
-"""The dummy engine: deterministic outputs from pixel statistics, no weights; for tests.
+"""The dummy engine and its in-memory bundle: deterministic outputs from pixel statistics, no weights.
 
 Logits come from the mean pixel value of K vertical strips of the image (strip k brighter ->
 class k), so a test can draw an image of a chosen class. The scores are computed with the real
-score functions of :mod:`models.scores`. It records every batch it runs so tests can assert
-batching through the engine rather than through timing, and it can be made to block or fail.
+score functions of :mod:`models.scores`. It holds no state between forwards; tests that need to
+count, block or fail forwards subclass it (``tests/service_support.py``).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 
-from models.bundle import Bundle
+from models.bundle import ArchitectureInfo, Bundle, BundleManifest
+from models.calibration import CalibrationRecord
+from models.preprocess import PreprocessConfig
 from models.scores import delta_energy, energy
 from service.engines.base import Engine, EngineOutputs
-from service.settings import DeviceName
 
-__all__ = ["DummyEngine"]
+__all__ = ["DummyEngine", "dummy_bundle"]
+
+
+def dummy_bundle(num_classes: int) -> Bundle:
+    """An in-memory bundle for the dummy engine: no files, 32 px inputs, a fixed calibration.
+
+    The calibration scores span 2..40, so a uniform image (ΔEnergy ≈ 0.3 under the dummy engine)
+    is OOD and an image bright in one strip (ΔEnergy ≈ 40) is in-distribution.
+    """
+    manifest = BundleManifest(
+        name="dummy", version="0", architecture=ArchitectureInfo(model_name="dummy", open_clip_config={}),
+        preprocess=PreprocessConfig(image_size=32), classes=[f"class_{i}" for i in range(num_classes)],
+        logit_scale=100.0, calibration=CalibrationRecord.from_scores(np.linspace(2.0, 40.0, 201)), files={},
+    )
+    return Bundle(Path("<dummy>"), manifest)
 
 
 class DummyEngine(Engine):
@@ -28,27 +42,11 @@ class DummyEngine(Engine):
     name = "dummy"
     logit_gain = 20.0  # logits = gain * strip means: peaked images get a large ΔEnergy
 
-    def __init__(self, bundle: Bundle, device: DeviceName = "auto") -> None:
-        super().__init__(bundle, device)
-        self.batch_sizes: list[int] = []  # one entry per forward, in order
-        self.gate: threading.Event | None = None  # if set, each forward waits for it
-        self.fail_with: Callable[[np.ndarray], Exception | None] | None = None  # raise what it returns
-        self._lock = threading.Lock()
-
     def load(self) -> None:
         self.device = "cpu"
-
-    @property
-    def forward_count(self) -> int:
-        return len(self.batch_sizes)
+        self.providers = ["numpy"]
 
     def infer(self, pixel_values: np.ndarray) -> EngineOutputs:
-        with self._lock:
-            self.batch_sizes.append(int(pixel_values.shape[0]))
-        if self.gate is not None:
-            self.gate.wait(timeout=30.0)
-        if self.fail_with is not None and (exc := self.fail_with(pixel_values)) is not None:
-            raise exc
         num_classes = len(self.bundle.manifest.classes)
         strips = np.array_split(pixel_values.mean(axis=(1, 2)), num_classes, axis=-1)  # K x (B, W/K)
         means = np.stack([s.mean(axis=-1) for s in strips], axis=-1)  # (B, K)

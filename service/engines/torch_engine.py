@@ -9,7 +9,7 @@ import torch
 
 from models.bundle import Bundle
 from models.scoring_module import OUTPUT_NAMES, ScoringModule
-from service.engines.base import Engine, EngineError, EngineOutputs
+from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 
 __all__ = ["TorchEngine"]
@@ -20,6 +20,13 @@ logger = logging.getLogger(__name__)
 class TorchEngine(Engine):
     """The scoring module from the bundle's safetensors weights.
 
+    Threads: PyTorch's intra-op thread count (``torch.set_num_threads``) is process-global, not
+    per session. Every instance sets the same value (the runtime gives all instances the same
+    :class:`EngineThreads`), and each inference thread then runs its own intra-op team of that size,
+    so N instances use N x ``intra_op`` threads, as with ONNX Runtime. Two engines in one process
+    with different values would overwrite each other (the last ``load`` wins); the runtime never
+    does that. ``inter_op`` and ``spin_wait`` are ONNX Runtime settings and do not apply here.
+
     On CUDA the vision tower runs in float16; the logits and scores are computed in float32
     (``ScoringModule.logits_from_features`` upcasts the features, and the score functions
     upcast), because differences of log-sum-exps at a logit scale of 100 lose all precision in
@@ -28,8 +35,8 @@ class TorchEngine(Engine):
 
     name = "torch"
 
-    def __init__(self, bundle: Bundle, device: DeviceName = "auto") -> None:
-        super().__init__(bundle, device)
+    def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
+        super().__init__(bundle, device, threads)
         self._module: ScoringModule | None = None
         self._torch_device = torch.device("cpu")
         self._dtype = torch.float32
@@ -39,6 +46,8 @@ class TorchEngine(Engine):
         if self.requested_device == "cuda" and not cuda:
             raise EngineError("device=cuda was asked for but torch sees no CUDA device")
         use_cuda = cuda and self.requested_device != "cpu"
+        if self.threads.intra_op and torch.get_num_threads() != self.threads.intra_op:
+            torch.set_num_threads(self.threads.intra_op)  # process-global: see the class docstring
         self._torch_device = torch.device("cuda:0" if use_cuda else "cpu")
         self._dtype = torch.float16 if use_cuda else torch.float32
         module = self.bundle.build_scoring_module().eval()
@@ -46,6 +55,7 @@ class TorchEngine(Engine):
         module.class_embeddings = module.class_embeddings.to(self._torch_device)  # stays float32
         self._module = module
         self.device = str(self._torch_device)
+        self.providers = [f"torch:{self.device}"]
         self.precision = "float16" if use_cuda else "float32"
 
     def infer(self, pixel_values: np.ndarray) -> EngineOutputs:

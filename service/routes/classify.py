@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from service.deps import ApiKeyDep, RuntimeDep
-from service.pipeline import postprocess, prepare_images, read_images, run_batched
+from service.pipeline import postprocess, prepare_images, read_images, resolve_top_k, run_batched
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
 
 router = APIRouter(tags=["classify"])
@@ -36,9 +36,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         401: "Missing or wrong API key (only when one is configured).",
         413: "Body, pixel count or number of images over the limit.",
         415: "Content type is neither multipart/form-data nor application/json.",
-        422: "Malformed fields (e.g. bad base64, top_k < 1, no image).",
+        422: "Malformed fields (e.g. bad base64, top_k < 1, top_k given twice with different values, no image).",
         500: "The forward pass of this request's batch failed.",
-        503: "Not ready, or overloaded (queue full); see Retry-After.",
+        503: "Not ready, or overloaded (in-flight image budget spent; answered before the body is read); "
+             "see Retry-After.",
         504: "The request waited past its deadline.",
     }.items()
 }
@@ -49,16 +50,20 @@ async def classify(
     request: Request,
     runtime: RuntimeDep,
     _auth: ApiKeyDep,
-    top_k: Annotated[int | None, Query(ge=1, description="Entries in each top_k list.")] = None,
+    top_k: Annotated[int | None, Query(
+        ge=1, description="Entries in each top_k list (or the body's top_k; both with different values: 422)."
+    )] = None,
 ) -> ClassifyResponse:
     """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
     model, batcher = runtime.require_ready()
     s, state = runtime.settings, request.state
-    images, body_top_k = await read_images(request, s)
-    pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool)
-    deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
-    rows = await run_batched(request, batcher, pixels, deadline, s.retry_after_s)
-    k = body_top_k or top_k or s.default_top_k
+    with batcher.admit() as ticket:  # before the body is read: 503 at once when the budget is spent
+        images, body_top_k = await read_images(request, s, ticket, runtime.pool)
+        k = resolve_top_k(top_k, body_top_k, s.default_top_k)
+        pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
+                                      s.fast_decode)
+        deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
+        rows = await run_batched(request, batcher, ticket, pixels, deadline)
     results = postprocess(rows, model.manifest, k, [im.filename for im in images])
     runtime.metrics.observe_images([r.label for r in results], [r.delta_energy for r in results],
                                    [r.is_ood for r in results])

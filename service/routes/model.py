@@ -13,9 +13,9 @@ router = APIRouter(tags=["model"])
 @router.get("/model", response_model=ModelInfoResponse,
             responses={401: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
-    """The loaded model: classes, threshold, score parameters, bundle hashes, engine and device."""
+    """The loaded model: classes, threshold, score parameters, bundle hashes, and what runs it per instance."""
     model, _ = runtime.require_ready()
-    m, s = model.manifest, runtime.settings
+    m, s, plan, facts = model.manifest, runtime.settings, runtime.plan, runtime.engine_facts()
     assert m.calibration is not None  # the runtime refuses bundles without calibration
     return ModelInfoResponse(
         name=m.name, version=m.version, created_at=m.created_at, architecture=m.architecture.model_name,
@@ -26,9 +26,12 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
                 "temperature": m.scores.temperature},
         logit_scale=m.logit_scale, preprocess=m.preprocess.model_dump(),
         files={name: entry.model_dump() for name, entry in m.files.items()},
-        **model.engine.describe(),
+        engine=model.engine.name, device=facts["device"], precision=facts["precision"],
+        instances=[m.engine.describe() for m in runtime.instances],
         batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
-                  "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request},
+                  "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request,
+                  "instances": plan.instances, "intra_op_threads": plan.intra_op_threads,
+                  "decode_workers": plan.decode_workers, "cpu_budget": plan.budget},
         calibration_quantiles=QuantileSummary(levels=m.calibration.quantile_levels,
                                               values=m.calibration.quantile_values),
         evaluation=m.evaluation,

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from service.app import create_app
-from service.runtime import dummy_bundle
+from service.engines.dummy import dummy_bundle
 from service.settings import Settings
 from service.telemetry import ServiceMetrics
 

@@ -6,15 +6,13 @@ import asyncio
 
 import pytest
 
-from service.engines.dummy import DummyEngine
-from tests.service_support import b64, class_image, dummy_settings, files, serve, uniform_image
+from tests.service_support import TestEngine, b64, class_image, dummy_settings, engines_of, files, serve, uniform_image
 
 pytestmark = pytest.mark.integration
 
 
-def engine_of(app) -> DummyEngine:  # type: ignore[no-untyped-def]
-    engine = app.state.runtime.model.engine
-    assert isinstance(engine, DummyEngine)
+def engine_of(app) -> TestEngine:  # type: ignore[no-untyped-def]
+    (engine,) = engines_of(app)
     return engine
 
 

@@ -10,15 +10,22 @@ import numpy as np
 import pytest
 
 from service.app import create_app
-from service.engines.dummy import DummyEngine
-from tests.service_support import class_image, dummy_settings, files, running, serve, uniform_image
+from tests.service_support import (
+    TestEngine,
+    class_image,
+    dummy_settings,
+    engines_of,
+    files,
+    running,
+    serve,
+    uniform_image,
+)
 
 pytestmark = pytest.mark.integration
 
 
-def engine_of(app) -> DummyEngine:  # type: ignore[no-untyped-def]
-    engine = app.state.runtime.model.engine
-    assert isinstance(engine, DummyEngine)
+def engine_of(app) -> TestEngine:  # type: ignore[no-untyped-def]
+    (engine,) = engines_of(app)
     return engine
 
 
@@ -56,7 +63,8 @@ async def test_load_failure_keeps_the_service_unready_and_fails_liveness(tmp_pat
 
 
 async def test_overload_is_answered_at_once_with_503_and_retry_after() -> None:
-    settings = dummy_settings(max_batch_size=1, max_queue_size=1, max_wait_ms=0.0, warmup=False, retry_after_s=3)
+    settings = dummy_settings(max_batch_size=1, max_queue_size=1, max_images_per_request=1, max_wait_ms=0.0,
+                              warmup=False, retry_after_s=3)
     async with serve(settings) as (client, app):
         engine = engine_of(app)
         engine.gate = threading.Event()
@@ -154,3 +162,51 @@ async def test_graceful_shutdown_finishes_in_flight_requests() -> None:
         engine.gate.set()
         await stopping
         assert [x.status_code for x in await asyncio.gather(*in_flight)] == [200, 200]
+
+
+async def test_shutdown_past_its_drain_time_closes_the_engine_only_after_the_forward_ends() -> None:
+    settings = dummy_settings(max_batch_size=1, max_wait_ms=0.0, warmup=False, graceful_shutdown_s=0.05)
+    app = create_app(settings)
+    async with running(app) as client:
+        engine = engine_of(app)
+        engine.gate = threading.Event()
+        in_flight = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
+        await until(lambda: engine.forward_count == 1)
+        stopping = asyncio.ensure_future(app.state.runtime.stop())
+        r = await asyncio.wait_for(in_flight, 10.0)  # past the drain time the request is answered ...
+        assert r.status_code == 503 and r.json()["error"]["code"] == "not_ready"
+        await asyncio.sleep(0.1)
+        assert not stopping.done() and "close" not in engine.events  # ... but the engine stays open
+        engine.gate.set()
+        await asyncio.wait_for(stopping, 10.0)
+        assert list(engine.events)[-2:] == ["forward-end", "close"]
+
+
+async def test_several_instances_share_the_load_and_each_is_described() -> None:
+    settings = dummy_settings(instances=2, intra_op_threads=1, max_batch_size=2, max_wait_ms=0.0, warmup=True)
+    async with serve(settings) as (client, app):
+        a, b = engines_of(app)
+        assert a is not b and a.batch_sizes == b.batch_sizes == settings.batch_buckets()  # each warmed up
+        a.gate = threading.Event()
+        blocked = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
+        await until(lambda: a.forward_count == len(settings.batch_buckets()) + 1)
+        r = await client.post("/classify", files=files(class_image(1)))  # instance 1 serves while 0 is busy
+        assert r.status_code == 200 and r.json()["results"][0]["label"] == "class_1"
+        a.gate.set()
+        assert (await blocked).status_code == 200
+        info = (await client.get("/model")).json()
+        assert len(info["instances"]) == 2 and info["batching"]["instances"] == 2
+        assert all(i["device"] == "cpu" and i["intra_op_threads"] == "1" for i in info["instances"])
+        metrics = (await client.get("/metrics")).text
+        assert 'instances="2"' in metrics and 'providers="numpy"' in metrics
+
+
+async def test_device_cuda_without_cuda_fails_the_start_with_a_clear_error(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA present")
+    app = create_app(dummy_settings(engine="onnx", bundle_path=tiny_bundle, device="cuda"))
+    async with running(app) as client:
+        r = await client.get("/readyz")
+        assert r.status_code == 503 and r.json()["status"] == "failed" and "cuda" in r.json()["error"]

@@ -17,6 +17,7 @@ from models.preprocess import (
     decode_image,
     preprocess_batch,
     preprocess_image,
+    to_rgb,
 )
 
 pytestmark = pytest.mark.unit
@@ -101,3 +102,60 @@ def test_preprocess_is_what_torch_sees():
     img = Image.new("RGB", (32, 32), (255, 255, 255))
     out = torch.from_numpy(preprocess_image(img, PreprocessConfig(image_size=8)))
     assert torch.isfinite(out).all()
+
+
+def _palette_with_transparency(size: tuple[int, int] = (40, 30)) -> bytes:
+    """A PNG palette image: index 0 fully transparent (stored colour: pure red), index 1 opaque blue."""
+    img = Image.new("P", size, 0)
+    img.putpalette([255, 0, 0, 0, 0, 255] + [0, 0, 0] * 254)
+    img.paste(1, (0, 0, size[0] // 2, size[1]))
+    buf = io.BytesIO()
+    img.save(buf, "PNG", transparency=0)
+    return buf.getvalue()
+
+
+def test_transparent_palette_images_composite_over_white_without_a_pillow_warning(recwarn):
+    img = decode_image(_palette_with_transparency())
+    assert img.mode == "P" and "transparency" in img.info
+    rgb = np.asarray(to_rgb(img))
+    np.testing.assert_array_equal(rgb[0, 0], [0, 0, 255])  # opaque pixel keeps its colour
+    np.testing.assert_array_equal(rgb[0, -1], [255, 255, 255])  # transparent one: the background, not red
+    preprocess_image(img, PreprocessConfig(image_size=16))
+    assert not [w for w in recwarn if "Transparency" in str(w.message)]
+
+
+def test_alpha_is_composited_over_white_by_the_standard_formula():
+    rng = np.random.default_rng(2)
+    rgba = rng.integers(0, 256, (20, 24, 4), dtype=np.uint8)
+    got = np.asarray(to_rgb(Image.fromarray(rgba, "RGBA"))).astype(np.float64)
+    a = rgba[..., 3:4] / 255.0
+    expected = rgba[..., :3] * a + 255.0 * (1 - a)  # out = colour * alpha + background * (1 - alpha)
+    np.testing.assert_allclose(got, expected, atol=1.01)  # Pillow rounds in 8 bits
+    la = Image.fromarray(rgba[..., [0, 3]], "LA")
+    np.testing.assert_allclose(np.asarray(to_rgb(la))[..., 0],
+                               rgba[..., 0] * a[..., 0] + 255 * (1 - a[..., 0]), atol=1.01)
+
+
+def _photo_jpeg(width: int, height: int) -> bytes:
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    arr = np.stack([x / width * 255, y / height * 255, 128 + 60 * np.sin(x / 37) * np.cos(y / 23)], -1)
+    buf = io.BytesIO()
+    Image.fromarray(arr.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=92)
+    return buf.getvalue()
+
+
+def test_fast_decode_reduces_large_jpegs_but_keeps_twice_the_model_input():
+    data = _photo_jpeg(4000, 3000)
+    full, fast = decode_image(data), decode_image(data, min_side=224)
+    assert full.size == (4000, 3000)
+    assert min(fast.size) >= 2 * 224 and fast.size == (1000, 750)  # 1/4 DCT scale: 750 >= 448 > 375
+    cfg = PreprocessConfig(image_size=224)
+    diff = np.abs(preprocess_image(fast, cfg) - preprocess_image(full, cfg))  # normalised units (~1/0.27)
+    assert diff.mean() < 0.02 and diff.max() < 0.5
+
+
+def test_fast_decode_leaves_small_jpegs_and_other_formats_alone():
+    small = _photo_jpeg(600, 400)  # 400 < 2 x 2 x 224: no halving keeps 448
+    assert decode_image(small, min_side=224).size == (600, 400)
+    png = _png(Image.new("RGB", (3000, 2000)))
+    assert decode_image(png, min_side=224).size == (3000, 2000)

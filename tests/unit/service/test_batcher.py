@@ -8,13 +8,8 @@ import threading
 import numpy as np
 import pytest
 
-from service.batcher import (
-    Batcher,
-    BatcherClosedError,
-    DeadlineExceededError,
-    InferenceError,
-    QueueFullError,
-)
+from service.batcher import Batcher
+from service.errors import DeadlineError, InferenceFailedError, NotReadyError, OverloadedError
 
 pytestmark = pytest.mark.unit
 
@@ -49,7 +44,7 @@ async def until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-
 
 def make(fwd: FakeForward, **kw: object) -> Batcher:
     args: dict[str, object] = {"max_batch_size": 4, "max_wait_s": 5.0, "max_queue_size": 16} | kw
-    b = Batcher(fwd, **args)  # type: ignore[arg-type]
+    b = Batcher([fwd], **args)  # type: ignore[arg-type]
     b.start()
     return b
 
@@ -90,7 +85,7 @@ async def test_full_queue_refuses_at_once_and_frees_after_the_forward() -> None:
     await until(lambda: len(fwd.batches) == 1)  # in the forward, out of the queue
     queued = b.submit([img(1.0), img(2.0)], 10.0)
     assert b.depth == 2
-    with pytest.raises(QueueFullError):
+    with pytest.raises(OverloadedError):
         b.submit([img(3.0)], 10.0)
     fwd.gate.set()
     await asyncio.gather(*running, *queued)
@@ -124,7 +119,7 @@ async def test_image_past_its_deadline_is_not_forwarded() -> None:
     await asyncio.sleep(0.05)
     fwd.gate.set()
     await first[0]
-    with pytest.raises(DeadlineExceededError):
+    with pytest.raises(DeadlineError):
         await late[0]
     assert [x.tolist() for x in fwd.batches] == [[1.0]]
     await b.stop()
@@ -134,7 +129,7 @@ async def test_failing_forward_fails_only_its_batch() -> None:
     fwd = FakeForward()
     fwd.fail = True
     b = make(fwd, max_wait_s=0.0)
-    with pytest.raises(InferenceError):
+    with pytest.raises(InferenceFailedError):
         await b.submit([img(1.0)], 10.0)[0]
     fwd.fail = False
     row = await b.submit([img(2.0)], 10.0)[0]
@@ -159,7 +154,7 @@ async def test_stop_finishes_queued_work_then_refuses_new() -> None:
     futures = b.submit([img(1.0), img(2.0)], 10.0)
     stopping = asyncio.ensure_future(b.stop(timeout_s=5.0))
     await asyncio.sleep(0.01)
-    with pytest.raises(BatcherClosedError):
+    with pytest.raises(NotReadyError):
         b.submit([img(3.0)], 10.0)
     fwd.gate.set()
     await stopping
@@ -172,3 +167,99 @@ async def test_metrics_hooks_see_batches_and_depth() -> None:
     await asyncio.gather(*b.submit([img(float(i)) for i in range(4)], 10.0))
     assert seen == [4] and depths[0] == 4 and depths[-1] == 0
     await b.stop()
+
+
+async def test_an_idle_instance_takes_a_lone_image_at_once() -> None:
+    fwd = FakeForward()
+    b = make(fwd, max_batch_size=8, max_wait_s=0.0)  # adaptive: no waiting for company when idle
+    row = await asyncio.wait_for(b.submit([img(4.0)], 10.0)[0], 2.0)
+    assert float(row.outputs["delta_energy"]) == 4.0 and [len(x) for x in fwd.batches] == [1]
+    await b.stop()
+
+
+async def test_images_gather_only_while_every_instance_is_busy() -> None:
+    a, c = FakeForward(), FakeForward()
+    a.gate, c.gate = threading.Event(), threading.Event()
+    b = Batcher([a, c], max_batch_size=4, max_wait_s=0.0, max_queue_size=16)
+    b.start()
+    first = b.submit([img(1.0)], 10.0)  # instance 0 takes it at once
+    await until(lambda: len(a.batches) == 1)
+    second = b.submit([img(2.0)], 10.0)  # the other, idle instance takes this one at once
+    await until(lambda: len(c.batches) == 1)
+    assert b.busy_instances == 2
+    waiting = b.submit([img(float(v)) for v in range(10, 16)], 10.0)  # both busy: these gather
+    await asyncio.sleep(0.05)
+    assert b.depth == 6 and len(a.batches) == len(c.batches) == 1
+    a.gate.set()  # instance 0 frees up: takes a full batch of what gathered, then the rest
+    await asyncio.gather(*first, *waiting)
+    assert [x.tolist() for x in a.batches] == [[1.0], [10.0, 11.0, 12.0, 13.0], [14.0, 15.0]]
+    c.gate.set()
+    (row,) = await asyncio.gather(*second)
+    assert row.instance == 1 and [f.result().instance for f in first] == [0]
+    await b.stop()
+
+
+async def test_a_batch_goes_to_whichever_instance_is_idle() -> None:
+    fwds = [FakeForward() for _ in range(3)]
+    for f in fwds:
+        f.gate = threading.Event()
+    b = Batcher(fwds, max_batch_size=2, max_wait_s=0.0, max_queue_size=16)
+    b.start()
+    futures = []
+    for i in range(3):  # one image at a time: each finds an idle instance and goes at once
+        futures += b.submit([img(float(i))], 10.0)
+        await until(lambda n=i + 1: b.busy_instances == n)  # type: ignore[misc]
+    assert all(len(f.batches) == 1 for f in fwds)
+    for f in fwds:
+        f.gate.set()
+    rows = await asyncio.gather(*futures)
+    assert sorted(r.instance for r in rows) == [0, 1, 2]
+    await b.stop()
+
+
+async def test_stacking_and_the_forward_run_in_the_instance_thread() -> None:
+    names: list[str] = []
+
+    def forward(x: np.ndarray) -> dict[str, np.ndarray]:
+        names.append(threading.current_thread().name)
+        return {"delta_energy": x[:, 0, 0, 0].copy()}
+
+    b = Batcher([forward, forward], max_batch_size=4, max_wait_s=0.0, max_queue_size=16)
+    b.start()
+    await asyncio.gather(*b.submit([img(1.0), img(2.0)], 10.0))
+    assert names and all(n.startswith("deltagate-infer-") for n in names)
+    await b.stop()
+
+
+async def test_admission_counts_reserved_images_and_refuses_past_the_budget() -> None:
+    fwd = FakeForward()
+    b = make(fwd, max_queue_size=4)
+    with b.admit() as t1, b.admit() as t2:  # two requests whose bodies are being read
+        t1.grow(3)  # the first turned out to hold 3 images
+        assert b.depth == 4
+        with pytest.raises(OverloadedError):
+            b.admit()
+        with pytest.raises(OverloadedError):
+            t2.grow(2)  # it keeps its one provisional image
+        assert b.depth == 4
+        rows = await asyncio.gather(*b.submit([img(1.0), img(2.0), img(3.0)], 10.0, t1))
+        assert len(rows) == 3 and t1.held == 0
+    assert b.depth == 0  # leaving the tickets released what they still held
+    await b.stop()
+
+
+async def test_stop_waits_for_a_forward_past_the_drain_time_before_returning() -> None:
+    fwd = FakeForward()
+    fwd.gate = threading.Event()
+    b = make(fwd, max_wait_s=0.0)
+    running = b.submit([img(1.0)], 10.0)
+    await until(lambda: len(fwd.batches) == 1)
+    stopping = asyncio.ensure_future(b.stop(timeout_s=0.01))
+    await until(lambda: running[0].done())  # drain time over: the request got its 503 ...
+    with pytest.raises(NotReadyError):
+        running[0].result()
+    await asyncio.sleep(0.05)
+    assert not stopping.done()  # ... but stop() still waits: the engine is in use
+    fwd.gate.set()
+    await asyncio.wait_for(stopping, 5.0)
+    assert b.busy_instances == 0

@@ -7,8 +7,7 @@ import pytest
 
 from models.scoring_module import OUTPUT_NAMES
 from service.engines import ENGINES, EngineError, check_outputs, create_engine
-from service.engines.dummy import DummyEngine
-from service.runtime import dummy_bundle
+from service.engines.dummy import DummyEngine, dummy_bundle
 
 pytestmark = pytest.mark.unit
 
@@ -16,6 +15,11 @@ pytestmark = pytest.mark.unit
 def test_unknown_engine_lists_the_valid_ones() -> None:
     with pytest.raises(EngineError, match="torch, onnx, dummy"):
         create_engine("tensorrt", dummy_bundle(4))
+
+
+def test_unknown_device_is_refused_not_run_on_the_cpu() -> None:
+    with pytest.raises(EngineError, match="valid devices: auto, cpu, cuda"):
+        create_engine("dummy", dummy_bundle(4), "tpu")  # type: ignore[arg-type]
 
 
 def test_registry_holds_every_settings_choice() -> None:
@@ -35,8 +39,9 @@ def test_dummy_engine_is_deterministic_and_shaped_like_the_scoring_module() -> N
     assert set(checked) == set(OUTPUT_NAMES)
     for name in OUTPUT_NAMES:
         np.testing.assert_array_equal(a[name], b[name])
-    assert isinstance(engine, DummyEngine) and engine.batch_sizes == [3, 3]
-    assert engine.describe() == {"engine": "dummy", "device": "cpu", "precision": "float32"}
+    assert isinstance(engine, DummyEngine)
+    assert engine.describe() == {"engine": "dummy", "device": "cpu", "precision": "float32", "providers": "numpy",
+                                 "intra_op_threads": "default"}
 
 
 def test_dummy_engine_scores_follow_the_delta_energy_formula() -> None:
@@ -73,3 +78,37 @@ def test_real_engines_refuse_cuda_when_absent(name: str) -> None:
         pytest.skip("CUDA present")
     with pytest.raises(EngineError, match="cuda"):
         create_engine(name, dummy_bundle(4), "cuda").load()
+
+
+@pytest.mark.filterwarnings("ignore:Specified provider 'CUDAExecutionProvider':UserWarning")
+def test_onnx_cuda_provider_that_fails_to_initialise_is_refused(tiny_bundle, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """ORT silently falls back to the CPU when its CUDA provider cannot start; device=cuda must refuse."""
+    import onnxruntime
+
+    from models.bundle import load_bundle
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA present")
+    # Pretend the CUDA provider is installed: the real session then falls back to the CPU, as it does
+    # when the provider's libraries fail to load.
+    monkeypatch.setattr(onnxruntime, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    with pytest.raises(EngineError, match="failed to initialise"):
+        create_engine("onnx", load_bundle(tiny_bundle), "cuda").load()
+    auto = create_engine("onnx", load_bundle(tiny_bundle), "auto")
+    auto.load()  # auto: allowed to fall back, and says so
+    assert auto.device == "cpu" and auto.providers == ["CPUExecutionProvider"]
+
+
+def test_onnx_session_takes_the_instance_thread_settings(tiny_bundle) -> None:  # type: ignore[no-untyped-def]
+    from models.bundle import load_bundle
+    from service.engines import EngineThreads
+
+    engine = create_engine("onnx", load_bundle(tiny_bundle), "cpu", EngineThreads(intra_op=1, inter_op=1))
+    options = engine._options()  # type: ignore[attr-defined]
+    assert options.intra_op_num_threads == 1 and options.inter_op_num_threads == 1
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    spin = create_engine("onnx", load_bundle(tiny_bundle), "cpu", EngineThreads(spin_wait=True))._options()  # type: ignore[attr-defined]
+    assert spin.get_session_config_entry("session.intra_op.allow_spinning") == "1"
+    assert spin.intra_op_num_threads == 0  # unset: ONNX Runtime's own default

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from service.batcher import Row
+from service.engines.dummy import dummy_bundle
 from service.pipeline import postprocess
-from service.runtime import dummy_bundle
 from service.schemas import ClassifyJSONRequest
 
 pytestmark = pytest.mark.unit

@@ -59,3 +59,25 @@ def test_server_refuses_a_missing_bundle_before_starting(tmp_path: Path, monkeyp
     monkeypatch.setattr(server, "configure_logging", lambda level: None)  # keep pytest's log handlers
     with pytest.raises(BundleError, match="manifest.json"):
         server.run(Settings(engine="onnx", bundle_path=tmp_path / "nope"))
+
+
+def test_docs_settings_table_is_generated_from_the_settings() -> None:
+    from service.settings import settings_table
+
+    doc = (Path(__file__).parents[3] / "docs" / "service.md").read_text(encoding="utf-8")
+    start, end = "<!-- settings-table:start -->\n", "\n<!-- settings-table:end -->"
+    assert start in doc and end in doc
+    table = doc.split(start, 1)[1].split(end, 1)[0]
+    assert table == settings_table(), (
+        "docs/service.md's settings table is stale; regenerate it with "
+        "python -c \"from service.settings import settings_table; print(settings_table())\""
+    )
+
+
+@pytest.mark.parametrize(("bad", "needle"), [
+    ({"max_images_per_request": 32, "max_queue_size": 16}, "a full request could never be admitted"),
+    ({"max_batch_size": 64, "max_queue_size": 32}, "a batch could never fill"),
+])
+def test_settings_that_cannot_work_are_refused_with_the_reason(bad: dict[str, object], needle: str) -> None:
+    with pytest.raises(ValidationError, match=needle):
+        Settings(**bad)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import pytest
 
-from service.runtime import dummy_bundle
+from service.engines.dummy import dummy_bundle
 from service.telemetry import JsonFormatter, delta_energy_buckets
 
 pytestmark = pytest.mark.unit

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.bench.http import summarize_load
-from service.bench.report import format_table, latency_stats
+from deltagate.bench.http import summarize_load
+from deltagate.bench.report import format_table, latency_stats
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
+from deltagate.bench.report import LatencyStats, latency_stats
 from models.bundle import load_bundle
 from models.preprocess import decode_image, preprocess_image
-from service.bench.report import LatencyStats, latency_stats
 from service.engines import create_engine
 from service.runtime import LoadedModel
 from service.settings import DeviceName

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.bench.report import LatencyStats, latency_stats
+from deltagate.bench.report import LatencyStats, latency_stats
 from service.server import settings_to_env
 from service.settings import Settings
 
