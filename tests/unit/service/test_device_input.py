@@ -119,3 +119,19 @@ def test_stack_pixels_mixes_cpu_arrays_and_device_tensors_in_order_with_zero_pad
     batch = stack_pixels([a, torch.from_numpy(b), c], torch.device("cpu"), pad_to=4)
     assert batch.shape == (4, 3, 4, 4) and batch.dtype == torch.float32
     assert batch[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0, 0.0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (nvJPEG)")
+def test_nvjpeg_path_stays_on_the_gpu_and_close_to_the_cpu_path() -> None:  # pragma: no cover - GPU only
+    images = [encode(photo(640, 480, s), quality=90) for s in range(3)] + [encode(photo(64, 48).convert("CMYK"))]
+    dev = DeviceInput(CFG, "cuda", max_pixels=10**7, fast_decode=False)
+    out = dev.prepare(images)
+    assert all(isinstance(o, torch.Tensor) and o.is_cuda for o in out[:3]) and isinstance(out[3], np.ndarray)
+    for data, got in zip(images[:3], out[:3], strict=True):
+        ref = preprocess_image(Image.open(io.BytesIO(data)), CFG)
+        diff = np.abs(got.cpu().numpy() - ref)  # type: ignore[union-attr]
+        # nvJPEG's IDCT and chroma upsampling differ from libjpeg-turbo's: a few grey levels, rarely more
+        assert diff.mean() <= 2 * ONE_LEVEL and diff.max() <= 16 * ONE_LEVEL
+    batch = stack_pixels([o for o in out if not isinstance(o, BaseException)], torch.device("cuda"), pad_to=8,
+                         pinned=True)
+    assert batch.is_cuda and batch.shape == (8, 3, 32, 32)
