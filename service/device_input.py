@@ -50,7 +50,7 @@ from models.preprocess import (
 )
 
 __all__ = ["DeviceDecodeMode", "DeviceInput", "HeaderInfo", "read_header", "resize_geometry", "preprocess_tensor",
-           "stack_pixels", "decode_on_device"]
+           "stack_pixels", "decode_on_device", "device_input_for", "batch_stacker"]
 
 logger = logging.getLogger(__name__)
 
@@ -173,7 +173,9 @@ def preprocess_tensor(image: torch.Tensor, cfg: PreprocessConfig) -> torch.Tenso
 
 def decode_on_device(encoded: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """torchvision's JPEG decoder to RGB on ``device`` (nvJPEG on CUDA, libjpeg-turbo on the CPU)."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs for TorchCodec (docs/gpu.md)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
 
     decoded = decode_jpeg(encoded, mode=ImageReadMode.RGB, device=device)
     return list(decoded)
@@ -319,3 +321,31 @@ class DeviceInput:
         self.counters.add(refused=1)
         logger.debug("device decoder refused a %d-byte JPEG; decoding it on the CPU", len(data))
         return None
+
+
+def device_input_for(mode: DeviceDecodeMode, engine_name: str, engine_device: str, cfg: PreprocessConfig,
+                     max_pixels: int, fast_decode: bool) -> DeviceInput | None:
+    """The device input path the settings ask for, or None (the CPU path).
+
+    Args:
+        mode: ``Settings.device_decode``: "auto" = on when the torch engine runs on CUDA, "on" = whenever
+            the engine is torch (CPU included: tests), "off" = never.
+        engine_name: the engine's registry name (only "torch" takes device tensors).
+        engine_device: where the engine really runs (``Engine.device``, e.g. "cuda:0").
+        cfg: the bundle's preprocessing.
+        max_pixels: pixel limit per image.
+        fast_decode: the CPU fallback's reduced-scale decode of large JPEGs.
+    """
+    if engine_name != "torch" or mode == "off" or (mode == "auto" and not engine_device.startswith("cuda")):
+        return None
+    return DeviceInput(cfg, engine_device, max_pixels, fast_decode)
+
+
+def batch_stacker(device: str) -> Callable[[list[np.ndarray | torch.Tensor], int], torch.Tensor]:
+    """The batcher's ``stack`` for the torch engine on ``device``: one batch there, pinned staging on CUDA."""
+    target = torch.device(device)
+
+    def stack(items: list[np.ndarray | torch.Tensor], rows: int) -> torch.Tensor:
+        return stack_pixels(items, target, pad_to=rows, pinned=target.type == "cuda")  # (rows, 3, H, W)
+
+    return stack
