@@ -1,4 +1,4 @@
-"""``deltagate bench device-preprocess``: the device input pipeline against the CPU path, label and ΔEnergy parity."""
+"""``deltagate bench device-preprocess`` (device input path vs CPU path: label and ΔEnergy parity) and ``bench gpu``."""
 
 from __future__ import annotations
 
@@ -43,3 +43,19 @@ def device_preprocess(
     if out is not None:
         write_report(report, out)
         typer.echo(f"wrote {out}")
+
+
+def gpu(
+    out: Annotated[Path, typer.Option(help="Folder for gpu.json (and the built bundle unless --work).")] = Path(
+        "results/bench/gpu-run"),
+    dry_run: Annotated[bool, typer.Option(help="CPU, default bundle, tiny sizes: checks every phase runs.")] = False,
+    bundle: Annotated[Path | None, typer.Option(help="Use this bundle instead of a random ViT-B/16.")] = None,
+    work: Annotated[Path | None, typer.Option(help="Folder for the built bundle [OUT].")] = None,
+    budget_s: Annotated[float | None, typer.Option(help="Skip phases that would start later than this.")] = None,
+) -> None:
+    """The GPU run: fp16/nvJPEG parity, raw engine by batch size, service under load, NVML (docs/gpu.md)."""
+    from deltagate.bench.gpu import main
+
+    argv = ["--out", str(out)] + (["--dry-run"] if dry_run else []) + (["--bundle", str(bundle)] if bundle else [])
+    argv += (["--work", str(work)] if work else []) + (["--budget-s", str(budget_s)] if budget_s else [])
+    raise typer.Exit(main(argv))
