@@ -133,8 +133,8 @@ def _pil_resize(x: torch.Tensor, new_h: int, new_w: int, mode: str) -> torch.Ten
     """PIL's separable resize of an 8-bit image: horizontal pass, then vertical, each rounded to 0..255.
 
     The rounding and clipping between the passes matter: a bicubic overshoot at a sharp edge is
-    clipped after the first pass in PIL; one 2-D ``interpolate`` keeps it and differs by up to 7 grey
-    levels there (measured on the synthetic world at 1 MP), two passes by at most one.
+    clipped after the first pass in PIL; one 2-D ``interpolate`` keeps it and differs by several grey
+    levels there, two passes by at most one (tests/unit/service/test_device_input.py has such an edge).
     """
     _, _, h, w = x.shape
     if new_w != w:
