@@ -105,7 +105,8 @@ def compare_paths(model: LoadedModel, images: Sequence[bytes], device: str, repe
     """
     cfg = model.manifest.preprocess
     dev = DeviceInput(cfg, device, max_pixels=100_000_000)
-    exact, fast, on_device, times = [], [], [], {"cpu_exact": [], "cpu_fast": [], "device": []}
+    exact, fast, on_device = [], [], []
+    times: dict[str, list[float]] = {"cpu_exact": [], "cpu_fast": [], "device": []}
     for data in images:
         px, t = _timed(lambda d=data: _cpu_pixels(d, model, False), repeats)
         exact.append(px)

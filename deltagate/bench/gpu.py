@@ -307,12 +307,13 @@ class Plan:
     photo_size: tuple[int, int] = (4000, 3000)  # 12 MP
     parity_images: int = 16
     budget_s: float = 480.0  # phases that would start past this are skipped (and say so)
+    device_decode: str = "auto"  # the service's DELTAGATE_DEVICE_DECODE (auto = on for torch on CUDA)
 
     @classmethod
     def dry_run(cls) -> Plan:
         return cls(device="cpu", model="", sweep_sizes=(1, 4), sweep_seconds=0.2, max_batch_size=4,
                    concurrency=(1, 4), photo_concurrency=(2,), level_seconds=0.6, engine_seconds=0.2, clients=2,
-                   photo_size=(640, 480), parity_images=4, budget_s=600.0)
+                   photo_size=(640, 480), parity_images=4, budget_s=600.0, device_decode="on")
 
 
 def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | None = None) -> dict[str, Any]:
@@ -368,7 +369,8 @@ def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | N
             save()
         base = Settings(bundle_path=bundle, engine="torch", device=plan.device,
                         max_batch_size=plan.max_batch_size, max_queue_size=max(1024, 2 * max(plan.concurrency)),
-                        log_level="warning")
+                        device_decode=plan.device_decode, log_level="warning")
+        report["service_settings"] = base.model_dump(mode="json", exclude={"api_key"})
         phases = {"service_small": (small, plan.concurrency), "service_photo": (photo, plan.photo_concurrency)}
         for name, (image, levels) in phases.items():
             if due(name):
