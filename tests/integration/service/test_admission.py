@@ -84,7 +84,7 @@ async def test_full_budget_is_refused_before_the_body_is_read_fast_and_without_d
 
         body, headers = request.read(), dict(request.headers)
         seconds = []
-        for _ in range(40):
+        for _ in range(100):
             start = time.perf_counter()
             r = await client.post("/classify", content=body, headers=headers)
             seconds.append(time.perf_counter() - start)
@@ -97,8 +97,10 @@ async def test_full_budget_is_refused_before_the_body_is_read_fast_and_without_d
             start = time.perf_counter()
             preprocess_image(decode_image(big), app.state.runtime.model.manifest.preprocess)
             decode_s.append(time.perf_counter() - start)
-        p99 = float(np.quantile(seconds, 0.99))
-        assert p99 < 0.5 * statistics.median(decode_s), (p99, decode_s)
+        # Loose bounds that still fail if a refusal decoded the image or waited behind the queue:
+        # typical here is p50 ~1 ms and p99 < 10 ms against ~250 ms for the decode (2 shared cores).
+        p50, p99, decode = statistics.median(seconds), float(np.quantile(seconds, 0.99)), statistics.median(decode_s)
+        assert p50 < 0.1 * decode and p99 < 0.5 * decode, (p50, p99, decode_s)
 
         engine.gate.set()
         assert [x.status_code for x in await asyncio.gather(in_forward, queued)] == [200, 200]
