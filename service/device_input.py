@@ -27,7 +27,6 @@ libjpeg-turbo are only measurable on a GPU (the prepared GPU run records them).
 
 from __future__ import annotations
 
-import io
 import logging
 import threading
 import warnings
@@ -38,14 +37,13 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
 
 from models.preprocess import (
-    SUPPORTED_FORMATS,
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
     decode_image,
+    open_image,
     preprocess_image,
 )
 
@@ -78,32 +76,15 @@ class HeaderInfo:
 
 
 def read_header(data: bytes, max_pixels: int) -> HeaderInfo:
-    """Format, mode and size from the header, with the same checks and errors as ``decode_image``.
+    """Format, mode and size from the header, with the checks and errors of the CPU path (``open_image``).
 
     Raises:
         ImageDecodeError: empty, not an image, or an unsupported format.
         ImageTooLargeError: more than ``max_pixels`` pixels.
     """
-    if not data:
-        raise ImageDecodeError("empty image")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # lazy: reads the header only
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image (format not recognised)") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
-    fmt = img.format or "unknown"
-    if fmt not in SUPPORTED_FORMATS:
-        raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}")
-    width, height = img.size
-    if width * height > max_pixels:
-        raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    img = open_image(data, max_pixels)
     progressive = bool(img.info.get("progressive") or img.info.get("progression"))
-    return HeaderInfo(fmt, img.mode, width, height, progressive)
+    return HeaderInfo(img.format or "unknown", img.mode, img.width, img.height, progressive)
 
 
 def resize_geometry(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int, int, int]:
