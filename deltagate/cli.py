@@ -14,7 +14,7 @@ import typer
 from deltagate import __version__
 from deltagate.commands.bench import bench_app
 from deltagate.commands.data import data_app, pretrain_tiny
-from deltagate.commands.export import export
+from deltagate.commands.export import export, quantize
 from deltagate.commands.offline import ablate, calibrate, demo_app, evaluate, train
 from deltagate.commands.serve import serve
 from models.errors import DeltagateError
@@ -47,6 +47,7 @@ def main(
 
 
 app.command()(export)
+app.command()(quantize)
 app.command()(serve)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")

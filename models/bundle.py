@@ -6,6 +6,7 @@ Layout::
       manifest.json         versioned, validated with pydantic on load (BundleManifest)
       weights.safetensors   the scoring module's state dict (vision tower + class embeddings)
       model.onnx            the scoring module exported to ONNX (optional but usual)
+      model.int8.onnx       an int8 quantization of model.onnx (optional; ``deltagate export --quantize int8``)
 
 Like open_clip shipping its config beside its weights and timm carrying its eval preprocessing,
 the manifest holds every number needed to use the weights: architecture config, preprocessing,
@@ -38,9 +39,12 @@ __all__ = [
     "MANIFEST_FILE",
     "WEIGHTS_FILE",
     "ONNX_FILE",
+    "INT8_ONNX_FILE",
     "BundleError",
     "ArchitectureInfo",
     "OnnxInfo",
+    "Int8Parity",
+    "Int8Info",
     "FileEntry",
     "BundleManifest",
     "Bundle",
@@ -57,6 +61,7 @@ SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
+INT8_ONNX_FILE = "model.int8.onnx"
 
 
 class ArchitectureInfo(BaseModel):
@@ -81,6 +86,37 @@ class OnnxInfo(BaseModel):
     parity_atol: float  # tolerance the export checked against
     parity_max_abs_diff: dict[str, float]  # worst |onnx - torch| per output over the checked batches
     parity_batch_sizes: list[int]
+
+
+class Int8Parity(BaseModel):
+    """The int8 graph against the float32 graph on the same preprocessed images (ONNX Runtime, CPU)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    data: str  # which images, e.g. "id_test + ood/* of DATA" or "synthetic drawings"
+    images: int  # images both graphs ran on
+    label_agreement: float  # share of images with the same argmax class
+    max_abs_delta_energy_diff: float  # worst |ΔEnergy_int8 - ΔEnergy_fp32|
+    mean_abs_delta_energy_diff: float
+    id_accuracy_fp32: float | None = None  # on ID test (None: no labelled data given)
+    id_accuracy_int8: float | None = None
+    near_ood_auroc_fp32: float | None = None  # ΔEnergy, ID test vs the near-OOD set
+    near_ood_auroc_int8: float | None = None
+    ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {"fp32": a, "int8": b}
+
+
+class Int8Info(BaseModel):
+    """The bundle's int8 graph: how it was quantized, its parity record and its own threshold."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = INT8_ONNX_FILE
+    method: Literal["dynamic", "static"]  # ONNX Runtime quantize_dynamic / quantize_static (QDQ)
+    weight_type: str = "QInt8"
+    per_channel: bool
+    calibration_images: int = 0  # activation-range images of static quantization (ID val)
+    parity: Int8Parity
+    calibration: CalibrationRecord | None = None  # the int8 graph's ΔEnergy threshold (its own ID val scores)
 
 
 class FileEntry(BaseModel):
@@ -111,6 +147,7 @@ class BundleManifest(BaseModel):
     calibration: CalibrationRecord | None = None
     evaluation: dict[str, Any] | None = None  # summary written by `deltagate evaluate`
     onnx: OnnxInfo | None = None
+    int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
     files: dict[str, FileEntry]
 
 
@@ -153,6 +190,31 @@ class Bundle:
             raise BundleError(f"{self.path}: bundle has no {ONNX_FILE} (export it with `deltagate export`)")
         return self.path / ONNX_FILE
 
+    def _int8_info(self) -> Int8Info:
+        info = self.manifest.int8
+        if info is None or info.file not in self.manifest.files:
+            raise BundleError(
+                f"{self.path}: bundle has no int8 graph (export it with `deltagate export --quantize int8`)"
+            )
+        return info
+
+    @property
+    def int8_path(self) -> Path:
+        """Path of the int8 ONNX file. Raises BundleError if the bundle has none."""
+        return self.path / self._int8_info().file
+
+    def int8_variant(self) -> Bundle:
+        """This bundle as served by its int8 graph: ``onnx_path`` is the int8 file, and the manifest's
+        ``calibration`` is the int8 graph's own threshold (the float32 one does not fit its ΔEnergy).
+
+        Raises:
+            BundleError: no int8 graph, or it has no calibrated threshold.
+        """
+        info = self._int8_info()
+        if info.calibration is None:
+            raise BundleError(f"{self.path}: the int8 graph has no calibrated threshold (quantize with ID val data)")
+        return _Int8Bundle(self.path, self.manifest.model_copy(update={"calibration": info.calibration}))
+
     @property
     def has_onnx(self) -> bool:
         return ONNX_FILE in self.manifest.files
@@ -174,6 +236,15 @@ class Bundle:
         except RuntimeError as exc:
             raise BundleError(f"{self.weights_path}: weights do not match the manifest's architecture: {exc}") from exc
         return module.eval()
+
+
+@dataclass
+class _Int8Bundle(Bundle):
+    """See :meth:`Bundle.int8_variant`."""
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.int8_path
 
 
 def _read_manifest(path: Path) -> BundleManifest:
@@ -230,7 +301,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 def _file_entries(path: Path) -> dict[str, FileEntry]:
     return {
         f: FileEntry(sha256=sha256_file(path / f), size=(path / f).stat().st_size)
-        for f in (WEIGHTS_FILE, ONNX_FILE)
+        for f in (WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE)
         if (path / f).is_file()
     }
 

@@ -74,7 +74,8 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     for i in range(plan.instances):
         engine = create_engine(settings.engine, bundle, settings.device, threads)
         engine.load()
-        models.append(LoadedModel(bundle, engine))
+        # engine.bundle, not bundle: an engine may serve a view of it (onnx-int8: the int8 graph's threshold).
+        models.append(LoadedModel(engine.bundle, engine))
         logger.info("engine instance loaded", extra={"fields": {
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})

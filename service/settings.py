@@ -17,7 +17,7 @@ from service.cpu_budget import cpu_budget
 
 __all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
-EngineName = Literal["torch", "onnx", "dummy"]
+EngineName = Literal["torch", "onnx", "dummy", "onnx-int8"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -64,7 +64,7 @@ class Settings(BaseSettings):
 
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
-    engine: EngineName = Field("torch", description="Inference engine: torch, onnx or dummy (tests).")
+    engine: EngineName = Field("torch", description="Inference engine: torch, onnx, onnx-int8 or dummy (tests).")
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
         "runs on CUDA."

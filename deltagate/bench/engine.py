@@ -61,7 +61,8 @@ def example_pixels(model: LoadedModel, png: bytes, batch_size: int) -> np.ndarra
     return np.repeat(pixels[None], batch_size, axis=0)  # (B, 3, H, W), writable like the batcher's np.stack
 
 
-def measure_engine(model: LoadedModel, png: bytes, batch_size: int, seconds: float) -> EngineResult:
+def measure_engine(model: LoadedModel, png: bytes, batch_size: int, seconds: float,
+                   warmup: int = WARMUP_FORWARDS) -> EngineResult:
     """Run forwards back to back at one batch size for about ``seconds`` (at least 3 forwards).
 
     Args:
@@ -69,12 +70,13 @@ def measure_engine(model: LoadedModel, png: bytes, batch_size: int, seconds: flo
         png: the image to forward (decoded and preprocessed once, outside the timing).
         batch_size: images per forward.
         seconds: time budget after the warm-up forwards.
+        warmup: untimed forwards first (fewer when the engine has already run this batch size).
 
     Returns:
         Throughput in images/s and per-forward latency statistics.
     """
     batch = example_pixels(model, png, batch_size)  # (B, 3, H, W)
-    for _ in range(WARMUP_FORWARDS):
+    for _ in range(warmup):
         model.infer(batch)
     durations: list[float] = []
     start = time.perf_counter()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import asyncio
 import bisect
 import io
+import json
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import IO, Any
 
@@ -24,89 +27,147 @@ from deltagate.bench.report import LatencyStats, latency_stats
 from service.server import settings_to_env
 from service.settings import Settings
 
-__all__ = ["synthetic_png", "ServerProcess", "LoadResult", "run_load", "summarize_load", "batch_counters"]
+__all__ = [
+    "synthetic_image", "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult",
+    "run_load", "load_log", "probe_while_full", "summarize_load", "batch_counters",
+]
 
 logger = logging.getLogger(__name__)
 
 LOCALHOST = "127.0.0.1"
 
 
-def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
-    """A photo-like PNG (smooth gradients, a few shapes, mild noise), so decode cost is realistic."""
+def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A photo-like RGB image (smooth gradients, a few shapes, mild noise), so decode cost is realistic."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)  # (H, W) each
     arr = np.stack([x / width, y / height, (x + y) / (width + height)], axis=-1) * 200.0  # (H, W, 3)
     for _ in range(4):
         cx, cy, r = rng.uniform(0, width), rng.uniform(0, height), rng.uniform(10, min(width, height) / 3)
         arr[(x - cx) ** 2 + (y - cy) ** 2 < r**2] = rng.uniform(0, 255, 3)
-    arr += rng.normal(0.0, 6.0, arr.shape)
+    arr += rng.normal(0.0, 6.0, arr.shape).astype(np.float32)
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+
+
+def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
+    """:func:`synthetic_image` encoded as PNG."""
     buf = io.BytesIO()
-    Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8)).save(buf, "PNG")
+    synthetic_image(width, height, seed).save(buf, "PNG")
     return buf.getvalue()
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((LOCALHOST, 0))
-        return int(s.getsockname()[1])
+def free_port(port_range: tuple[int, int] | None = None) -> int:
+    """A TCP port free on 127.0.0.1 now: the first free one of ``port_range`` (inclusive), else the OS's pick.
+
+    Raises:
+        RuntimeError: every port of the range is taken.
+    """
+    candidates = range(port_range[0], port_range[1] + 1) if port_range else [0]
+    for port in candidates:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((LOCALHOST, port))
+            except OSError:
+                continue
+            return int(s.getsockname()[1])
+    raise RuntimeError(f"no free port in {port_range[0]}-{port_range[1]}" if port_range else "no free port")
+
+
+_taken: set[int] = set()  # ports handed to servers of this process that may not be listening yet
+
+
+def _claim_port(port_range: tuple[int, int] | None) -> int:
+    if port_range is None:
+        return free_port()
+    for _ in range(port_range[1] - port_range[0] + 1):
+        port = free_port(port_range)
+        if port not in _taken:
+            _taken.add(port)
+            return port
+        port_range = (port + 1, port_range[1])
+    raise RuntimeError(f"no free port in the range ending at {port_range[1]}")
 
 
 class ServerProcess:
-    """``service.server.run`` in a subprocess on 127.0.0.1 and a free port; a context manager.
+    """A server in a subprocess on 127.0.0.1; a context manager that waits until it is ready.
 
-    The settings travel as ``DELTAGATE_*`` variables (as for uvicorn workers); host and port are
-    overridden. The server's log goes to a temporary file, quoted when start-up fails.
+    The server's log goes to a temporary file, quoted when start-up fails. The child gets its own
+    process group, which is terminated (then killed) on exit, so servers that spawn workers
+    (LitServe, uvicorn with workers) leave nothing behind.
 
     Args:
-        settings: service settings.
-        ready_timeout_s: how long to wait for ``/readyz``.
+        name: shown in logs and errors.
+        argv: the command; ``{port}`` in an argument is replaced by the chosen port.
+        env: extra environment variables (the child inherits this process's environment).
+        ready_path: polled until it answers 200; a JSON ``{"status": "failed"}`` aborts.
+        ready_timeout_s: how long to wait for readiness.
+        port_range: ports to choose from (inclusive); None: the OS picks a free one.
+        graceful_s: time the server gets to stop after SIGTERM before it is killed.
+        cwd: working directory of the server (None: this one).
     """
 
-    def __init__(self, settings: Settings, ready_timeout_s: float = 300.0) -> None:
-        self.port = free_port()
-        self.settings = settings.model_copy(update={"host": LOCALHOST, "port": self.port})
+    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
+                 ready_path: str = "/readyz", ready_timeout_s: float = 300.0,
+                 port_range: tuple[int, int] | None = None, graceful_s: float = 30.0,
+                 cwd: str | None = None) -> None:
+        self.name = name
+        self.cwd = cwd
+        self.port = _claim_port(port_range)
+        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
+        self.env = {k: v.replace("{port}", str(self.port)) for k, v in (env or {}).items()}
         self.url = f"http://{LOCALHOST}:{self.port}"
+        self.ready_path = ready_path
         self.ready_timeout_s = ready_timeout_s
+        self.graceful_s = graceful_s
         self.startup_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
+        self._started = 0.0
 
     def __enter__(self) -> ServerProcess:
-        # The child inherits this environment (PATH, thread variables) plus the service settings.
-        env = {**os.environ, **settings_to_env(self.settings)}
-        self._log = tempfile.TemporaryFile()
-        start = time.perf_counter()
-        self._proc = subprocess.Popen(
-            [sys.executable, "-c", "from service.server import run; run()"],
-            env=env, stdout=self._log, stderr=subprocess.STDOUT,
-        )
+        self.start()
         try:
-            self._wait_ready()
+            self.wait_ready()
         except BaseException:
             self.__exit__(None, None, None)
             raise
-        self.startup_seconds = round(time.perf_counter() - start, 2)
-        logger.info("server ready on %s after %.1f s", self.url, self.startup_seconds)
         return self
 
+    def start(self) -> None:
+        """Start the process without waiting (several servers can then load in parallel)."""
+        self._log = tempfile.TemporaryFile()
+        self._started = time.perf_counter()
+        self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
+                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
+
+    def wait_ready(self) -> None:
+        """Poll ``ready_path`` until it answers 200.
+
+        Raises:
+            RuntimeError: the server exited or reported a failed load.
+            TimeoutError: not ready within ``ready_timeout_s``.
+        """
+        self._wait_ready()
+        self.startup_seconds = round(time.perf_counter() - self._started, 2)
+        logger.info("%s ready on %s after %.1f s", self.name, self.url, self.startup_seconds)
+
     def _wait_ready(self) -> None:
-        assert self._proc is not None
+        assert self._proc is not None, "start() first"
         deadline = time.monotonic() + self.ready_timeout_s
         with httpx.Client(base_url=self.url, timeout=2.0) as client:
             while time.monotonic() < deadline:
                 if self._proc.poll() is not None:
-                    raise RuntimeError(f"server exited with {self._proc.returncode}:\n{self.log_tail()}")
+                    raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self.log_tail()}")
                 try:
-                    response = client.get("/readyz")
+                    response = client.get(self.ready_path)
                 except httpx.TransportError:
                     response = None
                 if response is not None and response.status_code == 200:
                     return
-                if response is not None and response.json().get("status") == "failed":
-                    raise RuntimeError(f"server failed to load: {response.json().get('error')}")
+                if response is not None and _json_status(response) == "failed":
+                    raise RuntimeError(f"{self.name} failed to load: {response.json().get('error')}")
                 time.sleep(0.2)
-        raise TimeoutError(f"server not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
+        raise TimeoutError(f"{self.name} not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
         """The end of the server's log."""
@@ -116,16 +177,59 @@ class ServerProcess:
         return self._log.read().decode("utf-8", "replace")[-chars:]
 
     def __exit__(self, *_exc: object) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()  # SIGTERM: uvicorn's graceful shutdown
-            try:
-                self._proc.wait(timeout=self.settings.graceful_shutdown_s + 10.0)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+        if self._proc is not None:
+            _stop_group(self._proc, self.graceful_s)
+            _taken.discard(self.port)
+            self._proc = None
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+def _json_status(response: httpx.Response) -> Any:
+    try:
+        body = response.json()
+    except ValueError:
+        return None
+    return body.get("status") if isinstance(body, dict) else None
+
+
+def _stop_group(proc: subprocess.Popen[bytes], graceful_s: float) -> None:
+    """SIGTERM to the server's process group (uvicorn's graceful shutdown), then SIGKILL to what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=graceful_s)
+    except subprocess.TimeoutExpired:
+        logger.warning("server %d did not stop within %.0f s; killing it", proc.pid, graceful_s)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # spawned workers the leader left behind, or the leader itself
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def deltagate_server(settings: Settings, *, pythonpath: str | None = None,
+                     port_range: tuple[int, int] | None = None, name: str = "deltagate") -> ServerProcess:
+    """``service.server.run`` with these settings (as ``DELTAGATE_*`` variables; host and port overridden).
+
+    Args:
+        settings: service settings.
+        pythonpath: run the service code of another checkout (``PYTHONPATH`` of the child), e.g. a
+            worktree of an older commit to compare with.
+        port_range: see :class:`ServerProcess`.
+        name: shown in logs.
+    """
+    env = {k: v for k, v in settings_to_env(settings).items() if k not in {"DELTAGATE_HOST", "DELTAGATE_PORT"}}
+    env.update({"DELTAGATE_HOST": LOCALHOST, "DELTAGATE_PORT": "{port}"})
+    if pythonpath is not None:
+        env["PYTHONPATH"] = pythonpath
+    # `python -c` puts the working directory first on sys.path: run another checkout's code from
+    # inside it, or this checkout's `service` would shadow it.
+    return ServerProcess(name, [sys.executable, "-c", "from service.server import run; run()"], env,
+                         port_range=port_range, graceful_s=settings.graceful_shutdown_s + 10.0, cwd=pythonpath)
 
 
 def batch_counters(url: str) -> dict[str, float]:
@@ -162,45 +266,158 @@ class LoadResult:
         return row
 
 
-async def _client_loop(
-    client: httpx.AsyncClient, png: bytes, stop_at: float, log: list[tuple[float, float, str]]
-) -> None:
-    """One closed-loop client: send, wait for the answer, send again, until ``stop_at``."""
-    files = {"file": ("bench.png", png, "image/png")}
-    while time.perf_counter() < stop_at:
+@dataclass(frozen=True)
+class Payload:
+    """One image a client sends, and the label a correct answer carries (None: not checked)."""
+
+    data: bytes
+    filename: str = "bench.png"
+    content_type: str = "image/png"
+    expected_label: str | None = None
+
+
+MISMATCH = "200-mismatch"  # outcome of a 200 whose label is not the expected one (or is missing)
+
+
+def response_label(body: Any) -> str | None:
+    """The label of a single-image answer: deltagate's ``results[0].label`` or a peer's ``label``."""
+    if not isinstance(body, dict):
+        return None
+    if isinstance(body.get("results"), list) and body["results"]:
+        body = body["results"][0]
+    label = body.get("label") if isinstance(body, dict) else None
+    return label if isinstance(label, str) else None
+
+
+def _outcome(response: httpx.Response, payload: Payload) -> str:
+    if response.status_code != 200 or payload.expected_label is None:
+        return str(response.status_code)
+    try:
+        label = response_label(response.json())
+    except ValueError:
+        label = None
+    return "200" if label == payload.expected_label else MISMATCH
+
+
+@dataclass
+class _Clock:
+    """When the clients stop; set by the controller of :func:`_drive` once the window is complete."""
+
+    stop_at: float = float("inf")
+
+
+async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], first: int, clock: _Clock,
+                       log: list[tuple[float, float, str]], backoff_503_s: float = 0.0) -> None:
+    """One closed-loop client: send, wait for the answer, send again, until ``clock.stop_at``.
+
+    Client ``first`` starts at payload ``first`` and steps through all of them, so concurrent
+    clients send different images and a batch mixes them (a swapped answer shows as a mismatch).
+    After a 503 it waits ``backoff_503_s`` before the next request.
+    """
+    i = first
+    while time.perf_counter() < clock.stop_at:
+        payload = payloads[i % len(payloads)]
+        i += 1
+        files = {"file": (payload.filename, payload.data, payload.content_type)}
         t0 = time.perf_counter()
         try:
             response = await client.post("/classify", files=files)
-            outcome = str(response.status_code)
+            outcome = _outcome(response, payload)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__
         log.append((t0, time.perf_counter(), outcome))
+        if outcome == "503" and backoff_503_s > 0:
+            await asyncio.sleep(backoff_503_s)
 
 
-async def _drive(url: str, png: bytes, concurrency: int, warmup_s: float, seconds: float,
+MAX_WINDOW_FACTOR = 4.0  # a measured window may stretch to this many times ``seconds`` to see enough answers
+
+
+async def _control(clock: _Clock, log: list[tuple[float, float, str]], concurrency: int, warmup_s: float,
+                   seconds: float, timeout_s: float) -> tuple[float, float]:
+    """Warm up until ``warmup_s`` passed and ``concurrency`` answers came (the pipeline is full), then
+    measure for ``seconds`` and until ``concurrency`` more answers came (at most ``MAX_WINDOW_FACTOR``
+    times ``seconds``), so a slow system is never judged on an empty window."""
+    t0 = time.perf_counter()
+    while (time.perf_counter() - t0 < warmup_s or len(log) < concurrency) and time.perf_counter() - t0 < timeout_s:
+        await asyncio.sleep(0.005)
+    begin, seen = time.perf_counter(), len(log)
+    while time.perf_counter() - begin < seconds or (
+        len(log) - seen < concurrency and time.perf_counter() - begin < MAX_WINDOW_FACTOR * seconds
+    ):
+        await asyncio.sleep(0.005)
+    clock.stop_at = end = time.perf_counter()
+    return begin, end
+
+
+async def _drive(url: str, payloads: Sequence[Payload], concurrency: int, warmup_s: float, seconds: float,
                  timeout_s: float) -> tuple[list[tuple[float, float, str]], float, float]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     log: list[tuple[float, float, str]] = []
+    clock = _Clock()
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
-        begin = time.perf_counter() + warmup_s
-        end = begin + seconds
-        await asyncio.gather(*(_client_loop(client, png, end, log) for _ in range(concurrency)))
+        clients = [asyncio.create_task(_client_loop(client, payloads, c, clock, log)) for c in range(concurrency)]
+        begin, end = await _control(clock, log, concurrency, warmup_s, seconds, timeout_s)
+        await asyncio.gather(*clients)
     return log, begin, end
 
 
-def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: float = 2.0,
+async def _fill(url: str, payloads: Sequence[Payload], fillers: int, backoff_503_s: float, seconds: float,
+                timeout_s: float) -> list[tuple[float, float, str]]:
+    limits = httpx.Limits(max_connections=fillers, max_keepalive_connections=fillers)
+    log: list[tuple[float, float, str]] = []
+    clock = _Clock(stop_at=time.perf_counter() + seconds)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout_s) as client:
+        await asyncio.gather(*(_client_loop(client, payloads, c, clock, log, backoff_503_s) for c in range(fillers)))
+    return log
+
+
+def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, seconds: float, warmup_s: float = 1.0,
+                     backoff_503_s: float = 0.002, interval_s: float = 0.02, timeout_s: float = 60.0,
+                     ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+    """Keep a server's queue full with ``fillers`` closed-loop clients and time a probe's requests.
+
+    The fillers wait ``backoff_503_s`` after each 503 (so the refusals do not turn into a storm),
+    which keeps the queue topped up as forwards free it. The probe (:mod:`deltagate.bench.probe`)
+    runs in its own process, one request every ``interval_s`` after ``warmup_s``, so its timings
+    do not wait for the fillers' event loop.
+
+    Returns:
+        The fillers' and the probe's (start, end, outcome) logs (the probe's starts are 0).
+    """
+    payload = payloads[0]
+    with tempfile.NamedTemporaryFile(suffix=".img") as image:
+        image.write(payload.data)
+        image.flush()
+        argv = [sys.executable, "-m", "deltagate.bench.probe", url, image.name, "--seconds", str(seconds),
+                "--interval", str(interval_s), "--timeout", str(timeout_s), "--delay", str(warmup_s),
+                *(["--expect", payload.expected_label] if payload.expected_label else [])]
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # The probe imports and waits warmup_s while the fillers fill the queue; they outlast it by 3 s.
+        fill = asyncio.run(_fill(url, payloads, fillers, backoff_503_s, warmup_s + seconds + 3.0, timeout_s))
+        out, err = proc.communicate(timeout=timeout_s + seconds)
+    if proc.returncode != 0:
+        raise RuntimeError(f"probe failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
+    probe = [(0.0, float(r["seconds"]), str(r["outcome"])) for r in json.loads(out)]
+    return fill, probe
+
+
+def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, seconds: float, warmup_s: float = 2.0,
              timeout_s: float = 60.0) -> LoadResult:
     """``concurrency`` clients each keep one single-image multipart request in flight.
 
-    Throughput is counted between completions, not over a fixed window: the window runs from the
-    burst of completions at or before ``warmup_s`` to the burst at or before ``warmup_s + seconds``,
-    and counts the completions after its start. When responses come back in bursts (a batch of 8
+    The warm-up lasts ``warmup_s`` and until ``concurrency`` answers came; the measured window then
+    lasts ``seconds`` and until ``concurrency`` more answers came (see :func:`_control`).
+    Throughput is counted between completions, not over a fixed window: from the burst of
+    completions at or before the window's start to the burst at or before its end, counting the
+    completions after its start. When responses come back in bursts (a batch of 8
     every 1.5 s), a fixed window would catch a varying number of bursts; this one always spans
     whole batch cycles.
 
     Args:
         url: the server's base URL.
-        png: encoded image sent with every request (encoded once, before the clock starts).
+        payloads: the images the clients send in turn (encoded once, before the clock starts), or
+            one PNG's bytes (sent by every request, label not checked).
         concurrency: number of concurrent clients.
         seconds: measured time after the warm-up.
         warmup_s: unmeasured lead-in (connections, batcher steady state).
@@ -208,10 +425,22 @@ def run_load(url: str, png: bytes, concurrency: int, seconds: float, warmup_s: f
 
     Returns:
         Client-side throughput, latency (of the requests completed in the window) and status counts
-        (of every request completed after the warm-up).
+        (of every request completed after the warm-up; a 200 with a wrong label counts as
+        ``200-mismatch``, an error).
     """
-    log, begin, end = asyncio.run(_drive(url, png, concurrency, warmup_s, seconds, timeout_s))
-    return summarize_load(log, begin, end, concurrency)
+    items = [Payload(payloads)] if isinstance(payloads, bytes) else list(payloads)
+    return summarize_load(*load_log(url, items, concurrency, seconds, warmup_s, timeout_s), concurrency)
+
+
+def load_log(url: str, payloads: Sequence[Payload], concurrency: int, seconds: float, warmup_s: float,
+             timeout_s: float) -> tuple[list[tuple[float, float, str]], float, float]:
+    """The closed loop of :func:`run_load`, unsummarised.
+
+    Returns:
+        (start, end, outcome) per request in ``time.perf_counter()`` seconds, the end of the
+        warm-up and the end of the measured time.
+    """
+    return asyncio.run(_drive(url, payloads, concurrency, warmup_s, seconds, timeout_s))
 
 
 BURST_GAP_S = 0.005  # completions closer than this belong to one burst (the rows of one batch)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from deltagate.bench.engine import EngineResult, load_engine, measure_engine, measure_preprocess
-from deltagate.bench.http import LoadResult, ServerProcess, batch_counters, run_load
+from deltagate.bench.http import LoadResult, ServerProcess, batch_counters, deltagate_server, run_load
 from deltagate.bench.report import machine_info
 from service.runtime import LoadedModel
 from service.settings import DeviceName, Settings
@@ -168,7 +168,7 @@ def service_report(
     passes: list[dict[int, EngineResult]] = []
     rows: list[dict[str, Any]] = []
     try:
-        with ServerProcess(settings) as server:
+        with deltagate_server(settings) as server:
             report["server_startup_s"] = server.startup_seconds
             passes.append(_engine_pass(model, png, sizes, engine_seconds))
             for r in range(rounds):

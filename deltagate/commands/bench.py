@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -45,8 +45,10 @@ def _size(spec: str) -> tuple[int, int]:
     return w, h
 
 
-def _command_line() -> str:
-    return shlex.join(["deltagate", *sys.argv[1:]])
+def _command_line(ctx: typer.Context) -> str:
+    from deltagate.commands.command_line import command_line
+
+    return command_line(ctx)
 
 
 def _finish(report: dict[str, Any], out: Path | None) -> None:
@@ -65,6 +67,7 @@ ImageSize = Annotated[str, typer.Option(help="Size of the generated PNG every fo
 
 @bench_app.command("engine")
 def engine(
+    ctx: typer.Context,
     bundle: Bundle,
     engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -77,7 +80,7 @@ def engine(
     from deltagate.bench import engine_report, format_table, synthetic_png
 
     png = synthetic_png(*_size(image_size))
-    report = engine_report(_command_line(), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
+    report = engine_report(_command_line(ctx), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
     typer.echo(report["command"])
     typer.echo(format_table(report["results"], ENGINE_COLUMNS))
     pre = report["decode_preprocess"]
@@ -88,6 +91,7 @@ def engine(
 
 @bench_app.command("service")
 def service(
+    ctx: typer.Context,
     bundle: Bundle,
     engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
@@ -114,7 +118,7 @@ def service(
     settings = Settings(**{k: v for k, v in given.items() if v is not None},
                         max_queue_size=max(256, max_batch_size, max(levels)))
     png = synthetic_png(*_size(image_size))
-    report = service_report(_command_line(), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
+    report = service_report(_command_line(ctx), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
     typer.echo(report["command"])
     typer.echo("\nraw engine, in-process (pass 0 before round 0; pass r+1 after round r):")
     typer.echo(format_table(report["engine"], ("pass", *ENGINE_COLUMNS)))
@@ -140,3 +144,90 @@ def service(
         )
     typer.echo(f"errors: {v['errors']} [target {TARGETS['max_errors']}: {'met' if v['met']['errors'] else 'MISSED'}]")
     _finish(report, out)
+
+
+@bench_app.command("bundle")
+def bundle(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
+    model: Annotated[str, typer.Option(help="open_clip architecture (random weights).")] = "ViT-B-32",
+    int8: Annotated[bool, typer.Option(help="Also write the int8 graph.")] = True,
+) -> None:
+    """A random-weight bundle for benchmarks: export, bench-only thresholds, int8 graph."""
+    from deltagate.bench.bundle import make_bench_bundle
+
+    made = make_bench_bundle(out, model, int8)
+    files = ", ".join(f"{k} ({v.size / 1e6:.1f} MB)" for k, v in made.manifest.files.items())
+    typer.echo(f"wrote bench bundle {made.path}: {files}")
+
+
+def _port_range(spec: str | None) -> tuple[int, int] | None:
+    if not spec:
+        return None
+    try:
+        lo, hi = (int(v) for v in spec.split("-"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected LOW-HIGH, got {spec!r}") from exc
+    if not 1 <= lo <= hi <= 65535:
+        raise typer.BadParameter(f"expected 1 <= LOW <= HIGH <= 65535, got {spec!r}")
+    return lo, hi
+
+
+def _names(spec: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    bad = [n for n in names if n not in valid]
+    if bad:
+        raise typer.BadParameter(f"unknown {what} {bad}; valid: {', '.join(valid)}")
+    return names
+
+
+@bench_app.command("compare")
+def compare(
+    ctx: typer.Context,
+    bundle: Bundle,
+    out: Annotated[Path, typer.Option(help="JSON report; the Markdown table goes beside it (.md).")] = Path(
+        "results/bench/compare.json"),
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds (each: every workload in every condition).")] = 3,
+    workloads: Annotated[str, typer.Option(help="Comma-separated: small (256x256), photo (1-12 MP).")] = "small,photo",
+    conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
+        "quiet,neighbour"),
+    peers: Annotated[str, typer.Option(help="Comma-separated: plain, litserve ('' for none).")] = "plain,litserve",
+    baseline: Annotated[Path | None, typer.Option(help="Checkout whose service is 'today' (git worktree).")] = None,
+    baseline_workloads: Annotated[str, typer.Option(help="Workloads the baseline runs in.")] = "photo",
+    seconds: Annotated[float, typer.Option(help="Measured seconds at saturation, per system and segment.")] = 6.0,
+    c1_seconds: Annotated[float, typer.Option(help="Measured seconds at concurrency 1.")] = 3.0,
+    concurrency: Annotated[int, typer.Option(min=2, help="Clients at saturation.")] = 16,
+    ports: Annotated[str | None, typer.Option(help="Port range for the servers, LOW-HIGH [OS picks].")] = None,
+) -> None:
+    """deltagate vs LitServe vs a plain FastAPI app vs the raw engine, same model, same load, interleaved rounds."""
+    from deltagate.bench.compare import CompareConfig, compare_report, markdown_report
+    from deltagate.bench.runs import write_report
+
+    cfg = CompareConfig(
+        bundle=bundle, rounds=rounds, workloads=_names(workloads, ("small", "photo"), "workloads"),
+        conditions=_names(conditions, ("quiet", "neighbour"), "conditions"),
+        peers=_names(peers, ("plain", "litserve"), "peers"), baseline=baseline,
+        baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
+        seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
+    )
+    # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report = compare_report(_command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
+    write_report(report, out)
+    md = markdown_report(report)
+    out.with_suffix(".md").write_text(md, encoding="utf-8")
+    typer.echo(md)
+    typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@bench_app.command("markdown")
+def markdown(
+    report: Annotated[Path, typer.Argument(help="A bench compare JSON report (complete or cut short).")],
+) -> None:
+    """Write (and print) the Markdown tables of a compare report from its JSON, beside it (.md)."""
+    import json
+
+    from deltagate.bench.compare import markdown_report
+
+    md = markdown_report(json.loads(report.read_text(encoding="utf-8")))
+    report.with_suffix(".md").write_text(md, encoding="utf-8")
+    typer.echo(md)

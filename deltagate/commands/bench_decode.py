@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +9,7 @@ import typer
 
 
 def decode(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("bundles/default"),
     engine: Annotated[str, typer.Option(help="Engine that scores both decodes (torch | onnx).")] = "onnx",
     images: Annotated[int, typer.Option(min=1, help="Images per workload.")] = 48,
@@ -22,12 +21,13 @@ def decode(
     """Label agreement, max |ΔEnergy| difference and decode time: fast vs full decode, same images."""
     from deltagate.bench import format_table, write_report
     from deltagate.bench.decode import decode_report
+    from deltagate.commands.command_line import command_line
 
     try:
         sizes = [float(v) for v in megapixels.split(",") if v.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"expected comma-separated numbers, got {megapixels!r}") from exc
-    report = decode_report(shlex.join(["deltagate", *sys.argv[1:]]), bundle, engine, images, sizes, seed, repeats)
+    report = decode_report(command_line(ctx), bundle, engine, images, sizes, seed, repeats)
     rows = [{"workload": name, **w} for name, w in report["workloads"].items()]
     typer.echo(report["command"])
     typer.echo(format_table(rows, ("workload", "size", "images", "reduced_decodes", "label_agreement",

@@ -40,6 +40,9 @@ def export(
     temperature: Annotated[float, typer.Option(help="Energy temperature T.")] = 1.0,
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for random initialisation.")] = 0,
+    quantize: Annotated[str | None, typer.Option(help="Also write an int8 graph: 'int8' (needs --onnx).")] = None,
+    quantize_method: QuantizeMethodOpt = "dynamic",
+    data: DataOpt = None,
 ) -> None:
     """Export a zero-shot bundle: a CLIP and class names -> weights, ONNX (parity-checked) and manifest."""
     import torch
@@ -51,6 +54,7 @@ def export(
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
+    _check_quantize(quantize, onnx, quantize_method)
     if arch_config is not None:
         register_architecture(arch_config)
     torch.manual_seed(seed)
@@ -68,3 +72,66 @@ def export(
     if bundle.manifest.onnx is not None:
         worst = max(bundle.manifest.onnx.parity_max_abs_diff.values())
         typer.echo(f"ONNX parity: max |onnx - torch| = {worst:.2g} (atol {bundle.manifest.onnx.parity_atol})")
+    if quantize:
+        _quantize(out, quantize_method, data)
+
+
+QuantizeMethodOpt = Annotated[
+    str, typer.Option(help="int8 method: dynamic (weights only) or static (activations too, ranges from ID val).")
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(help="Evaluation data root (ROOT/id/{val,test}, ROOT/ood/*): int8 parity and threshold."),
+]
+QUANTIZE_METHODS = ("dynamic", "static")
+
+
+def _check_quantize(quantize: str | None, onnx: bool, method: str) -> None:
+    if quantize is not None and quantize != "int8":
+        raise typer.BadParameter(f"--quantize {quantize!r}: the only choice is int8")
+    if quantize and not onnx:
+        raise typer.BadParameter("--quantize int8 quantizes model.onnx: drop --no-onnx")
+    if method not in QUANTIZE_METHODS:
+        raise typer.BadParameter(f"--quantize-method {method!r}: choose {' or '.join(QUANTIZE_METHODS)}")
+
+
+def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | None = None,
+              ctx: typer.Context | None = None) -> None:
+    import json
+
+    from deltagate.commands.command_line import command_line
+    from models.train.quantize import QuantizeConfig, quantize_bundle
+
+    bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
+    info = bundle.manifest.int8
+    assert info is not None
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        doc = {"command": command_line(ctx) if ctx else None, "bundle": bundle.manifest.name,
+               "int8": info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
+        report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    p = info.parity
+    size = bundle.manifest.files[info.file].size / 1e6
+    typer.echo(f"int8 graph {info.file} ({size:.1f} MB, {info.method}): label agreement {p.label_agreement:.4f}, "
+               f"max |ΔEnergy diff| {p.max_abs_delta_energy_diff:.3g} on {p.images} images ({p.data})")
+    if p.id_accuracy_fp32 is not None:
+        typer.echo(f"  ID accuracy {p.id_accuracy_fp32:.4f} -> {p.id_accuracy_int8:.4f}")
+    for name, auroc in p.ood_auroc.items():
+        typer.echo(f"  AUROC {name}: {auroc['fp32']:.4f} -> {auroc['int8']:.4f}")
+    if info.calibration is None:
+        typer.echo("  no int8 threshold (give --data with ID val images): onnx-int8 cannot serve this bundle yet")
+    else:
+        typer.echo(f"  int8 threshold {info.calibration.threshold:.6g} on {info.calibration.split} "
+                   f"(n={info.calibration.n})")
+
+
+def quantize(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option(help="Bundle directory with model.onnx (its manifest is updated).")],
+    data: DataOpt = None,
+    method: QuantizeMethodOpt = "dynamic",
+    report: Annotated[Path | None, typer.Option(help="Also write the parity record as JSON here.")] = None,
+) -> None:
+    """Add an int8 graph (model.int8.onnx) to an existing bundle, with its parity record and threshold."""
+    _check_quantize("int8", True, method)
+    _quantize(bundle, method, data, report, ctx)

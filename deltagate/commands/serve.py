@@ -12,7 +12,7 @@ def serve(
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle directory [env DELTAGATE_BUNDLE_PATH; default bundles/default].")
     ] = None,
-    engine: Annotated[str | None, typer.Option(help="torch | onnx | dummy [env DELTAGATE_ENGINE].")] = None,
+    engine: Annotated[str | None, typer.Option(help="torch | onnx | onnx-int8 | dummy [env DELTAGATE_ENGINE].")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda [env DELTAGATE_DEVICE].")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [env DELTAGATE_HOST].")] = None,
     port: Annotated[int | None, typer.Option(help="Bind port [env DELTAGATE_PORT].")] = None,

@@ -6,12 +6,16 @@ from models.bundle import Bundle
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads, check_outputs
 from service.engines.dummy import DummyEngine
 from service.engines.onnx_engine import OnnxEngine
+from service.engines.onnx_int8 import OnnxInt8Engine
 from service.engines.torch_engine import TorchEngine
 from service.settings import DeviceName
 
 __all__ = ["ENGINES", "Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs", "create_engine"]
 
-ENGINES: dict[str, type[Engine]] = {"torch": TorchEngine, "onnx": OnnxEngine, "dummy": DummyEngine}
+ENGINES: dict[str, type[Engine]] = {
+    "torch": TorchEngine, "onnx": OnnxEngine, "dummy": DummyEngine,
+    "onnx-int8": OnnxInt8Engine,  # the bundle's int8 graph (deltagate export --quantize int8)
+}
 
 
 def create_engine(

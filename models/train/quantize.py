@@ -1,0 +1,270 @@
+"""int8 quantization of a bundle's ONNX graph, with its parity record and its own threshold.
+
+``quantize_bundle`` writes ``model.int8.onnx`` beside ``model.onnx`` with ONNX Runtime's
+quantization tools and records in the manifest (:class:`models.bundle.Int8Info`) how far the int8
+graph is from the float32 one on the same preprocessed images: label agreement, the largest
+|ΔEnergy| difference and, when the bundle's evaluation data is given, the ID accuracy and the OOD
+AUROC of both graphs. The int8 graph's ΔEnergy differs from the float32 one's, so it gets its own
+threshold, fitted on the ID validation split exactly as ``deltagate calibrate`` fits the float32
+threshold (:meth:`models.calibration.CalibrationRecord.from_scores`).
+
+Methods (ONNX Runtime's names):
+
+- ``dynamic`` (``quantize_dynamic``): int8 weights; activations quantized per batch at run time.
+  No calibration data, and the usual choice for transformers (ViT MatMuls).
+- ``static`` (``quantize_static``, QDQ format): int8 weights and activations with ranges fixed from
+  ID validation images (MinMax). Faster kernels, but a ViT's LayerNorm/softmax activations have
+  outliers that fixed ranges clip; the parity record shows the cost.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+from models.bundle import INT8_ONNX_FILE, Bundle, Int8Info, Int8Parity, load_bundle, update_manifest
+from models.calibration import CalibrationRecord
+from models.preprocess import PreprocessConfig, preprocess_batch
+from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
+
+__all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "int8_parity", "quantize_bundle",
+           "eval_images_from_data"]
+
+logger = logging.getLogger(__name__)
+
+QuantMethod = Literal["dynamic", "static"]
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """How the int8 graph is made."""
+
+    method: QuantMethod = "dynamic"  # dynamic kept ID accuracy and near-OOD AUROC best (docs/benchmarks.md)
+    per_channel: bool = False  # per-channel weight scales (dynamic: ORT's default is per-tensor)
+    calibration_images: int = 256  # static: ID val images the activation ranges are taken from
+    batch_size: int = 32  # images per forward while scoring
+
+
+@dataclass
+class EvalImages:
+    """Preprocessed images the two graphs are compared on (see :func:`eval_images_from_data`)."""
+
+    description: str
+    id_test: np.ndarray  # (N, 3, H, W)
+    id_labels: np.ndarray | None  # (N,) class indices, or None for unlabelled images
+    ood: dict[str, np.ndarray]  # set name -> (M, 3, H, W)
+    id_val: np.ndarray | None  # (V, 3, H, W): threshold (and static calibration) images
+    val_split: str = "id_val"  # recorded as the int8 threshold's split
+
+
+def _index_pixels(index: Any, preprocess: PreprocessConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    from torch.utils.data import DataLoader, Subset
+
+    from models.train.data.folders import ImageFolderDataset, collate_skip_bad
+
+    dataset: Any = ImageFolderDataset(index, preprocess)
+    if limit is not None and len(dataset) > limit:
+        step = len(dataset) / limit  # an even spread over the classes (the index is sorted by class)
+        dataset = Subset(dataset, [int(i * step) for i in range(limit)])
+    xs, ys = [], []
+    for batch in DataLoader(dataset, batch_size=64, collate_fn=collate_skip_bad):
+        if batch is not None:
+            xs.append(batch[0].numpy())
+            ys.append(batch[1].numpy())
+    if not xs:
+        raise ValueError(f"{index.root}: no readable images")
+    return np.concatenate(xs), np.concatenate(ys)  # (N, 3, H, W), (N,)
+
+
+def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Sequence[str],
+                          max_per_split: int | None = None) -> EvalImages:
+    """The bundle's evaluation data (``root/id/{val,test}``, ``root/ood/*``), preprocessed.
+
+    Args:
+        root: data root in the standard layout (what ``deltagate evaluate --data`` reads).
+        preprocess: the bundle's preprocessing.
+        classes: the bundle's classes (must match the data's, in order).
+        max_per_split: cap per split or set (None: every image).
+
+    Raises:
+        ValueError: classes differ, or the data has no ID val or test split.
+    """
+    from models.train.data.folders import TaskPaths, load_task
+
+    task = load_task(TaskPaths.from_root(root))
+    if list(task.class_names) != list(classes):
+        raise ValueError(
+            f"{root}: classes {list(task.class_names)[:5]}... differ from the bundle's {list(classes)[:5]}..."
+        )
+    if task.val is None or task.test is None:
+        raise ValueError(f"{root}: int8 parity needs ID val (threshold) and ID test (accuracy) splits")
+    x_test, y_test = _index_pixels(task.test, preprocess, max_per_split)
+    x_val, _ = _index_pixels(task.val, preprocess, max_per_split)
+    ood = {name: _index_pixels(idx, preprocess, max_per_split)[0] for name, idx in task.ood.items()}
+    return EvalImages(f"id/test + ood/{{{','.join(ood)}}} of {root} (threshold: id/val)", x_test, y_test, ood, x_val)
+
+
+def _drawings(preprocess: PreprocessConfig, n: int, seed: int) -> np.ndarray:
+    from models.train.export import parity_images
+
+    images: list[Image.Image] = parity_images(n, seed=seed)
+    return preprocess_batch(images, preprocess)  # (n, 3, H, W)
+
+
+class _CalibrationReader:
+    """ONNX Runtime's CalibrationDataReader protocol over preprocessed batches."""
+
+    def __init__(self, pixels: np.ndarray, batch_size: int) -> None:
+        batches = [pixels[i:i + batch_size] for i in range(0, len(pixels), batch_size)]  # each (b, 3, H, W)
+        self._batches: Iterator[np.ndarray] = iter(batches)
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        batch = next(self._batches, None)
+        return None if batch is None else {INPUT_NAME: batch}
+
+
+def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calibration: np.ndarray | None = None) -> None:
+    """Write an int8 copy of an ONNX graph.
+
+    Args:
+        src: float32 graph.
+        dst: int8 graph to write.
+        cfg: method and options.
+        calibration: (N, 3, H, W) images for static quantization's activation ranges.
+
+    Raises:
+        ValueError: static quantization without calibration images.
+    """
+    from onnxruntime.quantization import (
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
+
+    if cfg.method == "dynamic":
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
+        return
+    if calibration is None or len(calibration) == 0:
+        raise ValueError("static quantization needs calibration images (ID val)")
+    quantize_static(
+        str(src), str(dst), _CalibrationReader(calibration[: cfg.calibration_images], cfg.batch_size),
+        quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+        per_channel=cfg.per_channel, calibrate_method=CalibrationMethod.MinMax,
+        calibration_providers=["CPUExecutionProvider"],
+    )
+
+
+def graph_outputs(path: Path, pixels: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and ΔEnergy of an ONNX graph (ONNX Runtime, CPU) on preprocessed images.
+
+    Returns:
+        (N, K) logits and (N,) ΔEnergy.
+    """
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, delta = [], []
+    for i in range(0, len(pixels), batch_size):
+        out = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels[i:i + batch_size]}),
+                       strict=True))
+        logits.append(out["logits"])
+        delta.append(out["delta_energy"])
+    return np.concatenate(logits), np.concatenate(delta)  # (N, K), (N,)
+
+
+def _auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    from models.train.evaluate import ood_metrics
+
+    return round(ood_metrics(id_scores, ood_scores)["auroc"], 6)
+
+
+def int8_parity(fp32: Path, int8: Path, images: EvalImages, batch_size: int = 32) -> Int8Parity:
+    """Compare the two graphs on the same images: labels, ΔEnergy, ID accuracy, OOD AUROC.
+
+    Args:
+        fp32: the float32 graph.
+        int8: the int8 graph.
+        images: what to compare on.
+        batch_size: images per forward.
+    """
+    sets = {"id_test": images.id_test, **{f"ood/{k}": v for k, v in images.ood.items()}}
+    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"fp32": {}, "int8": {}}
+    for name, pixels in sets.items():
+        out["fp32"][name] = graph_outputs(fp32, pixels, batch_size)
+        out["int8"][name] = graph_outputs(int8, pixels, batch_size)
+    labels_f = np.concatenate([out["fp32"][n][0].argmax(-1) for n in sets])  # (N_all,)
+    labels_q = np.concatenate([out["int8"][n][0].argmax(-1) for n in sets])  # (N_all,)
+    diff = np.concatenate([np.abs(out["int8"][n][1] - out["fp32"][n][1]) for n in sets])  # (N_all,)
+    fields: dict[str, Any] = {
+        "data": images.description, "images": int(len(labels_f)),
+        "label_agreement": round(float((labels_f == labels_q).mean()), 6),
+        "max_abs_delta_energy_diff": float(diff.max()), "mean_abs_delta_energy_diff": float(diff.mean()),
+    }
+    if images.id_labels is not None:
+        for tag in ("fp32", "int8"):
+            pred = out[tag]["id_test"][0].argmax(-1)
+            fields[f"id_accuracy_{tag}"] = round(float((pred == images.id_labels).mean()), 6)
+    aurocs = {k: {tag: _auroc(out[tag]["id_test"][1], out[tag][f"ood/{k}"][1]) for tag in ("fp32", "int8")}
+              for k in images.ood}
+    fields["ood_auroc"] = aurocs
+    if "near" in aurocs:
+        fields["near_ood_auroc_fp32"] = aurocs["near"]["fp32"]
+        fields["near_ood_auroc_int8"] = aurocs["near"]["int8"]
+    return Int8Parity(**fields)
+
+
+def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | None = None,
+                    images: EvalImages | None = None, max_per_split: int | None = None) -> Bundle:
+    """Add ``model.int8.onnx`` to a bundle, with its parity record and its own ΔEnergy threshold.
+
+    Args:
+        bundle_dir: a bundle with ``model.onnx`` (its manifest is updated).
+        cfg: quantization options.
+        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``): parity on
+            ID test and every OOD set, threshold on ID val (and static calibration on ID val).
+        images: instead of ``data``, images to compare on (tests, random-weight bench bundles).
+            Without either, the parity uses 64 synthetic drawings and the int8 graph gets no
+            threshold (like a float32 export before ``deltagate calibrate``).
+        max_per_split: cap of images per split or set read from ``data``.
+
+    Returns:
+        The updated bundle.
+    """
+    cfg = cfg or QuantizeConfig()
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    if images is None and data is not None:
+        images = eval_images_from_data(data, m.preprocess, m.classes, max_per_split)
+    if images is None:
+        images = EvalImages("64 synthetic drawings (models.train.export.parity_images, seed 0)",
+                            _drawings(m.preprocess, 64, 0), None, {}, None)
+    dst = bundle.path / INT8_ONNX_FILE
+    logger.info("quantizing %s -> %s (%s)", bundle.onnx_path, dst, cfg.method)
+    quantize_onnx(bundle.onnx_path, dst, cfg, images.id_val)
+    parity = int8_parity(bundle.onnx_path, dst, images, cfg.batch_size)
+    calibration = _int8_threshold(bundle, dst, images, cfg)
+    info = Int8Info(method=cfg.method, per_channel=cfg.per_channel, parity=parity, calibration=calibration,
+                    calibration_images=min(cfg.calibration_images, len(images.id_val))
+                    if cfg.method == "static" and images.id_val is not None else 0)
+    logger.info("int8 parity: label agreement %.4f, max |ΔE diff| %.3g", parity.label_agreement,
+                parity.max_abs_delta_energy_diff)
+    return update_manifest(bundle.path, int8=info)
+
+
+def _int8_threshold(bundle: Bundle, int8: Path, images: EvalImages, cfg: QuantizeConfig) -> CalibrationRecord | None:
+    """The int8 graph's threshold at the float32 threshold's target TPR, on ID val images."""
+    if images.id_val is None:
+        logger.warning("no ID val images: the int8 graph gets no threshold (onnx-int8 refuses to serve it)")
+        return None
+    fp32_cal = bundle.manifest.calibration
+    _, delta = graph_outputs(int8, images.id_val, cfg.batch_size)
+    return CalibrationRecord.from_scores(delta, target_tpr=fp32_cal.target_tpr if fp32_cal else 0.95,
+                                         split=images.val_split)

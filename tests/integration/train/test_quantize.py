@@ -1,0 +1,158 @@
+"""``deltagate quantize`` / ``export --quantize int8`` on the micro test bundle, and serving it as onnx-int8.
+
+The parity record is checked against numbers recomputed here with ONNX Runtime directly (both
+graphs on the same preprocessed images), not against the code's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from deltagate.cli import app
+from models.bundle import INT8_ONNX_FILE, BundleError, load_bundle
+from models.preprocess import preprocess_batch
+from models.scoring_module import INPUT_NAME
+from models.train.export import parity_images
+from service.engines import EngineError, create_engine
+from tests.conftest import MICRO_CLASSES
+from tests.service_support import dummy_settings, files, noise_image, serve
+
+pytestmark = pytest.mark.integration
+
+
+def _world(root: Path, per_class: int = 6) -> Path:
+    """The standard data layout with drawings: id/{train,val,test}/<class>/, ood/near/."""
+    images = iter(parity_images(len(MICRO_CLASSES) * per_class * 3 + 10, seed=5, size=48))
+    folders = [f"{k}_{name}" for k, name in enumerate(MICRO_CLASSES)]  # sorted folder order = the bundle's
+    for split in ("train", "val", "test"):
+        for folder in folders:
+            (root / "id" / split / folder).mkdir(parents=True)
+            for i in range(per_class):
+                next(images).save(root / "id" / split / folder / f"{i}.png")
+    (root / "id" / "classnames.txt").write_text("\n".join(MICRO_CLASSES) + "\n")
+    (root / "ood" / "near").mkdir(parents=True)
+    for i in range(10):
+        next(images).save(root / "ood" / "near" / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    tmp = tmp_path_factory.mktemp("int8")
+    bundle, data = tmp / "bundle", _world(tmp / "world")
+    shutil.copytree(tiny_bundle, bundle)
+    result = CliRunner().invoke(app, ["quantize", "--bundle", str(bundle), "--data", str(data)])
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert "label agreement" in result.output and "int8 threshold" in result.output
+    return bundle, data
+
+
+def _argmax_and_delta(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    logits, _, delta, _ = session.run(None, {INPUT_NAME: pixels})
+    return logits.argmax(-1), delta
+
+
+def test_the_parity_record_matches_both_graphs_run_here(int8_bundle: tuple[Path, Path]) -> None:
+    path, data = int8_bundle
+    bundle = load_bundle(path)  # verifies every hash, the int8 file's included
+    info = bundle.manifest.int8
+    assert info is not None and info.method == "dynamic" and INT8_ONNX_FILE in bundle.manifest.files
+    p = info.parity
+    # The record runs each set in batches of 32 (here: one batch per set). Dynamic quantization scales
+    # activations per batch, so int8 outputs depend on the batch: recompute with the same batches.
+    sets = [sorted((data / "id" / "test").rglob("*.png")), sorted((data / "ood" / "near").glob("*.png"))]
+    y32, d32, y8, d8 = [], [], [], []
+    for paths in sets:
+        pixels = preprocess_batch([Image.open(f) for f in paths], bundle.manifest.preprocess)  # (n, 3, H, W)
+        for ys, ds, graph in ((y32, d32, bundle.onnx_path), (y8, d8, bundle.int8_path)):
+            y, d = _argmax_and_delta(graph, pixels)
+            ys.append(y)
+            ds.append(d)
+    agree = np.concatenate(y32) == np.concatenate(y8)  # (34,)
+    diff = np.abs(np.concatenate(d32) - np.concatenate(d8))  # (34,)
+    assert p.images == len(agree) == 34
+    assert p.label_agreement == pytest.approx(float(agree.mean()), abs=1e-6)
+    assert p.max_abs_delta_energy_diff == pytest.approx(float(diff.max()), rel=1e-5, abs=1e-7)
+    assert 0 <= p.mean_abs_delta_energy_diff <= p.max_abs_delta_energy_diff < 1.0  # int8 stays close
+    assert p.label_agreement >= 0.8
+    assert p.id_accuracy_fp32 is not None and p.id_accuracy_int8 is not None
+    assert p.near_ood_auroc_fp32 is not None and set(p.ood_auroc) == {"near"}
+
+
+def test_the_int8_graph_has_its_own_threshold_on_id_val(int8_bundle: tuple[Path, Path]) -> None:
+    path, data = int8_bundle
+    bundle = load_bundle(path)
+    info = bundle.manifest.int8
+    assert info is not None and info.calibration is not None and bundle.manifest.calibration is not None
+    val = preprocess_batch([Image.open(f) for f in sorted((data / "id" / "val").rglob("*.png"))],
+                           bundle.manifest.preprocess)  # (24, 3, H, W)
+    _, d8 = _argmax_and_delta(bundle.int8_path, val)
+    assert info.calibration.n == 24 and info.calibration.split == "id_val"
+    assert info.calibration.threshold == pytest.approx(float(np.quantile(d8, 0.05)), rel=1e-5)  # target TPR 0.95
+    view = bundle.int8_variant()
+    assert view.onnx_path == bundle.int8_path and view.manifest.calibration == info.calibration
+
+
+async def test_the_service_serves_onnx_int8_with_the_int8_threshold(int8_bundle: tuple[Path, Path]) -> None:
+    path, _ = int8_bundle
+    info = load_bundle(path).manifest.int8
+    assert info is not None and info.calibration is not None
+    async with serve(dummy_settings(engine="onnx-int8", bundle_path=path, device="cpu")) as (client, _):
+        model = (await client.get("/model")).json()
+        response = await client.post("/classify", files=files(noise_image(0)))
+    assert response.status_code == 200, response.text
+    result = response.json()["results"][0]
+    assert result["label"] in MICRO_CLASSES and result["threshold"] == pytest.approx(info.calibration.threshold)
+    assert "onnx-int8" in str(model) and "int8" in str(model)
+
+
+def test_onnx_int8_refuses_a_bundle_without_int8_graph_and_cuda(tiny_bundle: Path,
+                                                                int8_bundle: tuple[Path, Path]) -> None:
+    with pytest.raises(BundleError, match="no int8 graph"):
+        create_engine("onnx-int8", load_bundle(tiny_bundle), "cpu")
+    engine = create_engine("onnx-int8", load_bundle(int8_bundle[0]), "cuda")
+    with pytest.raises(EngineError, match="CPU only"):
+        engine.load()
+
+
+def test_export_quantize_without_data_records_parity_but_no_threshold(micro_clip, tmp_path: Path) -> None:
+    from models.bundle import ArchitectureInfo
+    from models.train.export import export_bundle, scoring_module_from_clip
+    from models.train.quantize import quantize_bundle
+
+    out = tmp_path / "b"
+    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES)
+    export_bundle(out, module, name="m", version="0", classes=MICRO_CLASSES, preprocess=micro_clip.preprocess,
+                  architecture=ArchitectureInfo(model_name="micro", open_clip_config=micro_clip.config))
+    info = quantize_bundle(out).manifest.int8
+    assert info is not None and info.calibration is None and info.parity.images == 64
+    assert info.parity.id_accuracy_fp32 is None and info.parity.ood_auroc == {}
+    # A new export replaces the graphs: the stale int8 file goes with its manifest entry.
+    export_bundle(out, module, name="m", version="0", classes=MICRO_CLASSES, preprocess=micro_clip.preprocess,
+                  architecture=ArchitectureInfo(model_name="micro", open_clip_config=micro_clip.config))
+    again = load_bundle(out)
+    assert again.manifest.int8 is None and INT8_ONNX_FILE not in again.manifest.files
+    assert not (out / INT8_ONNX_FILE).exists()
+
+
+def test_export_cli_with_quantize_int8(tmp_path: Path) -> None:
+    from tests.conftest import ASSETS, MICRO_ARCH
+
+    out, data = tmp_path / "b", _world(tmp_path / "world", per_class=2)
+    args = ["export", "--out", str(out), "--classes", ",".join(MICRO_CLASSES), "--model", MICRO_ARCH,
+            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--quantize", "int8", "--data", str(data)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    info = load_bundle(out).manifest.int8
+    assert info is not None and info.calibration is not None and info.parity.images == 2 * 4 + 10
+    assert "ID accuracy" in result.output and "AUROC near" in result.output
+    bad = CliRunner().invoke(app, [*args[:-4], "--quantize", "int4"])
+    assert bad.exit_code != 0 and "the only choice is int8" in bad.output
