@@ -37,7 +37,7 @@ import torch
 from PIL import Image
 
 from deltagate.bench.engine import load_engine, measure_engine
-from deltagate.bench.http import ServerProcess, batch_counters, run_load, synthetic_png
+from deltagate.bench.http import batch_counters, deltagate_server, run_load, synthetic_png
 from deltagate.bench.report import machine_info
 from deltagate.bench.runs import write_report
 from service.runtime import LoadedModel
@@ -234,7 +234,8 @@ def _drive(url: str, image: bytes, concurrency: int, seconds: float, warmup_s: f
 
 
 def service_phase(settings: Settings, raw: LoadedModel, image: bytes, concurrency: Sequence[int], seconds: float,
-                  engine_seconds: float, clients: int, warmup_s: float = 2.0) -> dict[str, Any]:
+                  engine_seconds: float, clients: int, warmup_s: float = 2.0,
+                  ports: tuple[int, int] | None = None) -> dict[str, Any]:
     """The real server under closed-loop load, each level between two raw-engine passes (batch 1 and max).
 
     Returns:
@@ -242,7 +243,7 @@ def service_phase(settings: Settings, raw: LoadedModel, image: bytes, concurrenc
         ratio to the raw engine at ``max_batch_size``, p50 overhead over the raw batch-1 forward).
     """
     sizes = sorted({1, settings.max_batch_size})
-    with ServerProcess(settings) as server:
+    with deltagate_server(settings, port_range=ports) as server:
         passes = [{b: measure_engine(raw, image, b, engine_seconds) for b in sizes}]
         rows = []
         for c in concurrency:
@@ -308,12 +309,14 @@ class Plan:
     parity_images: int = 16
     budget_s: float = 480.0  # phases that would start past this are skipped (and say so)
     device_decode: str = "auto"  # the service's DELTAGATE_DEVICE_DECODE (auto = on for torch on CUDA)
+    ports: tuple[int, int] | None = None  # the server's port range (None: the OS picks; the GPU machine is bare)
 
     @classmethod
     def dry_run(cls) -> Plan:
         return cls(device="cpu", model="", sweep_sizes=(1, 4), sweep_seconds=0.2, max_batch_size=4,
                    concurrency=(1, 4), photo_concurrency=(2,), level_seconds=0.6, engine_seconds=0.2, clients=2,
-                   photo_size=(640, 480), parity_images=4, budget_s=600.0, device_decode="on")
+                   photo_size=(640, 480), parity_images=4, budget_s=600.0, device_decode="on",
+                   ports=(18600, 18699))
 
 
 def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | None = None) -> dict[str, Any]:
@@ -375,7 +378,7 @@ def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | N
         for name, (image, levels) in phases.items():
             if due(name):
                 report[name] = service_phase(base, raw, image, levels, plan.level_seconds, plan.engine_seconds,
-                                             plan.clients)
+                                             plan.clients, ports=plan.ports)
                 save()
     finally:
         raw.engine.close()
