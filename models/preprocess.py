@@ -38,6 +38,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "TRANSPARENT_BACKGROUND",
     "DRAFT_MARGIN",
+    "open_image",
     "decode_image",
     "to_rgb",
     "preprocess_image",
@@ -84,8 +85,46 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
 
 
+def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+    """Open image bytes lazily (the header only), checking format and pixel count; no pixel is decoded.
+
+    The one set of input checks: :func:`decode_image` and the service's device input path
+    (``service.device_input``) both start here, so they refuse the same images with the same errors.
+
+    Args:
+        data: encoded image bytes.
+        max_pixels: largest width * height accepted.
+
+    Returns:
+        The opened, not yet loaded, image.
+
+    Raises:
+        ImageDecodeError: empty, not an image, or an unsupported format.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+    """
+    if not data:
+        raise ImageDecodeError("empty image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise ImageDecodeError("not an image (format not recognised)") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
+    fmt = img.format or "unknown"
+    if fmt not in SUPPORTED_FORMATS:
+        raise ImageDecodeError(f"unsupported image format {fmt}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}")
+    width, height = img.size
+    if width * height > max_pixels:
+        raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    return img
+
+
 def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
-    """Decode image bytes, checking format and pixel count before the pixels are decoded.
+    """Decode image bytes, checking format and pixel count before the pixels are decoded (:func:`open_image`).
 
     Args:
         data: encoded image bytes.
@@ -101,30 +140,16 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None
         ImageDecodeError: not an image, truncated, or an unsupported format.
         ImageTooLargeError: more than ``max_pixels`` pixels.
     """
-    if not data:
-        raise ImageDecodeError("empty image")
+    img = open_image(data, max_pixels)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
-            fmt = img.format or "unknown"
-            if fmt not in SUPPORTED_FORMATS:
-                raise ImageDecodeError(
-                    f"unsupported image format {fmt}; supported: {', '.join(sorted(SUPPORTED_FORMATS))}"
-                )
-            width, height = img.size
-            if width * height > max_pixels:
-                raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
-            if min_side is not None and fmt == "JPEG":
+            if min_side is not None and img.format == "JPEG":
                 _draft(img, DRAFT_MARGIN * min_side)
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError("not an image (format not recognised)") from exc
     except (OSError, SyntaxError, ValueError) as exc:
-        if isinstance(exc, ImageDecodeError | ImageTooLargeError):
-            raise
         raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
     return img
 

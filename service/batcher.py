@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -52,7 +53,7 @@ class Row:
 
 @dataclass(eq=False)
 class _Pending:
-    pixels: np.ndarray  # (3, H, W) float32
+    pixels: Any  # (3, H, W) float32: NumPy, or a torch tensor on the engine's device (device input path)
     future: asyncio.Future[Row]
     enqueued_at: float  # loop.time()
     deadline: float  # loop.time() after which the image is not worth a forward
@@ -93,6 +94,15 @@ class Ticket:
         self.release()
 
 
+def _stack_numpy(pixels: list[np.ndarray], rows: int) -> np.ndarray:
+    """The images as one batch, zero-padded to ``rows`` rows."""
+    x = np.stack(pixels)  # (B, 3, H, W)
+    if rows > len(pixels):
+        pad = np.zeros((rows - len(pixels), *x.shape[1:]), dtype=x.dtype)  # (P, 3, H, W)
+        x = np.concatenate([x, pad])  # (rows, 3, H, W)
+    return x
+
+
 class Batcher:
     """Gathers images into batches for a group of engine instances.
 
@@ -105,17 +115,21 @@ class Batcher:
             (stable shapes for CUDA kernels); the padding rows are discarded.
         on_batch: called with (batch size, forward seconds) after every forward.
         on_depth: called with :attr:`depth` whenever it changes.
+        stack: builds a batch of ``rows`` rows (padding included) from the queued images, in the
+            instance's thread; default: NumPy stack + zero rows. The device input path passes one
+            that stacks device tensors (:func:`service.device_input.stack_pixels`).
     """
 
     def __init__(
         self,
-        instances: Sequence[Callable[[np.ndarray], EngineOutputs]],
+        instances: Sequence[Callable[[Any], EngineOutputs]],
         max_batch_size: int,
         max_wait_s: float,
         max_queue_size: int,
         pad_buckets: Sequence[int] | None = None,
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
+        stack: Callable[[list[Any], int], Any] | None = None,
     ) -> None:
         if not instances:
             raise ValueError("at least one engine instance is needed")
@@ -126,6 +140,7 @@ class Batcher:
         self._buckets = sorted(pad_buckets) if pad_buckets else None
         self._on_batch = on_batch or (lambda size, seconds: None)
         self._on_depth = on_depth or (lambda depth: None)
+        self._stack = stack or _stack_numpy
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # queued images whose futures are not done
         self._reserved = 0  # admitted images not queued yet (body being read, images being decoded)
@@ -191,7 +206,7 @@ class Batcher:
 
     # --- queueing ---------------------------------------------------------------------------------
     def submit(
-        self, images: Sequence[np.ndarray], timeout_s: float, ticket: Ticket | None = None
+        self, images: Sequence[Any], timeout_s: float, ticket: Ticket | None = None
     ) -> list[asyncio.Future[Row]]:
         """Queue a request's images, all or none.
 
@@ -278,14 +293,11 @@ class Batcher:
                 break
         return batch
 
-    def _stack_and_infer(self, instance: int, pixels: list[np.ndarray]) -> tuple[EngineOutputs, float]:
+    def _stack_and_infer(self, instance: int, pixels: list[Any]) -> tuple[EngineOutputs, float]:
         """In the instance's thread: stack (and pad) the batch, run the forward; returns (outputs, seconds)."""
         start = time.perf_counter()
-        x = np.stack(pixels)  # (B, 3, H, W)
-        if self._buckets:
-            size = next((b for b in self._buckets if b >= len(pixels)), len(pixels))
-            pad = np.zeros((size - len(pixels), *x.shape[1:]), dtype=x.dtype)  # (P, 3, H, W)
-            x = np.concatenate([x, pad])  # (bucket, 3, H, W)
+        rows = next((b for b in self._buckets if b >= len(pixels)), len(pixels)) if self._buckets else len(pixels)
+        x = self._stack(pixels, rows)  # (rows, 3, H, W)
         outputs = self._instances[instance](x)
         return outputs, time.perf_counter() - start
 

@@ -14,7 +14,7 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from fastapi import Request
@@ -43,6 +43,9 @@ from service.errors import (
 )
 from service.schemas import ClassifyJSONRequest, ImageResult, TopKEntry
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.device_input import DeviceInput
 
 __all__ = ["InputImage", "read_images", "resolve_top_k", "prepare_images", "run_batched", "postprocess"]
 
@@ -142,8 +145,9 @@ def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int, 
 
 
 async def prepare_images(
-    images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True
-) -> list[np.ndarray]:
+    images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
+    device_input: DeviceInput | None = None,
+) -> list[Any]:
     """Decode and preprocess every image off the event loop, exactly as the bundle says.
 
     Args:
@@ -152,15 +156,22 @@ async def prepare_images(
         max_pixels: pixel limit per image.
         pool: the decode pool.
         fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_image`).
+        device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
+            one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
+            then holds device tensors beside NumPy arrays.
 
     Raises:
         BadImageError: an image is not decodable (400); the message names which.
         PayloadTooLargeError: an image has too many pixels (413).
     """
     loop = asyncio.get_running_loop()
-    jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode)
-            for im in images]
-    outcomes = await asyncio.gather(*jobs, return_exceptions=True)
+    outcomes: list[Any]
+    if device_input is not None:
+        outcomes = await loop.run_in_executor(pool, device_input.prepare, [im.data for im in images])
+    else:
+        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode)
+                for im in images]
+        outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
         where = {"index": i, "filename": images[i].filename}
         if isinstance(outcome, ImageTooLargeError):
@@ -169,7 +180,7 @@ async def prepare_images(
             raise BadImageError(f"image {i}: {outcome}", details=where)
         if isinstance(outcome, BaseException):
             raise outcome
-    return [o for o in outcomes if isinstance(o, np.ndarray)]
+    return list(outcomes)  # every outcome is pixels here: (3, H, W) NumPy or device tensor
 
 
 # --- stage 3: batch and forward ----------------------------------------------------------------
@@ -180,7 +191,7 @@ async def _client_gone(receive: Receive) -> None:
 
 
 async def run_batched(
-    request: Request, batcher: Batcher, ticket: Ticket, pixels: list[np.ndarray], deadline: float
+    request: Request, batcher: Batcher, ticket: Ticket, pixels: list[Any], deadline: float
 ) -> list[Row]:
     """Queue the images, await their rows; give up on deadline or when the client goes away.
 

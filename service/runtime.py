@@ -13,6 +13,7 @@ import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -23,6 +24,9 @@ from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
 from service.settings import Settings, ThreadPlan
 from service.telemetry import ServiceMetrics
+
+if TYPE_CHECKING:
+    from service.device_input import DeviceInput
 
 __all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
 
@@ -94,6 +98,28 @@ def check_device(settings: Settings) -> None:
     model.engine.close()
 
 
+def enable_cuda_graphs(model: LoadedModel, settings: Settings) -> bool:
+    """Capture the torch engine's CUDA graphs per batch-size bucket where it runs on CUDA (before warm-up)."""
+    enable = getattr(model.engine, "enable_cuda_graphs", None)
+    return bool(settings.cuda_graphs and enable is not None and enable(settings.batch_buckets()))
+
+
+def device_path(model: LoadedModel, settings: Settings) -> tuple[DeviceInput | None, Any]:
+    """The device input path and the batcher's stack function for the torch engine (None, None: NumPy path).
+
+    torch is imported only for the torch engine, so the ONNX-only image never needs it.
+    """
+    engine = model.engine
+    if engine.name != "torch":
+        return None, None
+    from service.device_input import batch_stacker, device_input_for
+
+    device_input = device_input_for(settings.device_decode, engine.name, engine.device, model.manifest.preprocess,
+                                    settings.max_image_pixels, settings.fast_decode)
+    on_cuda = engine.device.startswith("cuda")
+    return device_input, batch_stacker(engine.device) if device_input is not None or on_cuda else None
+
+
 def warm_up(model: LoadedModel, buckets: list[int]) -> None:
     """One forward at each batch-size bucket, so the first requests meet no cold paths."""
     size = model.manifest.preprocess.image_size
@@ -119,6 +145,7 @@ class Runtime:
         self.plan = settings.threads()
         self.instances: list[LoadedModel] = []
         self.batcher: Batcher | None = None
+        self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
         self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
         self._start_task: asyncio.Task[None] | None = None
@@ -146,6 +173,7 @@ class Runtime:
                            plan.instances, plan.intra_op_threads, plan.budget)
         try:
             models = await asyncio.to_thread(load_models, s, plan)
+            graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
             if s.warmup:
                 for model in models:
                     await asyncio.to_thread(warm_up, model, s.batch_buckets())
@@ -154,10 +182,12 @@ class Runtime:
             logger.error("model load failed; the service stays unready", exc_info=True)
             return
         pad = models[0].engine.device.startswith("cuda") if s.pad_to_bucket is None else s.pad_to_bucket
+        pad = pad or any(graphs)
+        self.device_input, stack = device_path(models[0], s)
         self.batcher = Batcher(
             [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,
-            on_batch=self.metrics.observe_batch, on_depth=self.metrics.queue_depth.set,
+            on_batch=self.metrics.observe_batch, on_depth=self.metrics.queue_depth.set, stack=stack,
         )
         self.batcher.start()
         self.instances = models
@@ -167,7 +197,13 @@ class Runtime:
         self.phase = Phase.READY
         logger.info("ready", extra={"fields": {**facts, "max_batch_size": s.max_batch_size,
                                                "max_wait_ms": s.max_wait_ms, "padded_batches": pad,
+                                               "device_decode": self.device_decode,
                                                "decode_workers": plan.decode_workers, "cpu_budget": plan.budget}})
+
+    @property
+    def device_decode(self) -> str:
+        """Where JPEGs are decoded: "cuda:0", "cpu" (device path forced on a CPU engine) or "off" (PIL, CPU)."""
+        return str(self.device_input.device) if self.device_input is not None else "off"
 
     def engine_facts(self) -> dict[str, str]:
         """What really runs, for /model, the log and the model-info metric: the first instance's facts

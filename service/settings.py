@@ -96,6 +96,13 @@ class Settings(BaseSettings):
     fast_decode: bool = Field(
         True, description="Decode JPEGs much larger than the model input at reduced scale (DCT draft mode)."
     )
+    device_decode: Literal["auto", "on", "off"] = Field(
+        "auto", description="Decode JPEGs and preprocess on the torch engine's device (nvJPEG on CUDA; other formats "
+        "stay on the CPU): auto = when the torch engine runs on CUDA; on = also on the CPU (tests); off = never.",
+    )
+    cuda_graphs: bool = Field(
+        True, description="Torch engine on CUDA: replay one captured CUDA graph per batch-size bucket."
+    )
 
     # --- engine instances and threads (Triton's instance_group) --------------------------------
     instances: int | None = Field(
@@ -154,6 +161,8 @@ class Settings(BaseSettings):
                 f"max_images_per_request ({self.max_images_per_request}) must be <= max_queue_size "
                 f"({self.max_queue_size}): a full request could never be admitted"
             )
+        if self.device_decode == "on" and self.engine != "torch":
+            raise ValueError(f"device_decode=on needs the torch engine (engine is {self.engine!r})")
         return self
 
     def threads(self) -> ThreadPlan:

@@ -10,12 +10,15 @@ from typing import Annotated, Any
 import typer
 
 from deltagate.commands.bench_decode import decode
+from deltagate.commands.bench_device import device_preprocess, gpu
 
 bench_app = typer.Typer(
     help="Benchmarks: raw engine throughput, and the real server compared with it in the same run.",
     no_args_is_help=True,
 )
 bench_app.command("decode")(decode)  # fast vs full JPEG decode (deltagate/bench/decode.py)
+bench_app.command("device-preprocess")(device_preprocess)  # device input vs CPU path (bench/device_preprocess.py)
+bench_app.command("gpu")(gpu)  # the GPU run (deltagate/bench/gpu.py, deltagate/bench/gpu_run.sh)
 
 ENGINE_COLUMNS = ("engine", "device", "batch_size", "forwards", "images_per_s", "batch_p50_ms", "batch_p95_ms",
                   "batch_p99_ms")

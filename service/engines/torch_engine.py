@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +13,9 @@ from models.bundle import Bundle
 from models.scoring_module import OUTPUT_NAMES, ScoringModule
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
+
+if TYPE_CHECKING:
+    from service.cuda_graphs import BucketedForward
 
 __all__ = ["TorchEngine"]
 
@@ -40,6 +45,7 @@ class TorchEngine(Engine):
         self._module: ScoringModule | None = None
         self._torch_device = torch.device("cpu")
         self._dtype = torch.float32
+        self._graphed: BucketedForward | None = None  # CUDA graphs per bucket (enable_cuda_graphs)
 
     def load(self) -> None:
         cuda = torch.cuda.is_available()
@@ -58,15 +64,44 @@ class TorchEngine(Engine):
         self.providers = [f"torch:{self.device}"]
         self.precision = "float16" if use_cuda else "float32"
 
-    def infer(self, pixel_values: np.ndarray) -> EngineOutputs:
+    def enable_cuda_graphs(self, buckets: Sequence[int]) -> bool:
+        """On CUDA: capture one CUDA graph per batch-size bucket (:mod:`service.cuda_graphs`); else nothing.
+
+        Call after :meth:`load` and before serving (the capture needs the GPU to itself).
+
+        Returns:
+            Whether graphs are in use.
+        """
         if self._module is None:
             raise EngineError("engine used before load()")
-        x = torch.from_numpy(pixel_values).to(self._torch_device, dtype=self._dtype)  # (B, 3, H, W)
+        if self._torch_device.type != "cuda":
+            return False
+        from service.cuda_graphs import BucketedForward
+
+        size = self.bundle.manifest.preprocess.image_size
+        graphed = BucketedForward(self._module, buckets, (3, size, size), self._dtype, self._torch_device,
+                                  channels_last=True)
+        graphed.capture_all()
+        self._graphed = graphed
+        return True
+
+    def infer(self, pixel_values: np.ndarray | torch.Tensor) -> EngineOutputs:
+        """One forward of a NumPy batch or a torch batch already on the device (the device input path)."""
+        if self._module is None:
+            raise EngineError("engine used before load()")
+        x = torch.as_tensor(pixel_values).to(self._torch_device, dtype=self._dtype, non_blocking=True)  # (B, 3, H, W)
+        if self._torch_device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)  # NHWC convolution kernels for the patch embedding
         with torch.inference_mode():
-            outputs = self._module(x)
+            outputs = self._graphed(x) if self._graphed is not None else self._module(x)
         return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs, strict=True)}
+
+    def describe(self) -> dict[str, str]:
+        buckets = self._graphed.captured if self._graphed is not None else []
+        return {**super().describe(), "cuda_graphs": ",".join(map(str, buckets)) or "off"}
 
     def close(self) -> None:
         self._module = None
+        self._graphed = None
         if self._torch_device.type == "cuda":
             torch.cuda.empty_cache()

@@ -62,7 +62,7 @@ async def classify(
         images, body_top_k = await read_images(request, s, ticket, runtime.pool)
         k = resolve_top_k(top_k, body_top_k, s.default_top_k)
         pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                      s.fast_decode)
+                                      s.fast_decode, runtime.device_input)
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         rows = await run_batched(request, batcher, ticket, pixels, deadline)
     results = postprocess(rows, model.manifest, k, [im.filename for im in images])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from fastapi import APIRouter
 
 from service.deps import ApiKeyDep, RuntimeDep
@@ -22,8 +24,7 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         classes=m.classes, num_classes=len(m.classes), threshold=m.calibration.threshold,
         target_tpr=m.calibration.target_tpr,
         calibration=m.calibration.model_dump(exclude={"quantile_levels", "quantile_values"}),
-        scores={"top_c": m.scores.top_c, "reset_logit": m.scores.reset_logit,
-                "temperature": m.scores.temperature},
+        scores=dataclasses.asdict(m.scores),  # every score's own parameters (ΔEnergy's, energy's, MCM's)
         logit_scale=m.logit_scale, preprocess=m.preprocess.model_dump(),
         files={name: entry.model_dump() for name, entry in m.files.items()},
         engine=model.engine.name, device=facts["device"], precision=facts["precision"],
@@ -31,7 +32,8 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
                   "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request,
                   "instances": plan.instances, "intra_op_threads": plan.intra_op_threads,
-                  "decode_workers": plan.decode_workers, "cpu_budget": plan.budget},
+                  "decode_workers": plan.decode_workers, "cpu_budget": plan.budget,
+                  "device_decode": runtime.device_decode},
         calibration_quantiles=QuantileSummary(levels=m.calibration.quantile_levels,
                                               values=m.calibration.quantile_values),
         evaluation=m.evaluation,
