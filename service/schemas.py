@@ -148,7 +148,10 @@ class ModelInfoResponse(BaseModel):
     threshold: float
     target_tpr: float
     calibration: dict[str, Any] = Field(description="Calibration statistics (without the quantile summary).")
-    scores: dict[str, Any] = Field(description="Score parameters: ΔEnergy's top_c, reset, reset_logit and temperature, energy's temperature, MCM's tau.")
+    scores: dict[str, Any] = Field(
+        description="Score parameters: ΔEnergy's top_c, reset, reset_logit and temperature, energy's temperature, "
+        "MCM's tau."
+    )
     logit_scale: float
     preprocess: dict[str, Any]
     files: dict[str, dict[str, Any]] = Field(description="Bundle files with SHA-256 and size.")

@@ -87,7 +87,7 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
     """The bundle's evaluation data (``root/id/{val,test}``, ``root/ood/*``), preprocessed.
 
     Args:
-        root: data root in the standard layout (what ``deltagate evaluate --data`` reads).
+        root: data root in the standard layout, or a synthetic world (what ``deltagate evaluate --data`` reads).
         preprocess: the bundle's preprocessing.
         classes: the bundle's classes (must match the data's, in order).
         max_per_split: cap per split or set (None: every image).
@@ -95,9 +95,10 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
     Raises:
         ValueError: classes differ, or the data has no ID val or test split.
     """
-    from models.train.data.folders import TaskPaths, load_task
+    from models.train.data.splits import is_world, load_task_root
 
-    task = load_task(TaskPaths.from_root(root))
+    # A synthetic world is read with the bundle's classes as its ID split (the world may hold several).
+    task = load_task_root(root, id_classes=list(classes) if is_world(root) else None)
     if list(task.class_names) != list(classes):
         raise ValueError(
             f"{root}: classes {list(task.class_names)[:5]}... differ from the bundle's {list(classes)[:5]}..."
