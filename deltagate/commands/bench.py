@@ -11,6 +11,7 @@ import typer
 
 from deltagate.commands.bench_decode import decode
 from deltagate.commands.bench_device import device_preprocess, gpu
+from deltagate.commands.command_line import command_line
 
 bench_app = typer.Typer(
     help="Benchmarks: raw engine throughput, and the real server compared with it in the same run.",
@@ -45,12 +46,6 @@ def _size(spec: str) -> tuple[int, int]:
     return w, h
 
 
-def _command_line(ctx: typer.Context) -> str:
-    from deltagate.commands.command_line import command_line
-
-    return command_line(ctx)
-
-
 def _finish(report: dict[str, Any], out: Path | None) -> None:
     from deltagate.bench import write_report
 
@@ -80,7 +75,7 @@ def engine(
     from deltagate.bench import engine_report, format_table, synthetic_png
 
     png = synthetic_png(*_size(image_size))
-    report = engine_report(_command_line(ctx), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
+    report = engine_report(command_line(ctx), bundle, engine, _ints(batch_sizes), seconds, png, device)  # type: ignore[arg-type]
     typer.echo(report["command"])
     typer.echo(format_table(report["results"], ENGINE_COLUMNS))
     pre = report["decode_preprocess"]
@@ -118,7 +113,7 @@ def service(
     settings = Settings(**{k: v for k, v in given.items() if v is not None},
                         max_queue_size=max(256, max_batch_size, max(levels)))
     png = synthetic_png(*_size(image_size))
-    report = service_report(_command_line(ctx), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
+    report = service_report(command_line(ctx), settings, png, levels, seconds, engine_seconds, rounds, warmup_seconds)
     typer.echo(report["command"])
     typer.echo("\nraw engine, in-process (pass 0 before round 0; pass r+1 after round r):")
     typer.echo(format_table(report["engine"], ("pass", *ENGINE_COLUMNS)))
@@ -211,7 +206,7 @@ def compare(
     )
     # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = compare_report(_command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
+    report = compare_report(command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
     write_report(report, out)
     md = markdown_report(report)
     out.with_suffix(".md").write_text(md, encoding="utf-8")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -11,6 +9,7 @@ import typer
 
 
 def device_preprocess(
+    ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("bundles/default"),
     engine: Annotated[str, typer.Option(help="Engine that scores every variant, on the CPU (torch | onnx).")] = "torch",
     device: Annotated[str, typer.Option(help="Where the device path decodes and preprocesses (cpu | cuda).")] = "cpu",
@@ -23,12 +22,13 @@ def device_preprocess(
     """Label/OOD agreement and max |ΔEnergy| difference: device decode + preprocess vs the CPU path."""
     from deltagate.bench import format_table, write_report
     from deltagate.bench.device_preprocess import device_preprocess_report
+    from deltagate.commands.command_line import command_line
 
     try:
         sizes = [float(v) for v in megapixels.split(",") if v.strip()]
     except ValueError as exc:
         raise typer.BadParameter(f"expected comma-separated numbers, got {megapixels!r}") from exc
-    report = device_preprocess_report(shlex.join(["deltagate", *sys.argv[1:]]), bundle, engine, device, images,
+    report = device_preprocess_report(command_line(ctx), bundle, engine, device, images,
                                       sizes, seed, repeats)
     rows = [{"workload": name, "size": w["size"], "images": w["images"], "device_decoded": w["device_decoded"],
              "cpu": w["cpu_routed"] + w["device_refused"],

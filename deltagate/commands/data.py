@@ -128,6 +128,7 @@ def random_splits(
 
 @data_app.command("faithfulness")
 def faithfulness(
+    ctx: typer.Context,
     world: Annotated[Path, typer.Option(help="A world from `deltagate data synth`.")],
     model: Annotated[
         list[str], typer.Option(help="LABEL=CHECKPOINT of a tiny CLIP pretrained on the world (repeatable).")
@@ -142,8 +143,6 @@ def faithfulness(
     md_out: Annotated[Path, typer.Option(help="Markdown table.")] = Path("docs/evidence/faithfulness.md"),
 ) -> None:
     """Which known facts of real CLIP the proxy reproduces (validation images only): JSON + Markdown."""
-    import shlex
-    import sys
 
     from models.clip_loading import load_clip
     from models.train.faithfulness import check_faithfulness, write_faithfulness
@@ -162,7 +161,9 @@ def faithfulness(
         clip = load_clip(arch, path)
         reports.append(check_faithfulness(clip, world, label=label, checkpoint=path, n_splits=n_splits, seed=seed,
                                           named_splits=named))
-    command = "deltagate " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    from deltagate.commands.command_line import command_line
+
+    command = command_line(ctx)
     write_faithfulness(reports, json_out, md_out, command)
     for r in reports:
         typer.echo(f"{r.model}: " + ", ".join(f"{f['key']} {f['verdict']}" for f in r.facts))

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from deltagate.commands import command_line
+from deltagate.commands.command_line import command_line
 
 if TYPE_CHECKING:
     from models.clip_loading import LoadedClip
@@ -64,6 +64,7 @@ def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
 
 
 def train(
+    ctx: typer.Context,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint, prompts, history).")],
     method: Annotated[str, typer.Option(help="zero-shot | coop | ebm.")] = "ebm",
@@ -124,7 +125,7 @@ def train(
 
         res = benchmark_feature_cache(clip, list(task.class_names), train_idx, cfg, benchmark_cache)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "train_speed.json").write_text(json.dumps({"command": command_line("train"), **res}, indent=2) + "\n")
+        (out / "train_speed.json").write_text(json.dumps({"command": command_line(ctx), **res}, indent=2) + "\n")
         typer.echo(f"cached {res['cached_epoch_s']:.3f} s/epoch, recomputed {res['recompute_epoch_s']:.3f} s/epoch: "
                    f"x{res['speedup_per_epoch']:.1f}; written to {out / 'train_speed.json'}")
         return
@@ -190,6 +191,7 @@ def _parse_bundles(specs: list[str]) -> dict[str, Path]:
 
 
 def evaluate(
+    ctx: typer.Context,
     data: DataOpt,
     bundle: Annotated[list[str], typer.Option(help="Bundle to evaluate, NAME=PATH or PATH; repeat for rows.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Directory for evaluation.json/.md and PNG plots.")] = Path(
@@ -216,7 +218,7 @@ def evaluate(
         ood_index = scan_unlabelled(ood_val)
     evals = evaluate_bundles(_parse_bundles(bundle), task, cache_dir=feature_cache or out / ".feature-cache",
                              device=device, write_manifest=write_manifest, ood_val=ood_index)
-    jpath, mpath = write_evaluation(out, evals, command=command_line("evaluate"), extra={"data": task.summary()})
+    jpath, mpath = write_evaluation(out, evals, command=command_line(ctx), extra={"data": task.summary()})
     if plots:
         write_plots(out, evals)
     typer.echo(mpath.read_text(encoding="utf-8"))
@@ -224,6 +226,7 @@ def evaluate(
 
 
 def ablate(
+    ctx: typer.Context,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Work directory of the ablation runs.")],
     results: Annotated[Path, typer.Option(help="Where ablation.json/.md go.")] = Path("results"),
@@ -249,7 +252,7 @@ def ablate(
     clip = _clip(model, pretrained, arch_config, cache_dir, seed)
     acfg = AblationConfig(hocv=HOCVConfig(folds=folds, repeats=repeats, shots=cfg.shots))
     res = run_ablation(clip, task, cfg, out, acfg)
-    command = command_line("ablate")
+    command = command_line(ctx)
     write_ablation(results, res, command)
     typer.echo(ablation_markdown(res, command))
 
@@ -279,6 +282,7 @@ IdClassesOpt = Annotated[str | None, typer.Option(help="ID classes of the world,
 
 @demo_app.command("build")
 def demo_build(
+    ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="default (the shipped model) or fast (minutes; tests).")] = "default",
     seed: WorldSeedOpt = None,
     id_classes: IdClassesOpt = None,
@@ -291,13 +295,14 @@ def demo_build(
     from models.train.demo import build_demo
 
     cfg = _demo_config(preset, seed, id_classes)
-    summary = build_demo(cfg, work, bundle, results, command=command_line("demo build"), progress=progress)
+    summary = build_demo(cfg, work, bundle, results, command=command_line(ctx), progress=progress)
     typer.echo((results / "evaluation.md").read_text(encoding="utf-8"))
     typer.echo(f"bundle: {bundle}; results: {results}; stage seconds: {summary['seconds']}")
 
 
 @demo_app.command("evidence")
 def demo_evidence(
+    ctx: typer.Context,
     preset: Annotated[str, typer.Option(help="default or fast; the world and CLIP of `demo build`.")] = "default",
     seed: WorldSeedOpt = None,
     id_classes: IdClassesOpt = None,
@@ -316,7 +321,7 @@ def demo_evidence(
     from models.train.demo import build_evidence
 
     cfg = _demo_config(preset, seed, id_classes)
-    doc = build_evidence(cfg, work, results, command=command_line("demo evidence"), n_splits=splits, n_seeds=seeds,
+    doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,
                          budget_s=budget_min * 60 if budget_min else None, progress=progress,
                          only=[x.strip() for x in only.split(",")] if only else None)
     typer.echo((results / "evidence.md").read_text(encoding="utf-8"))
