@@ -108,9 +108,9 @@ def _cached_weights(pcfg: dict[str, Any], cache_dir: str | None) -> bool:
     if hub:
         from huggingface_hub import try_to_load_from_cache
 
-        repo_id, _, filename = hub.partition("/")
-        repo_id = "/".join(hub.rstrip("/").split("/")[:2])
-        names = [filename] if filename and filename.strip("/") else []
+        parts = hub.strip("/").split("/")  # "org/repo" or "org/repo/path/to/file"
+        repo_id, filename = "/".join(parts[:2]), "/".join(parts[2:])
+        names = [filename] if filename else []
         names += ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
         for fname in names:
             hit = try_to_load_from_cache(repo_id, fname, cache_dir=cache_dir)

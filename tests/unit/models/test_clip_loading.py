@@ -63,3 +63,23 @@ def test_random_init_and_preprocess_from_config(micro_clip):
 def test_quick_gelu_follows_the_openai_tag():
     assert model_config("ViT-B-32", "openai").get("quick_gelu") is True
     assert "quick_gelu" not in model_config("ViT-B-32")
+
+
+@pytest.mark.parametrize(("tag", "found"), [
+    ("org/repo/sub/weights.bin", True),   # a file inside the repository: repo "org/repo", file "sub/weights.bin"
+    ("org/repo", True),                   # the repository itself: open_clip's default file names
+    ("org/other/sub/weights.bin", False),
+])
+def test_cached_weights_splits_an_hf_hub_tag_into_repo_and_file(tmp_path, tag, found):
+    from models.clip_loading import _cached_weights
+
+    repo = tmp_path / "models--org--repo"  # the Hugging Face cache layout: refs/main -> snapshots/<rev>/
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    (snapshot / "sub").mkdir(parents=True)
+    (snapshot / "sub" / "weights.bin").write_bytes(b"w")
+    (snapshot / "open_clip_model.safetensors").write_bytes(b"w")
+    if tag == "org/repo/sub/weights.bin":
+        (snapshot / "open_clip_model.safetensors").unlink()  # only the named file can be what is found
+    assert _cached_weights({"hf_hub": tag}, str(tmp_path)) is found
