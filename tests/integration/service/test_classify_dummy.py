@@ -82,7 +82,8 @@ async def test_model_endpoint_describes_bundle_and_engine() -> None:
         info = (await client.get("/model")).json()
         assert info["classes"] == [f"class_{i}" for i in range(4)] and info["engine"] == "dummy"
         assert info["device"] == "cpu" and info["threshold"] == pytest.approx(3.9)
-        assert set(info["scores"]) == {"top_c", "reset_logit", "temperature"}
+        # every score's own parameters, as the bundle stores them
+        assert set(info["scores"]) == {"top_c", "reset_logit", "temperature", "reset", "energy_temperature", "mcm_tau"}
         assert "quantile_values" not in info["calibration"]
 
 
