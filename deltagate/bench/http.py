@@ -448,10 +448,16 @@ def load_log(url: str, payloads: Sequence[Payload], concurrency: int, seconds: f
 BURST_GAP_S = 0.005  # completions closer than this belong to one burst (the rows of one batch)
 
 
-def _burst_end(done: list[float], t: float) -> float:
-    """The last completion of the burst that contains ``t`` (so a window edge never splits a batch)."""
+def _burst_end(done: list[float], t: float, concurrency: int) -> float:
+    """The last completion of the burst that contains ``t`` (so a window edge never splits a batch).
+
+    A burst holds at most ``concurrency`` completions, one per client: without that cap, a fast
+    model at concurrency 1 (answers less than ``BURST_GAP_S`` apart) chained every completion into
+    one "burst", the window's start and end fell on the same one and it counted 0 images/s.
+    """
     i = bisect.bisect_right(done, t)
-    while i < len(done) and done[i] - done[i - 1] < BURST_GAP_S:
+    first = i - 1
+    while i < len(done) and done[i] - done[i - 1] < BURST_GAP_S and i - first < concurrency:
         i += 1
     return done[i - 1] if i else t
 
@@ -467,8 +473,8 @@ def summarize_load(log: list[tuple[float, float, str]], begin: float, end: float
         concurrency: recorded in the result.
     """
     done = sorted(t1 for _, t1, outcome in log if outcome == "200")
-    start = _burst_end(done, max((t for t in done if t <= begin), default=begin))
-    stop = _burst_end(done, max((t for t in done if t <= end), default=end))
+    start = _burst_end(done, max((t for t in done if t <= begin), default=begin), concurrency)
+    stop = _burst_end(done, max((t for t in done if t <= end), default=end), concurrency)
     ok = [t1 - t0 for t0, t1, outcome in log if outcome == "200" and start < t1 <= stop]
     after_warmup = [outcome for _, t1, outcome in log if t1 > begin]
     counts = {o: after_warmup.count(o) for o in sorted(set(after_warmup))}

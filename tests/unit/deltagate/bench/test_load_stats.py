@@ -44,3 +44,10 @@ def test_format_table_aligns_columns() -> None:
     text = format_table([{"a": 1, "b": 2.5}, {"a": 100, "b": None}], ["a", "b"])
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1 and lines[3].split() == ["100", "-"]
+
+
+def test_a_fast_model_at_concurrency_1_is_not_one_burst() -> None:
+    # One client, an answer every 3 ms (closer than the burst gap): each answer is its own batch.
+    log = [(k * 0.003 - 0.002, k * 0.003, "200") for k in range(1, 1001)]
+    result = summarize_load(log, begin=0.5, end=2.5, concurrency=1)
+    assert result.requests_per_s == pytest.approx(1 / 0.003, rel=0.01)  # independent: one per interval
