@@ -30,12 +30,20 @@ from deltagate.bench.report import machine_info
 from models.preprocess import DRAFT_MARGIN, decode_image, preprocess_image
 from service.runtime import LoadedModel
 
-__all__ = ["DEFAULT_MEGAPIXELS", "world_jpegs", "compare_decodes", "decode_report"]
+__all__ = ["DEFAULT_MEGAPIXELS", "world_classes", "world_jpegs", "compare_decodes", "decode_report"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MEGAPIXELS = (1.0, 3.0, 6.0, 12.0)
 _RENDER_SIDE = 768  # drawings are rendered at this side, then resized to photo sizes (4:3)
+
+
+def world_classes(bundle_classes: Sequence[str]) -> list[str]:
+    """The world's categories to draw for a bundle: its classes the world knows, else the world's ID classes."""
+    from models.train.data.synth import WorldConfig
+
+    known = set(WorldConfig().categories)
+    return [c for c in bundle_classes if c in known] or list(WorldConfig().id_classes)
 
 
 def world_jpegs(classes: Sequence[str], n: int, side: int, megapixels: float | None, seed: int) -> list[bytes]:
@@ -117,11 +125,8 @@ def decode_report(
         seed: image seed.
         repeats: timed decodes per image and variant.
     """
-    from models.train.data.synth import WorldConfig
-
     model = load_engine(bundle, engine, "cpu")
-    known = set(WorldConfig().categories)
-    classes = [c for c in model.manifest.classes if c in known] or list(WorldConfig().id_classes)
+    classes = world_classes(model.manifest.classes)
     size = model.manifest.preprocess.image_size
     workloads: dict[str, dict[str, Any]] = {}
     logger.info("synthetic world at the model input size (%d px)", size)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deltagate.bench.decode import world_jpegs
+from deltagate.bench.decode import world_classes, world_jpegs
 from deltagate.bench.engine import load_engine
 from deltagate.bench.report import machine_info
 from models.preprocess import decode_image, preprocess_image
@@ -152,11 +152,8 @@ def device_preprocess_report(
         seed: image seed.
         repeats: timed runs per image and path.
     """
-    from models.train.data.synth import WorldConfig
-
     model = load_engine(bundle, engine, "cpu")
-    known = set(WorldConfig().categories)
-    classes = [c for c in model.manifest.classes if c in known] or list(WorldConfig().id_classes)
+    classes = world_classes(model.manifest.classes)
     size = model.manifest.preprocess.image_size
     native = world_jpegs(classes, n, size, None, seed)
     workloads: dict[str, dict[str, Any]] = {

@@ -8,6 +8,14 @@ from typing import Annotated
 import typer
 
 
+def megapixel_sizes(text: str) -> list[float]:
+    """``--megapixels`` ("1,3,6,12") as numbers; a clear usage error otherwise."""
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated numbers, got {text!r}") from exc
+
+
 def decode(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle directory.")] = Path("bundles/default"),
@@ -23,10 +31,7 @@ def decode(
     from deltagate.bench.decode import decode_report
     from deltagate.commands.command_line import command_line
 
-    try:
-        sizes = [float(v) for v in megapixels.split(",") if v.strip()]
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {megapixels!r}") from exc
+    sizes = megapixel_sizes(megapixels)
     report = decode_report(command_line(ctx), bundle, engine, images, sizes, seed, repeats)
     rows = [{"workload": name, **w} for name, w in report["workloads"].items()]
     typer.echo(report["command"])

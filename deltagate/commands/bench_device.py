@@ -22,12 +22,10 @@ def device_preprocess(
     """Label/OOD agreement and max |ΔEnergy| difference: device decode + preprocess vs the CPU path."""
     from deltagate.bench import format_table, write_report
     from deltagate.bench.device_preprocess import device_preprocess_report
+    from deltagate.commands.bench_decode import megapixel_sizes
     from deltagate.commands.command_line import command_line
 
-    try:
-        sizes = [float(v) for v in megapixels.split(",") if v.strip()]
-    except ValueError as exc:
-        raise typer.BadParameter(f"expected comma-separated numbers, got {megapixels!r}") from exc
+    sizes = megapixel_sizes(megapixels)
     report = device_preprocess_report(command_line(ctx), bundle, engine, device, images,
                                       sizes, seed, repeats)
     rows = [{"workload": name, "size": w["size"], "images": w["images"], "device_decoded": w["device_decoded"],
