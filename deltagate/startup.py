@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import signal
 import statistics
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,11 +28,11 @@ import httpx
 import numpy as np
 from PIL import Image
 
+from deltagate.server_process import LOCALHOST, ServerProcess, serve_cli_argv
+
 __all__ = ["Config", "Sample", "measure", "main"]
 
 logger = logging.getLogger(__name__)
-
-_SERVE = "from deltagate.cli import cli_main; cli_main()"
 
 
 @dataclass(frozen=True)
@@ -79,37 +76,17 @@ def _png() -> bytes:
 def measure(config: Config, port: int, timeout_s: float = 300.0) -> Sample:
     """Start one server, wait until ready, classify one image, read its memory, stop it."""
     bundle = config.bundle if config.bundle.is_absolute() else config.repo / config.bundle
-    cmd = [sys.executable, "-c", _SERVE, "serve", "--bundle", str(bundle), "--engine", config.engine,
-           "--host", "127.0.0.1", "--port", str(port)]
+    argv = serve_cli_argv("--bundle", str(bundle), "--engine", config.engine, "--host", LOCALHOST, "--port", "{port}")
     env = {"PYTHONPATH": str(config.repo), "PATH": "/usr/bin:/bin", "DELTAGATE_LOG_LEVEL": "warning"}
-    start = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=config.repo, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{config.label}: server exited {proc.returncode}: {proc.stderr.read()!r}")  # type: ignore[union-attr]
-            if time.monotonic() - start > timeout_s:
-                raise RuntimeError(f"{config.label}: not ready within {timeout_s} s")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.02)
-        ready_s = time.monotonic() - start
-        r = httpx.post(f"http://127.0.0.1:{port}/classify", files=[("file", ("a.png", _png(), "image/png"))],
-                       timeout=60.0)
+    with ServerProcess(config.label, argv, base_env=env, cwd=config.repo, ready_timeout_s=timeout_s,
+                       port_range=(port, port + 99)) as server:
+        r = httpx.post(f"{server.url}/classify", files=[("file", ("a.png", _png(), "image/png"))], timeout=60.0)
         r.raise_for_status()
-        maps = Path(f"/proc/{proc.pid}/maps").read_text()
-        return Sample(ready_s, _status_kib(proc.pid, "VmRSS") / 1024, _status_kib(proc.pid, "VmHWM") / 1024,
+        pid = server.proc.pid
+        maps = Path(f"/proc/{pid}/maps").read_text()
+        assert server.startup_seconds is not None  # set once ready
+        return Sample(server.startup_seconds, _status_kib(pid, "VmRSS") / 1024, _status_kib(pid, "VmHWM") / 1024,
                       "libtorch" in maps)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def table(results: dict[str, list[Sample]]) -> str:
@@ -131,7 +108,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", action="append", required=True, type=Config.parse,
                         help="label=repo:bundle:engine (repeat)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--port", type=int, default=18450)
+    parser.add_argument("--port", type=int, default=18450, help="first port tried (of 100)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)

@@ -23,14 +23,12 @@ import argparse
 import csv
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
+from deltagate.server_process import ServerProcess, serve_cli_argv
 
 __all__ = ["P99_BOUND_MS", "LoadResult", "read_stats", "run_load", "main"]
 
@@ -75,46 +73,22 @@ def read_stats(stats_csv: Path, locust_status: int) -> LoadResult:
                       rps=float(row["Requests/s"] or 0), locust_status=locust_status)
 
 
-def _wait_ready(url: str, proc: subprocess.Popen[bytes], timeout_s: float) -> None:
-    end = time.monotonic() + timeout_s
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode} before turning ready")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"the server was not ready within {timeout_s} s")
-
-
 def run_load(port: int, users: int, run_time: str, out: Path, bundle: Path | None = None,
              server_env: dict[str, str] | None = None) -> LoadResult:
     """Serve on ``port``, run Locust against it, stop the server; the CSV lands in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("DELTAGATE_")}
     env.update({"PYTHONPATH": str(REPO), "DELTAGATE_HOST": "127.0.0.1", "DELTAGATE_PORT": str(port),
                 "DELTAGATE_BUNDLE_PATH": str(bundle or REPO / "bundles" / "default"),
                 "DELTAGATE_LOG_LEVEL": "warning", **(server_env or {})})
-    serve = [sys.executable, "-c", "from deltagate.cli import cli_main; cli_main()", "serve"]
-    with (out / "server.log").open("wb") as log:
-        server = subprocess.Popen(serve, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        _wait_ready(url, server, 120.0)
+    server = ServerProcess("deltagate", serve_cli_argv(), env, base_env={}, cwd=REPO, ready_timeout_s=120.0,
+                           port_range=(port, port), log_path=out / "server.log")
+    with server:
         locust = [sys.executable, "-m", "locust", "-f", str(REPO / "loadtests" / "locustfile.py"), "--headless",
-                  "-u", str(users), "-r", str(users), "-t", run_time, "--host", url, "--csv", str(out / "run"),
+                  "-u", str(users), "-r", str(users), "-t", run_time, "--host", server.url, "--csv", str(out / "run"),
                   "--only-summary", "--loglevel", "WARNING", "--stop-timeout", "10"]
         logger.info("running: %s", " ".join(locust))
         status = subprocess.run(locust, cwd=REPO, timeout=600).returncode
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(60)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
     return read_stats(out / "run_stats.csv", status)
 
 

@@ -1,43 +1,35 @@
 """A real ``deltagate serve`` in a subprocess on 127.0.0.1, for the end-to-end service tests.
 
-The port comes from ``DELTAGATE_TEST_PORTS`` ("18400-18499") when set (shared machines give each
-engineer a range), else the OS picks a free one. Logs go to a file, so a chatty server can never
-block on a full pipe; :meth:`ServerProcess.log_lines` parses them (one JSON object per line).
+The process, readiness wait and shutdown are :class:`deltagate.server_process.ServerProcess`; this
+module adds what the tests share: the environment (this process's, without ``DELTAGATE_*`` and
+``PROMETHEUS_MULTIPROC*`` variables, so a developer's settings never leak into a test) and the
+port, taken from ``DELTAGATE_TEST_PORTS`` ("18400-18499") when set (shared machines give each
+engineer a range), else picked by the OS.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
-import httpx
+from deltagate.server_process import ServerProcess, free_port, serve_cli_argv
+
+__all__ = ["REPO", "DEFAULT_BUNDLE", "free_test_port", "rss_kib", "ServerProcess", "start_server", "serving"]
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_BUNDLE = REPO / "bundles" / "default"
-_SERVE = "from deltagate.cli import cli_main; cli_main()"
 
 
-def free_port() -> int:
-    """A port nobody listens on, from ``DELTAGATE_TEST_PORTS`` if set."""
+def _port_range() -> tuple[int, int] | None:
     spec = os.environ.get("DELTAGATE_TEST_PORTS")
-    candidates = range(int(spec.split("-")[0]), int(spec.split("-")[1]) + 1) if spec else [0]
-    for port in candidates:
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError(f"no free port in {spec}")
+    return (int(spec.split("-")[0]), int(spec.split("-")[1])) if spec else None
+
+
+def free_test_port() -> int:
+    """A port nobody listens on, from ``DELTAGATE_TEST_PORTS`` if set."""
+    return free_port(_port_range())
 
 
 def rss_kib(pid: int) -> int:
@@ -48,74 +40,36 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-class ServerProcess:
-    """A started server: its process, URL and log file."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, log_path: Path) -> None:
-        self.proc = proc
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log_path = log_path
-
-    def log_lines(self) -> list[dict[str, Any]]:
-        """The JSON log lines written so far (other lines skipped)."""
-        lines = []
-        for raw in self.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
-            with suppress(json.JSONDecodeError):
-                entry = json.loads(raw)
-                if isinstance(entry, dict):
-                    lines.append(entry)
-        return lines
-
-    def wait_ready(self, timeout_s: float = 120.0) -> float:
-        """Poll /readyz until 200; returns the seconds it took. Fails if the process exits."""
-        start = time.monotonic()
-        while time.monotonic() - start < timeout_s:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_path.read_text()}")
-            with suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=2.0).status_code == 200:
-                    return time.monotonic() - start
-            time.sleep(0.05)
-        raise AssertionError(f"not ready within {timeout_s} s:\n{self.log_path.read_text()[-4000:]}")
-
-    def stop(self, timeout_s: float = 60.0) -> int:
-        """SIGTERM, wait for exit; returns the exit status (killed if it does not stop)."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+def clean_env() -> dict[str, str]:
+    """This process's environment without deltagate's and prometheus-client's multiprocess variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("DELTAGATE_", "PROMETHEUS_MULTIPROC"))}
 
 
-def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = ()) -> ServerProcess:
+def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 ready_timeout_s: float = 120.0) -> ServerProcess:
     """Start ``deltagate serve`` on 127.0.0.1 (not waiting for readiness).
 
     Args:
         log_path: where stdout and stderr go.
         env: extra ``DELTAGATE_*`` variables (host and port are set here).
         args: extra ``deltagate serve`` arguments.
+        ready_timeout_s: what :meth:`ServerProcess.wait_ready` waits by default.
     """
-    port = free_port()
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DELTAGATE_", "PROMETHEUS_MULTIPROC"))}
-    full_env.update({"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "DELTAGATE_HOST": "127.0.0.1",
-                     "DELTAGATE_PORT": str(port), **(env or {})})
-    with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-c", _SERVE, "serve", *args], cwd=REPO, env=full_env,
-                                stdout=log, stderr=subprocess.STDOUT)
-    return ServerProcess(proc, port, log_path)
+    full_env = {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "DELTAGATE_HOST": "127.0.0.1",
+                "DELTAGATE_PORT": "{port}", **(env or {})}
+    server = ServerProcess("deltagate serve", serve_cli_argv(*args), full_env, base_env=clean_env(), cwd=REPO,
+                           ready_timeout_s=ready_timeout_s, port_range=_port_range(), graceful_s=60.0,
+                           log_path=log_path)
+    return server.start()
 
 
 @contextmanager
 def serving(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
             ready_timeout_s: float = 120.0) -> Iterator[ServerProcess]:
     """A ready server for the ``with`` block, stopped (SIGTERM) after it."""
-    server = start_server(log_path, env, args)
+    server = start_server(log_path, env, args, ready_timeout_s)
     try:
-        server.wait_ready(ready_timeout_s)
+        server.wait_ready()
         yield server
     finally:
         server.stop()

@@ -1,7 +1,8 @@
 """Benchmarks of the service against its raw engine (``deltagate bench``).
 
 - :mod:`deltagate.bench.engine`: the service's engine classes in-process, images/s per batch size.
-- :mod:`deltagate.bench.http`: the real server in a subprocess and a closed-loop HTTP load.
+- :mod:`deltagate.bench.http`: a closed-loop HTTP load against a server in a subprocess
+  (:mod:`deltagate.server_process`).
 - :mod:`deltagate.bench.runs`: the two reports (engine; service with engine passes around it).
 """
 

@@ -41,14 +41,13 @@ from deltagate.bench.http import (
     MISMATCH,
     LoadResult,
     Payload,
-    ServerProcess,
-    deltagate_server,
     probe_while_full,
     run_load,
     synthetic_image,
 )
 from deltagate.bench.peers import PEERS
 from deltagate.bench.report import latency_stats, machine_info
+from deltagate.server_process import ServerProcess, deltagate_server
 from models.preprocess import decode_image, preprocess_image
 from service.runtime import LoadedModel
 from service.settings import Settings

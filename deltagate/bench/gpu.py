@@ -37,9 +37,10 @@ import torch
 from PIL import Image
 
 from deltagate.bench.engine import load_engine, measure_engine
-from deltagate.bench.http import batch_counters, deltagate_server, run_load, synthetic_png
+from deltagate.bench.http import batch_counters, run_load, synthetic_png
 from deltagate.bench.report import machine_info
 from deltagate.bench.runs import write_report
+from deltagate.server_process import deltagate_server
 from service.runtime import LoadedModel
 from service.settings import Settings
 

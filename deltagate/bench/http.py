@@ -1,4 +1,5 @@
-"""The real server in a subprocess, and a closed-loop HTTP load of single-image requests."""
+"""A closed-loop HTTP load of single-image requests against a server (started with
+:mod:`deltagate.server_process`), and the synthetic images it sends."""
 
 from __future__ import annotations
 
@@ -7,16 +8,13 @@ import bisect
 import io
 import json
 import logging
-import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -24,17 +22,13 @@ from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
 from deltagate.bench.report import LatencyStats, latency_stats
-from service.server import settings_to_env
-from service.settings import Settings
 
 __all__ = [
-    "synthetic_image", "synthetic_png", "free_port", "ServerProcess", "deltagate_server", "Payload", "LoadResult",
+    "synthetic_image", "synthetic_png", "Payload", "LoadResult",
     "run_load", "load_log", "probe_while_full", "summarize_load", "batch_counters",
 ]
 
 logger = logging.getLogger(__name__)
-
-LOCALHOST = "127.0.0.1"
 
 
 def synthetic_image(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -54,182 +48,6 @@ def synthetic_png(width: int, height: int, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     synthetic_image(width, height, seed).save(buf, "PNG")
     return buf.getvalue()
-
-
-def free_port(port_range: tuple[int, int] | None = None) -> int:
-    """A TCP port free on 127.0.0.1 now: the first free one of ``port_range`` (inclusive), else the OS's pick.
-
-    Raises:
-        RuntimeError: every port of the range is taken.
-    """
-    candidates = range(port_range[0], port_range[1] + 1) if port_range else [0]
-    for port in candidates:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-            try:
-                s.bind((LOCALHOST, port))
-            except OSError:
-                continue
-            return int(s.getsockname()[1])
-    raise RuntimeError(f"no free port in {port_range[0]}-{port_range[1]}" if port_range else "no free port")
-
-
-_taken: set[int] = set()  # ports handed to servers of this process that may not be listening yet
-
-
-def _claim_port(port_range: tuple[int, int] | None) -> int:
-    if port_range is None:
-        return free_port()
-    for _ in range(port_range[1] - port_range[0] + 1):
-        port = free_port(port_range)
-        if port not in _taken:
-            _taken.add(port)
-            return port
-        port_range = (port + 1, port_range[1])
-    raise RuntimeError(f"no free port in the range ending at {port_range[1]}")
-
-
-class ServerProcess:
-    """A server in a subprocess on 127.0.0.1; a context manager that waits until it is ready.
-
-    The server's log goes to a temporary file, quoted when start-up fails. The child gets its own
-    process group, which is terminated (then killed) on exit, so servers that spawn workers
-    (LitServe, uvicorn with workers) leave nothing behind.
-
-    Args:
-        name: shown in logs and errors.
-        argv: the command; ``{port}`` in an argument is replaced by the chosen port.
-        env: extra environment variables (the child inherits this process's environment).
-        ready_path: polled until it answers 200; a JSON ``{"status": "failed"}`` aborts.
-        ready_timeout_s: how long to wait for readiness.
-        port_range: ports to choose from (inclusive); None: the OS picks a free one.
-        graceful_s: time the server gets to stop after SIGTERM before it is killed.
-        cwd: working directory of the server (None: this one).
-    """
-
-    def __init__(self, name: str, argv: list[str], env: dict[str, str] | None = None, *,
-                 ready_path: str = "/readyz", ready_timeout_s: float = 300.0,
-                 port_range: tuple[int, int] | None = None, graceful_s: float = 30.0,
-                 cwd: str | None = None) -> None:
-        self.name = name
-        self.cwd = cwd
-        self.port = _claim_port(port_range)
-        self.argv = [a.replace("{port}", str(self.port)) for a in argv]
-        self.env = {k: v.replace("{port}", str(self.port)) for k, v in (env or {}).items()}
-        self.url = f"http://{LOCALHOST}:{self.port}"
-        self.ready_path = ready_path
-        self.ready_timeout_s = ready_timeout_s
-        self.graceful_s = graceful_s
-        self.startup_seconds: float | None = None
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-        self._started = 0.0
-
-    def __enter__(self) -> ServerProcess:
-        self.start()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def start(self) -> None:
-        """Start the process without waiting (several servers can then load in parallel)."""
-        self._log = tempfile.TemporaryFile()
-        self._started = time.perf_counter()
-        self._proc = subprocess.Popen(self.argv, env={**os.environ, **self.env}, stdout=self._log,
-                                      stderr=subprocess.STDOUT, start_new_session=True, cwd=self.cwd)
-
-    def wait_ready(self) -> None:
-        """Poll ``ready_path`` until it answers 200.
-
-        Raises:
-            RuntimeError: the server exited or reported a failed load.
-            TimeoutError: not ready within ``ready_timeout_s``.
-        """
-        self._wait_ready()
-        self.startup_seconds = round(time.perf_counter() - self._started, 2)
-        logger.info("%s ready on %s after %.1f s", self.name, self.url, self.startup_seconds)
-
-    def _wait_ready(self) -> None:
-        assert self._proc is not None, "start() first"
-        deadline = time.monotonic() + self.ready_timeout_s
-        with httpx.Client(base_url=self.url, timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self._proc.poll() is not None:
-                    raise RuntimeError(f"{self.name} exited with {self._proc.returncode}:\n{self.log_tail()}")
-                try:
-                    response = client.get(self.ready_path)
-                except httpx.TransportError:
-                    response = None
-                if response is not None and response.status_code == 200:
-                    return
-                if response is not None and _json_status(response) == "failed":
-                    raise RuntimeError(f"{self.name} failed to load: {response.json().get('error')}")
-                time.sleep(0.2)
-        raise TimeoutError(f"{self.name} not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
-
-    def log_tail(self, chars: int = 3000) -> str:
-        """The end of the server's log."""
-        if self._log is None:
-            return ""
-        self._log.seek(0)
-        return self._log.read().decode("utf-8", "replace")[-chars:]
-
-    def __exit__(self, *_exc: object) -> None:
-        if self._proc is not None:
-            _stop_group(self._proc, self.graceful_s)
-            _taken.discard(self.port)
-            self._proc = None
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-
-def _json_status(response: httpx.Response) -> Any:
-    try:
-        body = response.json()
-    except ValueError:
-        return None
-    return body.get("status") if isinstance(body, dict) else None
-
-
-def _stop_group(proc: subprocess.Popen[bytes], graceful_s: float) -> None:
-    """SIGTERM to the server's process group (uvicorn's graceful shutdown), then SIGKILL to what is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=graceful_s)
-    except subprocess.TimeoutExpired:
-        logger.warning("server %d did not stop within %.0f s; killing it", proc.pid, graceful_s)
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)  # spawned workers the leader left behind, or the leader itself
-    except ProcessLookupError:
-        pass
-    proc.wait()
-
-
-def deltagate_server(settings: Settings, *, pythonpath: str | None = None,
-                     port_range: tuple[int, int] | None = None, name: str = "deltagate") -> ServerProcess:
-    """``service.server.run`` with these settings (as ``DELTAGATE_*`` variables; host and port overridden).
-
-    Args:
-        settings: service settings.
-        pythonpath: run the service code of another checkout (``PYTHONPATH`` of the child), e.g. a
-            worktree of an older commit to compare with.
-        port_range: see :class:`ServerProcess`.
-        name: shown in logs.
-    """
-    env = {k: v for k, v in settings_to_env(settings).items() if k not in {"DELTAGATE_HOST", "DELTAGATE_PORT"}}
-    env.update({"DELTAGATE_HOST": LOCALHOST, "DELTAGATE_PORT": "{port}"})
-    if pythonpath is not None:
-        env["PYTHONPATH"] = pythonpath
-    # `python -c` puts the working directory first on sys.path: run another checkout's code from
-    # inside it, or this checkout's `service` would shadow it.
-    return ServerProcess(name, [sys.executable, "-c", "from service.server import run; run()"], env,
-                         port_range=port_range, graceful_s=settings.graceful_shutdown_s + 10.0, cwd=pythonpath)
 
 
 def batch_counters(url: str) -> dict[str, float]:

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from deltagate.bench.engine import EngineResult, load_engine, measure_engine, measure_preprocess
-from deltagate.bench.http import LoadResult, ServerProcess, batch_counters, deltagate_server, run_load
+from deltagate.bench.http import LoadResult, batch_counters, run_load
 from deltagate.bench.report import machine_info
+from deltagate.server_process import ServerProcess, deltagate_server
 from service.runtime import LoadedModel
 from service.settings import DeviceName, Settings
 

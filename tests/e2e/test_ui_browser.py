@@ -35,6 +35,7 @@ import numpy as np
 import pytest
 import uvicorn
 
+from deltagate.server_process import wait_ready
 from service import engines
 from service.app import create_app
 from service.runtime import Runtime
@@ -102,17 +103,14 @@ class LiveServer:
     def __enter__(self) -> LiveServer:
         self._engines.start()
         self._thread.start()
-        deadline = time.monotonic() + 60.0
-        while time.monotonic() < deadline:
-            try:
-                status = httpx.get(self.url + "readyz", timeout=2.0).status_code
-                if status == 200 or not self.wait_ready:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"the service at {self.url} did not become ready: {self.runtime.error}")
+        try:  # until ready, or (wait_ready=False) until it answers at all
+            wait_ready(self.url, timeout_s=60.0, name=f"the service at {self.url}",
+                       log_tail=lambda: str(self.runtime.error),
+                       accept=lambda r: r.status_code == 200 or not self.wait_ready)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self._server.should_exit = True

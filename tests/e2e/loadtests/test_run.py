@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.server_process import REPO, free_port
+from tests.server_process import REPO, free_test_port
 
 
 def _load_runner():  # type: ignore[no-untyped-def]
@@ -29,7 +29,7 @@ pytestmark = pytest.mark.e2e
 
 
 def test_headless_locust_run_has_no_error_and_p99_under_the_bound(tmp_path: Path) -> None:
-    result = run_load(free_port(), users=4, run_time="20s", out=tmp_path)
+    result = run_load(free_test_port(), users=4, run_time="20s", out=tmp_path)
     print(result)
     assert result.problems(P99_BOUND_MS) == [], (result, (tmp_path / "server.log").read_text()[-3000:])
     assert result.requests > 50

@@ -8,15 +8,15 @@ extra to install.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
+from deltagate.server_process import ServerProcess
 from service.server import EXIT_LOAD_FAILED
-from tests.server_process import DEFAULT_BUNDLE, REPO, ServerProcess, free_port
+from tests.server_process import DEFAULT_BUNDLE, REPO
 from tests.service_support import files, noise_image
 
 pytestmark = pytest.mark.e2e
@@ -26,30 +26,23 @@ WITHOUT_TORCH = ("import sys\nfor m in ('torch', 'torchvision', 'open_clip', 'sa
                  "from deltagate.cli import cli_main\ncli_main()\n")
 
 
-def start(tmp_path: Path, *args: str) -> tuple[subprocess.Popen[bytes], str, Path]:
-    port, log = free_port(), tmp_path / "server.log"
+def slim_server(tmp_path: Path, *args: str) -> ServerProcess:
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), "DELTAGATE_HOST": "127.0.0.1",
-           "DELTAGATE_PORT": str(port), "DELTAGATE_BUNDLE_PATH": str(DEFAULT_BUNDLE)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", WITHOUT_TORCH, "serve", *args], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    return proc, f"http://127.0.0.1:{port}", log
+           "DELTAGATE_PORT": "{port}", "DELTAGATE_BUNDLE_PATH": str(DEFAULT_BUNDLE)}
+    argv = [sys.executable, "-c", WITHOUT_TORCH, "serve", *args]
+    return ServerProcess("slim serve", argv, env, base_env={}, cwd=REPO, ready_timeout_s=120.0,
+                         log_path=tmp_path / "server.log")
 
 
 def test_default_settings_serve_the_default_bundle_without_torch(tmp_path: Path) -> None:
-    proc, url, log = start(tmp_path)
-    server = ServerProcess(proc, int(url.rsplit(":", 1)[1]), log)
-    try:
-        server.wait_ready(120)
+    with slim_server(tmp_path) as server:  # started, and ready
         r = httpx.post(f"{server.url}/classify", files=files(noise_image(0)), timeout=30)
         assert r.status_code == 200, r.text
         assert httpx.get(f"{server.url}/model", timeout=10).json()["engine"] == "onnx"
-    finally:
-        server.stop()
-    assert "ImportError" not in log.read_text() and "ModuleNotFoundError" not in log.read_text()
+    assert "ImportError" not in server.log_text() and "ModuleNotFoundError" not in server.log_text()
 
 
 def test_the_torch_engine_without_torch_fails_loudly_naming_the_extra(tmp_path: Path) -> None:
-    proc, _, log = start(tmp_path, "--engine", "torch")
-    assert proc.wait(timeout=120) == EXIT_LOAD_FAILED, log.read_text()
-    assert "pip install 'deltagate[torch]'" in log.read_text()
+    server = slim_server(tmp_path, "--engine", "torch").start()
+    assert server.proc.wait(timeout=120) == EXIT_LOAD_FAILED, server.log_text()
+    assert "pip install 'deltagate[torch]'" in server.log_text()
