@@ -164,15 +164,44 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def build_vision_tower(arch: ArchitectureInfo) -> torch.nn.Module:
-    """Construct the (randomly initialised) vision tower described by ``arch``."""
-    # open_clip exposes no public "vision tower only" constructor; _build_vision_tower is the
-    # function create_model itself uses, and avoids building (and discarding) the text tower.
-    from open_clip.model import _build_vision_tower
+    """Construct the (randomly initialised) vision tower described by ``arch``.
 
+    open_clip has no public "vision tower only" constructor. The fast path is
+    ``open_clip.model._build_vision_tower``, the private function its own ``CLIP`` and
+    ``CustomTextCLIP`` call, which skips building (and discarding) the text tower; ``open_clip_torch``
+    is pinned below 4 for it. Should a release move or change it, the public path builds the whole
+    model class open_clip's factory would pick and keeps its ``visual``: the same module, only slower
+    to construct (tested in ``tests/unit/models/test_bundle.py``).
+    """
     cfg = copy.deepcopy(arch.open_clip_config)
     vision_cfg = dict(cfg["vision_cfg"])
     vision_cfg["timm_model_pretrained"] = False  # weights come from the bundle, never a download
-    return _build_vision_tower(cfg["embed_dim"], vision_cfg, bool(cfg.get("quick_gelu", False)), None)
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    try:
+        return _private_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu)
+    except (ImportError, TypeError) as exc:  # moved, renamed, or a changed signature
+        logger.warning("open_clip's _build_vision_tower is unusable (%s): building the full model for its "
+                       "vision tower", exc)
+    return _vision_tower_of_full_model(cfg, vision_cfg, quick_gelu)
+
+
+def _private_vision_tower(embed_dim: int, vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
+    """The fast path of :func:`build_vision_tower` (open_clip's private builder)."""
+    from open_clip.model import _build_vision_tower
+
+    tower: torch.nn.Module = _build_vision_tower(embed_dim, vision_cfg, quick_gelu, None)
+    return tower
+
+
+def _vision_tower_of_full_model(cfg: dict[str, Any], vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
+    """The public path of :func:`build_vision_tower`: the CLIP class open_clip's factory would pick."""
+    import open_clip
+
+    kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}  # the model config, as create_model passes it
+    model_class = open_clip.CustomTextCLIP if cfg.get("custom_text", False) else open_clip.CLIP
+    model = model_class(**{**kwargs, "vision_cfg": vision_cfg, "quick_gelu": quick_gelu})
+    visual: torch.nn.Module = model.visual
+    return visual
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -101,3 +102,32 @@ def test_update_manifest_keeps_hashes_valid(bundle_copy):
     update_manifest(bundle_copy, calibration=rec, evaluation={"id_accuracy": 0.5})
     b = load_bundle(bundle_copy)
     assert b.manifest.calibration == rec and b.manifest.evaluation == {"id_accuracy": 0.5}
+
+
+_TINY_VIT = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64},
+             "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.mark.parametrize("config", ["tiny-clip", "vit"])
+def test_vision_tower_is_the_same_module_when_open_clips_private_builder_is_unusable(config, monkeypatch, caplog):
+    import models.bundle
+    from models.bundle import ArchitectureInfo, build_vision_tower
+
+    tiny_clip = Path(__file__).parents[3] / "models" / "archs" / "tiny-clip.json"
+    cfg = json.loads(tiny_clip.read_text()) if config == "tiny-clip" else _TINY_VIT
+    arch = ArchitectureInfo(model_name=config, open_clip_config=cfg)
+    torch.manual_seed(0)
+    fast = build_vision_tower(arch).eval()
+
+    def changed_signature(*args, **kwargs):  # what a release that changed the private builder raises
+        raise TypeError("_build_vision_tower() got an unexpected keyword argument")
+
+    monkeypatch.setattr(models.bundle, "_private_vision_tower", changed_signature)
+    public = build_vision_tower(arch).eval()
+    assert "building the full model" in caplog.text
+    assert {k: v.shape for k, v in public.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    public.load_state_dict(fast.state_dict(), strict=True)
+    size = cfg["vision_cfg"]["image_size"]
+    x = torch.randn(2, 3, size, size)  # (B, 3, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(public(x), fast(x))
