@@ -18,7 +18,7 @@ import io
 import logging
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ from deltagate.bench.report import machine_info
 from models.preprocess import DRAFT_MARGIN, decode_image, preprocess_image
 from service.runtime import LoadedModel
 
-__all__ = ["DEFAULT_MEGAPIXELS", "world_classes", "world_jpegs", "compare_decodes", "decode_report"]
+__all__ = ["DEFAULT_MEGAPIXELS", "world_classes", "world_jpegs", "world_workloads", "compare_decodes", "decode_report"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,20 @@ def world_jpegs(classes: Sequence[str], n: int, side: int, megapixels: float | N
         img.convert("RGB").save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+
+def world_workloads(classes: Sequence[str], n: int, side: int, megapixels: Sequence[float],
+                    seed: int) -> Iterator[tuple[str, str, list[bytes]]]:
+    """The decode benchmarks' workloads, as (name, "WxH", JPEGs): ``world_native`` (drawn at the model
+    input size ``side``), then ``world_<mp>mp`` for each photo size of ``megapixels``."""
+    logger.info("synthetic world at the model input size (%d px)", side)
+    yield "world_native", f"{side}x{side}", world_jpegs(classes, n, side, None, seed)
+    for mp in megapixels:
+        logger.info("synthetic world at %.1f MP", mp)
+        images = world_jpegs(classes, n, side, mp, seed)
+        w, h = Image.open(io.BytesIO(images[0])).size
+        yield f"world_{mp:g}mp", f"{w}x{h}", images
 
 
 def _timed_pixels(data: bytes, model: LoadedModel, fast: bool, repeats: int) -> tuple[np.ndarray, float, bool]:
@@ -128,15 +142,8 @@ def decode_report(
     model = load_engine(bundle, engine, "cpu")
     classes = world_classes(model.manifest.classes)
     size = model.manifest.preprocess.image_size
-    workloads: dict[str, dict[str, Any]] = {}
-    logger.info("synthetic world at the model input size (%d px)", size)
-    workloads["world_native"] = {"size": f"{size}x{size}",
-                                 **compare_decodes(model, world_jpegs(classes, n, size, None, seed), repeats)}
-    for mp in megapixels:
-        logger.info("synthetic world at %.1f MP", mp)
-        images = world_jpegs(classes, n, size, mp, seed)
-        w, h = Image.open(io.BytesIO(images[0])).size
-        workloads[f"world_{mp:g}mp"] = {"size": f"{w}x{h}", **compare_decodes(model, images, repeats)}
+    workloads = {name: {"size": dims, **compare_decodes(model, images, repeats)}
+                 for name, dims, images in world_workloads(classes, n, size, megapixels, seed)}
     model.engine.close()
     return {
         "kind": "decode", "command": command, "bundle": str(bundle), "engine": engine, "model_input": size,

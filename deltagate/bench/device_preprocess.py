@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from deltagate.bench.decode import world_classes, world_jpegs
+from deltagate.bench.decode import world_classes, world_workloads
 from deltagate.bench.engine import load_engine
 from deltagate.bench.report import machine_info
 from models.preprocess import decode_image, preprocess_image
@@ -155,17 +155,12 @@ def device_preprocess_report(
     model = load_engine(bundle, engine, "cpu")
     classes = world_classes(model.manifest.classes)
     size = model.manifest.preprocess.image_size
-    native = world_jpegs(classes, n, size, None, seed)
-    workloads: dict[str, dict[str, Any]] = {
-        "world_native": {"size": f"{size}x{size}", **compare_paths(model, native, device, repeats)},
-        "world_variants": {"size": f"{size}x{size}", "kinds": "gray, progressive, CMYK JPEG, PNG",
-                           **compare_paths(model, variant_jpegs(native), device, repeats)},
-    }
-    for mp in megapixels:
-        logger.info("synthetic world at %.1f MP", mp)
-        images = world_jpegs(classes, n, size, mp, seed)
-        w, h = Image.open(io.BytesIO(images[0])).size
-        workloads[f"world_{mp:g}mp"] = {"size": f"{w}x{h}", **compare_paths(model, images, device, repeats)}
+    workloads: dict[str, dict[str, Any]] = {}
+    for name, dims, images in world_workloads(classes, n, size, megapixels, seed):
+        workloads[name] = {"size": dims, **compare_paths(model, images, device, repeats)}
+        if name == "world_native":  # the formats the device path hands back to the CPU decoder
+            workloads["world_variants"] = {"size": dims, "kinds": "gray, progressive, CMYK JPEG, PNG",
+                                           **compare_paths(model, variant_jpegs(images), device, repeats)}
     model.engine.close()
     return {
         "kind": "device-preprocess", "command": command, "bundle": str(bundle), "engine": engine,

@@ -58,14 +58,16 @@ Bundle = Annotated[Path, typer.Option(help="Bundle directory.")]
 Seconds = Annotated[float, typer.Option(help="Measured seconds per batch size / concurrency level.")]
 Out = Annotated[Path | None, typer.Option(help="Write the JSON report here, e.g. results/bench/NAME.json.")]
 ImageSize = Annotated[str, typer.Option(help="Size of the generated PNG every forward/request uses (WxH).")]
+EngineName = Annotated[str, typer.Option(help="Engine (a name of service.engines.ENGINES, e.g. onnx or torch).")]
+Device = Annotated[str, typer.Option(help="cpu, cuda or auto.")]
 
 
 @bench_app.command("engine")
 def engine(
     ctx: typer.Context,
     bundle: Bundle,
-    engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    engine: EngineName = "onnx",
+    device: Device = "cpu",
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,8,32",
     seconds: Seconds = 5.0,
     image_size: ImageSize = "320x240",
@@ -88,8 +90,8 @@ def engine(
 def service(
     ctx: typer.Context,
     bundle: Bundle,
-    engine: Annotated[str, typer.Option(help="Engine: onnx, torch or dummy.")] = "onnx",
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "cpu",
+    engine: EngineName = "onnx",
+    device: Device = "cpu",
     concurrency: Annotated[str, typer.Option(help="Comma-separated client counts; include 1 for latency.")] = "1,16",
     seconds: Seconds = 10.0,
     engine_seconds: Annotated[float, typer.Option(help="Seconds per batch size of each raw engine pass.")] = 5.0,

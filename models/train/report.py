@@ -122,19 +122,16 @@ def evaluation_markdown(evals: Mapping[str, MethodEval], command: str | None = N
     if command:
         out += ["Produced by:", "", "```bash", command, "```", ""]
     out += [*notes, ""] if notes else []
-    out += ["## OOD detection (ID test = positive class; percentages)", "", _headline(evals), ""]
-    groups = _by_group(evals)
-    if groups:
-        out += ["## AUROC per OOD category (%)", "", groups, ""]
-    cov = _covariate(evals)
-    if cov:
-        out += ["## Accuracy under covariate shift (%)", "", cov, ""]
-    thr = _threshold(evals)
-    if thr:
-        out += ["## At each bundle's calibrated gate (%)", "", thr, ""]
-    own = _own_thresholds(evals)
-    if own:
-        out += ["## Every score at its own threshold (95% of ID val pass; %)", "", own, ""]
+    sections = [  # (title, table); a table with no rows ("") is left out
+        ("## OOD detection (ID test = positive class; percentages)", _headline),
+        ("## AUROC per OOD category (%)", _by_group),
+        ("## Accuracy under covariate shift (%)", _covariate),
+        ("## At each bundle's calibrated gate (%)", _threshold),
+        ("## Every score at its own threshold (95% of ID val pass; %)", _own_thresholds),
+    ]
+    for title, make_table in sections:
+        if table := make_table(evals):
+            out += [title, "", table, ""]
     return "\n".join(out)
 
 
