@@ -91,7 +91,9 @@ class ServiceMetrics:
         self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
                            multiprocess_mode="livemin")
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
-        self.delta_energy: Histogram | None = None  # buckets depend on the bundle: see bind_model
+        # buckets depend on the bundle: see bind_model
+        self.gate_score: Histogram | None = None
+        self.delta_energy: Histogram | None = None
 
     def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
         """Create the model-dependent metrics once the bundle is known."""
@@ -99,10 +101,17 @@ class ServiceMetrics:
         for cls in manifest.classes:  # export zeros for every class, so rates exist from the start
             self.images.labels(predicted_class=cls)
             self.ood_flags.labels(predicted_class=cls)
-        if self.delta_energy is None:
+        if self.gate_score is None:
+            gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
+            self.gate_score = Histogram(
+                "deltagate_gate_score", "The bundle's gate score of classified images (is_ood = below the "
+                "threshold; higher = more in-distribution).", buckets=gate_score_buckets(manifest),
+                registry=self.registry,
+            )
             self.delta_energy = Histogram(
                 "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution).",
-                buckets=delta_energy_buckets(manifest), registry=self.registry,
+                buckets=gate_score_buckets(manifest) if gated_on_delta_energy else DELTA_ENERGY_GRID,
+                registry=self.registry,
             )
 
     def exposition(self) -> bytes:
@@ -126,12 +135,14 @@ class ServiceMetrics:
         self.batch_size.observe(size)
         self.inference_duration.observe(seconds)
 
-    def observe_images(self, labels: Sequence[str], delta_energies: Sequence[float], is_ood: Sequence[bool]) -> None:
-        for label, de, ood in zip(labels, delta_energies, is_ood, strict=True):
+    def observe_images(self, labels: Sequence[str], gate_scores: Sequence[float], delta_energies: Sequence[float],
+                       is_ood: Sequence[bool]) -> None:
+        for label, score, de, ood in zip(labels, gate_scores, delta_energies, is_ood, strict=True):
             self.images.labels(predicted_class=label).inc()
             if ood:
                 self.ood_flags.labels(predicted_class=label).inc()
-            if self.delta_energy is not None:
+            if self.gate_score is not None and self.delta_energy is not None:
+                self.gate_score.observe(score)
                 self.delta_energy.observe(de)
 
 
@@ -173,8 +184,13 @@ def mark_dead_processes(directory: Path) -> None:
             pass
 
 
-def delta_energy_buckets(manifest: BundleManifest) -> list[float]:
-    """Histogram bounds: a fixed grid, the threshold and calibration quantiles (for drift)."""
+def gate_score_buckets(manifest: BundleManifest) -> list[float]:
+    """Bounds of the gate score histogram: the threshold and the calibration quantiles (for drift:
+    with no drift each bucket's share of traffic matches calibration), and the coarse ΔEnergy grid.
+
+    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``
+    uses these bounds too when that score is ΔEnergy, else the grid alone.
+    """
     bounds = set(DELTA_ENERGY_GRID)
     calib = manifest.calibration
     if calib is not None:

@@ -1,6 +1,6 @@
 """Render the Prometheus alert rules, their promtool tests and the Kubernetes PrometheusRule.
 
-The drift alerts compare live ΔEnergy histogram buckets with the bundle's calibration, and a
+The drift alerts compare live gate-score histogram buckets with the bundle's calibration, and a
 histogram bucket can only be selected by its ``le`` label, which is a bundle-specific number. So
 the rules are rendered from templates for one bundle (the default: ``bundles/default``, the one the
 images ship) into three files that must stay in sync:
@@ -38,7 +38,7 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 from deploy.capacity.bench import DEFAULT_BENCH, load_bench, p99_bound_s  # noqa: E402
 from models.bundle import BundleManifest, load_bundle  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.telemetry import delta_energy_buckets  # noqa: E402
+from service.telemetry import gate_score_buckets  # noqa: E402
 
 logger = logging.getLogger("deltagate.deploy.alerts")
 
@@ -75,18 +75,19 @@ def bundle_values(manifest: BundleManifest) -> dict[str, Any]:
     calib = manifest.calibration
     if calib is None:
         raise ValueError(f"bundle {manifest.name} has no calibration record: the drift alerts need one")
-    buckets = delta_energy_buckets(manifest)
-    threshold = round(float(calib.threshold), 6)  # delta_energy_buckets rounds bounds to 6 places
+    buckets = gate_score_buckets(manifest)
+    threshold = round(float(calib.threshold), 6)  # gate_score_buckets rounds bounds to 6 places
     median = round(float(np.interp(0.5, calib.quantile_levels, calib.quantile_values)), 6)
     for bound in (threshold, median):
         if bound not in buckets:
-            raise ValueError(f"ΔEnergy histogram has no bucket at {bound}: {buckets}")
+            raise ValueError(f"gate score histogram has no bucket at {bound}: {buckets}")
     if median <= threshold:
         raise ValueError(f"calibration median {median} <= threshold {threshold}: the median split is empty")
     expected_ood = round(1.0 - calib.target_tpr, 6)
     return {
         "bundle_name": manifest.name,
         "bundle_version": manifest.version,
+        "gate_score": calib.score,
         "threshold": threshold,
         "threshold_le": floatToGoString(threshold),
         "median": median,

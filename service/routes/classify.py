@@ -66,8 +66,8 @@ async def classify(
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         rows = await run_batched(request, batcher, ticket, pixels, deadline)
     results = postprocess(rows, model.manifest, k, [im.filename for im in images])
-    runtime.metrics.observe_images([r.label for r in results], [r.delta_energy for r in results],
-                                   [r.is_ood for r in results])
+    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
+                                   [r.delta_energy for r in results], [r.is_ood for r in results])
     state.log_fields.update({"images": len(results), "batch_sizes": [r.batch_size for r in rows],
                              "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results]})
     return ClassifyResponse(

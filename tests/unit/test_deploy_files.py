@@ -330,7 +330,7 @@ def test_dashboard_covers_the_required_views() -> None:
     exprs = " ".join(t["expr"] for p in dashboard()["panels"] for t in p["targets"])
     for needed in ("deltagate_http_requests_total", "deltagate_http_request_duration_seconds_bucket",
                    "deltagate_batch_size_images", "deltagate_queue_depth_images", "deltagate_ood_flags_total",
-                   "deltagate_delta_energy_bucket"):
+                   "deltagate_gate_score_bucket"):
         assert needed in exprs
     for quantile in ("0.5", "0.95", "0.99"):
         assert f"histogram_quantile({quantile}, sum by (le) (rate(deltagate_http_request_duration" in exprs

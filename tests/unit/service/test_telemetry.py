@@ -1,4 +1,4 @@
-"""JSON log lines and the ΔEnergy histogram bounds."""
+"""JSON log lines and the gate score histogram bounds."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.engines.dummy import dummy_bundle
-from service.telemetry import JsonFormatter, delta_energy_buckets
+from service.telemetry import JsonFormatter, gate_score_buckets
 
 pytestmark = pytest.mark.unit
 
@@ -24,11 +24,11 @@ def test_json_formatter_writes_one_object_with_fields() -> None:
     assert entry["is_ood"] == [True]
 
 
-def test_delta_energy_buckets_hold_the_threshold_and_calibration_quantiles() -> None:
+def test_gate_score_buckets_hold_the_threshold_and_calibration_quantiles() -> None:
     manifest = dummy_bundle(4).manifest
     calib = manifest.calibration
     assert calib is not None
-    buckets = delta_energy_buckets(manifest)
+    buckets = gate_score_buckets(manifest)
     assert buckets == sorted(set(buckets))
     assert round(calib.threshold, 6) in buckets
     median = float(np.interp(0.5, calib.quantile_levels, calib.quantile_values))
@@ -40,3 +40,27 @@ def test_multiprocess_metrics_refuse_a_process_without_the_env_variable(tmp_path
 
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         ServiceMetrics(8, multiprocess_dir=tmp_path)  # this test process imported prometheus_client without it
+
+
+def test_the_gate_histogram_observes_the_bundles_gate_score_not_always_delta_energy() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from models.calibration import CalibrationRecord
+    from service.telemetry import DELTA_ENERGY_GRID, ServiceMetrics
+
+    manifest = dummy_bundle(2).manifest.model_copy(update={
+        "calibration": CalibrationRecord.from_scores(np.linspace(10.0, 20.0, 101), score="max_logit")})
+    metrics = ServiceMetrics(8)
+    metrics.bind_model(manifest, {"engine": "dummy"})
+    metrics.observe_images(["class_0", "class_1"], gate_scores=[15.0, 30.0], delta_energies=[0.2, 3.0],
+                           is_ood=[False, False])
+    buckets: dict[str, dict[float, float]] = {"deltagate_gate_score": {}, "deltagate_delta_energy": {}}
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for s in family.samples:
+            if s.name.removesuffix("_bucket") in buckets and s.name.endswith("_bucket"):
+                buckets[s.name.removesuffix("_bucket")][float(s.labels["le"])] = s.value
+    gate, de = buckets["deltagate_gate_score"], buckets["deltagate_delta_energy"]
+    assert manifest.calibration is not None and round(manifest.calibration.threshold, 6) in gate
+    assert gate[20.0] == 1.0 and gate[float("inf")] == 2.0  # 15 and 30: the gate scores, not ΔEnergy
+    assert sorted(de) == [*DELTA_ENERGY_GRID, float("inf")]  # no max_logit calibration bounds on ΔEnergy
+    assert de[0.5] == 1.0 and de[5.0] == 2.0
