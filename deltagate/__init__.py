@@ -1,3 +1,5 @@
 """deltagate: the command-line entry point that ties ``models`` and ``service`` together."""
 
-__version__ = "0.1.0"
+from models.version import DELTAGATE_VERSION as __version__
+
+__all__ = ["__version__"]

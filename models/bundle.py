@@ -31,6 +31,7 @@ from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
 from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams
+from models.version import DELTAGATE_VERSION
 
 if TYPE_CHECKING:  # torch and open_clip load only when a torch model is built: ONNX serving needs neither
     import torch
@@ -140,7 +141,7 @@ class BundleManifest(BaseModel):
     name: str  # model name shown to clients
     version: str  # model version shown to clients
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
-    deltagate_version: str = "0.1.0"
+    deltagate_version: str = Field(default_factory=lambda: DELTAGATE_VERSION)  # the deltagate that wrote it
     architecture: ArchitectureInfo
     preprocess: PreprocessConfig
     classes: list[str] = Field(min_length=1)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from models.version import DELTAGATE_VERSION
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.openapi import install_openapi
@@ -56,7 +57,7 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
         runtime.metrics.close()
 
-    app = FastAPI(title="deltagate", version="0.1.0", description=_DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(title="deltagate", version=DELTAGATE_VERSION, description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.begin_drain = begin_drain

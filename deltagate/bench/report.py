@@ -7,10 +7,11 @@ import platform
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+from models.version import package_version
 
 __all__ = ["LatencyStats", "latency_stats", "machine_info", "format_table"]
 
@@ -47,13 +48,6 @@ def latency_stats(seconds: Sequence[float]) -> LatencyStats:
                         round(float(ms.max()), 2))
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine_info() -> dict[str, Any]:
     """Facts that make a benchmark number comparable: CPUs, load, platform, package versions."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -64,7 +58,7 @@ def machine_info() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "python": sys.version.split()[0],
-        "versions": {p: _version(p) for p in _PACKAGES},
+        "versions": {p: package_version(p) for p in _PACKAGES},
     }
     try:
         import torch
