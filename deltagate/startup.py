@@ -29,6 +29,7 @@ import numpy as np
 from PIL import Image
 
 from deltagate.server_process import LOCALHOST, ServerProcess, serve_cli_argv
+from models.markdown import markdown_table
 
 __all__ = ["Config", "Sample", "measure", "main"]
 
@@ -91,15 +92,15 @@ def measure(config: Config, port: int, timeout_s: float = 300.0) -> Sample:
 
 def table(results: dict[str, list[Sample]]) -> str:
     """Markdown table of medians."""
-    rows = ["| configuration | rounds | ready (s) | RSS after ready + 1 request (MiB) | peak RSS (MiB) "
-            "| torch loaded |", "|---|---|---|---|---|---|"]
+    rows = []
     for label, samples in results.items():
         med = {f: statistics.median(getattr(s, f) for s in samples) for f in ("ready_s", "rss_mib", "peak_mib")}
         loaded = {s.torch_loaded for s in samples}
         torch = "yes" if loaded == {True} else "no" if loaded == {False} else "mixed"
-        rows.append(f"| {label} | {len(samples)} | {med['ready_s']:.2f} | {med['rss_mib']:.0f} | "
-                    f"{med['peak_mib']:.0f} | {torch} |")
-    return "\n".join(rows)
+        rows.append([label, len(samples), f"{med['ready_s']:.2f}", f"{med['rss_mib']:.0f}", f"{med['peak_mib']:.0f}",
+                     torch])
+    return markdown_table(["configuration", "rounds", "ready (s)", "RSS after ready + 1 request (MiB)",
+                           "peak RSS (MiB)", "torch loaded"], rows)
 
 
 def main(argv: list[str] | None = None) -> None:

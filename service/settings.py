@@ -189,9 +189,11 @@ def settings_table() -> str:
 
     Generated from ``Settings.model_fields``, so the docs cannot drift: a test compares the two.
     """
-    lines = ["| env variable | default | meaning |", "| --- | --- | --- |"]
+    from models.markdown import markdown_table
+
+    rows = []
     for name, field in Settings.model_fields.items():
         value = field.default
         default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        lines.append(f"| `DELTAGATE_{name.upper()}` | {default} | {field.description or ''} |")
-    return "\n".join(lines)
+        rows.append([f"`DELTAGATE_{name.upper()}`", default, field.description or ""])
+    return markdown_table(["env variable", "default", "meaning"], rows)

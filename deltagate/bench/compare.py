@@ -48,6 +48,7 @@ from deltagate.bench.http import (
 from deltagate.bench.peers import PEERS
 from deltagate.bench.report import latency_stats, machine_info
 from deltagate.server_process import ServerProcess, deltagate_server
+from models.markdown import markdown_table
 from models.preprocess import decode_image, preprocess_image
 from service.runtime import LoadedModel
 from service.settings import Settings
@@ -508,10 +509,7 @@ def _cell(v: Any) -> str:
 
 
 def _table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    from tabulate import tabulate
-
-    return str(tabulate([[_cell(r.get(c)) for c in columns] for r in rows], headers=list(columns),
-                        tablefmt="github", disable_numparse=True))
+    return markdown_table(columns, [[_cell(r.get(c)) for c in columns] for r in rows])
 
 
 def markdown_report(report: dict[str, Any]) -> str:

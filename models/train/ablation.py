@@ -24,9 +24,9 @@ import torch
 from tqdm import tqdm
 
 from models.clip_loading import LoadedClip
+from models.markdown import markdown_table
 from models.train.data.folders import TaskData
 from models.train.features import FeatureCache
-from models.train.report import markdown_table
 from models.train.selection import (
     Candidate,
     FoldLogits,

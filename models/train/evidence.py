@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from models.clip_loading import LoadedClip
+from models.markdown import markdown_table
 from models.prompt_learner import zero_shot_class_embeddings
 from models.scores import ScoreParams
 from models.scoring_module import ScoringModule
@@ -38,7 +39,6 @@ from models.train.data.folders import TaskData, few_shot
 from models.train.evaluate import MethodEval, evaluate_logits, task_logits
 from models.train.features import FeatureCache
 from models.train.metrics import correct
-from models.train.report import markdown_table
 from models.train.selection import (
     Selection,
     hocv_logits,

@@ -7,16 +7,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from tabulate import tabulate
-
+from models.markdown import markdown_table
 from models.train.evaluate import MethodEval
 
-__all__ = ["markdown_table", "score_label", "evaluation_json", "evaluation_markdown", "write_evaluation"]
-
-
-def markdown_table(headers: Sequence[Any], rows: Sequence[Sequence[Any]]) -> str:
-    """A GitHub-flavoured Markdown table (tabulate), cells as given (format numbers before)."""
-    return str(tabulate([list(r) for r in rows], headers=list(headers), tablefmt="github", disable_numparse=True))
+__all__ = ["score_label", "evaluation_json", "evaluation_markdown", "write_evaluation"]
 
 
 def score_label(key: str, summary: Mapping[str, Any]) -> str:
