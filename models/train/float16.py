@@ -228,7 +228,8 @@ def float16_bundle(bundle_dir: str | Path, *, data: Path | None = None, images: 
     graph = convert_float16(bundle.onnx_path, dst)
     parity = graph_parity(bundle, dst, "fp16", images, batch_size, bundle.manifest.calibration,
                           FP16_DISABLED_OPTIMIZERS)
-    refit = variant_threshold(bundle, dst, images, batch_size, FP16_DISABLED_OPTIMIZERS)
+    refit = None if images.id_val is None else variant_threshold(bundle, dst, images, batch_size,
+                                                                 FP16_DISABLED_OPTIMIZERS)
     info = Fp16Info(features=graph.features, float32_nodes=graph.float32_nodes, parity=parity,
                     refit_threshold=refit.threshold if refit else None)
     logger.info("fp16 parity: label agreement %.4f, max |ΔE diff| %.3g, gate flips %s", parity.label_agreement,
