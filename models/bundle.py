@@ -115,7 +115,7 @@ class GraphParity(BaseModel):
     label_agreement: float  # share of images with the same argmax class
     max_abs_delta_energy_diff: float  # worst |ΔEnergy_variant - ΔEnergy_fp32|
     mean_abs_delta_energy_diff: float
-    gate_flips: int | None = None  # images whose OOD decision differs, each graph at its threshold (None: none)
+    gate_flips: int | None = None  # images whose OOD decision differs, each graph at its threshold (None: none given)
     thresholds: dict[str, float] = Field(default_factory=dict)  # tag -> the threshold gate_flips used
     id_accuracy: dict[str, float] = Field(default_factory=dict)  # tag -> accuracy on ID test (empty: no labels)
     near_ood_auroc: dict[str, float] = Field(default_factory=dict)  # tag -> ΔEnergy AUROC, ID test vs near OOD
