@@ -141,7 +141,11 @@ def test_a_graph_without_module_scopes_is_refused(tiny_bundle: Path, tmp_path: P
     assert not (tmp_path / "bare.fp16.onnx").exists()
 
 
-def test_onnx_fp16_gives_the_labels_of_onnx(fp16_bundle: tuple[Path, Path], tiny_bundle: Path) -> None:
+def test_onnx_fp16_gives_the_labels_of_onnx(fp16_bundle: tuple[Path, Path], tiny_bundle: Path,
+                                            caplog: pytest.LogCaptureFixture) -> None:
+    from service.engines import onnx_fp16
+
+    onnx_fp16._warn_cpu.cache_clear()  # the warning is once per process
     bundle = load_bundle(fp16_bundle[0])
     pixels = preprocess_batch(parity_images(16, seed=2), bundle.manifest.preprocess)  # (16, 3, H, W)
     outputs, facts = {}, {}
@@ -156,6 +160,7 @@ def test_onnx_fp16_gives_the_labels_of_onnx(fp16_bundle: tuple[Path, Path], tiny
     np.testing.assert_allclose(half["delta_energy"], ref["delta_energy"], atol=0.05)
     assert facts["onnx-fp16"]["precision"] == "float16" and facts["onnx"]["precision"] == "float32"
     assert facts["onnx-fp16"]["device"] == "cpu" and facts["onnx-fp16"]["providers"] == "CPUExecutionProvider"
+    assert [r.message for r in caplog.records if "parity checks, not speed" in r.message]
     with pytest.raises(EngineError, match="device=cuda"):  # no CUDA provider here: refused, not run on the CPU
         create_engine("onnx-fp16", bundle, "cuda").load()
     with pytest.raises(BundleError, match="no fp16 graph"):
