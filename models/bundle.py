@@ -7,6 +7,7 @@ Layout::
       weights.safetensors   the scoring module's state dict (vision tower + class embeddings)
       model.onnx            the scoring module exported to ONNX (optional but usual)
       model.int8.onnx       an int8 quantization of model.onnx (optional; ``deltagate export --quantize int8``)
+      model.fp16.onnx       a float16 conversion of model.onnx (optional; ``deltagate export --quantize fp16``)
 
 Like open_clip shipping its config beside its weights and timm carrying its eval preprocessing,
 the manifest holds every number needed to use the weights: architecture config, preprocessing,
@@ -23,9 +24,9 @@ import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from models.calibration import CalibrationRecord
 from models.errors import BundleError
@@ -44,11 +45,14 @@ __all__ = [
     "WEIGHTS_FILE",
     "ONNX_FILE",
     "INT8_ONNX_FILE",
+    "FP16_ONNX_FILE",
+    "FP16_DISABLED_OPTIMIZERS",
     "BundleError",
     "ArchitectureInfo",
     "OnnxInfo",
-    "Int8Parity",
+    "GraphParity",
     "Int8Info",
+    "Fp16Info",
     "FileEntry",
     "BundleManifest",
     "Bundle",
@@ -66,6 +70,12 @@ MANIFEST_FILE = "manifest.json"
 WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
+FP16_ONNX_FILE = "model.fp16.onnx"
+# ONNX Runtime sessions of the float16 graph run without these graph optimizers. On x86-64 CPUs the NCHWc layout
+# pass dereferences a null kernel on the Cast(float16 -> float32) that ONNX Runtime inserts before a MatMul without
+# a float16 CPU kernel (microsoft/onnxruntime#28392): a float16 ViT crashes session creation (ORT 1.32). The pass
+# only re-lays convolutions for the CPU provider.
+FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
 
 class ArchitectureInfo(BaseModel):
@@ -92,21 +102,40 @@ class OnnxInfo(BaseModel):
     parity_batch_sizes: list[int]
 
 
-class Int8Parity(BaseModel):
-    """The int8 graph against the float32 graph on the same preprocessed images (ONNX Runtime, CPU)."""
+class GraphParity(BaseModel):
+    """A reduced-precision graph (int8, float16) against the float32 graph on the same preprocessed images.
+
+    Per-graph numbers are keyed by the graph's tag: ``"fp32"`` and ``"int8"`` or ``"fp16"``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     data: str  # which images, e.g. "id_test + ood/* of DATA" or "synthetic drawings"
     images: int  # images both graphs ran on
+    provider: str = "CPUExecutionProvider"  # the ONNX Runtime provider both graphs ran on
     label_agreement: float  # share of images with the same argmax class
-    max_abs_delta_energy_diff: float  # worst |ΔEnergy_int8 - ΔEnergy_fp32|
+    max_abs_delta_energy_diff: float  # worst |ΔEnergy_variant - ΔEnergy_fp32|
     mean_abs_delta_energy_diff: float
-    id_accuracy_fp32: float | None = None  # on ID test (None: no labelled data given)
-    id_accuracy_int8: float | None = None
-    near_ood_auroc_fp32: float | None = None  # ΔEnergy, ID test vs the near-OOD set
-    near_ood_auroc_int8: float | None = None
+    gate_flips: int | None = None  # images whose OOD decision differs, each graph at its threshold (None: none given)
+    thresholds: dict[str, float] = Field(default_factory=dict)  # tag -> the threshold gate_flips used
+    id_accuracy: dict[str, float] = Field(default_factory=dict)  # tag -> accuracy on ID test (empty: no labels)
+    near_ood_auroc: dict[str, float] = Field(default_factory=dict)  # tag -> ΔEnergy AUROC, ID test vs near OOD
     ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {"fp32": a, "int8": b}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _read_int8_fields(cls, data: Any) -> Any:
+        """Manifests written before the record was shared by int8 and float16 named these per-graph fields
+        ``id_accuracy_fp32``, ``id_accuracy_int8``, ``near_ood_auroc_fp32``, ``near_ood_auroc_int8``."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        for field in ("id_accuracy", "near_ood_auroc"):
+            for tag in ("fp32", "int8"):
+                value = data.pop(f"{field}_{tag}", None)
+                if value is not None:
+                    data.setdefault(field, {})[tag] = value
+        return data
 
 
 class Int8Info(BaseModel):
@@ -119,8 +148,26 @@ class Int8Info(BaseModel):
     weight_type: str = "QInt8"
     per_channel: bool
     calibration_images: int = 0  # activation-range images of static quantization (ID val)
-    parity: Int8Parity
+    parity: GraphParity
     calibration: CalibrationRecord | None = None  # the int8 graph's ΔEnergy threshold (its own ID val scores)
+
+
+class Fp16Info(BaseModel):
+    """The bundle's float16 graph (for ONNX Runtime's CUDA provider): float16 vision tower, float32 scores.
+
+    It is served with the float32 threshold: its ΔEnergy moves too little to need its own (docs/bundle.md has the
+    measurement). ``parity.gate_flips`` counts the decisions that change at that threshold, and
+    ``refit_threshold`` says where a threshold fitted on its own ID val scores would lie.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    file: str = FP16_ONNX_FILE
+    converter: str = "onnxruntime.transformers.float16.convert_float_to_float16"
+    features: list[str]  # the tower's output tensors: float16 up to them, float32 from them on
+    float32_nodes: int  # nodes of the scoring head kept in float32 (normalisation, logits, scores)
+    parity: GraphParity
+    refit_threshold: float | None = None  # fitted on its own ID val scores, for comparison only (None: no ID val)
 
 
 class FileEntry(BaseModel):
@@ -152,6 +199,7 @@ class BundleManifest(BaseModel):
     evaluation: dict[str, Any] | None = None  # summary written by `deltagate evaluate`
     onnx: OnnxInfo | None = None
     int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
+    fp16: Fp16Info | None = None  # the float16 graph, when exported with --quantize fp16
     files: dict[str, FileEntry]
 
 
@@ -223,18 +271,24 @@ class Bundle:
             raise BundleError(f"{self.path}: bundle has no {ONNX_FILE} (export it with `deltagate export`)")
         return self.path / ONNX_FILE
 
-    def _int8_info(self) -> Int8Info:
-        info = self.manifest.int8
+    @overload
+    def _graph_info(self, tag: Literal["int8"]) -> Int8Info: ...
+
+    @overload
+    def _graph_info(self, tag: Literal["fp16"]) -> Fp16Info: ...
+
+    def _graph_info(self, tag: Literal["int8", "fp16"]) -> Int8Info | Fp16Info:
+        info: Int8Info | Fp16Info | None = getattr(self.manifest, tag)
         if info is None or info.file not in self.manifest.files:
             raise BundleError(
-                f"{self.path}: bundle has no int8 graph (export it with `deltagate export --quantize int8`)"
+                f"{self.path}: bundle has no {tag} graph (export it with `deltagate export --quantize {tag}`)"
             )
         return info
 
     @property
     def int8_path(self) -> Path:
         """Path of the int8 ONNX file. Raises BundleError if the bundle has none."""
-        return self.path / self._int8_info().file
+        return self.path / self._graph_info("int8").file
 
     def int8_variant(self) -> Bundle:
         """This bundle as served by its int8 graph: ``onnx_path`` is the int8 file, and the manifest's
@@ -243,10 +297,19 @@ class Bundle:
         Raises:
             BundleError: no int8 graph, or it has no calibrated threshold.
         """
-        info = self._int8_info()
+        info = self._graph_info("int8")
         if info.calibration is None:
             raise BundleError(f"{self.path}: the int8 graph has no calibrated threshold (quantize with ID val data)")
-        return _Int8Bundle(self.path, self.manifest.model_copy(update={"calibration": info.calibration}))
+        return _GraphBundle(self.path, self.manifest.model_copy(update={"calibration": info.calibration}), info.file)
+
+    def fp16_variant(self) -> Bundle:
+        """This bundle as served by its float16 graph: ``onnx_path`` is the float16 file, with the float32
+        threshold (see :class:`Fp16Info`).
+
+        Raises:
+            BundleError: no float16 graph.
+        """
+        return _GraphBundle(self.path, self.manifest, self._graph_info("fp16").file)
 
     @property
     def has_onnx(self) -> bool:
@@ -275,12 +338,14 @@ class Bundle:
 
 
 @dataclass
-class _Int8Bundle(Bundle):
-    """See :meth:`Bundle.int8_variant`."""
+class _GraphBundle(Bundle):
+    """The bundle served by another of its graphs (:meth:`Bundle.int8_variant`, :meth:`Bundle.fp16_variant`)."""
+
+    graph_file: str
 
     @property
     def onnx_path(self) -> Path:
-        return self.int8_path
+        return self.path / self.graph_file
 
 
 def _read_manifest(path: Path) -> BundleManifest:
@@ -337,7 +402,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 def _file_entries(path: Path) -> dict[str, FileEntry]:
     return {
         f: FileEntry(sha256=sha256_file(path / f), size=(path / f).stat().st_size)
-        for f in (WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE)
+        for f in (WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE, FP16_ONNX_FILE)
         if (path / f).is_file()
     }
 

@@ -17,7 +17,7 @@ from service.cpu_budget import cpu_budget
 
 __all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
 
-EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy"]
+EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy", "onnx-fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
 
 
@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field(
         "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
-        "onnx, onnx-int8 (the bundle's int8 graph) or dummy (tests)."
+        "onnx, onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
     )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "

@@ -2,10 +2,13 @@
 
 One run on a lent GPU answers the issue's "measure on a lent GPU" list (docs/gpu.md):
 
-- a random-weight ViT-B/16 bundle (:func:`make_gpu_bundle`; weights only, no ONNX: the GPU machine has
-  no onnxruntime-gpu and the ONNX export of a ViT-B/16 takes minutes of CPU);
+- a random-weight ViT-B/16 bundle (:func:`deltagate.bench.bundle.make_bench_bundle`; weights only, no ONNX,
+  unless ONNX Runtime has its CUDA provider: the GPU machine has no onnxruntime-gpu, and the ONNX export of a
+  ViT-B/16 takes minutes of CPU);
 - float16 on CUDA vs float32 on the CPU: label agreement and max |ΔEnergy| difference (:func:`fp16_parity`);
-- raw engine images/s at batch 1...256, eager and with CUDA graphs (:func:`engine_sweep`);
+- raw engine images/s at batch 1...256, eager and with CUDA graphs (:func:`engine_sweep`), and the onnx-fp16
+  engine (the float16 ONNX graph) where ONNX Runtime has its CUDA provider (:func:`onnx_fp16_phase`; otherwise
+  the report says why it was skipped);
 - the service at saturation and at concurrency 1 for a small JPEG and a 12 MP JPEG (decoded on the GPU),
   each compared with the raw engine measured just before and after it in the same run
   (:func:`service_phase`), against :data:`GPU_TARGETS`;
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import io
 import logging
 import multiprocessing
+import shutil
 import statistics
 import threading
 import time
@@ -41,11 +46,12 @@ from deltagate.bench.http import batch_counters, run_load, synthetic_png
 from deltagate.bench.report import machine_info
 from deltagate.bench.runs import write_report
 from deltagate.server_process import deltagate_server
+from models.bundle import ONNX_FILE, load_bundle
 from service.runtime import LoadedModel
 from service.settings import Settings
 
-__all__ = ["GPU_TARGETS", "GpuSampler", "gpu_info", "make_gpu_bundle", "fp16_parity", "engine_sweep",
-           "service_phase", "verdict", "gpu_report", "main"]
+__all__ = ["GPU_TARGETS", "GpuSampler", "gpu_info", "fp16_parity", "engine_sweep", "onnx_cuda_missing",
+           "onnx_fp16_phase", "service_phase", "verdict", "gpu_report", "main"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +62,7 @@ GPU_TARGETS = {
     "max_c1_overhead_ms": 3.0,  # concurrency 1: service p50 <= raw batch-1 forward p50 + 3 ms
 }
 SWEEP_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+ONNX_CUDA_EP = "CUDAExecutionProvider"
 DEFAULT_BUNDLE = Path("bundles/default")  # committed, so it travels to the device machine
 
 
@@ -146,36 +153,6 @@ class GpuSampler:
 
 
 # --- model ------------------------------------------------------------------------------------------
-def make_gpu_bundle(out: Path, model: str = "ViT-B-16", seed: int = 0) -> Path:
-    """A random-weight bundle of ``model``: weights only, bench-only threshold on 64 drawings.
-
-    The threshold does not change what a request costs; with random weights there is no ID data to
-    calibrate on, so it is fitted on the module's own ΔEnergy of synthetic drawings (as speed-bench's
-    bench bundle, whose ONNX and int8 exports this one skips).
-    """
-    from models.bundle import ArchitectureInfo
-    from models.calibration import CalibrationRecord
-    from models.clip_loading import load_clip
-    from models.preprocess import preprocess_batch
-    from models.train.export import ExportConfig, export_bundle, parity_images, scoring_module_from_clip
-
-    torch.manual_seed(seed)
-    loaded = load_clip(model, "none")
-    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-    module = scoring_module_from_clip(loaded, classes, templates=("a photo of a {}.",))
-    drawings = preprocess_batch(parity_images(64, seed=1), loaded.preprocess)  # (64, 3, H, W)
-    with torch.no_grad():
-        scores = module(torch.from_numpy(drawings))[2].numpy()  # (64,) ΔEnergy
-    export_bundle(
-        out, module, name=f"gpu-bench-{model.lower()}-random", version="0", classes=classes,
-        preprocess=loaded.preprocess, prompt={"method": "zero-shot", "weights": "random (benchmark only)"},
-        architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=None),
-        config=ExportConfig(onnx=False),
-        calibration=CalibrationRecord.from_scores(scores, split="bench-only: 64 synthetic drawings"),
-    )
-    return out
-
-
 def fp16_parity(bundle: Path, device: str, n: int = 64) -> dict[str, Any]:
     """The torch engine on ``device`` (float16 on CUDA) against float32 on the CPU, on ``n`` drawings."""
     from models.preprocess import preprocess_batch
@@ -194,6 +171,71 @@ def fp16_parity(bundle: Path, device: str, n: int = 64) -> dict[str, Any]:
 
 
 # --- raw engine -------------------------------------------------------------------------------------
+def onnx_cuda_missing() -> str | None:
+    """Why the onnx-fp16 engine cannot run on CUDA here, or None when ONNX Runtime has its CUDA provider."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return "onnxruntime is not installed"
+    available = ort.get_available_providers()
+    if ONNX_CUDA_EP in available:
+        return None
+    return (f"onnxruntime {ort.__version__} has no {ONNX_CUDA_EP} (available: {', '.join(available)}): "
+            "the float16 ONNX graph needs onnxruntime-gpu")
+
+
+def _fp16_blocker(device: str, bundle: Path | None) -> str | None:
+    """Why the onnx-fp16 phase cannot run on ``device`` with ``bundle`` (None: a bundle still to be built), or None.
+
+    Beside the CUDA provider, a bundle without a float16 graph needs model.onnx and the packages that export
+    and convert it (the GPU machine has neither onnx nor onnxscript).
+    """
+    if device == "cuda" and (missing := onnx_cuda_missing()) is not None:
+        return missing
+    manifest = load_bundle(bundle, verify=False).manifest if bundle is not None else None
+    if manifest is not None and manifest.fp16 is not None:
+        return None
+    if manifest is not None and ONNX_FILE not in manifest.files:
+        return f"{bundle} has no model.onnx to convert"
+    absent = [name for name in ("onnx", "onnxscript") if importlib.util.find_spec(name) is None]
+    return f"the float16 graph needs {' and '.join(absent)}, not installed here" if absent else None
+
+
+def _with_fp16_graph(bundle: Path, work: Path) -> Path:
+    """``bundle`` if it has a float16 graph, else a copy of it with one."""
+    if load_bundle(bundle, verify=False).manifest.fp16 is not None:
+        return bundle
+    from models.train.float16 import float16_bundle
+
+    copy = work / "fp16-bundle"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(bundle, copy)
+    float16_bundle(copy)  # parity record on 64 drawings
+    return copy
+
+
+def onnx_fp16_phase(bundle: Path, plan: Plan, image: bytes, work: Path) -> dict[str, Any]:
+    """Raw onnx-fp16 engine images/s by batch size on ``plan.device``, or ``{"skipped": why}``.
+
+    On CUDA it needs ONNX Runtime's CUDA provider; the CPU dry run converts and runs it on the CPU, to check
+    that the phase works.
+    """
+    reason = _fp16_blocker(plan.device, bundle)
+    if reason is not None:
+        logger.warning("engine onnx-fp16 skipped: %s", reason)
+        return {"skipped": reason}
+    fp16 = _with_fp16_graph(bundle, work)
+    model = load_engine(fp16, "onnx-fp16", plan.device)  # type: ignore[arg-type]
+    try:
+        facts = model.engine.describe()
+        manifest_fp16 = model.manifest.fp16
+        parity = manifest_fp16.parity.model_dump(mode="json") if manifest_fp16 is not None else None
+        return {"bundle": str(fp16), "engine": facts, "parity": parity,
+                "rows": engine_sweep(model, image, plan.sweep_sizes, plan.sweep_seconds)}
+    finally:
+        model.engine.close()
+
+
 def _graphs(model: LoadedModel, sizes: Sequence[int]) -> bool:
     """Turn on CUDA graphs for ``sizes`` where the engine supports them (torch on CUDA); whether it did."""
     enable = getattr(model.engine, "enable_cuda_graphs", None)
@@ -346,8 +388,11 @@ def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | N
         write_report(report, out / "gpu.json")
 
     if bundle is None:
+        from deltagate.bench.bundle import make_bench_bundle
+
         start = time.monotonic()
-        bundle = make_gpu_bundle((work or out) / "bundle", plan.model)
+        onnx = _fp16_blocker(plan.device, None) is None  # the ONNX export only where onnx-fp16 can run
+        bundle = make_bench_bundle((work or out) / "bundle", plan.model, onnx=onnx, int8=False, fp16=onnx).path
         report["bundle_build_s"] = round(time.monotonic() - start, 1)
     report["bundle"] = str(bundle)
     small, photo = jpeg(320, 240), jpeg(*plan.photo_size)
@@ -370,6 +415,9 @@ def gpu_report(out: Path, plan: Plan, bundle: Path | None = None, work: Path | N
         report["cuda_graphs"] = _graphs(raw, plan.sweep_sizes)
         if report["cuda_graphs"] and due("engine_cuda_graphs"):
             report["engine_cuda_graphs"] = engine_sweep(raw, small, plan.sweep_sizes, plan.sweep_seconds)
+            save()
+        if due("engine_onnx_fp16"):
+            report["engine_onnx_fp16"] = onnx_fp16_phase(bundle, plan, small, work or out)
             save()
         base = Settings(bundle_path=bundle, engine="torch", device=plan.device,
                         max_batch_size=plan.max_batch_size, max_queue_size=max(1024, 2 * max(plan.concurrency)),

@@ -23,7 +23,10 @@ WHEELS=(
   uvicorn==0.54.0 wcwidth==0.9.4
 )
 # onnxruntime-gpu is not carried: its wheel (~250 MB with the CUDA provider) is over the 64 MiB the
-# device tool carries, so the ONNX CUDA path is not measured by this run.
+# device tool carries, so the ONNX CUDA path is not measured by this run: gpu.json's engine_onnx_fp16
+# says {"skipped": "... has no CUDAExecutionProvider ..."}, and the bundle is built without ONNX (nor
+# the onnx/onnxscript packages, which are not carried either). Where onnxruntime-gpu is installed, the
+# same run exports the float16 graph and measures the onnx-fp16 engine beside the torch engine.
 
 if [[ "${1:-}" == "fetch" ]]; then
   mkdir -p .whl

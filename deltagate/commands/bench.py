@@ -148,11 +148,12 @@ def bundle(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     model: Annotated[str, typer.Option(help="open_clip architecture (random weights).")] = "ViT-B-32",
     int8: Annotated[bool, typer.Option(help="Also write the int8 graph.")] = True,
+    fp16: Annotated[bool, typer.Option(help="Also write the float16 graph (engine onnx-fp16, for CUDA).")] = False,
 ) -> None:
-    """A random-weight bundle for benchmarks: export, bench-only thresholds, int8 graph."""
+    """A random-weight bundle for benchmarks: export, bench-only thresholds, int8 (and float16) graph."""
     from deltagate.bench.bundle import make_bench_bundle
 
-    made = make_bench_bundle(out, model, int8)
+    made = make_bench_bundle(out, model, int8=int8, fp16=fp16)
     files = ", ".join(f"{k} ({v.size / 1e6:.1f} MB)" for k, v in made.manifest.files.items())
     typer.echo(f"wrote bench bundle {made.path}: {files}")
 

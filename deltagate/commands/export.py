@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,7 +43,10 @@ def export(
     temperature: Annotated[float, typer.Option(help="Energy temperature T.")] = 1.0,
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for random initialisation.")] = 0,
-    quantize: Annotated[str | None, typer.Option(help="Also write an int8 graph: 'int8' (needs --onnx).")] = None,
+    quantize: Annotated[
+        list[str] | None,
+        typer.Option(help="Also write a reduced-precision graph of model.onnx: int8 or fp16 (repeat for both)."),
+    ] = None,
     quantize_method: QuantizeMethodOpt = "dynamic",
     data: DataOpt = None,
 ) -> None:
@@ -57,7 +60,8 @@ def export(
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
-    _check_quantize(quantize, onnx, quantize_method)
+    precisions = list(dict.fromkeys(quantize or []))  # each once, in the order given
+    _check_quantize(precisions, onnx, quantize_method)
     if arch_config is not None:
         register_architecture(arch_config)
     torch.manual_seed(seed)
@@ -75,8 +79,8 @@ def export(
     if bundle.manifest.onnx is not None:
         worst = max(bundle.manifest.onnx.parity_max_abs_diff.values())
         typer.echo(f"ONNX parity: max |onnx - torch| = {worst:.2g} (atol {bundle.manifest.onnx.parity_atol})")
-    if quantize:
-        _quantize(out, quantize_method, data)
+    for precision in precisions:
+        _quantize(out, precision, quantize_method, data)
 
 
 QuantizeMethodOpt = Annotated[
@@ -84,44 +88,64 @@ QuantizeMethodOpt = Annotated[
 ]
 DataOpt = Annotated[
     Path | None,
-    typer.Option(help="Evaluation data root (ROOT/id/{val,test}, ROOT/ood/*): int8 parity and threshold."),
+    typer.Option(help="Evaluation data root (ROOT/id/{val,test}, ROOT/ood/*): parity on it, int8 threshold on ID val."),
 ]
 QUANTIZE_METHODS = ("dynamic", "static")
+PRECISIONS = ("int8", "fp16")  # model.int8.onnx (engine onnx-int8), model.fp16.onnx (engine onnx-fp16)
 
 
-def _check_quantize(quantize: str | None, onnx: bool, method: str) -> None:
-    if quantize is not None and quantize != "int8":
-        raise typer.BadParameter(f"--quantize {quantize!r}: the only choice is int8")
-    if quantize and not onnx:
-        raise typer.BadParameter("--quantize int8 quantizes model.onnx: drop --no-onnx")
+def _check_quantize(precisions: list[str], onnx: bool, method: str) -> None:
+    bad = [p for p in precisions if p not in PRECISIONS]
+    if bad:
+        raise typer.BadParameter(f"{bad[0]!r}: choose {' or '.join(PRECISIONS)}")
+    if precisions and not onnx:
+        raise typer.BadParameter(f"--quantize {precisions[0]} converts model.onnx: drop --no-onnx")
     if method not in QUANTIZE_METHODS:
         raise typer.BadParameter(f"--quantize-method {method!r}: choose {' or '.join(QUANTIZE_METHODS)}")
 
 
-def _quantize(bundle_dir: Path, method: str, data: Path | None, report: Path | None = None,
+def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, report: Path | None = None,
               ctx: typer.Context | None = None) -> None:
     import json
 
     from deltagate.commands.command_line import command_line
-    from models.train.quantize import QuantizeConfig, quantize_bundle
 
-    bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
-    info = bundle.manifest.int8
+    info: Any
+    if precision == "int8":
+        from models.train.quantize import QuantizeConfig, quantize_bundle
+
+        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
+        info = bundle.manifest.int8
+    else:
+        from models.train.float16 import float16_bundle
+
+        bundle = float16_bundle(bundle_dir, data=data)
+        info = bundle.manifest.fp16
     assert info is not None
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         doc = {"command": command_line(ctx) if ctx else None, "bundle": bundle.manifest.name,
-               "int8": info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
+               precision: info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
         report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    _echo_parity(precision, info, bundle.manifest.files[info.file].size / 1e6)
+
+
+def _echo_parity(precision: str, info: Any, size_mb: float) -> None:
+    """The parity record of an int8 or fp16 graph (:class:`models.bundle.GraphParity`), as a few lines."""
     p = info.parity
-    size = bundle.manifest.files[info.file].size / 1e6
-    typer.echo(f"int8 graph {info.file} ({size:.1f} MB, {info.method}): label agreement {p.label_agreement:.4f}, "
-               f"max |ΔEnergy diff| {p.max_abs_delta_energy_diff:.3g} on {p.images} images ({p.data})")
-    if p.id_accuracy_fp32 is not None:
-        typer.echo(f"  ID accuracy {p.id_accuracy_fp32:.4f} -> {p.id_accuracy_int8:.4f}")
+    how = f", {info.method}" if precision == "int8" else ""
+    typer.echo(f"{precision} graph {info.file} ({size_mb:.1f} MB{how}): label agreement {p.label_agreement:.4f}, "
+               f"max |ΔEnergy diff| {p.max_abs_delta_energy_diff:.3g} on {p.images} images ({p.data}, {p.provider})")
+    if p.id_accuracy:
+        typer.echo(f"  ID accuracy {p.id_accuracy['fp32']:.4f} -> {p.id_accuracy[precision]:.4f}")
     for name, auroc in p.ood_auroc.items():
-        typer.echo(f"  AUROC {name}: {auroc['fp32']:.4f} -> {auroc['int8']:.4f}")
-    if info.calibration is None:
+        typer.echo(f"  AUROC {name}: {auroc['fp32']:.4f} -> {auroc[precision]:.4f}")
+    if p.gate_flips is not None:
+        typer.echo(f"  gate decisions that differ: {p.gate_flips} of {p.images} (thresholds {p.thresholds})")
+    if precision == "fp16":
+        refit = "" if info.refit_threshold is None else f"; refitted on its ID val: {info.refit_threshold:.6g}"
+        typer.echo(f"  fp16 keeps the float32 threshold{refit} (DELTAGATE_ENGINE=onnx-fp16)")
+    elif info.calibration is None:
         typer.echo("  no int8 threshold (give --data with ID val images): onnx-int8 cannot serve this bundle yet")
     else:
         typer.echo(f"  int8 threshold {info.calibration.threshold:.6g} on {info.calibration.split} "
@@ -132,9 +156,12 @@ def quantize(
     ctx: typer.Context,
     bundle: Annotated[Path, typer.Option(help="Bundle directory with model.onnx (its manifest is updated).")],
     data: DataOpt = None,
+    precision: Annotated[
+        str, typer.Option(help="int8 (model.int8.onnx, its own threshold) or fp16 (model.fp16.onnx, for CUDA).")
+    ] = "int8",
     method: QuantizeMethodOpt = "dynamic",
     report: Annotated[Path | None, typer.Option(help="Also write the parity record as JSON here.")] = None,
 ) -> None:
-    """Add an int8 graph (model.int8.onnx) to an existing bundle, with its parity record and threshold."""
-    _check_quantize("int8", True, method)
-    _quantize(bundle, method, data, report, ctx)
+    """Add an int8 or float16 graph to an existing bundle, with its parity record against model.onnx."""
+    _check_quantize([precision], True, method)
+    _quantize(bundle, precision, method, data, report, ctx)

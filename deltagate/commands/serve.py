@@ -13,7 +13,7 @@ def serve(
         Path | None, typer.Option(help="Bundle directory [env DELTAGATE_BUNDLE_PATH; default bundles/default].")
     ] = None,
     engine: Annotated[
-        str | None, typer.Option(help="auto | torch | onnx | onnx-int8 | dummy [env DELTAGATE_ENGINE].")
+        str | None, typer.Option(help="auto | torch | onnx | onnx-int8 | onnx-fp16 | dummy [env DELTAGATE_ENGINE].")
     ] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda [env DELTAGATE_DEVICE].")] = None,
     host: Annotated[str | None, typer.Option(help="Bind address [env DELTAGATE_HOST].")] = None,

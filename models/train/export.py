@@ -17,7 +17,16 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from models.bundle import INT8_ONNX_FILE, ONNX_FILE, ArchitectureInfo, Bundle, OnnxInfo, save_bundle, update_manifest
+from models.bundle import (
+    FP16_ONNX_FILE,
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    ArchitectureInfo,
+    Bundle,
+    OnnxInfo,
+    save_bundle,
+    update_manifest,
+)
 from models.clip_loading import LoadedClip
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
@@ -187,6 +196,7 @@ def export_bundle(
         raise ValueError(f"{len(classes)} class names for {module.num_classes} class embeddings")
     (out / ONNX_FILE).unlink(missing_ok=True)
     (out / INT8_ONNX_FILE).unlink(missing_ok=True)  # an int8 graph of an earlier export would be stale
+    (out / FP16_ONNX_FILE).unlink(missing_ok=True)  # so would a float16 one
     bundle = save_bundle(
         out, module, name=name, version=version, architecture=architecture, preprocess=preprocess,
         classes=list(classes), prompt=prompt or {}, **manifest_fields,

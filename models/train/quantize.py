@@ -8,6 +8,9 @@ AUROC of both graphs. The int8 graph's ΔEnergy differs from the float32 one's, 
 threshold, fitted on the ID validation split exactly as ``deltagate calibrate`` fits the float32
 threshold (:meth:`models.calibration.CalibrationRecord.from_scores`).
 
+The parity record (:func:`graph_parity`) and the threshold fit (:func:`variant_threshold`) serve every
+reduced-precision graph: the float16 graph of :mod:`models.train.float16` uses them too.
+
 Methods (ONNX Runtime's names):
 
 - ``dynamic`` (``quantize_dynamic``): int8 weights; activations quantized per batch at run time.
@@ -28,15 +31,18 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
-from models.bundle import INT8_ONNX_FILE, Bundle, Int8Info, Int8Parity, load_bundle, update_manifest
+from models.bundle import INT8_ONNX_FILE, Bundle, GraphParity, Int8Info, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
+from models.scoring_spec import gate_scores
 
-__all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "int8_parity", "quantize_bundle",
-           "eval_images_from_data"]
+__all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "graph_parity", "variant_threshold",
+           "quantize_bundle", "eval_images_from_data", "default_eval_images", "PARITY_PROVIDER"]
 
 logger = logging.getLogger(__name__)
+
+PARITY_PROVIDER = "CPUExecutionProvider"  # what every parity record runs both graphs on
 
 QuantMethod = Literal["dynamic", "static"]
 
@@ -60,7 +66,7 @@ class EvalImages:
     id_labels: np.ndarray | None  # (N,) class indices, or None for unlabelled images
     ood: dict[str, np.ndarray]  # set name -> (M, 3, H, W)
     id_val: np.ndarray | None  # (V, 3, H, W): threshold (and static calibration) images
-    val_split: str = "id_val"  # recorded as the int8 threshold's split
+    val_split: str = "id_val"  # recorded as the variant graph's threshold split
 
 
 def _index_pixels(index: Any, preprocess: PreprocessConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -104,7 +110,7 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
             f"{root}: classes {list(task.class_names)[:5]}... differ from the bundle's {list(classes)[:5]}..."
         )
     if task.val is None or task.test is None:
-        raise ValueError(f"{root}: int8 parity needs ID val (threshold) and ID test (accuracy) splits")
+        raise ValueError(f"{root}: graph parity needs ID val (threshold) and ID test (accuracy) splits")
     x_test, y_test = _index_pixels(task.test, preprocess, max_per_split)
     x_val, _ = _index_pixels(task.val, preprocess, max_per_split)
     ood = {name: _index_pixels(idx, preprocess, max_per_split)[0] for name, idx in task.ood.items()}
@@ -116,6 +122,19 @@ def _drawings(preprocess: PreprocessConfig, n: int, seed: int) -> np.ndarray:
 
     images: list[Image.Image] = parity_images(n, seed=seed)
     return preprocess_batch(images, preprocess)  # (n, 3, H, W)
+
+
+def default_eval_images(bundle: Bundle, data: Path | None, images: EvalImages | None,
+                        max_per_split: int | None) -> EvalImages:
+    """``images`` if given, else the bundle's evaluation data at ``data``, else 64 synthetic drawings (no labels,
+    no ID val: parity only, no threshold)."""
+    m = bundle.manifest
+    if images is None and data is not None:
+        images = eval_images_from_data(data, m.preprocess, m.classes, max_per_split)
+    if images is None:
+        images = EvalImages("64 synthetic drawings (models.train.export.parity_images, seed 0)",
+                            _drawings(m.preprocess, 64, 0), None, {}, None)
+    return images
 
 
 class _CalibrationReader:
@@ -163,15 +182,26 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calibration: np.nda
     )
 
 
-def graph_outputs(path: Path, pixels: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and ΔEnergy of an ONNX graph (ONNX Runtime, CPU) on preprocessed images.
+def graph_outputs(path: Path, pixels: np.ndarray, batch_size: int,
+                  disabled_optimizers: Sequence[str] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """Logits and ΔEnergy of an ONNX graph (ONNX Runtime, :data:`PARITY_PROVIDER`) on preprocessed images.
+
+    A float16 graph runs there too: where the CPU provider has no float16 kernel, ONNX Runtime inserts
+    casts to float32 around the node (the values stay rounded to float16 between nodes).
+
+    Args:
+        path: the graph.
+        pixels: (N, 3, H, W) preprocessed images.
+        batch_size: images per forward.
+        disabled_optimizers: ONNX Runtime graph optimizers the session runs without.
 
     Returns:
         (N, K) logits and (N,) ΔEnergy.
     """
     import onnxruntime as ort
 
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), providers=[PARITY_PROVIDER],
+                                   disabled_optimizers=list(disabled_optimizers))
     logits, delta = [], []
     for i in range(0, len(pixels), batch_size):
         out = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels[i:i + batch_size]}),
@@ -187,39 +217,53 @@ def _auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
     return round(ood_metrics(id_scores, ood_scores)["auroc"], 6)
 
 
-def int8_parity(fp32: Path, int8: Path, images: EvalImages, batch_size: int = 32) -> Int8Parity:
-    """Compare the two graphs on the same images: labels, ΔEnergy, ID accuracy, OOD AUROC.
+def _gate(bundle: Bundle, score: str, out: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """(N,) gate scores (the bundle's ``score``) of a graph's (logits, ΔEnergy)."""
+    m = bundle.manifest
+    return gate_scores({"logits": out[0], "delta_energy": out[1]}, score, m.logit_scale, m.scores)
+
+
+def graph_parity(bundle: Bundle, variant: Path, tag: str, images: EvalImages, batch_size: int = 32,
+                 threshold: CalibrationRecord | None = None, disabled_optimizers: Sequence[str] = ()) -> GraphParity:
+    """Compare a variant graph with the bundle's float32 graph on the same images: labels, ΔEnergy, gate
+    decisions, ID accuracy, OOD AUROC.
 
     Args:
-        fp32: the float32 graph.
-        int8: the int8 graph.
+        bundle: the bundle (its ``model.onnx`` and float32 threshold are the reference).
+        variant: the other graph.
+        tag: the variant's key in the record (``int8``, ``fp16``).
         images: what to compare on.
         batch_size: images per forward.
+        threshold: the variant's threshold; with the bundle's own, the record counts the gate decisions
+            that differ (each graph at its threshold).
+        disabled_optimizers: ONNX Runtime graph optimizers the variant's session runs without.
     """
+    tags = ("fp32", tag)
     sets = {"id_test": images.id_test, **{f"ood/{k}": v for k, v in images.ood.items()}}
-    out: dict[str, dict[str, tuple[np.ndarray, np.ndarray]]] = {"fp32": {}, "int8": {}}
-    for name, pixels in sets.items():
-        out["fp32"][name] = graph_outputs(fp32, pixels, batch_size)
-        out["int8"][name] = graph_outputs(int8, pixels, batch_size)
-    labels_f = np.concatenate([out["fp32"][n][0].argmax(-1) for n in sets])  # (N_all,)
-    labels_q = np.concatenate([out["int8"][n][0].argmax(-1) for n in sets])  # (N_all,)
-    diff = np.concatenate([np.abs(out["int8"][n][1] - out["fp32"][n][1]) for n in sets])  # (N_all,)
+    runs = {"fp32": (bundle.onnx_path, ()), tag: (variant, disabled_optimizers)}
+    out = {t: {name: graph_outputs(path, pixels, batch_size, off) for name, pixels in sets.items()}
+           for t, (path, off) in runs.items()}
+    labels = {t: np.concatenate([out[t][n][0].argmax(-1) for n in sets]) for t in tags}  # each (N_all,)
+    diff = np.concatenate([np.abs(out[tag][n][1] - out["fp32"][n][1]) for n in sets])  # (N_all,)
     fields: dict[str, Any] = {
-        "data": images.description, "images": int(len(labels_f)),
-        "label_agreement": round(float((labels_f == labels_q).mean()), 6),
+        "data": images.description, "images": int(len(diff)), "provider": PARITY_PROVIDER,
+        "label_agreement": round(float((labels["fp32"] == labels[tag]).mean()), 6),
         "max_abs_delta_energy_diff": float(diff.max()), "mean_abs_delta_energy_diff": float(diff.mean()),
     }
+    if bundle.manifest.calibration is not None and threshold is not None:
+        records = {"fp32": bundle.manifest.calibration, tag: threshold}
+        ood = {t: np.concatenate([r.is_ood(_gate(bundle, r.score, out[t][n])) for n in sets])  # each (N_all,)
+               for t, r in records.items()}
+        fields["gate_flips"] = int((ood["fp32"] != ood[tag]).sum())
+        fields["thresholds"] = {t: r.threshold for t, r in records.items()}
     if images.id_labels is not None:
-        for tag in ("fp32", "int8"):
-            pred = out[tag]["id_test"][0].argmax(-1)
-            fields[f"id_accuracy_{tag}"] = round(float((pred == images.id_labels).mean()), 6)
-    aurocs = {k: {tag: _auroc(out[tag]["id_test"][1], out[tag][f"ood/{k}"][1]) for tag in ("fp32", "int8")}
-              for k in images.ood}
+        fields["id_accuracy"] = {t: round(float((out[t]["id_test"][0].argmax(-1) == images.id_labels).mean()), 6)
+                                 for t in tags}
+    aurocs = {k: {t: _auroc(out[t]["id_test"][1], out[t][f"ood/{k}"][1]) for t in tags} for k in images.ood}
     fields["ood_auroc"] = aurocs
     if "near" in aurocs:
-        fields["near_ood_auroc_fp32"] = aurocs["near"]["fp32"]
-        fields["near_ood_auroc_int8"] = aurocs["near"]["int8"]
-    return Int8Parity(**fields)
+        fields["near_ood_auroc"] = aurocs["near"]
+    return GraphParity(**fields)
 
 
 def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | None = None,
@@ -241,17 +285,12 @@ def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *
     """
     cfg = cfg or QuantizeConfig()
     bundle = load_bundle(bundle_dir)
-    m = bundle.manifest
-    if images is None and data is not None:
-        images = eval_images_from_data(data, m.preprocess, m.classes, max_per_split)
-    if images is None:
-        images = EvalImages("64 synthetic drawings (models.train.export.parity_images, seed 0)",
-                            _drawings(m.preprocess, 64, 0), None, {}, None)
+    images = default_eval_images(bundle, data, images, max_per_split)
     dst = bundle.path / INT8_ONNX_FILE
     logger.info("quantizing %s -> %s (%s)", bundle.onnx_path, dst, cfg.method)
     quantize_onnx(bundle.onnx_path, dst, cfg, images.id_val)
-    parity = int8_parity(bundle.onnx_path, dst, images, cfg.batch_size)
-    calibration = _int8_threshold(bundle, dst, images, cfg)
+    calibration = variant_threshold(bundle, dst, images, cfg.batch_size)
+    parity = graph_parity(bundle, dst, "int8", images, cfg.batch_size, calibration)
     info = Int8Info(method=cfg.method, per_channel=cfg.per_channel, parity=parity, calibration=calibration,
                     calibration_images=min(cfg.calibration_images, len(images.id_val))
                     if cfg.method == "static" and images.id_val is not None else 0)
@@ -260,12 +299,16 @@ def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *
     return update_manifest(bundle.path, int8=info)
 
 
-def _int8_threshold(bundle: Bundle, int8: Path, images: EvalImages, cfg: QuantizeConfig) -> CalibrationRecord | None:
-    """The int8 graph's threshold at the float32 threshold's target TPR, on ID val images."""
+def variant_threshold(bundle: Bundle, graph: Path, images: EvalImages, batch_size: int = 32,
+                      disabled_optimizers: Sequence[str] = ()) -> CalibrationRecord | None:
+    """A variant graph's own threshold: the bundle's gate score at the float32 threshold's target TPR, fitted on
+    the graph's ID val scores as ``deltagate calibrate`` fits the float32 one (None without ID val images).
+
+    ``disabled_optimizers``: ONNX Runtime graph optimizers the graph's session runs without."""
     if images.id_val is None:
-        logger.warning("no ID val images: the int8 graph gets no threshold (onnx-int8 refuses to serve it)")
+        logger.warning("no ID val images: %s gets no threshold of its own", graph.name)
         return None
     fp32_cal = bundle.manifest.calibration
-    _, delta = graph_outputs(int8, images.id_val, cfg.batch_size)
-    return CalibrationRecord.from_scores(delta, target_tpr=fp32_cal.target_tpr if fp32_cal else 0.95,
-                                         split=images.val_split)
+    score, tpr = (fp32_cal.score, fp32_cal.target_tpr) if fp32_cal else ("delta_energy", 0.95)
+    scores = _gate(bundle, score, graph_outputs(graph, images.id_val, batch_size, disabled_optimizers))  # (V,)
+    return CalibrationRecord.from_scores(scores, target_tpr=tpr, score=score, split=images.val_split)

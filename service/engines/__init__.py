@@ -22,6 +22,7 @@ ENGINES: dict[str, str] = {
     "onnx": "service.engines.onnx_engine:OnnxEngine",
     "dummy": "service.engines.dummy:DummyEngine",
     "onnx-int8": "service.engines.onnx_int8:OnnxInt8Engine",  # the bundle's int8 graph (deltagate quantize)
+    "onnx-fp16": "service.engines.onnx_fp16:OnnxFp16Engine",  # the bundle's float16 graph (CUDA provider)
 }
 AUTO = "auto"  # not an engine: resolved per bundle by resolve_engine_name
 

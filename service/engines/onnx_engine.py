@@ -30,6 +30,7 @@ class OnnxEngine(Engine):
     """ONNX Runtime session over the exported scoring module (float32 on every provider)."""
 
     name = "onnx"
+    disabled_optimizers: tuple[str, ...] = ()  # ONNX Runtime graph optimizers the session runs without
 
     def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
         super().__init__(bundle, device, threads)
@@ -52,7 +53,8 @@ class OnnxEngine(Engine):
         import onnxruntime as ort
 
         providers = self._providers()  # fails fast on device=cuda without the CUDA provider
-        session = ort.InferenceSession(str(self.bundle.onnx_path), self._options(), providers=providers)
+        session = ort.InferenceSession(str(self.bundle.onnx_path), self._options(), providers=providers,
+                                       disabled_optimizers=list(self.disabled_optimizers))
         names = [o.name for o in session.get_outputs()]
         if [i.name for i in session.get_inputs()] != [INPUT_NAME] or set(OUTPUT_NAMES) - set(names):
             raise EngineError(

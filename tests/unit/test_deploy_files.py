@@ -248,7 +248,9 @@ def test_cuda_image_matches_the_cuda_13_wheels_and_checks_a_real_session() -> No
     assert not any("nvidia/cuda" in b for b in bases), "the pip wheels bring CUDA 13; no CUDA 12 base"
     args = dict(a.split("=", 1) for k, a in instructions if k == "ARG" and "=" in a)
     assert args["PYTHON_IMAGE"].startswith("python:")
-    (gpu,) = pyproject()["project"]["optional-dependencies"]["gpu"]
+    gpu_extra = pyproject()["project"]["optional-dependencies"]["gpu"]
+    (gpu,) = [r for r in gpu_extra if r.startswith("onnxruntime-gpu")]
+    assert any(r.startswith("nvidia-ml-py") for r in gpu_extra)  # NVML utilisation of the GPU run, in the image
     # onnxruntime-gpu 1.27 is the first release whose `cuda` extra needs CUDA 13 (1.26: CUDA 12)
     pin = re.fullmatch(r"onnxruntime-gpu\[cuda,cudnn\]>=1\.(\d+),<2", gpu)
     assert pin is not None and int(pin.group(1)) >= 27, gpu

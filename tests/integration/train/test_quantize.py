@@ -19,28 +19,16 @@ from deltagate.cli import app
 from models.bundle import INT8_ONNX_FILE, BundleError, load_bundle
 from models.preprocess import preprocess_batch
 from models.scoring_module import INPUT_NAME
-from models.train.export import parity_images
 from service.engines import EngineError, create_engine
 from tests.conftest import MICRO_CLASSES
 from tests.service_support import dummy_settings, files, noise_image, serve
+from tests.train_support import drawing_data
 
 pytestmark = pytest.mark.integration
 
 
 def _world(root: Path, per_class: int = 6) -> Path:
-    """The standard data layout with drawings: id/{train,val,test}/<class>/, ood/near/."""
-    images = iter(parity_images(len(MICRO_CLASSES) * per_class * 3 + 10, seed=5, size=48))
-    folders = [f"{k}_{name}" for k, name in enumerate(MICRO_CLASSES)]  # sorted folder order = the bundle's
-    for split in ("train", "val", "test"):
-        for folder in folders:
-            (root / "id" / split / folder).mkdir(parents=True)
-            for i in range(per_class):
-                next(images).save(root / "id" / split / folder / f"{i}.png")
-    (root / "id" / "classnames.txt").write_text("\n".join(MICRO_CLASSES) + "\n")
-    (root / "ood" / "near").mkdir(parents=True)
-    for i in range(10):
-        next(images).save(root / "ood" / "near" / f"{i}.png")
-    return root
+    return drawing_data(root, MICRO_CLASSES, per_class)
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +71,11 @@ def test_the_parity_record_matches_both_graphs_run_here(int8_bundle: tuple[Path,
     assert p.max_abs_delta_energy_diff == pytest.approx(float(diff.max()), rel=1e-5, abs=1e-7)
     assert 0 <= p.mean_abs_delta_energy_diff <= p.max_abs_delta_energy_diff < 1.0  # int8 stays close
     assert p.label_agreement >= 0.8
-    assert p.id_accuracy_fp32 is not None and p.id_accuracy_int8 is not None
-    assert p.near_ood_auroc_fp32 is not None and set(p.ood_auroc) == {"near"}
+    assert set(p.id_accuracy) == {"fp32", "int8"} and p.provider == "CPUExecutionProvider"
+    assert set(p.near_ood_auroc) == {"fp32", "int8"} and set(p.ood_auroc) == {"near"}
+    assert p.gate_flips is not None and 0 <= p.gate_flips <= p.images
+    assert info.calibration is not None and bundle.manifest.calibration is not None
+    assert p.thresholds == {"fp32": bundle.manifest.calibration.threshold, "int8": info.calibration.threshold}
 
 
 def test_the_int8_graph_has_its_own_threshold_on_id_val(int8_bundle: tuple[Path, Path]) -> None:
@@ -134,7 +125,7 @@ def test_export_quantize_without_data_records_parity_but_no_threshold(micro_clip
                   architecture=ArchitectureInfo(model_name="micro", open_clip_config=micro_clip.config))
     info = quantize_bundle(out).manifest.int8
     assert info is not None and info.calibration is None and info.parity.images == 64
-    assert info.parity.id_accuracy_fp32 is None and info.parity.ood_auroc == {}
+    assert info.parity.id_accuracy == {} and info.parity.ood_auroc == {} and info.parity.gate_flips is None
     # A new export replaces the graphs: the stale int8 file goes with its manifest entry.
     export_bundle(out, module, name="m", version="0", classes=MICRO_CLASSES, preprocess=micro_clip.preprocess,
                   architecture=ArchitectureInfo(model_name="micro", open_clip_config=micro_clip.config))
@@ -143,16 +134,17 @@ def test_export_quantize_without_data_records_parity_but_no_threshold(micro_clip
     assert not (out / INT8_ONNX_FILE).exists()
 
 
-def test_export_cli_with_quantize_int8(tmp_path: Path) -> None:
+def test_export_cli_with_quantize_int8_and_fp16(tmp_path: Path) -> None:
     from tests.conftest import ASSETS, MICRO_ARCH
 
     out, data = tmp_path / "b", _world(tmp_path / "world", per_class=2)
     args = ["export", "--out", str(out), "--classes", ",".join(MICRO_CLASSES), "--model", MICRO_ARCH,
-            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--quantize", "int8", "--data", str(data)]
-    result = CliRunner().invoke(app, args)
+            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--data", str(data)]
+    result = CliRunner().invoke(app, [*args, "--quantize", "int8", "--quantize", "fp16"])
     assert result.exit_code == 0, (result.output, repr(result.exception))
-    info = load_bundle(out).manifest.int8
-    assert info is not None and info.calibration is not None and info.parity.images == 2 * 4 + 10
-    assert "ID accuracy" in result.output and "AUROC near" in result.output
-    bad = CliRunner().invoke(app, [*args[:-4], "--quantize", "int4"])
-    assert bad.exit_code != 0 and "the only choice is int8" in bad.output
+    manifest = load_bundle(out).manifest
+    assert manifest.int8 is not None and manifest.int8.calibration is not None
+    assert manifest.int8.parity.images == manifest.fp16.parity.images == 2 * 4 + 10  # type: ignore[union-attr]
+    assert "ID accuracy" in result.output and "AUROC near" in result.output and "fp16 graph" in result.output
+    bad = CliRunner().invoke(app, [*args, "--quantize", "int4"])
+    assert bad.exit_code != 0 and "choose int8 or fp16" in bad.output

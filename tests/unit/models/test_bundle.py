@@ -131,3 +131,22 @@ def test_vision_tower_is_the_same_module_when_open_clips_private_builder_is_unus
     x = torch.randn(2, 3, size, size)  # (B, 3, H, W)
     with torch.no_grad():
         torch.testing.assert_close(public(x), fast(x))
+
+
+def test_an_int8_record_written_before_graph_parity_still_loads(bundle_copy):
+    """Manifests written before the int8 and float16 graphs shared one parity record keep loading."""
+    from models.bundle import INT8_ONNX_FILE
+
+    (bundle_copy / INT8_ONNX_FILE).write_bytes(b"int8 graph")  # hashed by update_manifest; not parsed here
+    legacy = {"method": "dynamic", "per_channel": False, "parity": {
+        "data": "64 synthetic drawings", "images": 64, "label_agreement": 0.9375,
+        "max_abs_delta_energy_diff": 0.0048, "mean_abs_delta_energy_diff": 0.001,
+        "id_accuracy_fp32": 0.98, "id_accuracy_int8": 0.97,
+        "near_ood_auroc_fp32": 0.88, "near_ood_auroc_int8": 0.87, "ood_auroc": {"near": {"fp32": 0.88, "int8": 0.87}}}}
+    raw = json.loads((bundle_copy / MANIFEST_FILE).read_text())
+    (bundle_copy / MANIFEST_FILE).write_text(json.dumps({**raw, "int8": legacy}))
+    parity = update_manifest(bundle_copy).manifest.int8.parity  # re-hashes, then validates the old fields
+    assert parity.id_accuracy == {"fp32": 0.98, "int8": 0.97}
+    assert parity.near_ood_auroc == {"fp32": 0.88, "int8": 0.87}
+    assert parity.provider == "CPUExecutionProvider" and parity.gate_flips is None
+    assert "id_accuracy_int8" not in json.loads((bundle_copy / MANIFEST_FILE).read_text())["int8"]["parity"]

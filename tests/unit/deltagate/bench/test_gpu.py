@@ -58,3 +58,29 @@ def test_the_dry_run_plan_is_tiny_and_on_the_cpu() -> None:
 
 def test_prepared_script_is_valid_bash() -> None:
     subprocess.run(["bash", "-n", str(SCRIPT)], check=True)
+
+
+@pytest.mark.parametrize("installed", [False, True])
+def test_without_nvidia_ml_py_or_a_driver_utilisation_is_unavailable(monkeypatch: pytest.MonkeyPatch,
+                                                                     installed: bool) -> None:
+    """nvidia-ml-py (the gpu extra) is optional: absent, or present without a driver, the report says so."""
+    import sys
+    import types
+
+    from deltagate.bench import gpu
+
+    if installed:  # the package is there but NVML cannot start (no driver): nvmlInit raises NVMLError
+        fake = types.ModuleType("pynvml")
+
+        def no_driver() -> None:
+            raise RuntimeError("NVML Shared Library Not Found")
+
+        fake.nvmlInit = no_driver  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, "pynvml", fake)
+    else:
+        monkeypatch.setitem(sys.modules, "pynvml", None)  # import pynvml raises ImportError
+    assert gpu._nvml() is None
+    with GpuSampler() as sampler:
+        pass
+    assert sampler.summary() == {"nvml": "unavailable"}
+    assert "driver" not in gpu.gpu_info()
