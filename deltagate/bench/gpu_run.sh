@@ -20,7 +20,7 @@ WHEELS=(
   annotated-doc==0.0.7 annotated-types==0.8.0 anyio==4.16.0 fastapi==0.165.0 ftfy==6.3.1 httptools==0.9.0
   open_clip_torch==3.3.0 pydantic==2.14.4 pydantic_core==2.50.5 pydantic-settings==2.16.3 python-dotenv==1.2.4
   python-multipart==0.0.34 starlette==1.10.0 typing_extensions==4.16.0 typing-inspection==0.4.5
-  uvicorn==0.54.0 wcwidth==0.9.4
+  tabulate==0.10.0 uvicorn==0.54.0 wcwidth==0.9.4
 )
 # onnxruntime-gpu is not carried: its wheel (~250 MB with the CUDA provider) is over the 64 MiB the
 # device tool carries, so the ONNX CUDA path is not measured by this run: gpu.json's engine_onnx_fp16
