@@ -27,7 +27,7 @@ import httpx
 from service.server import settings_to_env
 from service.settings import Settings
 
-__all__ = ["LOCALHOST", "free_port", "wait_ready", "ServerProcess", "serve_cli_argv", "deltagate_server"]
+__all__ = ["LOCALHOST", "free_port", "clean_env", "wait_ready", "ServerProcess", "serve_cli_argv", "deltagate_server"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +43,8 @@ def free_port(port_range: tuple[int, int] | None = None) -> int:
     candidates = range(port_range[0], port_range[1] + 1) if port_range else [0]
     for port in candidates:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            # as uvicorn binds: a port whose last server left only TIME_WAIT connections is free
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((LOCALHOST, port))
             except OSError:
@@ -64,6 +66,12 @@ def _claim_port(port_range: tuple[int, int] | None) -> int:
             return port
         port_range = (port + 1, port_range[1])
     raise RuntimeError(f"no free port in the range ending at {port_range[1]}")
+
+
+def clean_env(prefixes: tuple[str, ...] = ("DELTAGATE_", "PROMETHEUS_MULTIPROC")) -> dict[str, str]:
+    """This process's environment without deltagate's settings and prometheus-client's multiprocess
+    variables, so a developer's shell never leaks into a server a harness starts."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
 
 
 def _json_status(response: httpx.Response) -> Any:
@@ -147,7 +155,11 @@ class ServerProcess:
         self.graceful_s = graceful_s
         self.startup_seconds: float | None = None  # process start to ready, once ready
         self._own_log = log_path is None
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="deltagate-server-", suffix=".log")[1])
+        if log_path is None:
+            fd, name = tempfile.mkstemp(prefix="deltagate-server-", suffix=".log")
+            os.close(fd)  # start() opens it for the child
+            log_path = Path(name)
+        self.log_path = log_path
         self._proc: subprocess.Popen[bytes] | None = None
         self._started = 0.0
 
@@ -213,16 +225,18 @@ class ServerProcess:
         return lines
 
     def stop(self) -> int | None:
-        """SIGTERM to the process group, SIGKILL to what is left after ``graceful_s``; the exit status."""
+        """SIGTERM to the process group, SIGKILL to what is left after ``graceful_s``; the exit status.
+
+        The port is free for another server afterwards.
+        """
         if self._proc is None:
             return None
         _stop_group(self._proc, self.graceful_s)
+        _taken.discard(self.port)
         return self._proc.returncode
 
     def __exit__(self, *_exc: object) -> None:
-        if self._proc is not None:
-            self.stop()
-            _taken.discard(self.port)
+        self.stop()
         if self._own_log:
             self.log_path.unlink(missing_ok=True)
 

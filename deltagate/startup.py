@@ -75,7 +75,10 @@ def _png() -> bytes:
 
 
 def measure(config: Config, port: int, timeout_s: float = 300.0) -> Sample:
-    """Start one server, wait until ready, classify one image, read its memory, stop it."""
+    """Start one server, wait until ready, classify one image, read its memory, stop it.
+
+    ``port`` is the first port tried: the server takes the first free one of ``port`` .. ``port + 99``.
+    """
     bundle = config.bundle if config.bundle.is_absolute() else config.repo / config.bundle
     argv = serve_cli_argv("--bundle", str(bundle), "--engine", config.engine, "--host", LOCALHOST, "--port", "{port}")
     env = {"PYTHONPATH": str(config.repo), "PATH": "/usr/bin:/bin", "DELTAGATE_LOG_LEVEL": "warning"}

@@ -22,13 +22,12 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from deltagate.server_process import ServerProcess, serve_cli_argv
+from deltagate.server_process import ServerProcess, clean_env, serve_cli_argv
 
 __all__ = ["P99_BOUND_MS", "LoadResult", "read_stats", "run_load", "main"]
 
@@ -77,7 +76,7 @@ def run_load(port: int, users: int, run_time: str, out: Path, bundle: Path | Non
              server_env: dict[str, str] | None = None) -> LoadResult:
     """Serve on ``port``, run Locust against it, stop the server; the CSV lands in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DELTAGATE_")}
+    env = clean_env()
     env.update({"PYTHONPATH": str(REPO), "DELTAGATE_HOST": "127.0.0.1", "DELTAGATE_PORT": str(port),
                 "DELTAGATE_BUNDLE_PATH": str(bundle or REPO / "bundles" / "default"),
                 "DELTAGATE_LOG_LEVEL": "warning", **(server_env or {})})

@@ -120,7 +120,7 @@ class GraphParity(BaseModel):
     thresholds: dict[str, float] = Field(default_factory=dict)  # tag -> the threshold gate_flips used
     id_accuracy: dict[str, float] = Field(default_factory=dict)  # tag -> accuracy on ID test (empty: no labels)
     near_ood_auroc: dict[str, float] = Field(default_factory=dict)  # tag -> ΔEnergy AUROC, ID test vs near OOD
-    ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {"fp32": a, "int8": b}
+    ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {tag: AUROC}, e.g. fp32 and int8
 
     @model_validator(mode="before")
     @classmethod
@@ -227,23 +227,43 @@ def build_vision_tower(arch: ArchitectureInfo) -> torch.nn.Module:
     vision_cfg["timm_model_pretrained"] = False  # weights come from the bundle, never a download
     quick_gelu = bool(cfg.get("quick_gelu", False))
     try:
-        return _private_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu)
+        builder = _private_vision_tower_builder()
     except (ImportError, TypeError) as exc:  # moved, renamed, or a changed signature
         logger.warning("open_clip's _build_vision_tower is unusable (%s): building the full model for its "
                        "vision tower", exc)
-    return _vision_tower_of_full_model(cfg, vision_cfg, quick_gelu)
-
-
-def _private_vision_tower(embed_dim: int, vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
-    """The fast path of :func:`build_vision_tower` (open_clip's private builder)."""
-    from open_clip.model import _build_vision_tower
-
-    tower: torch.nn.Module = _build_vision_tower(embed_dim, vision_cfg, quick_gelu, None)
+        return _vision_tower_of_full_model(cfg, vision_cfg, quick_gelu)
+    tower: torch.nn.Module = builder(cfg["embed_dim"], vision_cfg, quick_gelu, None)
     return tower
 
 
+_PRIVATE_BUILDER_PARAMS = ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"]  # open_clip 3.x
+
+
+def _private_vision_tower_builder() -> Any:
+    """open_clip's private ``_build_vision_tower``, checked against the signature it is called with.
+
+    Raises:
+        ImportError: open_clip no longer has it.
+        TypeError: its parameters changed (checked here, so that a real configuration error raised
+            while building is never mistaken for an API change).
+    """
+    import inspect
+
+    from open_clip.model import _build_vision_tower
+
+    params = list(inspect.signature(_build_vision_tower).parameters)
+    if params[:len(_PRIVATE_BUILDER_PARAMS)] != _PRIVATE_BUILDER_PARAMS:
+        raise TypeError(f"_build_vision_tower{inspect.signature(_build_vision_tower)} is not "
+                        f"({', '.join(_PRIVATE_BUILDER_PARAMS)}, ...)")
+    return _build_vision_tower
+
+
 def _vision_tower_of_full_model(cfg: dict[str, Any], vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
-    """The public path of :func:`build_vision_tower`: the CLIP class open_clip's factory would pick."""
+    """The public path of :func:`build_vision_tower`: the CLIP class open_clip's factory would pick.
+
+    It builds the text tower too (then drops it); for a Hugging Face text tower (``hf_model_name`` in
+    ``text_cfg``) that needs ``transformers`` and the model's config, which the fast path never does.
+    """
     import open_clip
 
     kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}  # the model config, as create_model passes it

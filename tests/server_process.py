@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from deltagate.server_process import ServerProcess, free_port, serve_cli_argv
+from deltagate.server_process import ServerProcess, clean_env, free_port, serve_cli_argv
 
 __all__ = ["REPO", "DEFAULT_BUNDLE", "free_test_port", "rss_kib", "ServerProcess", "start_server", "serving"]
 
@@ -40,11 +40,6 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def clean_env() -> dict[str, str]:
-    """This process's environment without deltagate's and prometheus-client's multiprocess variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("DELTAGATE_", "PROMETHEUS_MULTIPROC"))}
-
-
 def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  ready_timeout_s: float = 120.0) -> ServerProcess:
     """Start ``deltagate serve`` on 127.0.0.1 (not waiting for readiness).
@@ -67,9 +62,5 @@ def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[
 def serving(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
             ready_timeout_s: float = 120.0) -> Iterator[ServerProcess]:
     """A ready server for the ``with`` block, stopped (SIGTERM) after it."""
-    server = start_server(log_path, env, args, ready_timeout_s)
-    try:
-        server.wait_ready()
+    with start_server(log_path, env, args, ready_timeout_s) as server:  # waits until ready; stops at exit
         yield server
-    finally:
-        server.stop()

@@ -97,7 +97,7 @@ PRECISIONS = ("int8", "fp16")  # model.int8.onnx (engine onnx-int8), model.fp16.
 def _check_quantize(precisions: list[str], onnx: bool, method: str) -> None:
     bad = [p for p in precisions if p not in PRECISIONS]
     if bad:
-        raise typer.BadParameter(f"{bad[0]!r}: choose {' or '.join(PRECISIONS)}")
+        raise typer.BadParameter(f"--quantize {bad[0]!r}: choose {' or '.join(PRECISIONS)}")
     if precisions and not onnx:
         raise typer.BadParameter(f"--quantize {precisions[0]} converts model.onnx: drop --no-onnx")
     if method not in QUANTIZE_METHODS:

@@ -105,7 +105,7 @@ class LiveServer:
         self._thread.start()
         try:  # until ready, or (wait_ready=False) until it answers at all
             wait_ready(self.url, timeout_s=60.0, name=f"the service at {self.url}",
-                       log_tail=lambda: str(self.runtime.error),
+                       log_tail=lambda: str(self.runtime.error or "(no load error)"),
                        accept=lambda r: r.status_code == 200 or not self.wait_ready)
         except BaseException:
             self.__exit__()

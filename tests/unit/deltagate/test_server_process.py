@@ -51,3 +51,13 @@ def test_not_ready_in_time_is_a_timeout() -> None:
     with pytest.raises(TimeoutError, match="not ready after 1"):
         with stand_in(503, '{"status": "loading"}', ready_timeout_s=1.0):
             pass
+
+
+def test_a_stopped_server_gives_its_port_back() -> None:
+    from deltagate.server_process import free_port
+
+    port = free_port()
+    for _ in range(3):  # a one-port range: each start needs the claim the previous stop released
+        server = stand_in(200, "{}", port_range=(port, port)).start()
+        server.wait_ready(30)
+        assert server.port == port and server.stop() is not None

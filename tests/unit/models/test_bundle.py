@@ -119,10 +119,10 @@ def test_vision_tower_is_the_same_module_when_open_clips_private_builder_is_unus
     torch.manual_seed(0)
     fast = build_vision_tower(arch).eval()
 
-    def changed_signature(*args, **kwargs):  # what a release that changed the private builder raises
-        raise TypeError("_build_vision_tower() got an unexpected keyword argument")
+    def changed_signature():  # what the check says of a release that changed the private builder
+        raise TypeError("_build_vision_tower(embed_dim, vision_cfg, cast_dtype) is not (...)")
 
-    monkeypatch.setattr(models.bundle, "_private_vision_tower", changed_signature)
+    monkeypatch.setattr(models.bundle, "_private_vision_tower_builder", changed_signature)
     public = build_vision_tower(arch).eval()
     assert "building the full model" in caplog.text
     assert {k: v.shape for k, v in public.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
@@ -150,3 +150,18 @@ def test_an_int8_record_written_before_graph_parity_still_loads(bundle_copy):
     assert parity.near_ood_auroc == {"fp32": 0.88, "int8": 0.87}
     assert parity.provider == "CPUExecutionProvider" and parity.gate_flips is None
     assert "id_accuracy_int8" not in json.loads((bundle_copy / MANIFEST_FILE).read_text())["int8"]["parity"]
+
+
+def test_the_private_builders_signature_is_checked_before_it_is_called(monkeypatch):
+    import open_clip.model
+
+    from models.bundle import _private_vision_tower_builder
+
+    assert _private_vision_tower_builder() is open_clip.model._build_vision_tower  # open_clip 3.x: usable
+
+    def moved_on(embed_dim, vision_cfg, cast_dtype=None):  # quick_gelu gone: calling it would misbind
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(open_clip.model, "_build_vision_tower", moved_on)
+    with pytest.raises(TypeError, match="is not"):
+        _private_vision_tower_builder()
