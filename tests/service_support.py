@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import threading
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 from unittest import mock
 
 import httpx
@@ -132,3 +134,20 @@ async def serve(settings: Settings | None = None) -> AsyncIterator[tuple[httpx.A
     app = create_app(settings or dummy_settings())
     async with running(app) as client:
         yield client, app
+
+
+async def until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait (polling every 5 ms) until ``cond()`` holds; fails after ``timeout`` seconds."""
+    end = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < end, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def asgi_scope(request: httpx.Request) -> dict[str, Any]:
+    """The ASGI HTTP scope of ``request``, for tests that drive the app's ``receive``/``send`` themselves."""
+    return {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": request.method,
+            "scheme": "http", "path": request.url.path, "raw_path": request.url.path.encode(),
+            "query_string": request.url.query, "root_path": "",
+            "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
+            "client": ("127.0.0.1", 1), "server": ("t", 80)}

@@ -16,7 +16,7 @@ from PIL import Image
 
 from models.preprocess import decode_image, preprocess_image
 from service import pipeline
-from tests.service_support import b64, class_image, dummy_settings, engines_of, files, serve
+from tests.service_support import asgi_scope, b64, class_image, dummy_settings, engines_of, files, serve, until
 
 pytestmark = pytest.mark.integration
 
@@ -32,11 +32,19 @@ def large_jpeg(width: int = 4000, height: int = 3000) -> bytes:
     return buf.getvalue()
 
 
-async def until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
+
+async def hold_three_images(client, app):  # type: ignore[no-untyped-def]
+    """One image blocked in the forward (max_batch_size=1), then a two-image request queued behind it.
+
+    Returns the engine (``engine.gate.set()`` lets the forward go) and the two pending requests.
+    """
+    (engine,) = engines_of(app)
+    engine.gate = threading.Event()
+    in_forward = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
+    await until(lambda: engine.forward_count == 1)
+    queued = asyncio.ensure_future(client.post("/classify", files=files(class_image(1), class_image(2))))
+    await until(lambda: app.state.runtime.batcher.depth == 2)
+    return engine, in_forward, queued
 
 
 async def asgi_post(app, request: httpx.Request) -> tuple[int, int]:  # type: ignore[no-untyped-def]
@@ -53,11 +61,7 @@ async def asgi_post(app, request: httpx.Request) -> tuple[int, int]:  # type: ig
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
-             "client": ("127.0.0.1", 1), "server": ("t", 80)}
-    await app(scope, receive, send)
+    await app(asgi_scope(request), receive, send)
     return next(m["status"] for m in sent if m["type"] == "http.response.start"), asked
 
 
@@ -68,12 +72,7 @@ async def test_full_budget_is_refused_before_the_body_is_read_fast_and_without_d
                               warmup=False, max_body_bytes=64 * 1024 * 1024, retry_after_s=2)
     big = large_jpeg()
     async with serve(settings) as (client, app):
-        (engine,) = engines_of(app)
-        engine.gate = threading.Event()
-        in_forward = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
-        await until(lambda: engine.forward_count == 1)
-        queued = asyncio.ensure_future(client.post("/classify", files=files(class_image(1), class_image(2))))
-        await until(lambda: app.state.runtime.batcher.depth == 2)  # the budget is spent
+        engine, in_forward, queued = await hold_three_images(client, app)  # the budget (2 queued) is spent
 
         decoded: list[int] = []
         real_decode = pipeline.decode_image
@@ -113,12 +112,7 @@ async def test_a_request_larger_than_what_is_left_is_refused_after_reading_but_b
     settings = dummy_settings(max_batch_size=1, max_queue_size=3, max_images_per_request=3, max_wait_ms=0.0,
                               warmup=False)
     async with serve(settings) as (client, app):
-        (engine,) = engines_of(app)
-        engine.gate = threading.Event()
-        in_forward = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
-        await until(lambda: engine.forward_count == 1)
-        queued = asyncio.ensure_future(client.post("/classify", files=files(class_image(1), class_image(2))))
-        await until(lambda: app.state.runtime.batcher.depth == 2)  # one image of room left
+        engine, in_forward, queued = await hold_three_images(client, app)  # one image of room left (3 queued)
         decoded: list[int] = []
         real_decode = pipeline.decode_image
         monkeypatch.setattr(pipeline, "decode_image", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))

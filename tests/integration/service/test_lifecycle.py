@@ -12,6 +12,7 @@ import pytest
 from service.app import create_app
 from tests.service_support import (
     TestEngine,
+    asgi_scope,
     class_image,
     dummy_settings,
     engines_of,
@@ -19,6 +20,7 @@ from tests.service_support import (
     running,
     serve,
     uniform_image,
+    until,
 )
 
 pytestmark = pytest.mark.integration
@@ -28,12 +30,6 @@ def engine_of(app) -> TestEngine:  # type: ignore[no-untyped-def]
     (engine,) = engines_of(app)
     return engine
 
-
-async def until(cond, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
 
 
 async def test_readiness_is_503_before_warm_up_and_200_after() -> None:
@@ -137,11 +133,7 @@ async def _post_then_disconnect(app, image: bytes) -> int:  # type: ignore[no-un
     async def send(message: dict) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-             "scheme": "http", "path": "/classify", "raw_path": b"/classify", "query_string": b"",
-             "root_path": "", "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
-             "client": ("127.0.0.1", 1), "server": ("t", 80)}
-    await app(scope, receive, send)
+    await app(asgi_scope(request), receive, send)
     assert disconnect.is_set()
     return next(m["status"] for m in sent if m["type"] == "http.response.start")
 

@@ -12,25 +12,30 @@ pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[3]
 
-SCRIPT = """
+# Serves one PNG through the whole app (lifespan, /classify) in a fresh process; each script below
+# adds what it checks in sys.modules afterwards.
+_CLASSIFY = """
 import asyncio, io, sys
 import httpx, numpy as np
 from PIL import Image
 from service.app import create_app
 from service.settings import Settings
 
-async def main(bundle):
-    for engine in ("torch", "onnx"):
-        app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
-        async with app.router.lifespan_context(app):
-            await app.state.runtime.wait_started()
-            buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                r = await client.post("/classify", files=[("file", ("a.png", buf.getvalue(), "image/png"))])
-                assert r.status_code == 200, r.text
+async def classify(bundle, engine):
+    app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
+    async with app.router.lifespan_context(app):
+        await app.state.runtime.wait_started()
+        buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            r = await client.post("/classify", files=[("file", ("a.png", buf.getvalue(), "image/png"))])
+            assert r.status_code == 200, r.text
+            return (await client.get("/model")).json()["engine"]
+"""
 
-asyncio.run(main(sys.argv[1]))
+SCRIPT = _CLASSIFY + """
+for engine in ("torch", "onnx"):
+    asyncio.run(classify(sys.argv[1], engine))
 loaded = sorted(m for m in sys.modules if m == "models.train" or m.startswith("models.train."))
 heavy = sorted(m for m in ("onnx", "onnxscript", "sklearn", "matplotlib") if m in sys.modules)
 print("LOADED", loaded, heavy)
@@ -45,25 +50,8 @@ def test_serving_a_real_bundle_loads_no_training_module(tiny_bundle: Path) -> No
     assert "LOADED [] []" in proc.stdout
 
 
-ONNX_ONLY_SCRIPT = """
-import asyncio, io, sys
-import httpx, numpy as np
-from PIL import Image
-from service.app import create_app
-from service.settings import Settings
-
-async def main(bundle, engine):
-    app = create_app(Settings(engine=engine, bundle_path=bundle, device="cpu"))
-    async with app.router.lifespan_context(app):
-        await app.state.runtime.wait_started()
-        buf = io.BytesIO(); Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(buf, "PNG")
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-            r = await client.post("/classify", files=[("file", ("a.png", buf.getvalue(), "image/png"))])
-            assert r.status_code == 200, r.text
-            assert (await client.get("/model")).json()["engine"] == "onnx"
-
-asyncio.run(main(sys.argv[1], sys.argv[2]))
+ONNX_ONLY_SCRIPT = _CLASSIFY + """
+assert asyncio.run(classify(sys.argv[1], sys.argv[2])) == "onnx"
 print("HEAVY", sorted(m for m in ("torch", "open_clip", "torchvision", "safetensors") if m in sys.modules))
 """
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 
 from service.batcher import Batcher
 from service.errors import DeadlineError, InferenceFailedError, NotReadyError, OverloadedError
+from tests.service_support import until as until_up_to
 
 pytestmark = pytest.mark.unit
 
@@ -35,11 +37,7 @@ def img(value: float) -> np.ndarray:
     return np.full((3, 2, 2), value, np.float32)  # (3, H, W)
 
 
-async def until(cond, timeout: float = 5.0) -> None:  # type: ignore[no-untyped-def]
-    end = asyncio.get_running_loop().time() + timeout
-    while not cond():
-        assert asyncio.get_running_loop().time() < end, "condition not reached"
-        await asyncio.sleep(0.005)
+until = functools.partial(until_up_to, timeout=5.0)  # the batcher's waits are shorter than the app's
 
 
 def make(fwd: FakeForward, **kw: object) -> Batcher:
