@@ -32,6 +32,7 @@ from models.train.data.splits import random_id_splits, world_split
 from models.train.data.synth import WORLD_FILE, load_world
 from models.train.demo import DemoConfig, backbone_seed, evidence_splits
 from models.train.evidence import ARMS, EvidenceConfig, run_evidence
+from models.train.stats import t_interval
 
 __all__ = [
     "ExtensionConfig",
@@ -44,6 +45,7 @@ __all__ = [
     "claim_verdicts",
     "extension_report",
     "build_extension",
+    "backbone_differences",
     "combine",
 ]
 
@@ -187,11 +189,13 @@ def extension_report(results: str | Path, ext: ExtensionConfig, command: str) ->
     """``extension.json`` and ``extension.md`` of one backbone from its groups' ``endpoints.json``."""
     out = Path(results)
     groups = {g: _load(out / g / "endpoints.json") for g in GROUPS}
+    backbone = _load(out / "backbone.json")
     seeds = {d.get("pretrain_seed") for d in groups.values() if d}
     if len(seeds) > 1:
         raise ValueError(f"{out}: the groups were run on different pretraining seeds {sorted(map(str, seeds))}")
     doc = {
         "command": command, "pretrain_seed": next(iter(seeds)) if seeds else None, "config": asdict(ext),
+        "backbone": backbone,
         "splits_run": {g: (d or {}).get("splits_run", []) for g, d in groups.items()},
         "not_run": {g: (d or {}).get("not_run", []) for g, d in groups.items()},
         "verdicts": claim_verdicts((groups["zero-shot"] or {}).get("endpoints"),
@@ -233,13 +237,19 @@ def _backbone_markdown(doc: dict[str, Any]) -> str:
             rows.append([v["claim"], "ΔE − MCM, near AUROC", _cell(v["vs_mcm"]), v["vs_mcm"]["rule_verdict"], ""])
         else:
             rows.append([v["claim"], _DIFF[v["claim"]], _cell(v["difference"]), _statement(v), v["verdict"]])
+    b = doc.get("backbone") or {}
+    zs = b.get("zero_shot_val") or {}
+    about = (f"Backbone: `{b.get('checkpoint')}`, logit scale {b.get('logit_scale', float('nan')):.1f}, zero-shot ID "
+             f"val accuracy {100 * zs.get('id_accuracy', float('nan')):.1f}% on the default split (its pretraining "
+             "report: validation images only)." if b else "Backbone: not recorded.")
     runs = "; ".join(f"{g}: {len(s)} splits" + (f" ({len(doc['not_run'][g])} not run)" if doc["not_run"][g] else "")
                      for g, s in doc["splits_run"].items())
     return "\n".join([
         f"# Extension of the evidence: pretraining seed {doc['pretrain_seed']}", "",
         "Protocol: [docs/evidence/protocol-extension.md](../../docs/evidence/protocol-extension.md). Produced by:", "",
-        "```bash", doc["command"], "```", "", f"Splits run: {runs}. Full tables: `zero-shot/evidence.md` (C1) and "
-        "`full/evidence.md` (C2–C5) beside this file.", "",
+        "```bash", doc["command"], "```", "", about, "",
+        f"Splits run: {runs}. Full tables: `zero-shot/evidence.md` (C1) and `full/evidence.md` (C2–C5) beside "
+        "this file.", "",
         "Points (AUROC / accuracy × 100); positive = the paper's direction; mean over splits of each split's mean "
         "paired difference, 95% CI the wider of the two-stage bootstrap and the t-interval over split means.", "",
         markdown_table(["claim", "difference", "mean [95% CI] (splits)", "statement", "claim verdict"], rows), ""])
@@ -284,6 +294,7 @@ def build_extension(
     for g in groups:
         ext.evidence(cfg.evidence, g, None)  # validates the group names before any work
     seed = backbone_seed(ckpt, pretrain_seed)
+    _write_backbone_record(results, ckpt, seed)
     original = [list(t.class_names) for _, t in evidence_splits(world, cfg.evidence)]
     clip = load_clip(cfg.pretrain.arch, str(ckpt))
     model: Any = clip.model
@@ -296,6 +307,45 @@ def build_extension(
         run_evidence(clip, splits, cfg.train, ext.evidence(cfg.evidence, g, seed), work / "extension" / g,
                      results / g, cache, command, progress, deadline, only)
     return extension_report(results, ext, command)
+
+
+def _write_backbone_record(results: Path, ckpt: Path, seed: int | None) -> None:
+    """``backbone.json``: which checkpoint, its logit scale and its pretraining report's zero-shot numbers
+    (validation images only), so the results say what they were computed on."""
+    from safetensors import safe_open
+
+    report = _load(ckpt.with_suffix(".json")) or {}
+    with safe_open(str(ckpt), "pt") as f:
+        scale = float(f.get_tensor("logit_scale").float().exp())
+    doc = {"pretrain_seed": seed, "checkpoint": str(ckpt), "logit_scale": scale,
+           "zero_shot_split": report.get("zero_shot_split"), "zero_shot_val": report.get("zero_shot"),
+           "pretrain_config": report.get("config"), "train_seconds": report.get("train_seconds")}
+    results.mkdir(parents=True, exist_ok=True)
+    (results / "backbone.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+def _per_split(results: Path, group: str, key: str) -> dict[str, float]:
+    doc = _load(results / group / "endpoints.json") or {}
+    ep = doc.get("endpoints", {}).get("primary", {}).get(key)
+    return {r["split"]: float(r["mean"]) for r in ep.get("per_split", [])} if ep else {}
+
+
+_BACKBONE_DIFFS = (("C1", "zero-shot", "P1 zero-shot: ΔE − energy, near AUROC"),
+                   ("C2", "full", "P2 ebm: ΔE − energy, near AUROC"))
+
+
+def backbone_differences(backbones: Sequence[str | Path]) -> dict[str, Any]:
+    """Protocol-extension §6: per split, the second backbone's ΔE − energy minus the first's (descriptive)."""
+    if len(backbones) < 2:
+        return {}
+    first, second = Path(backbones[0]), Path(backbones[1])
+    out = {}
+    for cid, group, key in _BACKBONE_DIFFS:
+        a, b = _per_split(first, group, key), _per_split(second, group, key)
+        common = [s for s in a if s in b]
+        if len(common) >= 2:
+            out[cid] = {"splits": common, **t_interval([b[s] - a[s] for s in common])}
+    return out
 
 
 def combine(backbones: Sequence[str | Path], original: str | Path | None, out_dir: str | Path,
@@ -316,7 +366,8 @@ def combine(backbones: Sequence[str | Path], original: str | Path | None, out_di
         combined.append({"claim": cid, "verdict": final, "by_pretrain_seed": ran})
     doc = {"command": command, "backbones": [str(b) for b in backbones],
            "original": str(original) if original else None, "pretrain_seeds": [d["pretrain_seed"] for d in docs],
-           "verdicts": combined, "per_backbone": {str(d["pretrain_seed"]): d["verdicts"] for d in docs}}
+           "verdicts": combined, "per_backbone": {str(d["pretrain_seed"]): d["verdicts"] for d in docs},
+           "backbone_difference": backbone_differences(backbones)}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "extension.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -355,4 +406,9 @@ def _headline(doc: dict[str, Any], docs: Sequence[dict[str, Any]], orig: dict[st
             f"{100 * margins['equivalence_margin']:.0f} for ΔE − energy, the size +"
             f"{100 * margins['size_margin']:.0f} for C3/C5, the original rule otherwise). "
             f"Produced by `{doc['command']}`.")
-    return note + "\n\n" + markdown_table(head, rows) + "\n"
+    diffs = doc.get("backbone_difference") or {}
+    lines = [f"- {cid} (ΔE − energy, near AUROC), pretraining seed {seeds[1]} − seed {seeds[0]} per split: "
+             f"{_pts(d['mean'])} {_ci(d['ci95'])}, SD {100 * d['sd']:.1f} over {d['n']} splits (descriptive)"
+             for cid, d in diffs.items()]
+    backbone = ("\n\nBackbone variance (protocol-extension.md §6):\n\n" + "\n".join(lines)) if lines else ""
+    return note + "\n\n" + markdown_table(head, rows) + backbone + "\n"

@@ -95,6 +95,8 @@ def test_the_extension_runs_new_splits_per_group_and_records_the_pretraining_see
     assert doc["pretrain_seed"] == 0 and doc["splits_run"] == {"zero-shot": ["ext-1", "ext-2", "ext-3"],
                                                                 "full": ["ext-1"]}
     assert [v["claim"] for v in doc["verdicts"]] == ["C1", "C2", "C3", "C4", "C5"]
+    assert doc["backbone"]["pretrain_seed"] == 0 and doc["backbone"]["logit_scale"] > 0
+    assert doc["backbone"]["zero_shot_split"] == "val"  # the backbone's record holds validation numbers only
     zs = json.loads((out / "zero-shot" / "endpoints.json").read_text())
     assert zs["pretrain_seed"] == 0 and all(k.startswith("P1 zero-shot") for k in zs["endpoints"]["primary"])
     splits = json.loads((out / "zero-shot" / "splits.json").read_text())

@@ -14,6 +14,7 @@ from models.train.data.synth import generate_world
 from models.train.evidence import EvidenceConfig, claim_verdicts, endpoints
 from models.train.evidence_extension import (
     ExtensionConfig,
+    backbone_differences,
     combine,
     equivalence_verdict,
     extension_report,
@@ -155,3 +156,16 @@ def test_report_and_combined_table_record_the_seed_and_disagreement(tmp_path):
         {"pretrain_seed": 5, "splits_run": [], "not_run": [], "endpoints": full}))
     with pytest.raises(ValueError, match="different pretraining seeds"):
         extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
+
+
+def test_backbone_differences_pair_the_splits_both_backbones_ran(tmp_path):
+    key = "P1 zero-shot: ΔE − energy, near AUROC"
+    for seed, values in ((0, {"ext-1": 0.01, "ext-2": -0.02, "ext-3": 0.0}), (1, {"ext-1": 0.03, "ext-2": 0.0})):
+        (tmp_path / f"p{seed}" / "zero-shot").mkdir(parents=True)
+        per = [{"split": k, "mean": v} for k, v in values.items()]
+        (tmp_path / f"p{seed}" / "zero-shot" / "endpoints.json").write_text(json.dumps(
+            {"endpoints": {"primary": {key: {"per_split": per}}}}))
+    d = backbone_differences([tmp_path / "p0", tmp_path / "p1"])
+    assert set(d) == {"C1"} and d["C1"]["splits"] == ["ext-1", "ext-2"]
+    assert d["C1"]["mean"] == pytest.approx(0.02) and d["C1"]["n"] == 2
+    assert backbone_differences([tmp_path / "p0"]) == {}
