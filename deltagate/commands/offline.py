@@ -357,6 +357,8 @@ def demo_extension(
     only: Annotated[str | None, typer.Option(help="Run only these splits ('ext-1,ext-2'); finished ones are reused.")
                     ] = None,
     budget_min: Annotated[float | None, typer.Option(help="Start no new split after this many minutes.")] = None,
+    aggregate_only: Annotated[bool, typer.Option(
+        help="Run nothing new: tables of the finished splits (an interim report beside a running process).")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered extension (docs/evidence/protocol-extension.md) on one backbone; resumes finished splits."""
@@ -371,7 +373,8 @@ def demo_extension(
     try:
         doc = build_extension(cfg, work, results, ext, command=command_line(ctx), groups=_csv_list(groups) or [],
                               pretrain_seed=pretrain_seed, only=_csv_list(only),
-                              budget_s=budget_min * 60 if budget_min else None, progress=progress)
+                              budget_s=budget_min * 60 if budget_min else None, progress=progress,
+                              aggregate_only=aggregate_only)
     except ValueError as exc:  # an unknown group, another pretraining seed
         raise typer.BadParameter(str(exc)) from exc
     typer.echo((results / "extension.md").read_text(encoding="utf-8"))

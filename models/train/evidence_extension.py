@@ -264,6 +264,7 @@ def build_extension(
     cfg: DemoConfig, work_dir: str | Path, results_dir: str | Path, ext: ExtensionConfig = ExtensionConfig(), *,
     command: str = "deltagate demo extension", groups: Sequence[str] = GROUPS, pretrain_seed: int | None = None,
     only: Sequence[str] | None = None, budget_s: float | None = None, progress: bool = False,
+    aggregate_only: bool = False,
 ) -> dict[str, Any]:
     """Run the extension's groups on the world and tiny CLIP in ``work_dir``, then write its report.
 
@@ -279,6 +280,8 @@ def build_extension(
         only: run just these splits (``ext-3,ext-4``); finished ones are always reused.
         budget_s: start no new split after this many seconds (the rest are reported "not run").
         progress: progress bars.
+        aggregate_only: run nothing new: tables of the finished splits, the others "not run" (an interim report
+            while another process runs the groups).
 
     Raises:
         FileNotFoundError: no world or checkpoint in ``work_dir``.
@@ -300,7 +303,7 @@ def build_extension(
     model: Any = clip.model
     cache = FeatureCache(work / "extension" / "feature-cache", model.visual, {"name": clip.name, "config": clip.config},
                          clip.preprocess)
-    deadline = time.time() + budget_s if budget_s else None
+    deadline = 0.0 if aggregate_only else (time.time() + budget_s if budget_s else None)
     for g in groups:
         names = extension_split_classes(world, ext.n_splits(g), ext.split_seed, original, cfg.evidence.split_size)
         splits = [(n, world_split(world, ids).task("test")) for n, ids in names]

@@ -112,6 +112,12 @@ def test_the_extension_runs_new_splits_per_group_and_records_the_pretraining_see
     again = CliRunner().invoke(app, args)
     assert again.exit_code == 0, again.output
     assert json.loads((out / "full" / "endpoints.json").read_text())["endpoints"] == full["endpoints"]
+    # an interim report runs nothing: a registered split that has not finished is "not run"
+    interim = CliRunner().invoke(app, [*args[:-6], "--full-splits", "2", "--seeds", "2", "--split-seed", "11",
+                                       "--groups", "full", "--aggregate-only"])
+    assert interim.exit_code == 0, interim.output
+    part = json.loads((out / "full" / "endpoints.json").read_text())
+    assert part["splits_run"] == ["ext-1"] and part["not_run"] == ["ext-2"] and part["endpoints"] == full["endpoints"]
     # another pretraining seed is refused, for the extension and the original pipeline alike
     for cmd in (args, ["demo", "evidence", "--preset", "fast", "--work", str(demo / "work"),
                        "--results", str(demo / "ev-seed"), "--pretrain-seed", "4"]):
