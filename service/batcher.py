@@ -118,6 +118,7 @@ class Batcher:
         stack: builds a batch of ``rows`` rows (padding included) from the queued images, in the
             instance's thread; default: NumPy stack + zero rows. The device input path passes one
             that stacks device tensors (:func:`service.device_input.stack_pixels`).
+        thread_initializer: run first in each inference thread (the server lowers its priority).
     """
 
     def __init__(
@@ -130,6 +131,7 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         stack: Callable[[list[Any], int], Any] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         if not instances:
             raise ValueError("at least one engine instance is needed")
@@ -147,7 +149,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
         self._executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deltagate-infer-{i}")
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deltagate-infer-{i}", initializer=thread_initializer)
             for i in range(len(self._instances))
         ]
         self._jobs: dict[int, concurrent.futures.Future[tuple[EngineOutputs, float]]] = {}  # last job per instance

@@ -114,6 +114,11 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="Intra-op threads per instance; None = CPU budget / instances."
     )
     inter_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime inter-op threads per instance.")
+    compute_nice: int = Field(
+        10, ge=0, le=19, description="Nice increment of the compute threads (forwards, engine thread pools, decode "
+        "pool) over the event loop's thread (Linux), so that 503s and health checks are answered while they hold "
+        "every core; 0 = same priority.",
+    )
     spin_wait: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated cores, "
         "burns CPU a noisy neighbour or the decode threads need)."
@@ -126,6 +131,23 @@ class Settings(BaseSettings):
     )
     max_images_per_request: int = Field(16, ge=1, description="Images per request (413 beyond).")
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
+
+    # --- connections (service.connections; each limit, its default and why: docs/operations.md) ---
+    keepalive_timeout_s: int = Field(
+        5, ge=1, le=3600, description="Idle time a keep-alive connection may wait for its next request before it is "
+        "closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="Time from a connection's opening (or a next request's first byte) to its "
+        "complete request headers; past it: 408 if part of a request came, else the connection is closed (slowloris).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers of one request, in bytes; beyond: 431.",
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections per worker process; beyond: answered 503 at once and closed, and "
+        "logged. Lowered at start to what the open-file limit allows (see docs/operations.md).",
+    )
 
     # --- server --------------------------------------------------------------------------------
     host: str = Field("0.0.0.0", description="Bind address.")  # all interfaces: runs in a container

@@ -1,0 +1,60 @@
+"""Compute threads at a lower CPU priority than the event loop (``compute_nice``).
+
+With every core held by the forward's intra-op threads and the decode pool, the event loop that
+answers a 503 (or ``/healthz``) waits for a CPU slice: tens of milliseconds where it needs
+microseconds. Linux keeps a nice value per thread, so the compute threads alone can run niced:
+
+* the decode pool's and each engine instance's inference thread: niced as they start
+  (:func:`lowered_priority` as the executor's initializer);
+* the threads engines start themselves (ONNX Runtime's intra-op pool, the OpenMP team of torch):
+  a new thread inherits the nice value of the thread that creates it, so the engines are created
+  and warmed up in a niced thread (:func:`run_niced`), and their pools are born niced.
+
+The event loop's thread keeps its nice value. An unprivileged process can raise a nice value but
+never lower it again, hence the separate threads. Elsewhere than Linux (where nice is per process)
+this does nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+__all__ = ["lower_thread_priority", "lowered_priority", "run_niced", "thread_nice"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+def thread_nice(tid: int | None = None) -> int:
+    """The nice value of a thread (default: the calling one), by its native id."""
+    return os.getpriority(os.PRIO_PROCESS, tid if tid is not None else threading.get_native_id())
+
+
+def lower_thread_priority(increment: int) -> None:
+    """Add ``increment`` to the calling thread's nice value (Linux: per thread); 0 does nothing."""
+    if increment <= 0 or not sys.platform.startswith("linux"):
+        return
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, thread_nice(tid) + increment))
+    except OSError as exc:  # e.g. a seccomp profile without setpriority: run at the loop's priority
+        logger.warning("could not lower a compute thread's priority", extra={"fields": {"error": str(exc)}})
+
+
+def lowered_priority(increment: int) -> Callable[[], None]:
+    """An executor ``initializer`` that lowers each of its threads' priority by ``increment``."""
+    return lambda: lower_thread_priority(increment)
+
+
+async def run_niced(increment: int, fn: Callable[..., T], *args: object) -> T:
+    """Run ``fn(*args)`` in a new thread niced by ``increment`` (threads it starts inherit that)."""
+    with ThreadPoolExecutor(1, thread_name_prefix="deltagate-load", initializer=lowered_priority(increment)) as pool:
+        return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
