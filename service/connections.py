@@ -12,8 +12,8 @@ protocol (the one the service runs, ``http="httptools"``) and adds:
   of a next request, its headers must be complete within the deadline; otherwise 408 if part of a
   request came, or a plain close for a connection that sent nothing.
 * **Header size** (``max_header_bytes``): request line plus headers; beyond it 431. Headers that
-  never end are cut off once the bytes received since the chunk in which the request began pass
-  the limit, so at most the limit plus one read (256 KiB) is buffered.
+  never end are cut off as soon as the bytes received for them pass the limit (when a pipelined
+  request began in the middle of a read, that read is not counted: at most one read more).
 * **Connection cap** (``max_connections``, per process): a connection beyond it is answered 503
   (``Retry-After``) at once and closed; refusals are logged (one line per second at most, with
   their count). The cap is kept below the open-file limit (:func:`connection_cap`), so the
@@ -194,7 +194,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.limits: ConnectionLimits = getattr(config, "connection_limits", None) or ConnectionLimits()
         self._header_deadline: asyncio.TimerHandle | None = None
         self._awaiting_headers = False  # a request has begun and its headers are not complete
-        self._header_bytes = 0  # bytes received since the chunk in which the request began
+        self._header_bytes = 0  # bytes of the unfinished headers received so far
+        self._message_ended = False  # a request ended within the read being parsed (pipelining)
         self._answered = False  # a protocol-level answer is written: the rest is discarded
         self._discarded = 0
 
@@ -222,12 +223,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if self._discarded > _MAX_DISCARD:
                 self.transport.close()
             return
-        if self._awaiting_headers:
-            self._header_bytes += len(data)
+        self._message_ended = False
         super().data_received(data)
-        if self._awaiting_headers and not self._answered and not self.transport.is_closing() \
-                and self._header_bytes > self.limits.max_header_bytes:
-            self._headers_too_large()
+        if self._awaiting_headers and not self._answered and not self.transport.is_closing():
+            if not self._message_ended:  # every byte of this read belongs to the unfinished headers
+                self._header_bytes += len(data)
+            if self._header_bytes > self.limits.max_header_bytes:
+                self._headers_too_large()
 
     # --- parser callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -263,6 +265,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._message_ended = True
         if not self._answered:
             super().on_message_complete()
 
