@@ -18,12 +18,14 @@ this does nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import sys
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TypeVar
 
 __all__ = ["lower_thread_priority", "lowered_priority", "run_niced", "thread_nice"]
@@ -39,8 +41,17 @@ def thread_nice(tid: int | None = None) -> int:
 
 
 def lower_thread_priority(increment: int) -> None:
-    """Add ``increment`` to the calling thread's nice value (Linux: per thread); 0 does nothing."""
-    if increment <= 0 or not sys.platform.startswith("linux"):
+    """Add ``increment`` to the calling thread's nice value (Linux: per thread; 0 changes none).
+
+    The OS thread is also given the Python thread's name (Python 3.11 leaves it unnamed), so
+    ``top -H`` and ``/proc/<pid>/task/*/comm`` show which threads are compute threads; threads it
+    starts (an engine's pool) inherit the name as they inherit the priority.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        Path("/proc/thread-self/comm").write_text(threading.current_thread().name[:15])
+    if increment <= 0:
         return
     tid = threading.get_native_id()
     try:
