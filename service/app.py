@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from models.version import DELTAGATE_VERSION
+from service.connections import EVENT_KINDS, EVENTS, set_early_answer
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.openapi import install_openapi
@@ -57,6 +58,10 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
         runtime.metrics.close()
 
+    for kind in EVENT_KINDS:  # zeros from the start, so rates exist
+        runtime.metrics.connection_events.labels(event=kind)
+    EVENTS.observer = lambda kind: runtime.metrics.connection_events.labels(event=kind).inc()  # this process's server
+    set_early_answer(classify.early_overload_answer(runtime))  # a spent budget's 503, before the app runs
     app = FastAPI(title="deltagate", version=DELTAGATE_VERSION, description=_DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.runtime = runtime

@@ -193,11 +193,18 @@ class Batcher:
         self._reserve(images)
         return Ticket(self, images)
 
-    def _reserve(self, n: int) -> None:
-        if self.depth + n > self.max_queue_size:
-            raise OverloadedError(
-                f"overloaded: {self.depth}/{self.max_queue_size} images in flight, {n} more do not fit; retry later"
+    def refusal(self, images: int = 1) -> OverloadedError | None:
+        """The error :meth:`admit` would raise now for ``images`` more, or None if they fit (nothing reserved)."""
+        if self.depth + images > self.max_queue_size:
+            return OverloadedError(
+                f"overloaded: {self.depth}/{self.max_queue_size} images in flight, {images} more do not fit; "
+                "retry later"
             )
+        return None
+
+    def _reserve(self, n: int) -> None:
+        if (error := self.refusal(n)) is not None:
+            raise error
         self._reserved += n
         self._on_depth(self.depth)
 

@@ -37,17 +37,20 @@ import math
 import resource
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application, HTTPScope
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from service.errors import error_body
 from service.settings import Settings
 
-__all__ = ["ConnectionLimits", "ServiceConfig", "GuardedHttpProtocol", "EVENTS", "connection_cap",
+__all__ = ["ConnectionLimits", "ServiceConfig", "GuardedHttpProtocol", "EVENTS", "EVENT_KINDS", "connection_cap",
+           "set_early_answer", "EarlyAnswer",
            "raise_open_file_limit", "FD_RESERVE", "LINGER_S", "MAX_LINGERING"]
 
 logger = logging.getLogger(__name__)
@@ -134,18 +137,22 @@ class _Events:
     _unlogged: Counter[str] = field(default_factory=Counter)
     _last_logged: dict[str, float] = field(default_factory=dict)
     _flush: dict[str, asyncio.TimerHandle] = field(default_factory=dict)
+    observer: Callable[[str], None] | None = None  # the app's metric (service.app); called with each event
 
-    _MESSAGES = {
+    _MESSAGES: ClassVar[dict[str, str]] = {
         "refused": "connections refused: over max_connections (answered 503)",
         "refused_at_once": "connections refused and closed at once (too many lingering answers): a client "
         "that had sent its request may see a reset",
         "header_timeout": "requests cut off: headers not complete within header_timeout_s (answered 408)",
         "silent_timeout": "connections closed: nothing sent within header_timeout_s",
         "headers_too_large": "requests refused: headers over max_header_bytes (answered 431)",
+        "overloaded": "requests refused before the app: admission budget spent (answered 503)",
     }
 
     def record(self, kind: str, loop: asyncio.AbstractEventLoop, **fields: Any) -> None:
         self.totals[kind] += 1
+        if self.observer is not None:
+            self.observer(kind)
         self._unlogged[kind] += 1
         now = loop.time()
         if now - self._last_logged.get(kind, -math.inf) >= self.interval_s:
@@ -168,6 +175,16 @@ class _Events:
 
 
 EVENTS = _Events()  # one per process: a process runs one server
+# The app's early answer (service.app registers it): given a request's scope once its headers are
+# complete, an ASGI app that answers it in place of the service's app, or None (the app answers).
+EarlyAnswer = Callable[[HTTPScope], ASGI3Application | None]
+_early_answer: list[EarlyAnswer] = []
+
+
+def set_early_answer(early: EarlyAnswer | None) -> None:
+    """Register (None: remove) this process's early answer (service.app: 503 when the budget is spent)."""
+    _early_answer[:] = [early] if early is not None else []
+EVENT_KINDS = tuple(_Events._MESSAGES)
 
 
 def _response(status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]],
@@ -268,6 +285,13 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._message_ended = True
         if not self._answered:
             super().on_message_complete()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        # Decided when the request starts (a pipelined one waits for the one before it): the
+        # early answer sees the admission budget as it is now.
+        for early in _early_answer:
+            app = early(cycle.scope) or app
+        super()._start_asgi_task(cycle, app)
 
     # --- the limits --------------------------------------------------------------------------------
     def _arm_header_deadline(self) -> None:

@@ -1,7 +1,9 @@
 """``deltagate bench overload``: how fast a full service says "busy", per ``compute_nice``, and what it costs.
 
-For each ``compute_nice`` value (default: 0, the compute threads at the event loop's priority, and
-the service's default) two servers of the same bundle run side by side for the whole run:
+For each variant — each ``compute_nice`` value of this checkout (default: 0, the compute threads at
+the event loop's priority, and the service's default) and, with ``--baseline DIR``, the service of
+another checkout (e.g. a worktree of the commit before) — two servers of the same bundle run side
+by side for the whole run:
 
 * an *overload* server (``max_queue_size`` 8): 48 closed-loop fillers keep its admission budget
   full, waiting 2 ms after each 503, while a probe in its own process (:mod:`deltagate.bench.probe`)
@@ -45,6 +47,7 @@ class OverloadConfig:
 
     bundle: Path
     nice_values: tuple[int, ...] = (0, 10)
+    baseline: Path | None = None  # another checkout's service, measured as the variant "baseline"
     rounds: int = 3
     conditions: tuple[str, ...] = ("quiet", "neighbour")
     clients: int = 48  # fillers of the overload server
@@ -62,15 +65,24 @@ def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[int, str], ServerProcess]:
+def _variants(cfg: OverloadConfig) -> list[str]:
+    return [*(["baseline"] if cfg.baseline is not None else []), *(f"nice{n}" for n in cfg.nice_values)]
+
+
+def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[str, str], ServerProcess]:
     base = Settings(bundle_path=cfg.bundle, engine="onnx", device="cpu", max_batch_size=cfg.max_batch_size,
                     max_queue_size=256, log_level="warning")
     servers = {}
-    for nice in cfg.nice_values:
-        full = base.model_copy(update={"compute_nice": nice, "max_queue_size": cfg.queue, "max_images_per_request": 1})
-        servers[(nice, "overload")] = deltagate_server(full, port_range=cfg.port_range, name=f"overload-nice{nice}")
-        servers[(nice, "saturation")] = deltagate_server(base.model_copy(update={"compute_nice": nice}),
-                                                         port_range=cfg.port_range, name=f"saturation-nice{nice}")
+    for variant in _variants(cfg):
+        pythonpath = str(cfg.baseline) if variant == "baseline" else None
+        # the baseline's settings may predate compute_nice: settings_to_env passes it on, and an
+        # older checkout ignores unknown DELTAGATE_* variables (extra="ignore")
+        nice = {} if variant == "baseline" else {"compute_nice": int(variant.removeprefix("nice"))}
+        full = base.model_copy(update={**nice, "max_queue_size": cfg.queue, "max_images_per_request": 1})
+        servers[(variant, "overload")] = deltagate_server(full, pythonpath=pythonpath, port_range=cfg.port_range,
+                                                          name=f"overload-{variant}")
+        servers[(variant, "saturation")] = deltagate_server(base.model_copy(update=nice), pythonpath=pythonpath,
+                                                            port_range=cfg.port_range, name=f"saturation-{variant}")
     for server in servers.values():
         stack.callback(server.__exit__, None, None, None)
         server.start()
@@ -79,17 +91,17 @@ def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[int, str], Ser
     return servers
 
 
-def _measure(servers: dict[tuple[int, str], ServerProcess], nice: int, workload: Any,
+def _measure(servers: dict[tuple[str, str], ServerProcess], variant: str, workload: Any,
              cfg: OverloadConfig) -> dict[str, Any]:
     before = _loadavg()
-    fill, probe = probe_while_full(servers[(nice, "overload")].url, workload.payloads, cfg.clients, cfg.probe_seconds,
-                                   cfg.warmup_s)
+    fill, probe = probe_while_full(servers[(variant, "overload")].url, workload.payloads, cfg.clients,
+                                   cfg.probe_seconds, cfg.warmup_s)
     refused = latency_stats([t1 - t0 for t0, t1, o in probe if o == "503"])
     probe_counts = {o: sum(1 for *_, x in probe if x == o) for o in sorted({o for *_, o in probe})}
     fill_counts = {o: sum(1 for *_, x in fill if x == o) for o in sorted({o for *_, o in fill})}
     between = _loadavg()
-    load = run_load(servers[(nice, "saturation")].url, workload.payloads, cfg.concurrency, cfg.seconds, cfg.warmup_s)
-    return {"compute_nice": nice, "refused_p50_ms": refused.p50_ms, "refused_p99_ms": refused.p99_ms,
+    load = run_load(servers[(variant, "saturation")].url, workload.payloads, cfg.concurrency, cfg.seconds, cfg.warmup_s)
+    return {"variant": variant, "refused_p50_ms": refused.p50_ms, "refused_p99_ms": refused.p99_ms,
             "refused_max_ms": refused.max_ms, "refused_n": refused.n, "probe_status_counts": probe_counts,
             "filler_status_counts": fill_counts, "images_per_s": load.requests_per_s,
             "saturation_status_counts": load.status_counts, "saturation_p99_ms": load.latency.p99_ms,
@@ -98,24 +110,24 @@ def _measure(servers: dict[tuple[int, str], ServerProcess], nice: int, workload:
 
 def _summary(rounds: list[dict[str, Any]], cfg: OverloadConfig) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    low = min(cfg.nice_values)
+    variants = _variants(cfg)
+    ref = variants[0]  # throughput ratios against the first variant (the baseline, or the lowest nice)
     for condition in cfg.conditions:
-        rows = [r for r in rounds if r["condition"] == condition]
-        per_nice: dict[str, Any] = {}
-        for nice in cfg.nice_values:
-            p99 = [r["results"][str(nice)]["refused_p99_ms"] for r in rows]
-            ratio = [r["results"][str(nice)]["images_per_s"] / r["results"][str(low)]["images_per_s"] for r in rows]
-            per_nice[str(nice)] = {
+        rows = [r["results"] for r in rounds if r["condition"] == condition]
+        per: dict[str, Any] = {}
+        for v in variants:
+            p99 = [r[v]["refused_p99_ms"] for r in rows]
+            ratio = [r[v]["images_per_s"] / r[ref]["images_per_s"] for r in rows]
+            per[v] = {
                 "refused_p99_ms_median": statistics.median(p99), "refused_p99_ms_rounds": p99,
-                "refused_p50_ms_median": statistics.median(r["results"][str(nice)]["refused_p50_ms"] for r in rows),
-                "images_per_s_median": statistics.median(r["results"][str(nice)]["images_per_s"] for r in rows),
-                f"images_per_s_ratio_to_nice{low}_median": round(statistics.median(ratio), 3),
-                f"images_per_s_ratio_to_nice{low}_rounds": [round(x, 3) for x in ratio],
-                "rounds_meeting_503_p99_target": sum(1 for v in p99 if v <= MAX_503_P99_MS),
-                "load_average_1min_median": statistics.median(r["results"][str(nice)]["load_average_before"][0]
-                                                              for r in rows),
+                "refused_p50_ms_median": statistics.median(r[v]["refused_p50_ms"] for r in rows),
+                "images_per_s_median": statistics.median(r[v]["images_per_s"] for r in rows),
+                f"images_per_s_ratio_to_{ref}_median": round(statistics.median(ratio), 3),
+                f"images_per_s_ratio_to_{ref}_rounds": [round(x, 3) for x in ratio],
+                "rounds_meeting_503_p99_target": f"{sum(1 for x in p99 if x <= MAX_503_P99_MS)}/{len(p99)}",
+                "load_average_1min_rounds": [r[v]["load_average_before"][0] for r in rows],
             }
-        out[condition] = per_nice
+        out[condition] = per
     return out
 
 
@@ -129,12 +141,13 @@ def overload_report(command: str, cfg: OverloadConfig) -> dict[str, Any]:
         servers = _servers(cfg, stack)
         for r in range(cfg.rounds):
             for condition in cfg.conditions:
-                k = r % len(cfg.nice_values)
-                order = [*cfg.nice_values[k:], *cfg.nice_values[:k]]  # rotated: no value always goes first
+                variants = _variants(cfg)
+                k = r % len(variants)
+                order = [*variants[k:], *variants[:k]]  # rotated: no variant always goes first
                 with neighbour(condition == "neighbour"):
-                    results = {str(nice): _measure(servers, nice, workload, cfg) for nice in order}
-                for nice, res in results.items():
-                    logger.info("round %d %s nice %s: 503 p99 %.1f ms, %.2f images/s, load %s", r, condition, nice,
+                    results = {v: _measure(servers, v, workload, cfg) for v in order}
+                for v, res in results.items():
+                    logger.info("round %d %s %s: 503 p99 %.1f ms, %.2f images/s, load %s", r, condition, v,
                                 res["refused_p99_ms"], res["images_per_s"], res["load_average_before"])
                 rounds.append({"round": r, "condition": condition, "order": order, "results": results})
     return {"command": command, "machine": machine_info(), "config": {k: str(v) if isinstance(v, Path) else v

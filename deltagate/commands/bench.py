@@ -227,6 +227,7 @@ def overload(
     conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
         "quiet,neighbour"),
     seconds: Annotated[float, typer.Option(help="Probe seconds with the budget full, per value and round.")] = 4.0,
+    baseline: Annotated[Path | None, typer.Option(help="Another checkout's service as a variant.")] = None,
     ports: Annotated[str | None, typer.Option(help="Port range for the servers, LOW-HIGH [OS picks].")] = None,
 ) -> None:
     """503 latency with the admission budget full, and throughput at saturation, per compute_nice (issue 16)."""
@@ -241,7 +242,7 @@ def overload(
         raise typer.BadParameter(f"expected comma-separated integers, got {nice!r}") from exc
     cfg = OverloadConfig(bundle=bundle, nice_values=nice_values, rounds=rounds,
                          conditions=_names(conditions, ("quiet", "neighbour"), "conditions"), probe_seconds=seconds,
-                         port_range=_port_range(ports))
+                         baseline=baseline, port_range=_port_range(ports))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the servers are stopped
     report = overload_report(command_line(ctx), cfg)
     write_report(report, out)

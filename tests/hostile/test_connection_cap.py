@@ -95,3 +95,7 @@ def test_connections_beyond_the_cap_are_answered_503_and_logged(tmp_path: Path) 
             statuses = Counter(pool.map(lambda _: httpx.get(f"{server.url}/readyz", timeout=10.0).status_code,
                                         range(BURST)))
         assert statuses == {200: BURST}, statuses
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10.0).text
+        name = 'deltagate_connection_events_total{event="refused"}'
+        refused = [line for line in metrics.splitlines() if line.startswith(name)]
+        assert refused and float(refused[0].split()[-1]) == SILENT - CAP + outcomes["503"], refused

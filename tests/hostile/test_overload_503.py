@@ -8,7 +8,8 @@ docs/benchmarks.md); what CI checks here is the mechanism, on a real server with
 * every compute thread (decode pool, inference threads, and ONNX Runtime's intra-op pool, which
   inherits the priority of the thread that created the session) runs ``compute_nice`` below the
   event loop's thread, which keeps the process's priority;
-* a request that finds the budget spent is answered 503 before its body is sent at all.
+* a request that finds the budget spent is answered 503 before its body is sent at all, by the
+  connection level (no FastAPI routing or middleware on the 503 path).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.hostile.support_net import connect, read_until_closed, status_of
+from tests.hostile.support_net import connect, logged_total, read_until_closed, status_of
 from tests.server_process import DEFAULT_BUNDLE, ServerProcess, serving
 from tests.service_support import noise_image
 
@@ -88,5 +89,6 @@ def test_a_spent_budget_is_answered_503_before_the_body_is_sent(server: ServerPr
         assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
         assert b"retry-after:" in answer.lower()
         assert seconds < 2.0, seconds  # not the 10 MB body's time, nor a timeout
+        assert logged_total(server, "overloaded", 1) >= 1  # answered by the connection level, before the app
         ending = read_until_closed(holder, time.monotonic(), 0.1)
         assert ending.how == "timeout", ending  # the holder was still being read: the budget really was spent
