@@ -19,7 +19,12 @@ protocol (the one the service runs, ``http="httptools"``) and adds:
   their count). The cap is kept below the open-file limit (:func:`connection_cap`), so the
   process always has descriptors to accept, answer and close with.
 
-Every protocol-level answer is written with ``Connection: close``; the connection then *lingers*
+* **Early answer**: once a request's headers are complete, the app's registered check
+  (:func:`set_early_answer`; the service registers the overload 503 of
+  :func:`service.routes.classify.early_overload_answer`) may answer it in place of the app, so a
+  refusal costs the event loop no routing, middleware or body read.
+
+Every protocol-level answer (408, 431, the cap's 503) is written with ``Connection: close``; the connection then *lingers*
 (its write side shut, whatever arrives read and discarded for ``LINGER_S``), so a client that is
 still sending reads the answer instead of a reset. At most ``MAX_LINGERING`` connections linger at
 once; beyond that an answered connection is closed at once. Each kind of event is counted in
@@ -175,6 +180,7 @@ class _Events:
 
 
 EVENTS = _Events()  # one per process: a process runs one server
+EVENT_KINDS = tuple(_Events._MESSAGES)
 # The app's early answer (service.app registers it): given a request's scope once its headers are
 # complete, an ASGI app that answers it in place of the service's app, or None (the app answers).
 EarlyAnswer = Callable[[HTTPScope], ASGI3Application | None]
@@ -184,7 +190,6 @@ _early_answer: list[EarlyAnswer] = []
 def set_early_answer(early: EarlyAnswer | None) -> None:
     """Register (None: remove) this process's early answer (service.app: 503 when the budget is spent)."""
     _early_answer[:] = [early] if early is not None else []
-EVENT_KINDS = tuple(_Events._MESSAGES)
 
 
 def _response(status: int, code: str, message: str, default_headers: list[tuple[bytes, bytes]],

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -24,6 +25,7 @@ import httpx
 import pytest
 
 from deltagate.server_process import LOCALHOST
+from service.supervision import stop_new_connections
 from tests.hostile.support_net import DUMMY_ENV
 from tests.server_process import ServerProcess, start_server
 from tests.service_support import noise_image
@@ -125,3 +127,34 @@ def test_sigterm_with_workers_answers_or_refuses_and_never_resets(
     assert status in (0, -signal.SIGTERM), server.log_tail()
     draining = {e["pid"] for e in server.log_lines() if e.get("msg") == "draining"}
     assert len(draining) == WORKERS, server.log_tail()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the SYN filter is Linux's")
+def test_stopping_new_connections_keeps_the_queue_and_turns_new_ones_into_refusals() -> None:
+    """The mechanism behind "never reset": after the filter, a queued connection is still accepted,
+    a new connect gets no answer until the listener closes, and then a refusal (not a reset)."""
+    with socket.socket() as listener:
+        listener.bind((LOCALHOST, 0))
+        listener.listen(8)
+        address = listener.getsockname()
+        queued = socket.create_connection(address, timeout=5.0)
+        assert stop_new_connections([listener])
+        outcome: dict[str, str] = {}
+
+        def connect_late() -> None:
+            try:
+                socket.create_connection(address, timeout=10.0).close()
+                outcome["new"] = "connected"
+            except OSError as exc:
+                outcome["new"] = type(exc).__name__
+
+        late = threading.Thread(target=connect_late)
+        late.start()
+        accepted, _ = listener.accept()  # the connection queued before the filter
+        with accepted, queued:
+            queued.sendall(b"x")
+            assert accepted.recv(1) == b"x"
+        time.sleep(0.3)
+        assert "new" not in outcome, outcome  # its SYN was dropped: still connecting
+    late.join(10.0)  # the listener is closed now: the SYN's retry meets a closed port
+    assert outcome == {"new": "ConnectionRefusedError"}, outcome
