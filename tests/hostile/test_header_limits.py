@@ -106,3 +106,16 @@ def test_the_answer_reaches_a_client_that_keeps_sending(server: ServerProcess) -
         sock.sendall(b"\r\nX-More: b" * 100)  # still sending after the answer was written
         ending = read_until_closed(sock, time.monotonic(), 10.0)
     assert status_of(ending.data) == 431 and ending.how == "eof", ending
+
+
+def test_a_request_smuggled_behind_conflicting_lengths_is_refused(server: ServerProcess) -> None:
+    """Content-Length and Transfer-Encoding together (CL.TE smuggling): 400, connection closed, and the
+    request hidden in the body is never served (held before issue 16; the guarded protocol keeps it)."""
+    smuggled = b"GET /readyz HTTP/1.1\r\nHost: test\r\n\r\n"
+    body = b"0\r\n\r\n" + smuggled
+    request = (b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Length: " + str(len(body)).encode()
+               + b"\r\nTransfer-Encoding: chunked\r\n\r\n" + body)
+    with connect(server.url) as sock:
+        sock.sendall(request)
+        ending = read_until_closed(sock, time.monotonic(), 10.0)
+    assert status_of(ending.data) == 400 and ending.data.count(b"HTTP/1.1 ") == 1, ending

@@ -44,10 +44,10 @@ def alive(pid: int) -> bool:
     return state != "Z"
 
 
-def worker_pids(server: ServerProcess, timeout_s: float = 120.0) -> set[int]:
-    """The workers' pids, once each has logged "ready"."""
+def worker_pids(server: ServerProcess, count: int = WORKERS, timeout_s: float = 120.0) -> set[int]:
+    """The pids of the workers that have logged "ready", once ``count`` have."""
     end = time.monotonic() + timeout_s
-    while len(pids := {int(e["pid"]) for e in server.log_lines() if e.get("msg") == "ready"}) < WORKERS:
+    while len(pids := {int(e["pid"]) for e in server.log_lines() if e.get("msg") == "ready"}) < count:
         assert time.monotonic() < end and server.proc.poll() is None, server.log_tail()
         time.sleep(0.1)
     return pids
@@ -59,11 +59,19 @@ def start_workers(tmp_path: Path, **extra: str) -> ServerProcess:
     return server
 
 
-def test_workers_die_with_a_sigkilled_supervisor_and_the_port_is_free_again(tmp_path: Path) -> None:
+def test_a_killed_worker_is_replaced_and_workers_die_with_a_killed_supervisor(tmp_path: Path) -> None:
     server = start_workers(tmp_path)
     try:
-        workers = worker_pids(server)
-        assert server.proc.pid not in workers
+        first = worker_pids(server)
+        assert server.proc.pid not in first
+        os.kill(min(first), signal.SIGKILL)  # a worker dies (OOM kill, crash): the supervisor replaces it
+        workers = worker_pids(server, count=WORKERS + 1) - {min(first)}
+        files = [("file", ("a.png", noise_image(0, (32, 32)), "image/png"))]
+        statuses = Counter(httpx.post(f"{server.url}/classify", files=files, timeout=30.0).status_code
+                           for _ in range(6))
+        assert statuses == {200: 6}, statuses
+        assert all(alive(pid) for pid in workers), workers
+
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(10)
         end = time.monotonic() + 15.0
