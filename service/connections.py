@@ -24,11 +24,12 @@ protocol (the one the service runs, ``http="httptools"``) and adds:
   :func:`service.routes.classify.early_overload_answer`) may answer it in place of the app, so a
   refusal costs the event loop no routing, middleware or body read.
 
-Every protocol-level answer (408, 431, the cap's 503) is written with ``Connection: close``; the connection then *lingers*
-(its write side shut, whatever arrives read and discarded for ``LINGER_S``), so a client that is
-still sending reads the answer instead of a reset. At most ``MAX_LINGERING`` connections linger at
-once; beyond that an answered connection is closed at once. Each kind of event is counted in
-:data:`EVENTS` and logged at most once a second with its count.
+Every protocol-level answer (408, 431, the cap's 503) is written with ``Connection: close``; the
+connection then *lingers* (its write side shut, whatever arrives read and discarded for
+``LINGER_S``), so a client that is still sending reads the answer instead of a reset. At most
+``MAX_LINGERING`` connections linger at once; beyond that an answered connection is closed at
+once. Each kind of event is counted in :data:`EVENTS` and logged at most once a second with its
+count.
 
 h11 (uvicorn's other HTTP/1.1 protocol) is not guarded; the service always runs httptools.
 """
