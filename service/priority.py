@@ -1,8 +1,9 @@
 """Compute threads at a lower CPU priority than the event loop (``compute_nice``).
 
 With every core held by the forward's intra-op threads and the decode pool, the event loop that
-answers a 503 (or ``/healthz``) waits for a CPU slice: tens of milliseconds where it needs
-microseconds. Linux keeps a nice value per thread, so the compute threads alone can run niced:
+answers a 503 (or ``/healthz``) waits for a CPU slice: tens of milliseconds (issue 16) where its
+own work takes far less. Linux keeps a nice value per thread, so the compute threads alone can run
+niced:
 
 * the decode pool's and each engine instance's inference thread: niced as they start
   (:func:`lowered_priority` as the executor's initializer);
@@ -13,6 +14,13 @@ microseconds. Linux keeps a nice value per thread, so the compute threads alone 
 The event loop's thread keeps its nice value. An unprivileged process can raise a nice value but
 never lower it again, hence the separate threads. Elsewhere than Linux (where nice is per process)
 this does nothing.
+
+Nice values order the threads of one scheduling group: a container's cgroup, a systemd unit, or a
+session where the kernel groups by session (``sched_autogroup``). There the compute threads give
+way to the loop only. Where the service shares one flat run queue with foreign busy threads (no
+cgroup, no autogroup), a niced compute thread gets less CPU than those threads, and one holding
+the GIL can keep the loop waiting: set ``compute_nice=0`` there. The measurement is
+``deltagate bench overload`` (docs/benchmarks.md).
 """
 
 from __future__ import annotations

@@ -92,7 +92,7 @@ def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
     route would refuse the request for its budget, the answer is the route's own (503
     ``overloaded``, the same message, ``Retry-After``, ``X-Request-ID``, counted in the request
     metrics) without FastAPI's routing, middleware and access-log line: under overload the 503s
-    are most of the traffic, and the event loop must answer them in microseconds to stay
+    are most of the traffic, and the event loop must answer them at once to stay
     responsive (issue 16). The access log gets one line a second with their count instead.
     Requests the app would answer otherwise first (a wrong API key: 401; a declared body over the
     limit: 413) are left to the app.
