@@ -15,14 +15,14 @@ docs/benchmarks.md); what CI checks here is the mechanism, on a real server with
 from __future__ import annotations
 
 import json
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.hostile.support_net import connect, logged_total, read_until_closed, status_of
+from tests.hostile.support_net import connect, logged_total, status_of
 from tests.server_process import DEFAULT_BUNDLE, ServerProcess, serving
 from tests.service_support import noise_image
 
@@ -74,21 +74,39 @@ def test_compute_threads_run_below_the_event_loop(server: ServerProcess) -> None
 
 
 def test_a_spent_budget_is_answered_503_before_the_body_is_sent(server: ServerProcess) -> None:
-    head = ("POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
-            "Content-Length: {n}\r\n\r\n")
-    with connect(server.url) as holder:  # admitted, then its body never ends: it holds the one slot
-        holder.sendall(head.format(n=100_000).encode() + b"--b\r\n")
-        time.sleep(0.5)
-        with connect(server.url) as probe:
-            start = time.monotonic()
-            probe.sendall(head.format(n=10_000_000).encode())  # headers only: the body is never sent
-            probe.settimeout(10.0)
-            answer = probe.recv(65536)
-            seconds = time.monotonic() - start
-        assert status_of(answer) == 503, answer[:300]
-        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
-        assert b"retry-after:" in answer.lower()
-        assert seconds < 2.0, seconds  # not the 10 MB body's time, nor a timeout
-        assert logged_total(server, "overloaded", 1) >= 1  # answered by the connection level, before the app
-        ending = read_until_closed(holder, time.monotonic(), 0.1)
-        assert ending.how == "timeout", ending  # the holder was still being read: the budget really was spent
+    """Four clients keep the one-image budget busy with real requests; a probe sends only the headers
+    of a 10 MB upload. Whenever it finds the budget spent it must be answered 503 at once, its body
+    never sent (when it finds room, the server waits for the body: the probe gives up after 0.5 s
+    and tries again)."""
+    files = [("file", ("a.png", noise_image(1, (64, 64)), "image/png"))]
+    stop = threading.Event()
+
+    def fill() -> None:
+        with httpx.Client(base_url=server.url, timeout=30.0) as client:
+            while not stop.is_set():
+                client.post("/classify", files=files)
+
+    head = (b"POST /classify HTTP/1.1\r\nHost: test\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+            b"Content-Length: 10000000\r\n\r\n")
+    fillers = [threading.Thread(target=fill, daemon=True) for _ in range(4)]
+    for thread in fillers:
+        thread.start()
+    answer, tries = b"", 0
+    try:
+        while not answer and tries < 200:
+            tries += 1
+            with connect(server.url) as probe:
+                probe.sendall(head)  # the headers only: the body is never sent
+                probe.settimeout(0.5)
+                try:
+                    answer = probe.recv(65536)
+                except TimeoutError:  # there was room: the server waits for the body
+                    continue
+    finally:
+        stop.set()
+        for thread in fillers:
+            thread.join(30.0)
+    assert status_of(answer) == 503, (tries, answer[:300])
+    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
+    assert b"retry-after:" in answer.lower()
+    assert logged_total(server, "overloaded", 1) >= 1  # answered by the connection level, before the app
