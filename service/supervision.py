@@ -9,8 +9,9 @@
   nothing left in its accept queue to reset. In-flight requests get ``graceful_shutdown_s``.
 * **Several workers** (:class:`Supervisor`): uvicorn's multi-process supervisor (it restarts a
   dead worker and stops on a worker that fails to start), with workers that drain as above, and
-  that die with the supervisor: each asks the kernel for SIGTERM when its parent dies
-  (``PR_SET_PDEATHSIG``), so a SIGKILLed supervisor leaves no orphan holding the port. On its own
+  that die with the supervisor: each asks the kernel for a signal when its parent dies
+  (``PR_SET_PDEATHSIG``) and then stops at once, without the drain, so a SIGKILLed supervisor
+  leaves no orphan holding the port. On its own
   SIGTERM the supervisor signals the workers and closes its copy of the listening socket, so the
   socket closes with the last worker's listener instead of queueing connections nobody accepts.
 
@@ -37,7 +38,7 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 __all__ = ["DrainingServer", "Supervisor", "WorkerProcess", "stop_new_connections", "die_with_parent",
-           "register_worker_drain", "SETTLE_S"]
+           "register_worker_drain", "SETTLE_S", "PARENT_DEATH_SIGNAL"]
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +123,7 @@ class DrainingServer(uvicorn.Server):
             return  # a repeated SIGTERM (e.g. to the process group, then from the supervisor) changes nothing
         self._stopping = True
         self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown, as without a drain
-        orphaned = self._parent_pid is not None and os.getppid() != self._parent_pid
+        orphaned = _orphaned.is_set() or (self._parent_pid is not None and os.getppid() != self._parent_pid)
         drain_s = 0.0 if orphaned else self._drain_s
         if drain_s > 0:
             self._begin_drain()
@@ -156,24 +157,38 @@ class WorkerProcess(multiprocess.Process):
         return self._server
 
 
+# The signal a worker gets when its supervisor dies. Not SIGTERM: the kernel sends it when the
+# supervisor's *thread* that started the worker exits, and while the supervisor's other threads
+# are still being torn down the worker's parent pid is still the supervisor's, so a SIGTERM could
+# not be told from the supervisor's own "drain and stop".
+PARENT_DEATH_SIGNAL = signal.SIGUSR2
+_orphaned = threading.Event()
+
+
+def _stop_orphaned(*_: object) -> None:
+    _orphaned.set()
+    signal.raise_signal(signal.SIGTERM)  # the server's own stop (DrainingServer skips the drain)
+
+
 def die_with_parent(parent_pid: int) -> None:
-    """Get SIGTERM when the parent process dies: ``prctl(PR_SET_PDEATHSIG)`` on Linux, else a watcher thread.
+    """Stop (SIGTERM, no drain) when the parent dies: ``prctl(PR_SET_PDEATHSIG)`` on Linux, else a watcher thread.
 
     Checked once more after the request: a parent that died before it would never send the signal.
     """
+    signal.signal(PARENT_DEATH_SIGNAL, _stop_orphaned)
     armed = False
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        armed = libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0
+        armed = libc.prctl(_PR_SET_PDEATHSIG, PARENT_DEATH_SIGNAL, 0, 0, 0) == 0
     if not armed:
         def watch() -> None:
             while os.getppid() == parent_pid:
                 time.sleep(0.5)
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), PARENT_DEATH_SIGNAL)
 
         threading.Thread(target=watch, name="deltagate-parent-watch", daemon=True).start()
     elif os.getppid() != parent_pid:
-        os.kill(os.getpid(), signal.SIGTERM)
+        _stop_orphaned()
 
 
 class Supervisor(multiprocess.Multiprocess):

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from deltagate.server_process import ServerProcess
 
 __all__ = ["Ending", "address", "connect", "read_until_closed", "raw_request", "status_of", "limited_nofile_argv",
-           "logged_total", "DUMMY_ENV"]
+           "logged_total", "read_response", "DUMMY_ENV"]
 
 # A server that needs no bundle and answers at once (the connection level is the same for every engine).
 DUMMY_ENV = {"DELTAGATE_ENGINE": "dummy", "DELTAGATE_BUNDLE_PATH": "/nonexistent", "DELTAGATE_LOG_LEVEL": "info"}
@@ -59,6 +59,26 @@ def read_until_closed(sock: socket.socket, since: float, timeout_s: float) -> En
         if not chunk:
             return Ending(data, time.monotonic() - since, "eof")
         data += chunk
+
+
+def read_response(sock: socket.socket, timeout_s: float = 10.0) -> bytes:
+    """One whole response with a ``Content-Length`` (it may come in several segments)."""
+    sock.settimeout(timeout_s)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next((int(line.split(b":", 1)[1]) for line in head.lower().split(b"\r\n")
+                   if line.startswith(b"content-length:")), 0)
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        body += chunk
+    return head + b"\r\n\r\n" + body
 
 
 def raw_request(path: str = "/healthz", method: str = "GET", headers: Sequence[tuple[str, str]] = (),

@@ -72,6 +72,7 @@ def test_connections_beyond_the_cap_are_answered_503_and_logged(tmp_path: Path) 
                 except BlockingIOError:
                     answered["held"] += 1
                     continue
+                data += read_until_closed(sock, time.monotonic(), 5.0).data  # answered: the rest, then EOF
                 answered[str(status_of(data))] += 1
                 if status_of(data) == 503:
                     body = json.loads(data.split(b"\r\n\r\n", 1)[1])

@@ -10,24 +10,22 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.hostile.support_net import DUMMY_ENV, connect, logged_total, raw_request, read_until_closed, status_of
-from tests.server_process import ServerProcess, rss_kib, serving
+from tests.hostile.conftest import MAX_HEADER_BYTES
+from tests.hostile.support_net import connect, logged_total, raw_request, read_until_closed, status_of
+from tests.server_process import ServerProcess, rss_kib
 
 pytestmark = pytest.mark.hostile
 
-LIMIT = 8192
+LIMIT = MAX_HEADER_BYTES
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {**DUMMY_ENV, "DELTAGATE_MAX_HEADER_BYTES": str(LIMIT)}
-    with serving(tmp_path_factory.mktemp("headers") / "server.log", env) as s:
-        yield s
+@pytest.fixture
+def server(guarded_server: ServerProcess) -> ServerProcess:
+    return guarded_server
 
 
 def header_bytes(request: bytes) -> int:
@@ -37,10 +35,10 @@ def header_bytes(request: bytes) -> int:
 
 
 def send(server: ServerProcess, request: bytes) -> bytes:
+    """Send a ``Connection: close`` request; everything the server answered."""
     with connect(server.url) as sock:
         sock.sendall(request)
-        return read_until_closed(sock, time.monotonic(), 10.0).data if b"connection: close" in request.lower() \
-            else sock.recv(65536)
+        return read_until_closed(sock, time.monotonic(), 10.0).data
 
 
 def test_headers_just_under_the_limit_are_served_and_just_over_it_get_431(server: ServerProcess) -> None:

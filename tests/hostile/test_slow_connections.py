@@ -13,36 +13,31 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
+from tests.hostile.conftest import HEADER_TIMEOUT_S, KEEPALIVE_S
 from tests.hostile.support_net import (
-    DUMMY_ENV,
     Ending,
     connect,
     logged_total,
     raw_request,
+    read_response,
     read_until_closed,
     status_of,
 )
-from tests.server_process import ServerProcess, serving
+from tests.server_process import ServerProcess
 
 pytestmark = pytest.mark.hostile
 
-HEADER_TIMEOUT_S = 2.0
-KEEPALIVE_S = 1
 LATE_S = 4.0  # how late after its limit a close may come on a loaded machine
 SILENT, SLOW = 20, 20
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    env = {**DUMMY_ENV, "DELTAGATE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-           "DELTAGATE_KEEPALIVE_TIMEOUT_S": str(KEEPALIVE_S)}
-    with serving(tmp_path_factory.mktemp("slow") / "server.log", env) as s:
-        yield s
+@pytest.fixture
+def server(guarded_server: ServerProcess) -> ServerProcess:
+    return guarded_server
 
 
 def trickle(socks: list, stop: threading.Event) -> None:  # type: ignore[type-arg]
@@ -89,7 +84,7 @@ def test_a_slow_second_request_on_a_kept_alive_connection_gets_408(server: Serve
     sock = connect(server.url)
     with sock:
         sock.sendall(raw_request("/healthz"))
-        first = sock.recv(65536)
+        first = read_response(sock)
         assert status_of(first) == 200 and b"connection: close" not in first.lower(), first
         start = time.monotonic()
         sock.sendall(b"GET /healthz HTTP/1.1\r\n")  # begun within the idle time, never finished
@@ -102,7 +97,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_its_idle_time(server: Ser
     sock = connect(server.url)
     with sock:
         sock.sendall(raw_request("/healthz"))
-        assert status_of(sock.recv(65536)) == 200
+        assert status_of(read_response(sock)) == 200
         start = time.monotonic()
         ending = read_until_closed(sock, start, KEEPALIVE_S + LATE_S)
     assert ending.how == "eof" and ending.data == b"", ending
