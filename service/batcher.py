@@ -161,6 +161,11 @@ class Batcher:
         """Images admitted and not yet in a forward (reserved + queued)."""
         return self._reserved + self._queued
 
+    @property
+    def queued(self) -> int:
+        """Images decoded and waiting for a forward (the part of :attr:`depth` past decoding)."""
+        return self._queued
+
     def _running(self) -> list[concurrent.futures.Future[tuple[EngineOutputs, float]]]:
         """Forwards still inside an engine (a cancelled request does not stop its thread)."""
         return [job for job in self._jobs.values() if not job.done()]
