@@ -204,7 +204,7 @@ def decode_image(
         ImageDecodeError: not an image, truncated, or an unsupported format.
         ImageShapeError: an aspect ratio over ``shape``'s limit.
         ImageTooLargeError: more than ``max_pixels`` pixels, a resized size over ``shape``'s limit, or a
-            size Pillow cannot represent (its ``OverflowError``).
+            size Pillow cannot represent or allocate (its ``OverflowError``, ``MemoryError``).
     """
     img = open_image(data, max_pixels, shape)
     try:
@@ -215,8 +215,8 @@ def decode_image(
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except OverflowError as exc:  # a size past Pillow's C integers
-        raise ImageTooLargeError(f"image is too large for the decoder: {exc}") from exc
+    except (OverflowError, MemoryError) as exc:  # a size past Pillow's C integers, or an allocation it refused
+        raise ImageTooLargeError(f"image is too large for the decoder: {type(exc).__name__} {exc}") from exc
     except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
     return img
@@ -270,13 +270,15 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
         float32 array of shape (3, image_size, image_size).
 
     Raises:
-        ImageTooLargeError: the resize would pass Pillow's C integers (a 1x39,000,000 strip; the service
-            refuses such shapes from the header first, :class:`ShapeLimits`).
+        ImageTooLargeError: the resize would pass Pillow's C integers or its allocation failed (a
+            1x39,000,000 strip; the service refuses such shapes from the header first, :class:`ShapeLimits`).
     """
     try:
         img = _resize(to_rgb(img), cfg)
-    except OverflowError as exc:
-        raise ImageTooLargeError(f"image of {img.width}x{img.height} pixels cannot be resized: {exc}") from exc
+    except (OverflowError, MemoryError) as exc:  # Pillow refused the size; nothing was allocated
+        raise ImageTooLargeError(
+            f"image of {img.width}x{img.height} pixels cannot be resized: {type(exc).__name__} {exc}"
+        ) from exc
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
