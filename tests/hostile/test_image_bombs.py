@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import io
 import statistics
-import struct
 import time
-import zlib
 from pathlib import Path
 
 import httpx
@@ -21,23 +19,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from deltagate.bench.hostile import bilevel_png, peak_rss_kib, reset_peak_rss_kib
 from models.preprocess import ImageTooLargeError, PreprocessConfig, preprocess_image
 from service.settings import Settings
-from tests.hostile.support_app import dummy_server, peak_rss_kib, reset_peak_rss_kib
+from tests.hostile.support_app import dummy_server
 from tests.integration.service.test_limits import png_claiming
 from tests.service_support import class_image, dummy_settings, encode, files, serve
 
 pytestmark = pytest.mark.hostile
 
-
-
-def bilevel_png(width: int, height: int) -> bytes:
-    """A complete, decodable 1-bit PNG of width x height black pixels (zlib makes it tiny)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    rows = (b"\0" + b"\0" * ((width + 7) // 8)) * height  # filter byte + packed pixels, per row
-    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(rows, 9)) + chunk(b"IEND", b"")
 
 
 STRIP = bilevel_png(1, 100_000)  # the issue's case: a few hundred bytes

@@ -18,8 +18,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from deltagate.bench.hostile import peak_rss_kib, reset_peak_rss_kib
 from service.pipeline import MAX_JSON_CONTAINERS, json_value_bound
-from tests.hostile.support_app import dummy_server, peak_rss_kib, post_timed, reset_peak_rss_kib
+from tests.hostile.support_app import dummy_server, post_timed
 from tests.service_support import b64, class_image, files, serve
 
 pytestmark = pytest.mark.hostile

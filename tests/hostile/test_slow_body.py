@@ -19,7 +19,8 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from tests.hostile.support_app import SlowSender, dummy_server
+from deltagate.bench.hostile import SlowSender
+from tests.hostile.support_app import dummy_server
 from tests.service_support import asgi_scope, class_image, dummy_settings, files, serve
 
 pytestmark = pytest.mark.hostile
@@ -70,7 +71,7 @@ def test_slow_senders_hold_no_admission_slot_get_408_and_classify_keeps_serving(
         # Every slow sender got 408 near the deadline, and its connection was closed.
         for sender in senders:
             assert sender.status == 408, sender.answer[:300]
-            assert sender.error["error"]["code"] == "body_timeout"  # type: ignore[index]
+            assert sender.error["error"]["code"] == "body_timeout"
             assert b"connection: close" in sender.answer.lower()
             assert sender.answered_after is not None and timeout_s - 0.5 <= sender.answered_after <= timeout_s + 3.0
             assert sender.closed
