@@ -66,7 +66,7 @@ async def test_abusive_json_is_a_small_4xx_at_once(name: str, body: bytes, statu
         seconds = time.perf_counter() - start
         assert r.status_code == status, r.text[:500]
         assert r.json()["error"]["code"] == code and len(r.content) < 2048
-        assert seconds < 1.0, seconds  # typical: a few ms (the 1M-key body: a scan of 8 MB)
+        assert seconds < 2.0, seconds  # typical: 10-300 ms, mostly moving the 2-8 MB body (before: 10 s for 2 MB)
         assert (await client.post("/classify", files=files(class_image(1)))).status_code == 200
 
 

@@ -46,14 +46,13 @@ def test_slow_senders_hold_no_admission_slot_get_408_and_classify_keeps_serving(
 
         thread = threading.Thread(target=trickle, daemon=True)
         thread.start()
-        statuses, depths = [], []
+        statuses, depths, during = [], [], 0
         with httpx.Client(base_url=server.url, timeout=10.0) as client:
             end = time.monotonic() + timeout_s / 2  # while every slow body is still arriving
             while time.monotonic() < end:
                 statuses.append(client.post("/classify", files=files(class_image(1))).status_code)
                 depths.append(gauge(client.get("/metrics").text, "deltagate_queue_depth_images"))
-            early = [(s.answered_after, s.answer[:200]) for s in senders if s.answered_after is not None]
-            assert not early, f"slow senders answered before their deadline: {early}"
+                during += all(s.answered_after is None for s in senders)  # the attack was on throughout
             thread.join(timeout=timeout_s + 10.0)
             done.set()
             deadline = time.monotonic() + 5.0
@@ -66,7 +65,7 @@ def test_slow_senders_hold_no_admission_slot_get_408_and_classify_keeps_serving(
         for sender in senders:
             sender.close()
         # Normal traffic was never refused, and the slow bodies held none of the image budget.
-        assert len(statuses) >= 3 and set(statuses) == {200}, statuses
+        assert during >= 3 and set(statuses) == {200}, (during, statuses)
         assert set(depths) == {0.0}
         # Every slow sender got 408 near the deadline, and its connection was closed.
         for sender in senders:
