@@ -68,7 +68,8 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         routers.append(ui.router)
     for router in routers:
         app.include_router(router)
-    app.state.body_budget = BodyBudget(settings.max_body_bytes_in_flight)  # bytes of bodies held, all requests
+    # Bytes of bodies held over all requests (deltagate_request_body_bytes).
+    app.state.body_budget = BodyBudget(settings.max_body_bytes_in_flight, runtime.metrics.body_bytes.set)
     app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_body_bytes,
                        timeout_s=settings.body_read_timeout_s, budget=app.state.body_budget)
     paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)

@@ -145,7 +145,7 @@ class Batcher:
         self._stack = stack or _stack_numpy
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # queued images whose futures are not done
-        self._reserved = 0  # admitted images not queued yet (body being read, images being decoded)
+        self._reserved = 0  # admitted images not queued yet (body being parsed, images being decoded)
         self._wakeup = asyncio.Event()
         self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
         self._executors = [

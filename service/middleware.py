@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -36,21 +37,27 @@ class BodyBudget:
 
     Args:
         limit: the most bytes held at once.
+        on_change: called with the bytes held whenever they change (the metrics gauge).
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
         self.limit = limit
         self.held = 0
+        self._on_change = on_change or (lambda held: None)
 
     def take(self, n: int) -> bool:
         """Hold ``n`` more bytes if they fit; False (nothing taken) if not."""
         if self.held + n > self.limit:
             return False
-        self.held += n
+        if n:
+            self.held += n
+            self._on_change(self.held)
         return True
 
     def give(self, n: int) -> None:
-        self.held -= n
+        if n:
+            self.held -= n
+            self._on_change(self.held)
 
 
 class BodyLimitsMiddleware:

@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         "an idle instance takes what is waiting at once; batches grow only while every instance is busy).",
     )
     max_queue_size: int = Field(
-        256, ge=1, description="Images admitted and not yet in a forward (being read, decoded or queued); beyond: 503."
+        256, ge=1, description="Images admitted and not yet in a forward (being parsed, decoded or queued; a body "
+        "still arriving holds none); beyond: 503."
     )
     pad_to_bucket: bool | None = Field(
         None, description="Pad batches to a power-of-two bucket (stable shapes); None = on CUDA only."
@@ -141,8 +142,9 @@ class Settings(BaseSettings):
         "408 and the connection is closed. No admission slot is held while a body arrives.",
     )
     max_body_bytes_in_flight: int = Field(
-        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies held at once, over all requests (being "
-        "received or served); a body that would pass it gets 503. Counts bytes received, not declared.",
+        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies held at once by a worker process, over all "
+        "its requests (being received or served); a body that would pass it gets 503. Counts bytes received, not "
+        "declared.",
     )
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 

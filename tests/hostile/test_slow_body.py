@@ -117,6 +117,7 @@ async def test_bodies_in_memory_are_bounded_and_a_stalled_body_frees_its_bytes()
         stalled = [asyncio.ensure_future(asgi_call(app, Body([chunk], then="stall"))) for _ in range(2)]
         await asyncio.sleep(0.2)
         assert budget.held == 2 * len(chunk)  # two stalled bodies hold what they sent, nothing declared
+        assert gauge((await client.get("/metrics")).text, "deltagate_request_body_bytes") == budget.held
         status, headers = await asgi_call(app, Body([chunk, b"{}"]))  # would pass 128 KiB
         assert status == 503 and headers["connection"] == "close" and headers["retry-after"] == "1"
         for status, headers in await asyncio.gather(*stalled):  # the stalled ones end at their deadline
@@ -124,6 +125,7 @@ async def test_bodies_in_memory_are_bounded_and_a_stalled_body_frees_its_bytes()
         assert budget.held == 0
         assert (await client.post("/classify", files=files(class_image(0)))).status_code == 200
         assert budget.held == 0  # released when the request ends
+        assert gauge((await client.get("/metrics")).text, "deltagate_request_body_bytes") == 0
 
 
 async def test_a_body_that_arrives_in_time_is_answered_however_it_is_split() -> None:
