@@ -25,12 +25,12 @@ from dataclasses import dataclass
 from models.bundle import Bundle, Fp16Info, GraphParity, Int8Info
 
 __all__ = ["FidelityThresholds", "FIDELITY", "GraphCheck", "check_graph", "check_graphs", "VARIANT_TAGS",
-           "CPU_PROVIDER", "CUDA_PROVIDER"]
+           "CPU_PROVIDER", "CUDA_PROVIDER", "SERVES_ON"]
 
 CPU_PROVIDER = "CPUExecutionProvider"
 CUDA_PROVIDER = "CUDAExecutionProvider"
 VARIANT_TAGS = ("int8", "fp16")  # the reduced-precision graphs a bundle may carry (manifest fields)
-_SERVES_ON = {"int8": CPU_PROVIDER, "fp16": CUDA_PROVIDER}  # the only provider each graph is served on by auto
+SERVES_ON = {"int8": CPU_PROVIDER, "fp16": CUDA_PROVIDER}  # the only provider each graph is served on by auto
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,9 @@ def check_graph(bundle: Bundle, tag: str, provider: str, t: FidelityThresholds =
     info: Int8Info | Fp16Info | None = getattr(bundle.manifest, tag)
     if info is None or info.file not in bundle.manifest.files:
         return GraphCheck(tag, False, "no_graph", f"the bundle has no {tag} graph")
-    if provider != _SERVES_ON[tag]:
+    if provider != SERVES_ON[tag]:
         code = "cpu_only" if tag == "int8" else "cuda_only"
-        return GraphCheck(tag, False, code, f"the {tag} graph is served on {_SERVES_ON[tag]} only; the service "
+        return GraphCheck(tag, False, code, f"the {tag} graph is served on {SERVES_ON[tag]} only; the service "
                           f"runs on {provider}")
     if isinstance(info, Int8Info) and info.calibration is None:
         return GraphCheck(tag, False, "no_threshold", f"the {tag} graph has no threshold of its own (quantize "

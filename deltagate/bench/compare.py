@@ -53,6 +53,7 @@ from deltagate.bench.report import latency_stats, machine_info
 from deltagate.server_process import ServerProcess, deltagate_server
 from models.markdown import markdown_table
 from models.preprocess import decode_image, preprocess_image
+from service.engines import VARIANT_ENGINES
 from service.runtime import LoadedModel
 from service.settings import Settings
 
@@ -112,7 +113,7 @@ class CompareConfig:
 
 
 ENGINE_SYSTEMS = {"onnx": "deltagate", "auto": "auto", "onnx-int8": "int8"}  # engine setting -> system name
-_GRAPH_OF_ENGINE = {"onnx": "fp32", "onnx-int8": "int8"}  # the graph a served engine runs -> its raw engine
+_GRAPH_OF_ENGINE = {"onnx": "fp32", **{e: g for g, e in VARIANT_ENGINES.items()}}  # served engine -> its graph
 
 
 @dataclass(frozen=True)

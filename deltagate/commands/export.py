@@ -134,9 +134,9 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
 
 def _echo_auto(bundle: Any, precision: str) -> None:
     """Whether ``engine=auto`` serves the new graph (on the provider it is served on), and why."""
-    from models.graph_choice import CPU_PROVIDER, CUDA_PROVIDER, check_graph
+    from models.graph_choice import SERVES_ON, check_graph
 
-    check = check_graph(bundle, precision, CPU_PROVIDER if precision == "int8" else CUDA_PROVIDER)
+    check = check_graph(bundle, precision, SERVES_ON[precision])
     typer.echo(f"engine=auto {'serves' if check.passed else 'does not serve'} it ({check.code}): {check.detail}")
 
 

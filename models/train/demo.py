@@ -203,12 +203,12 @@ def ship_int8(bundle_dir: Path, data: Path) -> dict[str, Any]:
     """Add the int8 graph to the shipped bundle, with its records on the bundle's evaluation data, and keep it
     only when ``engine=auto`` would serve it (faithful and faster); returns the verdict (``results/demo.json``)."""
     from models.bundle import INT8_ONNX_FILE, update_manifest
-    from models.graph_choice import CPU_PROVIDER, check_graph
+    from models.graph_choice import SERVES_ON, check_graph
     from models.train.quantize import QuantizeConfig, quantize_bundle
 
     cfg = QuantizeConfig()
     bundle = quantize_bundle(bundle_dir, cfg, data=data)
-    check = check_graph(bundle, "int8", CPU_PROVIDER)
+    check = check_graph(bundle, "int8", SERVES_ON["int8"])
     if check.passed:
         logger.info("shipping the int8 graph: %s", check.detail)
     else:  # auto would not serve it: it only adds megabytes

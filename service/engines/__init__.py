@@ -16,8 +16,8 @@ from models.graph_choice import CPU_PROVIDER, CUDA_PROVIDER, GraphCheck, check_g
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads, check_outputs
 from service.settings import DeviceName
 
-__all__ = ["ENGINES", "AUTO", "Engine", "EngineChoice", "EngineError", "EngineOutputs", "EngineThreads",
-           "check_outputs", "choose_engine", "create_engine", "engine_class", "resolve_engine_name"]
+__all__ = ["ENGINES", "AUTO", "VARIANT_ENGINES", "Engine", "EngineChoice", "EngineError", "EngineOutputs",
+           "EngineThreads", "check_outputs", "choose_engine", "create_engine", "engine_class", "resolve_engine_name"]
 
 # name -> "module:class", imported on first use
 ENGINES: dict[str, str] = {
@@ -28,7 +28,7 @@ ENGINES: dict[str, str] = {
     "onnx-fp16": "service.engines.onnx_fp16:OnnxFp16Engine",  # the bundle's float16 graph (CUDA provider)
 }
 AUTO = "auto"  # not an engine: resolved per bundle by choose_engine
-_VARIANT_ENGINES = {"int8": "onnx-int8", "fp16": "onnx-fp16"}  # graph tag -> the engine that serves it
+VARIANT_ENGINES = {"int8": "onnx-int8", "fp16": "onnx-fp16"}  # graph tag -> the engine that serves it
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,7 @@ def choose_engine(name: str, bundle: Bundle, device: DeviceName = "auto") -> Eng
     checks = tuple(check_graphs(bundle, provider))
     best = checks[0]
     if best.passed:
-        return EngineChoice(AUTO, _VARIANT_ENGINES[best.tag], f"{best.tag}_passed", best.detail, checks)
+        return EngineChoice(AUTO, VARIANT_ENGINES[best.tag], f"{best.tag}_passed", best.detail, checks)
     present = [c for c in checks if c.code != "no_graph"]
     if not present:
         return EngineChoice(AUTO, "onnx", "no_reduced_graph", "the bundle has no int8 or float16 graph: model.onnx "
