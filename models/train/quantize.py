@@ -16,7 +16,7 @@ Methods (ONNX Runtime's names):
 - ``dynamic`` (``quantize_dynamic``): int8 weights; activations quantized per batch at run time.
   No calibration data, and the usual choice for transformers (ViT MatMuls). Only MatMul and Gemm nodes
   are quantized (:data:`DYNAMIC_OP_TYPES`): ONNX Runtime's dynamic ``ConvInteger`` made the default
-  bundle's ResNet tower 0.36x as fast as float32, and its convolutions moved 1 % of the gate decisions
+  bundle's ResNet graph 0.28x as fast as float32 at batch 8, and it moved 1 % of the gate decisions
   (docs/bundle.md).
 - ``static`` (``quantize_static``, QDQ format): int8 weights and activations with ranges fixed from
   ID validation images (MinMax). Faster kernels, but a ViT's LayerNorm/softmax activations have
