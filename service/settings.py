@@ -128,10 +128,17 @@ class Settings(BaseSettings):
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
     # --- server --------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Bind address.")  # all interfaces: runs in a container
+    host: str = Field(
+        "127.0.0.1", description="Bind address (this machine only; images and manifests set 0.0.0.0 explicitly)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level (third-party libraries' lines only at debug)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="Log lines: json (one object per line, for log collectors) or console (readable)."
+    )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
     drain_s: float = Field(
         1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "

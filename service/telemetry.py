@@ -24,8 +24,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
+from models.log_noise import quiet_third_party_logs
 
-__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware", "mark_dead_processes"]
+__all__ = [
+    "ServiceMetrics",
+    "JsonFormatter",
+    "ConsoleFormatter",
+    "configure_logging",
+    "RequestTelemetryMiddleware",
+    "mark_dead_processes",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("deltagate.access")
@@ -219,10 +227,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it)."""
+class ConsoleFormatter(logging.Formatter):
+    """A readable line per record for a person at a terminal: time, level, logger, message, then the
+    ``fields`` as ``key=value`` (``DELTAGATE_LOG_FORMAT=console``; JSON stays the default for machines)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None) or {}
+        extra = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v}"
+                         for k, v in fields.items())
+        return f"{line} {extra}" if extra else line
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Log lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it).
+
+    Args:
+        level: debug, info, warning or error; third-party noise is quiet below debug
+            (:func:`models.log_noise.quiet_third_party_logs`).
+        fmt: ``json`` (one JSON object per line, the default) or ``console`` (readable lines).
+    """
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -230,6 +259,7 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    quiet_third_party_logs(level)
 
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")

@@ -268,7 +268,8 @@ class PromptTrainer:
         feats, labels = split.features.to(self.device), split.labels.to(self.device)
         _, terms = ebm_loss(feats, class_embeddings.to(self.device).float(), labels, self.logit_scale,
                             mask_ratio=cfg.mask_ratio, top_c=cfg.loss_top_c, temperature=cfg.loss_temperature)
-        return {"val_acc": accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item())}
+        return {"val_acc": accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item()),
+                "val_images": int(labels.numel())}
 
     # ----------------------------------------------------------------- run
     def _new_learner(self) -> PromptLearner:
