@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpu_budget import cpu_budget
 
-__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "default_text", "settings_table"]
 
 EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy", "onnx-fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -129,7 +129,8 @@ class Settings(BaseSettings):
 
     # --- server --------------------------------------------------------------------------------
     host: str = Field(
-        "127.0.0.1", description="Bind address (this machine only; images and manifests set 0.0.0.0 explicitly)."
+        "127.0.0.1", description="Bind address: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (the "
+        "container images and the Kubernetes manifests set it)."
     )
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
@@ -191,6 +192,12 @@ class Settings(BaseSettings):
         return buckets
 
 
+def default_text(name: str) -> str:
+    """A setting's default as the docs and ``deltagate serve --help`` show it ("unset" for None)."""
+    value = Settings.model_fields[name].default
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_table() -> str:
     """The Markdown table of every setting (env name, default, description), as in docs/service.md.
 
@@ -200,7 +207,7 @@ def settings_table() -> str:
 
     rows = []
     for name, field in Settings.model_fields.items():
-        value = field.default
-        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        rows.append([f"`DELTAGATE_{name.upper()}`", default, field.description or ""])
+        default = default_text(name)
+        rows.append([f"`DELTAGATE_{name.upper()}`", default if default == "unset" else f"`{default}`",
+                     field.description or ""])
     return markdown_table(["env variable", "default", "meaning"], rows)
