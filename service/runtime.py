@@ -102,7 +102,8 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
             run on the CPU).
     """
     bundle = _served_bundle(settings)
-    log_bundle_checks(bundle.manifest)
+    if (settings.bundle_path / MANIFEST_FILE).is_file():  # a real bundle (the dummy engine's own has no records)
+        log_bundle_checks(bundle.manifest)
     threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
     models = []
     for i in range(plan.instances):

@@ -277,12 +277,15 @@ class RequestTelemetryMiddleware:
         metrics: where to record.
         known_paths: the app's route paths, to label requests answered before routing (e.g. an
             early 413) by their path rather than "unmatched".
+        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
+                 known_prefixes: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        self.known_prefixes = known_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -312,7 +315,9 @@ class RequestTelemetryMiddleware:
     def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None)
         if route is None:
-            route = scope["path"] if scope["path"] in self.known_paths else "unmatched"
+            path = scope["path"]
+            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
+            route = path if path in self.known_paths else next(mounted, "unmatched")
         self.metrics.observe_request(route, scope["method"], status, seconds)
         fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
                   "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}
