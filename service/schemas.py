@@ -21,6 +21,7 @@ __all__ = [
     "HealthResponse",
     "ReadyResponse",
     "QuantileSummary",
+    "ModelCheck",
     "ModelInfoResponse",
 ]
 
@@ -138,9 +139,18 @@ class QuantileSummary(BaseModel):
     values: list[float] = Field(description="Score quantiles, non-decreasing.")
 
 
+class ModelCheck(BaseModel):
+    """One finding of the guard against a useless model (models/quality.py), from the bundle's records."""
+
+    name: str = Field(description="weights, accuracy or gate.")
+    ok: bool
+    message: str
+
+
 class ModelInfoResponse(BaseModel):
     name: str
     version: str
+    description: str | None = Field(None, description="What the model knows, in the bundle's words.")
     created_at: str
     architecture: str
     classes: list[str]
@@ -168,4 +178,8 @@ class ModelInfoResponse(BaseModel):
     )
     evaluation: dict[str, Any] | None = Field(
         None, description="The bundle's evaluation summary (written by `deltagate evaluate`), if any."
+    )
+    checks: list[ModelCheck] = Field(
+        default_factory=list, description="The guard's findings from the bundle's records: random weights, "
+        "accuracy near chance, a gate that separates nothing (ok false = a warning)."
     )

@@ -329,6 +329,7 @@ def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
         raise typer.BadParameter(str(exc)) from exc
 
 
+PUBLISHED_BUNDLE, PUBLISHED_RESULTS = Path("bundles/default"), Path("results")  # tracked: `demo build --publish`
 WorldSeedOpt = Annotated[int | None, typer.Option("--seed", help="World seed (default: the preset's).")]
 IdClassesOpt = Annotated[str | None, typer.Option(help="ID classes of the world, 'a,b,c' (default: the preset's).")]
 
@@ -340,13 +341,25 @@ def demo_build(
     seed: WorldSeedOpt = None,
     id_classes: IdClassesOpt = None,
     work: Annotated[Path, typer.Option(help="Intermediate outputs (world, checkpoint, runs).")] = Path("runs/demo"),
-    bundle: Annotated[Path, typer.Option(help="Where the EBM bundle goes.")] = Path("bundles/default"),
-    results: Annotated[Path, typer.Option(help="Where JSON/Markdown/PNG results go.")] = Path("results"),
+    bundle: Annotated[Path | None, typer.Option(help="Where the EBM bundle goes (default: WORK/bundle).")] = None,
+    results: Annotated[Path | None, typer.Option(
+        help="Where JSON/Markdown/PNG results go (default: WORK/results).")] = None,
+    publish: Annotated[bool, typer.Option(
+        help=f"Write the bundled default model and the committed results instead ({PUBLISHED_BUNDLE}/, "
+             f"{PUBLISHED_RESULTS}/): tracked files change.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate."""
+    """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate.
+
+    Everything goes under --work unless --publish (make demo PUBLISH=1) replaces the bundled default model.
+    """
     from models.train.demo import build_demo
 
+    if publish and (bundle is not None or results is not None):
+        raise typer.BadParameter(f"--publish writes {PUBLISHED_BUNDLE} and {PUBLISHED_RESULTS}; "
+                                 "drop --bundle/--results, or drop --publish")
+    bundle = PUBLISHED_BUNDLE if publish else bundle or work / "bundle"
+    results = PUBLISHED_RESULTS if publish else results or work / "results"
     cfg = _demo_config(preset, seed, id_classes)
     summary = build_demo(cfg, work, bundle, results, command=command_line(ctx), progress=progress)
     typer.echo((results / "evaluation.md").read_text(encoding="utf-8"))
