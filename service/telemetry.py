@@ -96,6 +96,10 @@ class ServiceMetrics:
             "deltagate_ood_flags", "Images flagged out-of-distribution, by predicted class.",
             ["predicted_class"], registry=r,
         )
+        self.image_errors = Counter(
+            "deltagate_image_errors", "Images of answered requests that could not be classified (on_error=skip), "
+            "by error code.", ["code"], registry=r,
+        )
         self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
                            multiprocess_mode="livemin")
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
@@ -142,6 +146,10 @@ class ServiceMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference_duration.observe(seconds)
+
+    def observe_image_errors(self, codes: Sequence[str]) -> None:
+        for code in codes:
+            self.image_errors.labels(code=code).inc()
 
     def observe_images(self, labels: Sequence[str], gate_scores: Sequence[float], delta_energies: Sequence[float],
                        is_ood: Sequence[bool]) -> None:
