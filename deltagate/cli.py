@@ -13,6 +13,7 @@ import typer
 
 from deltagate import __version__
 from deltagate.commands.bench import bench_app
+from deltagate.commands.classify import classify
 from deltagate.commands.data import data_app, pretrain_tiny
 from deltagate.commands.export import export, quantize
 from deltagate.commands.offline import ablate, calibrate, demo_app, evaluate, train
@@ -52,6 +53,7 @@ def main(
 app.command()(export)
 app.command()(quantize)
 app.command()(serve)
+app.command()(classify)
 app.add_typer(data_app, name="data")
 app.add_typer(bench_app, name="bench")
 app.command("pretrain-tiny")(pretrain_tiny)

@@ -154,7 +154,7 @@ def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int, 
 
 async def decode_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
-    device_input: DeviceInput | None = None,
+    device_input: DeviceInput | None = None, first_index: int = 0,
 ) -> list[Any]:
     """Decode and preprocess every image off the event loop, exactly as the bundle says; one outcome per image.
 
@@ -167,6 +167,7 @@ async def decode_images(
         device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
             one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
             then holds device tensors beside NumPy arrays.
+        first_index: the first image's index in what the caller numbers (errors name images by it).
 
     Returns:
         Per image, its pixels ((3, H, W) NumPy or a device tensor) or the :class:`ServiceError` that says why
@@ -182,8 +183,8 @@ async def decode_images(
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
-        where = {"index": i, "filename": images[i].filename}
-        named = f"image {i}" + (f" ({images[i].filename})" if images[i].filename else "")
+        where = {"index": first_index + i, "filename": images[i].filename}
+        named = f"image {first_index + i}" + (f" ({images[i].filename})" if images[i].filename else "")
         if isinstance(outcome, ImageTooLargeError):
             outcomes[i] = PayloadTooLargeError(f"{named}: {outcome}", details=where)
         elif isinstance(outcome, ImageDecodeError):
@@ -302,7 +303,7 @@ class Classified:
 
 async def classify_images(
     runtime: Runtime, batcher: Batcher, ticket: Ticket, images: Sequence[InputImage], top_k: int,
-    on_error: OnError, deadline: float, receive: Receive | None = None,
+    on_error: OnError, deadline: float, receive: Receive | None = None, first_index: int = 0,
 ) -> Classified:
     """Decode → batch and forward → postprocess: what ``POST /classify`` and ``deltagate classify`` both run.
 
@@ -316,6 +317,7 @@ async def classify_images(
             :class:`ServiceError`); ``skip``: such images are left out of ``results`` and listed in ``errors``.
         deadline: ``time.monotonic()`` by which the answers must be in.
         receive: the request's ASGI ``receive``, to stop waiting when the client leaves (None: no client).
+        first_index: the index of ``images[0]`` in the results and errors (a caller classifying in parts).
 
     Raises:
         ServiceError: as :func:`prepare_images` (``fail`` only) and :func:`run_batched`.
@@ -324,7 +326,7 @@ async def classify_images(
     assert model is not None
     s = runtime.settings
     outcomes = await decode_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                   s.fast_decode, runtime.device_input)
+                                   s.fast_decode, runtime.device_input, first_index)
     failed = [o for o in outcomes if isinstance(o, ServiceError)]
     if failed and on_error == "fail":
         raise failed[0]
@@ -332,7 +334,8 @@ async def classify_images(
     rows, results = [], []
     if good:
         rows = await run_batched(receive, batcher, ticket, [outcomes[i] for i in good], deadline)
-        results = postprocess(rows, model.manifest, top_k, [images[i].filename for i in good], good)
+        results = postprocess(rows, model.manifest, top_k, [images[i].filename for i in good],
+                              [first_index + i for i in good])
     errors = [ImageErrorEntry(index=e.details["index"], filename=e.details["filename"], status=e.status, code=e.code,
                               message=e.message) for e in failed]
     return Classified(results, errors, rows)

@@ -31,6 +31,7 @@ from torch.utils.data import Dataset
 
 from models.errors import DataError
 from models.preprocess import (
+    IMAGE_EXTENSIONS,
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
@@ -60,7 +61,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 
 @dataclass(frozen=True)
