@@ -104,3 +104,14 @@ def test_serve_checks_the_bundle_before_the_server_starts(
     code, err = run_cli(monkeypatch, capsys, "serve", "--bundle", str(bundle), *args)
     assert code == 2 and err.startswith("error: ") and needle in err, err
     assert len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_serve_help_shows_every_default() -> None:
+    from typer.testing import CliRunner
+
+    from deltagate.cli import app
+
+    out = CliRunner().invoke(app, ["serve", "--help"], env={"COLUMNS": "200"}).output
+    for default in ("[default: (bundles/default)]", "[default: (127.0.0.1)]", "[default: (8000)]",
+                    "[default: (auto)]", "[default: (json)]"):
+        assert default in out, default
