@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from models.errors import DataError
 from models.preprocess import PreprocessConfig
 from models.train.data.folders import (
     ImageFolderDataset,
@@ -134,7 +135,7 @@ def test_task_layout_from_root(tmp_path):
         "classes": ["kitty", "puppy"], "train": 4, "val": 4, "test": 4, "ood/far": 1, "covariate/sketch": 1,
     }
     make_image_folder(root / "id" / "val", {"bird": 1})
-    with pytest.raises(ValueError, match="val class folders"):
+    with pytest.raises(DataError, match="class folders differ from .*: val has bird that train lacks; val and train"):
         load_task(TaskPaths.from_root(root))
     with pytest.raises(FileNotFoundError, match="id/train"):
         TaskPaths.from_root(tmp_path / "nothing")
