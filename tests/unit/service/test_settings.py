@@ -55,7 +55,7 @@ def test_server_refuses_a_missing_bundle_before_starting(tmp_path: Path, monkeyp
     from tests.service_support import forbid_server_start
 
     forbid_server_start(monkeypatch)
-    monkeypatch.setattr(server, "configure_logging", lambda level: None)  # keep pytest's log handlers
+    monkeypatch.setattr(server, "configure_logging", lambda *a: None)  # keep pytest's log handlers
     with pytest.raises(BundleError, match="manifest.json"):
         server.run(Settings(engine="onnx", bundle_path=tmp_path / "nope"))
 
