@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.train.data.synth import WorldConfig
+from proxy.world.synth import WorldConfig
 
 # A world small enough to render in about a second (every split present, every far set, 2 held-out styles).
 TINY_WORLD = WorldConfig(

@@ -40,7 +40,7 @@ _RENDER_SIDE = 768  # drawings are rendered at this side, then resized to photo 
 
 def world_classes(bundle_classes: Sequence[str]) -> list[str]:
     """The world's categories to draw for a bundle: its classes the world knows, else the world's ID classes."""
-    from models.train.data.synth import WorldConfig
+    from proxy.world.synth import WorldConfig
 
     known = set(WorldConfig().categories)
     return [c for c in bundle_classes if c in known] or list(WorldConfig().id_classes)
@@ -56,7 +56,7 @@ def world_jpegs(classes: Sequence[str], n: int, side: int, megapixels: float | N
         megapixels: if given, render at ``_RENDER_SIDE`` and resize to a 4:3 image of that size.
         seed: image i is drawn from ``default_rng([seed, i])``.
     """
-    from models.train.data.render import render_objects, sample_object
+    from proxy.world.render import render_objects, sample_object
 
     out = []
     for i in range(n):

@@ -41,7 +41,7 @@ DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, c
 
 
 def _task(data: Path, class_names: Path | None) -> TaskData:
-    from models.train.data.splits import load_task_root
+    from proxy.world.splits import load_task_root
 
     return load_task_root(data, class_names)  # a synthetic world (its default split) or the standard layout
 
@@ -162,7 +162,7 @@ def calibrate(
 
     if (data is None) == (val_dir is None):
         raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
-    from models.train.data.splits import is_world, world_split
+    from proxy.world.splits import is_world, world_split
 
     if val_dir is not None:
         index = scan_image_folder(val_dir)
@@ -244,8 +244,8 @@ def ablate(
     threads: Annotated[int | None, typer.Option(help="CPU threads while training.")] = 1,
 ) -> None:
     """EBM loss search (λ, ce_on, mask_ratio, loss T) jointly with ΔEnergy's parameters; ID data only."""
-    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
     from models.train.selection import HOCVConfig
+    from proxy.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
 
     cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
     task = _task(data, class_names)
@@ -260,7 +260,7 @@ def ablate(
 def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
     from dataclasses import replace
 
-    from models.train.demo import DEMO_CONFIGS
+    from proxy.demo import DEMO_CONFIGS
 
     if preset not in DEMO_CONFIGS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
@@ -292,7 +292,7 @@ def demo_build(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
     """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate."""
-    from models.train.demo import build_demo
+    from proxy.demo import build_demo
 
     cfg = _demo_config(preset, seed, id_classes)
     summary = build_demo(cfg, work, bundle, results, command=command_line(ctx), progress=progress)
@@ -318,7 +318,7 @@ def demo_evidence(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
-    from models.train.demo import build_evidence
+    from proxy.demo import build_evidence
 
     cfg = _demo_config(preset, seed, id_classes)
     doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,

@@ -101,7 +101,7 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
     Raises:
         ValueError: classes differ, or the data has no ID val or test split.
     """
-    from models.train.data.splits import is_world, load_task_root
+    from proxy.world.splits import is_world, load_task_root
 
     # A synthetic world is read with the bundle's classes as its ID split (the world may hold several).
     task = load_task_root(root, id_classes=list(classes) if is_world(root) else None)

@@ -86,10 +86,10 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     from dataclasses import replace
 
     from models.clip_loading import load_clip, register_architecture
-    from models.train.ablation import AblationConfig, run_ablation
     from models.train.data.folders import TaskPaths, load_task
     from models.train.selection import HOCVConfig, one_se_pick
     from models.train.trainer import LOSS_PARAMS, TrainConfig
+    from proxy.ablation import AblationConfig, run_ablation
 
     full = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
     # No test, OOD or covariate data at all: the search can only have used ID train and val.

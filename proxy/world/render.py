@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.train.data.shapes import UPRIGHT, category_prims, draw_mask
+from proxy.world.shapes import UPRIGHT, category_prims, draw_mask
 
 __all__ = [
     "COLOURS",

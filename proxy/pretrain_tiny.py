@@ -31,8 +31,8 @@ from tqdm import tqdm
 from models.clip_loading import LoadedClip, load_clip, model_config
 from models.preprocess import PreprocessConfig
 from models.train.data.folders import load_images, read_captions
-from models.train.data.splits import is_world, load_task_root
-from models.train.zero_shot import evaluate_zero_shot
+from proxy.world.splits import is_world, load_task_root
+from proxy.zero_shot import evaluate_zero_shot
 
 __all__ = ["PretrainConfig", "PretrainReport", "Corpus", "contrastive_loss", "load_corpus", "pretrain_tiny"]
 

@@ -3,13 +3,13 @@
 For every pre-registered ID split of one world and one frozen backbone:
 
 1. selection on ID data only (:func:`select_arms`): the EBM loss search jointly with ΔEnergy's score
-   parameters (:mod:`models.train.ablation`), then every arm's every score on the same held-out-class
+   parameters (:mod:`proxy.ablation`), then every arm's every score on the same held-out-class
    folds, with the 1-SE rule; written before any test metric exists;
 2. the arms (zero-shot, CoOp, EBM with the selected loss, EBM with METHOD.md's loss) trained on all ID
    classes with prompt-tuning seeds 1..10 (zero-shot once), each scored with its own selected
    parameters and METHOD.md's default rows (:func:`models.train.evaluate.evaluate_logits`);
 3. per-run records; after all splits, the endpoints P1–P4 and C5 with their confidence intervals and
-   verdicts (:mod:`models.train.stats`), and the secondary tables.
+   verdicts (:mod:`proxy.stats`), and the secondary tables.
 
 A split that finished is not rerun (its records are reused when the configuration is the same), so an
 interrupted run continues.
@@ -34,7 +34,6 @@ from models.markdown import markdown_table
 from models.prompt_learner import zero_shot_class_embeddings
 from models.scores import ScoreParams
 from models.scoring_module import ScoringModule
-from models.train.ablation import LOSS_DEFAULTS, AblationConfig, AblationResult, run_ablation
 from models.train.data.folders import TaskData, few_shot
 from models.train.evaluate import MethodEval, evaluate_logits, task_logits
 from models.train.features import FeatureCache
@@ -46,7 +45,9 @@ from models.train.selection import (
     select_scores,
     signal_check,
 )
-from models.train.stats import (
+from models.train.trainer import LOSS_PARAMS, PromptTrainer, TrainConfig
+from proxy.ablation import LOSS_DEFAULTS, AblationConfig, AblationResult, run_ablation
+from proxy.stats import (
     mcnemar_exact,
     paired_bootstrap_auroc,
     spearman,
@@ -54,7 +55,6 @@ from models.train.stats import (
     two_stage_ci,
     verdict,
 )
-from models.train.trainer import LOSS_PARAMS, PromptTrainer, TrainConfig
 
 __all__ = [
     "ARMS",
@@ -132,7 +132,7 @@ def select_arms(
         elif arm in ablation.folds:
             folds = ablation.folds[arm]
         else:  # ebm-default outside the grid
-            from models.train.ablation import prompt_train_fn
+            from proxy.ablation import prompt_train_fn
 
             cfg = cfgs[arm]
             assert cfg is not None
