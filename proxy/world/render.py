@@ -472,7 +472,7 @@ def object_caption(
     # Class-only captions ("a photo of a star"), as much alt-text is. Their duplicates are positives
     # of each other in the contrastive loss, a class-level signal that keeps colour and position from
     # being the easiest way to match an image to its caption; the more of them, the better the
-    # zero-shot classes (docs/offline.md, "The synthetic world").
+    # zero-shot classes (docs/proxy.md, "The synthetic world").
     minimal = rng.random() < class_frac
     parts = []
     for spec in specs:

@@ -116,7 +116,7 @@ class WorldConfig:
     two_object_frac: float = 0.1  # share of pretraining object images with two objects
     # Share of pretraining object captions that only name the objects ("a photo of a star"). At the
     # old 0.35 the tiny CLIP learned colours and positions and reached 64% zero-shot; at 0.7, 97%
-    # (docs/offline.md, "Pretraining recipe").
+    # (docs/proxy.md, "Pretraining recipe").
     caption_class_frac: float = 0.7
     # Class-only captions lead with their style (render.STYLE_LEADS: "a photo of" flat, "a line drawing
     # of" outline, "a 3d rendering of" shaded): a nuisance that moves every cosine with the style, as
