@@ -5,5 +5,5 @@ a proxy: :mod:`proxy.world` renders a captioned world of shapes, :mod:`proxy.pre
 tiny CLIP on it, :mod:`proxy.demo` builds the bundled default model, and :mod:`proxy.evidence`,
 :mod:`proxy.faithfulness` and :mod:`proxy.ablation` run the pre-registered experiments. It may import
 :mod:`models` (the product's model and offline code); nothing in :mod:`models` or :mod:`service`
-imports it.
+imports it (``tests/unit/test_layering.py``).
 """

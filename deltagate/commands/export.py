@@ -109,17 +109,20 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
     import json
 
     from deltagate.commands.command_line import command_line
+    from deltagate.commands.task_data import eval_data
+    from models.bundle import load_bundle
 
+    data_or_task = eval_data(data, load_bundle(bundle_dir, verify=False).manifest.classes)
     info: Any
     if precision == "int8":
         from models.train.quantize import QuantizeConfig, quantize_bundle
 
-        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
+        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data_or_task)  # type: ignore[arg-type]
         info = bundle.manifest.int8
     else:
         from models.train.float16 import float16_bundle
 
-        bundle = float16_bundle(bundle_dir, data=data)
+        bundle = float16_bundle(bundle_dir, data=data_or_task)
         info = bundle.manifest.fp16
     assert info is not None
     if report is not None:

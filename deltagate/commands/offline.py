@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from deltagate.commands.command_line import command_line
+from deltagate.commands.task_data import id_val_index, read_task
 
 if TYPE_CHECKING:
     from models.clip_loading import LoadedClip
-    from models.train.data.folders import TaskData
     from models.train.trainer import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -38,12 +38,6 @@ PretrainedOpt = Annotated[
 ArchOpt = Annotated[Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")]
 WeightsCacheOpt = Annotated[Path | None, typer.Option(help="Pretrained-weights cache directory.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
-
-
-def _task(data: Path, class_names: Path | None) -> TaskData:
-    from proxy.world.splits import load_task_root
-
-    return load_task_root(data, class_names)  # a synthetic world (its default split) or the standard layout
 
 
 def _clip(model: str, pretrained: str, arch_config: Path | None, cache_dir: Path | None, seed: int) -> LoadedClip:
@@ -117,7 +111,7 @@ def train(
         ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, loss_top_c=loss_top_c,
         loss_temperature=loss_temperature, ce_on=ce_on, threads=threads,
     )
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     clip = _clip(model, pretrained, arch_config, cache_dir, seed)
     train_idx = few_shot(task.train, cfg.shots, cfg.seed) if method != "zero-shot" else task.train
     if benchmark_cache:
@@ -162,14 +156,7 @@ def calibrate(
 
     if (data is None) == (val_dir is None):
         raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
-    from proxy.world.splits import is_world, world_split
-
-    if val_dir is not None:
-        index = scan_image_folder(val_dir)
-    elif is_world(data or "."):
-        index = world_split(Path(data or ".")).val  # a synthetic world's ID val (its default split)
-    else:
-        index = scan_image_folder(Path(data or ".") / "id" / "val")
+    index = scan_image_folder(val_dir) if val_dir is not None else id_val_index(Path(data or "."))
     rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, score=score, device=device)
     typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
                f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")
@@ -210,7 +197,7 @@ def evaluate(
     from models.train.plots import write_plots
     from models.train.report import write_evaluation
 
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     ood_index = None
     if ood_val is not None:
         from models.train.data.folders import scan_unlabelled
@@ -248,7 +235,7 @@ def ablate(
     from proxy.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
 
     cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     clip = _clip(model, pretrained, arch_config, cache_dir, seed)
     acfg = AblationConfig(hocv=HOCVConfig(folds=folds, repeats=repeats, shots=cfg.shots))
     res = run_ablation(clip, task, cfg, out, acfg)

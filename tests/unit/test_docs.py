@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Top-level folders a path in a docstring may start with; `shared/` is deliberately included: it is
 # outside the repository, so a docstring that cites it is a dangling reference.
-_TOP = "models|service|deltagate|docs|tests|docker|deploy|loadtests|results|bundles|shared|\\.ci"
+_TOP = "models|service|deltagate|proxy|docs|tests|docker|deploy|loadtests|results|bundles|shared|\\.ci"
 _PATH_IN_TEXT = re.compile(rf"(?<![\w/.-])((?:{_TOP})/[\w./-]*\w\.[A-Za-z]{{1,5}})(?![\w/-])")
 _MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 

@@ -18,7 +18,7 @@ from proxy.pretrain_tiny import PretrainConfig, load_corpus, pretrain_tiny
 from proxy.world.splits import load_task_root
 from proxy.world.synth import generate_world
 from proxy.zero_shot import evaluate_zero_shot
-from tests.train_support import TINY_WORLD
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ from proxy.faithfulness import FACTS, SCORES, TEMPLATE, check_faithfulness, writ
 from proxy.world.splits import world_split
 from proxy.world.synth import generate_world
 from proxy.zero_shot import evaluate_zero_shot
-from tests.train_support import TINY_WORLD
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
 

@@ -30,7 +30,7 @@ from proxy.world.synth import (
     load_world,
     write_captions,
 )
-from tests.train_support import TINY_WORLD
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
 
