@@ -532,8 +532,8 @@ def _selection(docs: Sequence[dict[str, Any]]) -> str:
         for arm, s in d["selection"].items():
             loss = s["loss"] or {}
             for name, c in s["scores"].items():
-                params = {k: v for k, v in c.items() if k not in ("hocv_auroc", "hocv_se", "signal", "reset_logit")
-                          and k not in LOSS_PARAMS}
+                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", *LOSS_PARAMS)
+                params = {k: v for k, v in c.items() if k not in hidden}
                 rows.append([d["name"], arm, ", ".join(f"{k}={v}" for k, v in loss.items()) if name == "delta_energy"
                              else "", name, ", ".join(f"{k}={v}" for k, v in params.items()),
                              f"{100 * c['hocv_auroc']:.1f} ± {100 * c['hocv_se']:.1f}",

@@ -7,6 +7,9 @@ from typing import Annotated, Any
 
 import typer
 
+from deltagate.commands.score_options import score_options
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
+
 
 def read_classes(spec: str) -> list[str]:
     """Class names from a file (one per line, as :func:`models.train.data.folders.read_class_names` reads
@@ -24,6 +27,7 @@ def read_classes(spec: str) -> list[str]:
     return names
 
 
+@score_options()
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     classes: Annotated[str, typer.Option(help="Class names: a file (one per line) or 'a,b,c'.")],
@@ -38,9 +42,6 @@ def export(
     template: Annotated[list[str] | None, typer.Option(help="Zero-shot prompt template(s) with '{}'.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the directory name).")] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
-    top_c: Annotated[int, typer.Option(help="ΔEnergy: number of top logits reset.")] = 1,
-    reset_logit: Annotated[float, typer.Option(help="ΔEnergy: value a removed logit is reset to.")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Energy temperature T.")] = 1.0,
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for random initialisation.")] = 0,
     quantize: Annotated[
@@ -49,6 +50,7 @@ def export(
     ] = None,
     quantize_method: QuantizeMethodOpt = "dynamic",
     data: DataOpt = None,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Export a zero-shot bundle: a CLIP and class names -> weights, ONNX (parity-checked) and manifest."""
     import torch
@@ -56,7 +58,6 @@ def export(
     from models.bundle import ArchitectureInfo
     from models.clip_loading import load_clip, register_architecture
     from models.prompt_learner import DEFAULT_TEMPLATES
-    from models.scores import ScoreParams
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
@@ -67,8 +68,7 @@ def export(
     torch.manual_seed(seed)
     loaded = load_clip(model, pretrained, cache_dir=str(cache_dir) if cache_dir else None)
     templates = tuple(template) if template else DEFAULT_TEMPLATES
-    params = ScoreParams(top_c=top_c, reset_logit=reset_logit, temperature=temperature)
-    module = scoring_module_from_clip(loaded, names, score_params=params, templates=templates)
+    module = scoring_module_from_clip(loaded, names, score_params=score_params, templates=templates)
     bundle = export_bundle(
         out, module, name=name or out.name, version=version, classes=names, preprocess=loaded.preprocess,
         architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=loaded.pretrained),

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from deltagate.commands.command_line import command_line
+from deltagate.commands.score_options import score_options
 from deltagate.commands.task_data import id_val_index, read_task
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
 
 if TYPE_CHECKING:
     from models.clip_loading import LoadedClip
@@ -57,6 +59,7 @@ def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
     return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
 
+@score_options(" Exported with --bundle.")
 def train(
     ctx: typer.Context,
     data: DataOpt,
@@ -82,12 +85,6 @@ def train(
     loss_top_c: Annotated[int | None, typer.Option(help="ΔE_lb targets of the EBM loss [1].")] = None,
     loss_temperature: Annotated[float | None, typer.Option(help="T of the energy in the EBM loss [1].")] = None,
     ce_on: Annotated[str | None, typer.Option(help="edited | original [edited].")] = None,
-    de_top_c: Annotated[int, typer.Option(help="Bundle's ΔEnergy score: c (with --bundle).")] = 1,
-    de_temperature: Annotated[float, typer.Option(help="Bundle's ΔEnergy score: T (with --bundle).")] = 1.0,
-    de_reset: Annotated[str, typer.Option(help="Bundle's ΔEnergy score reset: value | min | mean.")] = "value",
-    de_reset_logit: Annotated[float, typer.Option(help="Bundle's ΔEnergy reset value (reset=value).")] = 0.0,
-    energy_temperature: Annotated[float, typer.Option(help="Bundle's energy score: T (with --bundle).")] = 1.0,
-    mcm_tau: Annotated[float, typer.Option(help="Bundle's MCM score: tau (with --bundle).")] = 1.0,
     augment: Annotated[bool, typer.Option(help="Random crops and flips (turns the feature cache off).")] = False,
     feature_cache: Annotated[bool, typer.Option(help="Encode training images once (without augmentation).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of init, batch order, augmentation, few-shot sample.")] = 1,
@@ -98,6 +95,7 @@ def train(
     benchmark_cache: Annotated[
         int, typer.Option(help="Instead of training: time N epochs with and without the feature cache.")
     ] = 0,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Tune CoOp prompts with cross-entropy (coop) or the EBM objective (ebm), or build zero-shot prompts."""
     import json
@@ -127,12 +125,9 @@ def train(
     last = result.history[-1] if result.history else {}
     typer.echo(f"{method}: run written to {out}; last epoch: {json.dumps(last)}")
     if bundle is not None:
-        from models.scores import ScoreParams
         from models.train.run_export import export_run
 
-        params = ScoreParams(top_c=de_top_c, temperature=de_temperature, reset=de_reset,  # type: ignore[arg-type]
-                             reset_logit=de_reset_logit, energy_temperature=energy_temperature, mcm_tau=mcm_tau)
-        export_run(out, bundle, clip=clip, score_params=params)
+        export_run(out, bundle, clip=clip, score_params=score_params)
         typer.echo(f"bundle written to {bundle} (calibrate it next: deltagate calibrate --bundle {bundle} ...)")
 
 
