@@ -43,6 +43,8 @@ __all__ = [
     "to_rgb",
     "preprocess_image",
     "preprocess_batch",
+    "decode_for_model",
+    "decode_and_preprocess",
 ]
 
 # Formats the service accepts; everything else is refused rather than guessed at.
@@ -223,3 +225,39 @@ def preprocess_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np
         float32 array of shape (B, 3, image_size, image_size).
     """
     return np.stack([preprocess_image(im, cfg) for im in images])  # (B, 3, H, W)
+
+
+def decode_for_model(data: bytes, cfg: PreprocessConfig, max_pixels: int = 40_000_000,
+                     fast: bool = False) -> Image.Image:
+    """Decode image bytes for a model with this preprocessing: the one place the fast-decode policy lives.
+
+    Args:
+        data: encoded image bytes.
+        cfg: the bundle's preprocessing.
+        max_pixels: largest width * height accepted (checked from the header, before decoding).
+        fast: decode a large JPEG at reduced DCT scale, keeping its shortest side >= ``DRAFT_MARGIN``
+            x ``cfg.image_size`` (serving); False: full size (training and evaluation).
+
+    Returns:
+        The decoded image (any mode, any size).
+
+    Raises:
+        ImageDecodeError: not an image, truncated, or an unsupported format.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+    """
+    return decode_image(data, max_pixels, min_side=cfg.image_size if fast else None)
+
+
+def decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int = 40_000_000,
+                          fast: bool = False) -> np.ndarray:
+    """Image bytes -> the normalised tensor the scoring module takes (:func:`decode_for_model`, then
+    :func:`preprocess_image`): what the service, its device input's CPU path and the benchmarks run per image.
+
+    Returns:
+        float32 array of shape (3, image_size, image_size).
+
+    Raises:
+        ImageDecodeError: not an image, truncated, or an unsupported format.
+        ImageTooLargeError: more than ``max_pixels`` pixels.
+    """
+    return preprocess_image(decode_for_model(data, cfg, max_pixels, fast), cfg)  # (3, S, S)

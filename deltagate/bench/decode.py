@@ -1,7 +1,7 @@
 """Fast decode against full decode: what reduced-scale JPEG decoding changes, and what it saves.
 
 The service decodes a JPEG much larger than the model input at a reduced DCT scale
-(:func:`models.preprocess.decode_image` with ``min_side``), then runs the exact preprocessing.
+(:func:`models.preprocess.decode_for_model` with ``fast``), then runs the exact preprocessing.
 This measures, on the same images through the same engine, full decode vs fast decode:
 
 - label agreement, OOD-decision agreement and max |ΔEnergy| difference;
@@ -27,7 +27,7 @@ from PIL import Image
 
 from deltagate.bench.engine import load_engine
 from deltagate.bench.report import machine_info
-from models.preprocess import DRAFT_MARGIN, decode_image, preprocess_image
+from models.preprocess import DRAFT_MARGIN, decode_for_model, preprocess_image
 from service.runtime import LoadedModel
 
 __all__ = ["DEFAULT_MEGAPIXELS", "world_classes", "world_jpegs", "world_workloads", "compare_decodes", "decode_report"]
@@ -93,7 +93,7 @@ def _timed_pixels(data: bytes, model: LoadedModel, fast: bool, repeats: int) -> 
     seconds, pixels, drafted = [], np.empty(0), False
     for _ in range(repeats):
         start = time.perf_counter()
-        img = decode_image(data, min_side=cfg.image_size if fast else None)
+        img = decode_for_model(data, cfg, fast=fast)
         pixels = preprocess_image(img, cfg)  # (3, H, W)
         seconds.append(time.perf_counter() - start)
         drafted = img.size != Image.open(io.BytesIO(data)).size
