@@ -38,6 +38,7 @@ __all__ = [
     "SUPPORTED_FORMATS",
     "TRANSPARENT_BACKGROUND",
     "DRAFT_MARGIN",
+    "DEFAULT_MAX_PIXELS",
     "open_image",
     "decode_image",
     "to_rgb",
@@ -47,6 +48,8 @@ __all__ = [
     "decode_and_preprocess",
 ]
 
+# Pixel count above which an image is refused from its header (the service's default limit too).
+DEFAULT_MAX_PIXELS = 40_000_000
 # Formats the service accepts; everything else is refused rather than guessed at.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
 
@@ -87,7 +90,7 @@ class ImageTooLargeError(ValueError):
     """The image has more pixels than allowed (decompression-bomb guard)."""
 
 
-def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Open image bytes lazily (the header only), checking format and pixel count; no pixel is decoded.
 
     The one set of input checks: :func:`decode_image` and the service's device input path
@@ -125,7 +128,7 @@ def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
     return img
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None) -> Image.Image:
     """Decode image bytes, checking format and pixel count before the pixels are decoded (:func:`open_image`).
 
     Args:
@@ -227,7 +230,7 @@ def preprocess_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np
     return np.stack([preprocess_image(im, cfg) for im in images])  # (B, 3, H, W)
 
 
-def decode_for_model(data: bytes, cfg: PreprocessConfig, max_pixels: int = 40_000_000,
+def decode_for_model(data: bytes, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
                      fast: bool = False) -> Image.Image:
     """Decode image bytes for a model with this preprocessing: the one place the fast-decode policy lives.
 
@@ -248,7 +251,7 @@ def decode_for_model(data: bytes, cfg: PreprocessConfig, max_pixels: int = 40_00
     return decode_image(data, max_pixels, min_side=cfg.image_size if fast else None)
 
 
-def decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int = 40_000_000,
+def decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
                           fast: bool = False) -> np.ndarray:
     """Image bytes -> the normalised tensor the scoring module takes (:func:`decode_for_model`, then
     :func:`preprocess_image`): what the service, its device input's CPU path and the benchmarks run per image.
