@@ -13,7 +13,8 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade --quiet pip
 
 # Service only: the core dependencies, ONNX-only serving (no torch; `pip install -e '.[torch]'` adds
-# the torch engine). The default engine (auto) serves the default bundle's model.onnx.
+# the torch engine). The default engine (auto) serves the default bundle's int8 graph, whose recorded
+# parity with model.onnx passes (docs/bundle.md, "Which graph engine=auto serves").
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@

@@ -51,6 +51,7 @@ __all__ = [
     "ArchitectureInfo",
     "OnnxInfo",
     "GraphParity",
+    "GraphSpeed",
     "Int8Info",
     "Fp16Info",
     "FileEntry",
@@ -112,12 +113,20 @@ class GraphParity(BaseModel):
 
     data: str  # which images, e.g. "id_test + ood/* of DATA" or "synthetic drawings"
     images: int  # images both graphs ran on
+    # The images are the bundle's own evaluation or calibration data (False: drawings that stand in for missing
+    # data; None: a record written before this field). engine=auto trusts only a record on the bundle's data.
+    bundle_data: bool | None = None
     provider: str = "CPUExecutionProvider"  # the ONNX Runtime provider both graphs ran on
     label_agreement: float  # share of images with the same argmax class
     max_abs_delta_energy_diff: float  # worst |ΔEnergy_variant - ΔEnergy_fp32|
     mean_abs_delta_energy_diff: float
     gate_flips: int | None = None  # images whose OOD decision differs, each graph at its threshold (None: none given)
     thresholds: dict[str, float] = Field(default_factory=dict)  # tag -> the threshold gate_flips used
+    # Of the images both graphs accept (each at its threshold; the labels clients are given): how many, and the
+    # share with the same label. None: no thresholds, or a record written before these fields.
+    accepted_images: int | None = None
+    accepted_label_agreement: float | None = None
+    id_delta_energy_std: float | None = None  # std of the float32 ΔEnergy on the ID images: the error's yardstick
     id_accuracy: dict[str, float] = Field(default_factory=dict)  # tag -> accuracy on ID test (empty: no labels)
     near_ood_auroc: dict[str, float] = Field(default_factory=dict)  # tag -> ΔEnergy AUROC, ID test vs near OOD
     ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {tag: AUROC}, e.g. fp32 and int8
@@ -138,6 +147,25 @@ class GraphParity(BaseModel):
         return data
 
 
+class GraphSpeed(BaseModel):
+    """A reduced-precision graph's speed against the float32 graph's, measured where it was made.
+
+    Each graph ran in its own single-threaded ONNX Runtime session on the same preprocessed images, timed by
+    the CPU time of the thread that ran it, in interleaved rounds; ``speedup`` is the median over rounds of the
+    per-round ratio (variant / float32 images per CPU second). CPU time, not wall time: on a shared machine the
+    other processes' load moves wall time by 1.5x within minutes, CPU time much less.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str  # the ONNX Runtime provider both graphs ran on
+    cpu: str  # the machine's processor (speed ratios of int8 kernels depend on its instruction set)
+    clock: str = "thread CPU time, 1 intra-op thread"
+    rounds: int
+    images_per_cpu_s: dict[str, dict[str, float]]  # tag ("fp32", "int8", "fp16") -> batch size -> median
+    speedup: dict[str, float]  # batch size -> median over rounds of variant / float32 images per CPU second
+
+
 class Int8Info(BaseModel):
     """The bundle's int8 graph: how it was quantized, its parity record and its own threshold."""
 
@@ -147,9 +175,11 @@ class Int8Info(BaseModel):
     method: Literal["dynamic", "static"]  # ONNX Runtime quantize_dynamic / quantize_static (QDQ)
     weight_type: str = "QInt8"
     per_channel: bool
+    op_types: list[str] | None = None  # node types quantized (None: every type ONNX Runtime quantizes)
     calibration_images: int = 0  # activation-range images of static quantization (ID val)
     parity: GraphParity
     calibration: CalibrationRecord | None = None  # the int8 graph's ΔEnergy threshold (its own ID val scores)
+    speed: GraphSpeed | None = None  # against model.onnx (None: written before speed was recorded)
 
 
 class Fp16Info(BaseModel):
@@ -168,6 +198,7 @@ class Fp16Info(BaseModel):
     float32_nodes: int  # nodes of the scoring head kept in float32 (normalisation, logits, scores)
     parity: GraphParity
     refit_threshold: float | None = None  # fitted on its own ID val scores, for comparison only (None: no ID val)
+    speed: GraphSpeed | None = None  # against model.onnx, on the provider that made the parity record
 
 
 class FileEntry(BaseModel):

@@ -15,7 +15,9 @@ after an interruption continues instead of starting over):
    (EBM with the selected loss parameters);
 5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
    the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
-6. calibration of every bundle's gate (ΔEnergy) on ID validation images;
+6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's int8 graph
+   (``deltagate quantize`` on the world: parity and speed records), kept only when ``engine=auto`` would
+   serve it (:mod:`models.graph_choice`), so that ``make serve`` gets it;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
@@ -48,7 +50,7 @@ from proxy.pretrain_tiny import PretrainConfig, pretrain_tiny
 from proxy.world.splits import load_task_root, random_id_splits, world_split
 from proxy.world.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 
-__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "evidence_splits", "build_evidence"]
+__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "ship_int8", "evidence_splits", "build_evidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ def build_demo(
     bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    int8 = ship_int8(Path(bundle_out), task)  # the world's default split: the shipped bundle's classes
+    times["quantize_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
     write_evaluation(results, evals, command=command, extra={"data": task.summary()})
     write_plots(results, evals)
@@ -181,6 +186,7 @@ def build_demo(
         "bundle": str(bundle_out), "data": task.summary(), "seconds": {**times, "total_s": sum(times.values())},
         "score_params": {m: asdict(selected[m].params) for m in METHODS},
         "pretrain": {k: pre.get(k) for k in ("train_seconds", "loss_first", "loss_last", "zero_shot")},
+        "int8": int8,
     }
     if cfg.bench_epochs:
         bench = benchmark_feature_cache(clip, list(task.class_names), few_shot(task.train, train_cfg.shots,
@@ -191,6 +197,27 @@ def build_demo(
     (results / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("demo done in %.0f s: bundle %s, results %s", sum(times.values()), bundle_out, results)
     return summary
+
+
+def ship_int8(bundle_dir: Path, data: Path | TaskData) -> dict[str, Any]:
+    """Add the int8 graph to the shipped bundle, with its records on the bundle's evaluation data (a data root
+    in the standard layout, or a task: the demo passes its world's), and keep it only when ``engine=auto``
+    would serve it (faithful and faster); returns the verdict (``results/demo.json``)."""
+    from models.bundle import INT8_ONNX_FILE, update_manifest
+    from models.graph_choice import SERVES_ON, check_graph
+    from models.train.quantize import QuantizeConfig, quantize_bundle
+
+    cfg = QuantizeConfig()
+    bundle = quantize_bundle(bundle_dir, cfg, data=data)
+    check = check_graph(bundle, "int8", SERVES_ON["int8"])
+    if check.passed:
+        logger.info("shipping the int8 graph: %s", check.detail)
+    else:  # auto would not serve it: it only adds megabytes
+        logger.warning("not shipping the int8 graph (%s): %s", check.code, check.detail)
+        (bundle_dir / INT8_ONNX_FILE).unlink()
+        update_manifest(bundle_dir, int8=None)
+    return {"kept": check.passed, "method": cfg.method, "op_types": cfg.resolved_op_types(), "code": check.code,
+            "detail": check.detail}
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,

@@ -20,7 +20,7 @@ import numpy as np
 from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
 from models.preprocess import ShapeLimits
 from service.batcher import Batcher
-from service.engines import Engine, EngineThreads, check_outputs, create_engine
+from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
 from service.settings import Settings, ThreadPlan
@@ -45,6 +45,7 @@ class Phase(enum.StrEnum):
 class LoadedModel:
     bundle: Bundle
     engine: Engine
+    choice: EngineChoice | None = None  # which engine serves and why (None: created directly, e.g. by a bench)
 
     @property
     def manifest(self) -> BundleManifest:
@@ -71,12 +72,15 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     if bundle.manifest.calibration is None:
         raise BundleError(f"{bundle.path}: bundle has no calibrated threshold (run `deltagate calibrate`)")
     threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
+    choice = choose_engine(settings.engine, bundle, settings.device)
+    logger.info("engine %s (%s): %s", choice.engine, choice.reason, choice.detail,
+                extra={"fields": {"engine": choice.engine, **choice.facts(), "detail": choice.detail}})
     models = []
     for i in range(plan.instances):
-        engine = create_engine(settings.engine, bundle, settings.device, threads)
+        engine = create_engine(choice.engine, bundle, settings.device, threads)
         engine.load()
         # engine.bundle, not bundle: an engine may serve a view of it (onnx-int8: the int8 graph's threshold).
-        models.append(LoadedModel(engine.bundle, engine))
+        models.append(LoadedModel(engine.bundle, engine, choice))
         logger.info("engine instance loaded", extra={"fields": {
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})
@@ -229,7 +233,8 @@ class Runtime:
         and the instance count; a fact on which instances differ lists every instance's value."""
         described = [m.engine.describe() for m in self.instances]
         facts = {key: ";".join(dict.fromkeys(d[key] for d in described)) for key in described[0]}
-        return {**facts, "instances": str(len(described))}
+        choice = self.instances[0].choice
+        return {**facts, **(choice.facts() if choice else {}), "instances": str(len(described))}
 
     async def stop(self) -> None:
         """Finish queued and running work (graceful), then free the engine and threads."""

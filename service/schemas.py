@@ -26,6 +26,8 @@ __all__ = [
     "ReadyResponse",
     "QuantileSummary",
     "ModelInfoResponse",
+    "EngineChoiceInfo",
+    "GraphCheckInfo",
 ]
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
@@ -148,6 +150,25 @@ class QuantileSummary(BaseModel):
     values: list[float] = Field(description="Score quantiles, non-decreasing.")
 
 
+class GraphCheckInfo(BaseModel):
+    graph: str = Field(description="The reduced-precision graph: int8 or fp16.")
+    passed: bool = Field(description="Whether engine=auto may serve it.")
+    code: str = Field(description="passed, no_graph, cpu_only, cuda_only, no_threshold, no_parity_record, "
+                      "other_provider, parity_failed, no_speed_record or not_faster.")
+    detail: str
+
+
+class EngineChoiceInfo(BaseModel):
+    requested: str = Field(description="The engine setting: auto or an engine name.")
+    engine: str = Field(description="The engine that serves.")
+    reason: str = Field(description="Why, as a code (also the engine_reason label of deltagate_model_info): "
+                        "requested, int8_passed, int8_parity_failed, int8_not_faster, no_reduced_graph, ...")
+    detail: str = Field(description="Why, in a sentence with the recorded numbers.")
+    checks: list[GraphCheckInfo] = Field(
+        default_factory=list, description="engine=auto: the verdict on each reduced-precision graph of the bundle."
+    )
+
+
 class ModelInfoResponse(BaseModel):
     name: str
     version: str
@@ -168,6 +189,9 @@ class ModelInfoResponse(BaseModel):
     engine: str
     device: str = Field(description="Where the forward runs (every instance's value, ';'-joined, if they differ).")
     precision: str
+    engine_choice: EngineChoiceInfo | None = Field(
+        None, description="Which engine serves and why (engine=auto: the fastest graph whose recorded parity passes)."
+    )
     instances: list[dict[str, str]] = Field(
         default_factory=list,
         description="What really runs, per engine instance: engine, device, precision, providers, intra_op_threads.",

@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field(
-        "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
-        "onnx, onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
+        "auto", description="Inference engine: auto (the bundle's fastest graph whose recorded parity with "
+        "model.onnx passes, docs/bundle.md; else onnx if the bundle has model.onnx, else torch), torch, onnx, "
+        "onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
     )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "

@@ -105,7 +105,7 @@ def _check_quantize(precisions: list[str], onnx: bool, method: str) -> None:
 
 
 def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, report: Path | None = None,
-              ctx: typer.Context | None = None) -> None:
+              ctx: typer.Context | None = None, op_types: str = "default") -> None:
     import json
 
     from deltagate.commands.command_line import command_line
@@ -117,7 +117,8 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
     if precision == "int8":
         from models.train.quantize import QuantizeConfig, quantize_bundle
 
-        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data_or_task)  # type: ignore[arg-type]
+        ops: Any = {"default": "default", "all": None}.get(op_types, tuple(o.strip() for o in op_types.split(",")))
+        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method, op_types=ops), data=data_or_task)  # type: ignore[arg-type]
         info = bundle.manifest.int8
     else:
         from models.train.float16 import float16_bundle
@@ -131,6 +132,15 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
                precision: info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
         report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     _echo_parity(precision, info, bundle.manifest.files[info.file].size / 1e6)
+    _echo_auto(bundle, precision)
+
+
+def _echo_auto(bundle: Any, precision: str) -> None:
+    """Whether ``engine=auto`` serves the new graph (on the provider it is served on), and why."""
+    from models.graph_choice import SERVES_ON, check_graph
+
+    check = check_graph(bundle, precision, SERVES_ON[precision])
+    typer.echo(f"engine=auto {'serves' if check.passed else 'does not serve'} it ({check.code}): {check.detail}")
 
 
 def _echo_parity(precision: str, info: Any, size_mb: float) -> None:
@@ -145,6 +155,12 @@ def _echo_parity(precision: str, info: Any, size_mb: float) -> None:
         typer.echo(f"  AUROC {name}: {auroc['fp32']:.4f} -> {auroc[precision]:.4f}")
     if p.gate_flips is not None:
         typer.echo(f"  gate decisions that differ: {p.gate_flips} of {p.images} (thresholds {p.thresholds})")
+    if p.accepted_label_agreement is not None:
+        typer.echo(f"  labels of the {p.accepted_images} images both graphs accept agree: "
+                   f"{p.accepted_label_agreement:.4f}")
+    if info.speed is not None:
+        speeds = ", ".join(f"{v:.2f}x at batch {b}" for b, v in info.speed.speedup.items())
+        typer.echo(f"  speed against float32 ({info.speed.clock}): {speeds}")
     if precision == "fp16":
         refit = "" if info.refit_threshold is None else f"; refitted on its ID val: {info.refit_threshold:.6g}"
         typer.echo(f"  fp16 keeps the float32 threshold{refit} (DELTAGATE_ENGINE=onnx-fp16)")
@@ -164,7 +180,12 @@ def quantize(
     ] = "int8",
     method: QuantizeMethodOpt = "dynamic",
     report: Annotated[Path | None, typer.Option(help="Also write the parity record as JSON here.")] = None,
+    op_types: Annotated[
+        str, typer.Option(help="int8: node types to quantize, e.g. MatMul,Gemm; 'all' = every type ONNX Runtime "
+                          "quantizes; 'default' = dynamic: MatMul,Gemm, static: all.")
+    ] = "default",
 ) -> None:
-    """Add an int8 or float16 graph to an existing bundle, with its parity record against model.onnx."""
+    """Add an int8 or float16 graph to an existing bundle, with its parity and speed records against model.onnx,
+    and say whether engine=auto serves it."""
     _check_quantize([precision], True, method)
-    _quantize(bundle, precision, method, data, report, ctx)
+    _quantize(bundle, precision, method, data, report, ctx, op_types)

@@ -7,7 +7,7 @@ import dataclasses
 from fastapi import APIRouter
 
 from service.deps import ApiKeyDep, RuntimeDep
-from service.schemas import ErrorResponse, ModelInfoResponse, QuantileSummary
+from service.schemas import EngineChoiceInfo, ErrorResponse, ModelInfoResponse, QuantileSummary
 
 router = APIRouter(tags=["model"])
 
@@ -28,6 +28,7 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         logit_scale=m.logit_scale, preprocess=m.preprocess.model_dump(),
         files={name: entry.model_dump() for name, entry in m.files.items()},
         engine=model.engine.name, device=facts["device"], precision=facts["precision"],
+        engine_choice=EngineChoiceInfo.model_validate(model.choice.to_dict()) if model.choice else None,
         instances=[instance.engine.describe() for instance in runtime.instances],
         batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
                   "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request,
