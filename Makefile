@@ -63,8 +63,11 @@ LOADTEST_ARGS ?=
 loadtest: install-dev
 	$(BIN)/python loadtests/run.py --port $(LOADTEST_PORT) $(LOADTEST_ARGS)
 
+# The demo pipeline (docs/offline.md §7). Writes under runs/demo/ only; `make demo PUBLISH=1` replaces the
+# bundled default model (bundles/default) and the committed results/ (tracked files).
+PUBLISH ?=
 demo: install-dev
-	$(BIN)/deltagate demo build
+	$(BIN)/deltagate demo build $(if $(PUBLISH),--publish)
 
 clean-venv:
 	rm -rf $(VENV)

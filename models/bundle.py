@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
+from models.quality import ValidationRecord
 from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams, renamed_legacy_keys
 from models.version import DELTAGATE_VERSION
 
@@ -218,6 +219,7 @@ class BundleManifest(BaseModel):
     schema_version: Literal[1] = 1  # SCHEMA_VERSION; bump both together
     name: str  # model name shown to clients
     version: str  # model version shown to clients
+    description: str | None = None  # what the model knows, for people (shown by /model and the try-it page)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     deltagate_version: str = Field(default_factory=lambda: DELTAGATE_VERSION)  # the deltagate that wrote it
     architecture: ArchitectureInfo
@@ -227,6 +229,7 @@ class BundleManifest(BaseModel):
     scores: ScoreParams = Field(default_factory=ScoreParams)
     prompt: dict[str, Any] = Field(default_factory=dict)  # how class embeddings were made (method, n_ctx, ...)
     calibration: CalibrationRecord | None = None
+    validation: ValidationRecord | None = None  # the prompts' ID val accuracy at the end of `deltagate train`
     evaluation: dict[str, Any] | None = None  # summary written by `deltagate evaluate`
     onnx: OnnxInfo | None = None
     int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
@@ -427,7 +430,8 @@ def _read_manifest(path: Path) -> BundleManifest:
     try:
         return BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{mpath}: invalid manifest:\n{exc}") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
+        raise BundleError(f"{mpath}: invalid manifest: {problems}") from exc
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
@@ -453,7 +457,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             raise BundleError(f"{fpath}: file listed in the manifest is missing")
         if verify and sha256_file(fpath) != entry.sha256:
             raise BundleError(f"{fpath}: content hash does not match the manifest (corrupt or modified)")
-    logger.info("loaded bundle %s (%s %s, %d classes)", p, manifest.name, manifest.version, len(manifest.classes))
+    logger.debug("loaded bundle %s (%s %s, %d classes)", p, manifest.name, manifest.version, len(manifest.classes))
     return Bundle(p, manifest)
 
 

@@ -39,6 +39,7 @@ __all__ = [
     "ImageShapeError",
     "ShapeLimits",
     "SUPPORTED_FORMATS",
+    "IMAGE_EXTENSIONS",
     "TRANSPARENT_BACKGROUND",
     "DRAFT_MARGIN",
     "DEFAULT_MAX_PIXELS",
@@ -56,6 +57,8 @@ __all__ = [
 DEFAULT_MAX_PIXELS = 40_000_000
 # Formats the service accepts; everything else is refused rather than guessed at.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+# File name endings of those formats: what folder readers (offline data, `deltagate classify`) take as images.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 _INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,

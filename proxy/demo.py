@@ -220,6 +220,13 @@ def ship_int8(bundle_dir: Path, data: Path | TaskData) -> dict[str, Any]:
             "detail": check.detail}
 
 
+def demo_description(classes: Sequence[str]) -> str:
+    """What a demo bundle knows, for people (``/model``, the try-it page): only its synthetic shapes."""
+    return (f"A demo model: a tiny CLIP trained from scratch on drawn synthetic shapes. It knows only these "
+            f"{len(classes)} synthetic shapes: {', '.join(classes)}. Anything else (photos included) is out of its "
+            "world; its gate was tested on drawn shapes, noise and textures only.")
+
+
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
                           cfg: DemoConfig, selected: dict[str, ArmSelection]) -> dict[str, Path]:
     """Bundles of the three runs (EBM -> the shipped path with ONNX), each with its own selected score
@@ -231,6 +238,7 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
         name = cfg.name if method == "ebm" else f"deltagate-{method}"
         sel = selected[method].to_dict()
         export_run(run, out, name=name, version=cfg.version, clip=clip, onnx=method == "ebm",
+                   description=demo_description(task.class_names),
                    score_params=selected[method].params,
                    selection={"criterion": "hocv (docs/evidence/protocol.md §5)", "scores": sel["scores"]})
         calibrate_bundle(out, task.val)

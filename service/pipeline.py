@@ -43,17 +43,20 @@ from service.errors import (
     InvalidBodyError,
     InvalidFieldError,
     PayloadTooLargeError,
+    ServiceError,
     UnsupportedMediaTypeError,
     validation_details,
 )
-from service.schemas import TOP_K, ClassifyJSONRequest, ImageResult, TopKEntry
+from service.schemas import TOP_K, ClassifyJSONRequest, ImageErrorEntry, ImageResult, OnError, TopKEntry
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
+    from service.runtime import Runtime
 
 __all__ = ["InputImage", "ReceivedBody", "receive_body", "parse_images", "json_value_bound", "MAX_JSON_CONTAINERS",
-           "resolve_top_k", "prepare_images", "run_batched", "postprocess"]
+           "resolve_top_k", "decode_images", "run_batched", "postprocess", "Classified",
+           "classify_images"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -107,6 +110,11 @@ async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
                 raise InvalidFieldError("field 'file' must be a file upload, not a text field")
             images.append(InputImage(await value.read(), value.filename))
         top_k = form.get("top_k")
+        others = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile) and k != "file"})
+    if not images and others:
+        raise InvalidFieldError(
+            f"no field 'file' in the form, but file field(s) {', '.join(repr(k) for k in others[:5])}: send each "
+            "image as a field named 'file' (curl -F file=@image.png)", details=[{"loc": ["file"]}])
     if top_k is None:
         return ReceivedBody(images)
     try:  # the JSON field's own type (schemas.TopK): one rule for both forms, never int() on raw text
@@ -215,11 +223,11 @@ def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
 
 
 # --- stage 2: decode and preprocess, in the thread pool (models.preprocess.decode_and_preprocess) ---
-async def prepare_images(
+async def decode_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
-    device_input: DeviceInput | None = None, shape: ShapeLimits | None = None,
+    device_input: DeviceInput | None = None, shape: ShapeLimits | None = None, first_index: int = 0,
 ) -> list[Any]:
-    """Decode and preprocess every image off the event loop, exactly as the bundle says.
+    """Decode and preprocess every image off the event loop, exactly as the bundle says; one outcome per image.
 
     Args:
         images: the request's images.
@@ -232,11 +240,13 @@ async def prepare_images(
             then holds device tensors beside NumPy arrays.
         shape: aspect-ratio and resized-size limits per image, checked from the header (the device input
             path has its own copy).
+        first_index: the first image's index in what the caller numbers (errors name images by it).
 
-    Raises:
-        BadImageError: an image is not decodable, or its aspect ratio is over the limit (400); the
-            message names which.
-        PayloadTooLargeError: an image has too many pixels, before or after resizing (413).
+    Returns:
+        Per image, its pixels ((3, H, W) NumPy or a device tensor) or the :class:`ServiceError` that says why
+        it cannot be classified (:class:`BadImageError` 400: not decodable, or its aspect ratio over the
+        limit; :class:`PayloadTooLargeError` 413: too many pixels, before or after resizing; the message and
+        ``details`` name the image's index and filename).
     """
     loop = asyncio.get_running_loop()
     outcomes: list[Any]
@@ -247,14 +257,15 @@ async def prepare_images(
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
-        where = {"index": i, "filename": images[i].filename}
+        where = {"index": first_index + i, "filename": images[i].filename}
+        named = f"image {first_index + i}" + (f" ({images[i].filename})" if images[i].filename else "")
         if isinstance(outcome, ImageTooLargeError):
-            raise PayloadTooLargeError(f"image {i}: {outcome}", details=where)
-        if isinstance(outcome, ImageDecodeError):
-            raise BadImageError(f"image {i}: {outcome}", details=where)
-        if isinstance(outcome, BaseException):
+            outcomes[i] = PayloadTooLargeError(f"{named}: {outcome}", details=where)
+        elif isinstance(outcome, ImageDecodeError):
+            outcomes[i] = BadImageError(f"{named}: {outcome}", details=where)
+        elif isinstance(outcome, BaseException):
             raise outcome
-    return list(outcomes)  # every outcome is pixels here: (3, H, W) NumPy or device tensor
+    return list(outcomes)
 
 
 # --- stage 3: batch and forward ----------------------------------------------------------------
@@ -265,12 +276,12 @@ async def _client_gone(receive: Receive) -> None:
 
 
 async def run_batched(
-    request: Request, batcher: Batcher, ticket: Ticket, pixels: list[Any], deadline: float
+    receive: Receive | None, batcher: Batcher, ticket: Ticket, pixels: list[Any], deadline: float
 ) -> list[Row]:
     """Queue the images, await their rows; give up on deadline or when the client goes away.
 
     Args:
-        request: the request (its ``receive`` tells when the client disconnects).
+        receive: the request's ASGI ``receive`` (it tells when the client disconnects); None: no client.
         batcher: the running batcher.
         ticket: the request's admission (its images move to the queue).
         pixels: preprocessed images.
@@ -287,7 +298,8 @@ async def run_batched(
     if remaining <= 0:
         raise DeadlineError("the request's deadline passed before it reached the queue")
     rows = asyncio.gather(*batcher.submit(pixels, remaining, ticket))
-    gone = asyncio.ensure_future(_client_gone(request.receive))
+    gone: asyncio.Future[Any] = asyncio.ensure_future(
+        _client_gone(receive) if receive is not None else asyncio.get_running_loop().create_future())
     waiting: set[asyncio.Future[Any]] = {rows, gone}
     try:
         done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
@@ -303,9 +315,13 @@ async def run_batched(
 
 # --- stage 4: postprocess ----------------------------------------------------------------------
 def postprocess(
-    rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None]
+    rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None],
+    indexes: Sequence[int] | None = None,
 ) -> list[ImageResult]:
-    """Rows of engine outputs -> labelled results with the OOD decision and p-value."""
+    """Rows of engine outputs -> labelled results with the OOD decision and p-value.
+
+    ``indexes``: each row's image position in the request (default 0, 1, ...; other when some were skipped).
+    """
     calib = manifest.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
     batch = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "delta_energy")}
@@ -319,7 +335,8 @@ def postprocess(
         best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
         gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
         results.append(ImageResult(
-            index=i, filename=filenames[i], decision="rejected_ood" if ood else "accepted",
+            index=indexes[i] if indexes is not None else i, filename=filenames[i],
+            decision="rejected_ood" if ood else "accepted",
             label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
             top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
                    for j in order],
@@ -329,3 +346,53 @@ def postprocess(
                      f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,
         ))
     return results
+
+
+# --- the stages together -------------------------------------------------------------------------
+@dataclass
+class Classified:
+    """A request's answers: one result per classified image, one error per image that could not be."""
+
+    results: list[ImageResult]
+    errors: list[ImageErrorEntry]
+    rows: list[Row]  # the engine rows behind the results (their batch sizes are logged)
+
+
+async def classify_images(
+    runtime: Runtime, batcher: Batcher, ticket: Ticket, images: Sequence[InputImage], top_k: int,
+    on_error: OnError, deadline: float, receive: Receive | None = None, first_index: int = 0,
+) -> Classified:
+    """Decode → batch and forward → postprocess: what ``POST /classify`` and ``deltagate classify`` both run.
+
+    Args:
+        runtime: the ready runtime (settings, decode pool, device input, model).
+        batcher: its batcher.
+        ticket: the images' admission (held for every image).
+        images: the images, in order.
+        top_k: entries of each top-k list.
+        on_error: ``fail``: the first image that cannot be decoded fails the whole call (its
+            :class:`ServiceError`); ``skip``: such images are left out of ``results`` and listed in ``errors``.
+        deadline: ``time.monotonic()`` by which the answers must be in.
+        receive: the request's ASGI ``receive``, to stop waiting when the client leaves (None: no client).
+        first_index: the index of ``images[0]`` in the results and errors (a caller classifying in parts).
+
+    Raises:
+        ServiceError: an image :func:`decode_images` could not decode (``fail`` only), and :func:`run_batched`'s.
+    """
+    model = runtime.model
+    assert model is not None
+    s = runtime.settings
+    outcomes = await decode_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
+                                   s.fast_decode, runtime.device_input, runtime.shape_limits, first_index)
+    failed = [o for o in outcomes if isinstance(o, ServiceError)]
+    if failed and on_error == "fail":
+        raise failed[0]
+    good = [i for i, o in enumerate(outcomes) if not isinstance(o, ServiceError)]
+    rows, results = [], []
+    if good:
+        rows = await run_batched(receive, batcher, ticket, [outcomes[i] for i in good], deadline)
+        results = postprocess(rows, model.manifest, top_k, [images[i].filename for i in good],
+                              [first_index + i for i in good])
+    errors = [ImageErrorEntry(index=e.details["index"], filename=e.details["filename"], status=e.status, code=e.code,
+                              message=e.message) for e in failed]
+    return Classified(results, errors, rows)

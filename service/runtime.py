@@ -19,6 +19,7 @@ import numpy as np
 
 from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
 from models.preprocess import ShapeLimits
+from models.quality import bundle_checks
 from service.batcher import Batcher
 from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
@@ -29,7 +30,8 @@ from service.telemetry import ServiceMetrics
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device", "shape_limits"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_bundle", "check_device", "log_bundle_checks",
+           "shape_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +59,43 @@ class LoadedModel:
         return check_outputs(outputs, pixel_values.shape[0], len(self.manifest.classes))
 
 
+def _served_bundle(settings: Settings) -> Bundle:
+    """The bundle the settings name (the dummy engine's own when it has none), with a calibrated threshold.
+
+    Raises:
+        BundleError: bundle missing, corrupt (a file or its SHA-256) or without a calibrated threshold.
+    """
+    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
+        return dummy_bundle(settings.dummy_num_classes)
+    bundle = load_bundle(settings.bundle_path)
+    if bundle.manifest.calibration is None:
+        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold "
+                          f"(run `deltagate calibrate --bundle {bundle.path} --data DATA` first)")
+    return bundle
+
+
+def check_bundle(settings: Settings) -> Bundle:
+    """Before the server starts, in one pass: the manifest, every file and its SHA-256, the threshold, and
+    that the engine can be created for this bundle (its graph, its threshold, its packages). Nothing loads.
+
+    Raises:
+        BundleError: what is wrong with the bundle (one line, naming the file).
+        EngineError: the engine cannot serve it (no int8 graph, a missing extra, ...).
+    """
+    bundle = _served_bundle(settings)
+    create_engine(settings.engine, bundle, settings.device, EngineThreads(1, 1, False))
+    return bundle
+
+
+def log_bundle_checks(manifest: BundleManifest) -> None:
+    """The guard against a useless model (:mod:`models.quality`), from the bundle's own records: a warning
+    per failed check, so that a model that learned nothing cannot serve without saying so."""
+    for check in bundle_checks(manifest):
+        level = logging.INFO if check.ok else logging.WARNING
+        logger.log(level, "model check: %s", check.message,
+                   extra={"fields": {"check": check.name, "ok": check.ok, "model": manifest.name}})
+
+
 def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     """Load the bundle once and one engine instance per ``plan.instances`` (blocking).
 
@@ -65,12 +104,9 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
         EngineError: the engine cannot run where asked (e.g. device=cuda and an instance would
             run on the CPU).
     """
-    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
-        bundle = dummy_bundle(settings.dummy_num_classes)
-    else:
-        bundle = load_bundle(settings.bundle_path)
-    if bundle.manifest.calibration is None:
-        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold (run `deltagate calibrate`)")
+    bundle = _served_bundle(settings)
+    if (settings.bundle_path / MANIFEST_FILE).is_file():  # a real bundle (the dummy engine's own has no records)
+        log_bundle_checks(bundle.manifest)
     threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
     choice = choose_engine(settings.engine, bundle, settings.device)
     logger.info("engine %s (%s): %s", choice.engine, choice.reason, choice.detail,

@@ -19,12 +19,15 @@ __all__ = [
     "TopKEntry",
     "ImageResult",
     "ModelRef",
+    "OnError",
+    "ImageErrorEntry",
     "ClassifyResponse",
     "ErrorBody",
     "ErrorResponse",
     "HealthResponse",
     "ReadyResponse",
     "QuantileSummary",
+    "ModelCheck",
     "ModelInfoResponse",
     "EngineChoiceInfo",
     "GraphCheckInfo",
@@ -113,12 +116,31 @@ class ModelRef(BaseModel):
     version: str
 
 
+OnError = Literal["fail", "skip"]  # what one image that cannot be decoded does to its request (docs/service.md)
+
+
+class ImageErrorEntry(BaseModel):
+    """An image of the request that could not be classified (``on_error=skip``)."""
+
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None = Field(None, description="Multipart filename, if any.")
+    status: int = Field(description="The status this image alone would get: 400 (not a readable image) or 413 "
+                        "(too many pixels).")
+    code: str = Field(description="invalid_image or payload_too_large.")
+    message: str = Field(description="Why, naming the image.")
+
+
 class ClassifyResponse(BaseModel):
     model: ModelRef
     request_id: str
-    num_images: int
+    num_images: int = Field(description="Images in the request (classified or not).")
     num_rejected_ood: int = Field(description="How many images were rejected as out-of-distribution.")
-    results: list[ImageResult]
+    results: list[ImageResult] = Field(description="One per classified image, in request order (see its index).")
+    errors: list[ImageErrorEntry] = Field(
+        default_factory=list,
+        description="With on_error=skip: one per image that could not be classified, in request order; "
+        "always empty with on_error=fail (such a request fails as a whole).",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -168,10 +190,18 @@ class EngineChoiceInfo(BaseModel):
         default_factory=list, description="engine=auto: the verdict on each reduced-precision graph of the bundle."
     )
 
+class ModelCheck(BaseModel):
+    """One finding of the guard against a useless model (models/quality.py), from the bundle's records."""
+
+    name: str = Field(description="weights, accuracy or gate.")
+    ok: bool
+    message: str
+
 
 class ModelInfoResponse(BaseModel):
     name: str
     version: str
+    description: str | None = Field(None, description="What the model knows, in the bundle's words.")
     created_at: str
     architecture: str
     classes: list[str]
@@ -202,4 +232,8 @@ class ModelInfoResponse(BaseModel):
     )
     evaluation: dict[str, Any] | None = Field(
         None, description="The bundle's evaluation summary (written by `deltagate evaluate`), if any."
+    )
+    checks: list[ModelCheck] = Field(
+        default_factory=list, description="The guard's findings from the bundle's records: random weights, "
+        "accuracy near chance, a gate that separates nothing (ok false = a warning)."
     )

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpu_budget import cpu_budget
 
-__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "default_text", "settings_table"]
 
 EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy", "onnx-fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -150,10 +150,18 @@ class Settings(BaseSettings):
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
     # --- server --------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Bind address.")  # all interfaces: runs in a container
+    host: str = Field(
+        "127.0.0.1", description="Bind address: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (the "
+        "container images and the Kubernetes manifests set it)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level (third-party libraries' lines only at debug)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="Log lines: json (one object per line, for log collectors) or console (readable)."
+    )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
     drain_s: float = Field(
         1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
@@ -211,6 +219,12 @@ class Settings(BaseSettings):
         return buckets
 
 
+def default_text(name: str) -> str:
+    """A setting's default as the docs and ``deltagate serve --help`` show it ("unset" for None)."""
+    value = Settings.model_fields[name].default
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_table() -> str:
     """The Markdown table of every setting (env name, default, description), as in docs/service.md.
 
@@ -220,7 +234,7 @@ def settings_table() -> str:
 
     rows = []
     for name, field in Settings.model_fields.items():
-        value = field.default
-        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        rows.append([f"`DELTAGATE_{name.upper()}`", default, field.description or ""])
+        default = default_text(name)
+        rows.append([f"`DELTAGATE_{name.upper()}`", default if default == "unset" else f"`{default}`",
+                     field.description or ""])
     return markdown_table(["env variable", "default", "meaning"], rows)

@@ -7,6 +7,16 @@ from typing import Annotated, Any
 
 import typer
 
+from deltagate.commands.clip_options import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ArchOpt,
+    ModelOpt,
+    PretrainedOpt,
+    WeightsCacheOpt,
+    load_chosen_clip,
+    model_warnings,
+)
 from deltagate.commands.score_options import score_options
 from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
 
@@ -31,14 +41,10 @@ def read_classes(spec: str) -> list[str]:
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     classes: Annotated[str, typer.Option(help="Class names: a file (one per line) or 'a,b,c'.")],
-    model: Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-32 or tiny-clip.")] = "ViT-B-32",
-    pretrained: Annotated[
-        str, typer.Option(help="Pretrained tag (openai), local checkpoint path, or 'none' (random weights).")
-    ] = "none",
-    arch_config: Annotated[
-        Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")
-    ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Weights cache directory.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    arch_config: ArchOpt = None,
+    cache_dir: WeightsCacheOpt = None,
     template: Annotated[list[str] | None, typer.Option(help="Zero-shot prompt template(s) with '{}'.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the directory name).")] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
@@ -53,20 +59,15 @@ def export(
     score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Export a zero-shot bundle: a CLIP and class names -> weights, ONNX (parity-checked) and manifest."""
-    import torch
-
     from models.bundle import ArchitectureInfo
-    from models.clip_loading import load_clip, register_architecture
     from models.prompt_learner import DEFAULT_TEMPLATES
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
     precisions = list(dict.fromkeys(quantize or []))  # each once, in the order given
     _check_quantize(precisions, onnx, quantize_method)
-    if arch_config is not None:
-        register_architecture(arch_config)
-    torch.manual_seed(seed)
-    loaded = load_clip(model, pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+    model_warnings(model, pretrained)
+    loaded = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     templates = tuple(template) if template else DEFAULT_TEMPLATES
     module = scoring_module_from_clip(loaded, names, score_params=score_params, templates=templates)
     bundle = export_bundle(

@@ -16,7 +16,6 @@ import httpx
 import pytest
 
 from deltagate.server_process import ServerProcess
-from service.server import EXIT_LOAD_FAILED
 from tests.server_process import DEFAULT_BUNDLE, REPO
 from tests.service_support import files, noise_image
 
@@ -46,5 +45,22 @@ def test_default_settings_serve_the_default_bundle_without_torch(tmp_path: Path)
 
 def test_the_torch_engine_without_torch_fails_loudly_naming_the_extra(tmp_path: Path) -> None:
     server = slim_server(tmp_path, "--engine", "torch").start()
-    assert server.proc.wait(timeout=120) == EXIT_LOAD_FAILED, server.log_text()
-    assert "pip install 'deltagate[torch]'" in server.log_text()
+    # refused before the server starts (service.runtime.check_bundle): one line and the CLI's usage status
+    assert server.proc.wait(timeout=120) == 2, server.log_text()
+    lines = server.log_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'deltagate[torch]'" in lines[0], lines
+
+
+def test_classify_runs_without_torch(tmp_path: Path) -> None:
+    """`deltagate classify` uses the service's runtime only: an ONNX bundle needs no torch there either."""
+    import json
+    import subprocess
+
+    image = tmp_path / "noise.png"
+    image.write_bytes(noise_image(0))
+    argv = [sys.executable, "-c", WITHOUT_TORCH, "classify", str(image), "--bundle", str(DEFAULT_BUNDLE)]
+    proc = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line)["filename"] == str(image) and "ImportError" not in proc.stderr

@@ -152,7 +152,7 @@ def test_export_cli_with_quantize_int8_and_fp16(tmp_path: Path) -> None:
 
     out, data = tmp_path / "b", _world(tmp_path / "world", per_class=2)
     args = ["export", "--out", str(out), "--classes", ",".join(MICRO_CLASSES), "--model", MICRO_ARCH,
-            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--data", str(data)]
+            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--pretrained", "none", "--data", str(data)]
     result = CliRunner().invoke(app, [*args, "--quantize", "int8", "--quantize", "fp16"])
     assert result.exit_code == 0, (result.output, repr(result.exception))
     manifest = load_bundle(out).manifest
