@@ -31,7 +31,8 @@ def test_the_flags_become_one_score_params(monkeypatch: pytest.MonkeyPatch, tmp_
         raise SystemExit(0)
 
     monkeypatch.setattr("models.train.export.scoring_module_from_clip", fake_scoring_module)
-    args = ["export", "--out", str(tmp_path / "b"), "--classes", "a,b", "--model", "tiny-clip", "--no-onnx",
+    args = ["export", "--out", str(tmp_path / "b"), "--classes", "a,b", "--model", "tiny-clip", "--pretrained", "none",
+            "--no-onnx",
             "--delta-energy-top-c", "2", "--delta-energy-reset", "mean", "--energy-temperature", "3"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
