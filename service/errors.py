@@ -36,6 +36,7 @@ __all__ = [
     "ClientGoneError",
     "validation_details",
     "error_response",
+    "error_body",
     "install_error_handlers",
 ]
 
@@ -155,9 +156,13 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     """The JSON error response every error path uses."""
-    body = {"error": {"status": status, "code": code, "message": message, "details": details},
+    return JSONResponse(error_body(request_id, status, code, message, details), status_code=status, headers=headers)
+
+
+def error_body(request_id: str | None, status: int, code: str, message: str, details: Any = None) -> dict[str, Any]:
+    """The error envelope (also written by the connection level, service.connections, without the app)."""
+    return {"error": {"status": status, "code": code, "message": message, "details": details},
             "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _request_id(request: Request) -> str | None:
