@@ -32,8 +32,7 @@ from models.preprocess import (
     ImageTooLargeError,
     PreprocessConfig,
     ShapeLimits,
-    decode_image,
-    preprocess_image,
+    decode_and_preprocess,
 )
 from models.scoring_spec import gate_scores
 from service.batcher import Batcher, Row, Ticket
@@ -223,14 +222,7 @@ def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
     return body if body is not None else default
 
 
-# --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
-def _decode_and_preprocess(
-    data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool, shape: ShapeLimits | None
-) -> np.ndarray:
-    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None, shape=shape)
-    return preprocess_image(img, cfg)  # (3, H, W)
-
-
+# --- stage 2: decode and preprocess, in the thread pool (models.preprocess.decode_and_preprocess) ---
 async def decode_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
     device_input: DeviceInput | None = None, shape: ShapeLimits | None = None, first_index: int = 0,
@@ -242,7 +234,7 @@ async def decode_images(
         cfg: the bundle's preprocessing.
         max_pixels: pixel limit per image.
         pool: the decode pool.
-        fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_image`).
+        fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_for_model`).
         device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
             one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
             then holds device tensors beside NumPy arrays.
@@ -261,7 +253,7 @@ async def decode_images(
     if device_input is not None:
         outcomes = await loop.run_in_executor(pool, device_input.prepare, [im.data for im in images])
     else:
-        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
+        jobs = [loop.run_in_executor(pool, decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):

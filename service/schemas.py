@@ -9,6 +9,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
+from models.scoring_spec import score_param_specs
+
 __all__ = [
     "Base64Image",
     "TopK",
@@ -208,8 +210,8 @@ class ModelInfoResponse(BaseModel):
     target_tpr: float
     calibration: dict[str, Any] = Field(description="Calibration statistics (without the quantile summary).")
     scores: dict[str, Any] = Field(
-        description="Score parameters: ΔEnergy's top_c, reset, reset_logit and temperature, energy's temperature, "
-        "MCM's tau."
+        description="Score parameters as the bundle's manifest holds them, each named after its score: "
+        + ", ".join(s.name for s in score_param_specs()) + "."
     )
     logit_scale: float
     preprocess: dict[str, Any]

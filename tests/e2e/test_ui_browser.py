@@ -147,7 +147,7 @@ def _png(img: Any) -> bytes:
 
 def id_drawing(category: str, seed: int) -> bytes:
     """A flat drawing of the synthetic world at its 64 px, as the ID split draws them."""
-    from models.train.data.render import render_objects, sample_object
+    from proxy.world.render import render_objects, sample_object
 
     rng = np.random.default_rng([seed, 99])
     img, _ = render_objects(rng, [sample_object(rng, category)], "flat", 64)
@@ -156,7 +156,7 @@ def id_drawing(category: str, seed: int) -> bytes:
 
 def far_ood_texture(kind: str, seed: int) -> bytes:
     """A texture with no object (far OOD: the default bundle rejects every far-OOD test image)."""
-    from models.train.data.render import render_texture
+    from proxy.world.render import render_texture
 
     img, _ = render_texture(np.random.default_rng([seed, 98]), kind, 64)
     return _png(img)

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
     """Where the (stubbed) pipeline was asked to write: (bundle, results) per run."""
-    import models.train.demo as demo
+    import proxy.demo as demo
 
     calls: list[tuple[Path, Path]] = []
 
