@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request
 
 from service.deps import ApiKeyDep, RuntimeDep
-from service.pipeline import classify_images, parse_images, receive_body, resolve_top_k
+from service.pipeline import classify_images, parse_images, receive_body, record_classified, resolve_top_k
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
 
 router = APIRouter(tags=["classify"])
@@ -21,7 +21,8 @@ _REQUEST_BODY: dict[str, Any] = {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
                 "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary", "minLength": 1},
+                             "minItems": 1,
                              "description": "Image file(s); repeat the field for several images."},
                     "top_k": {"type": "integer", "minimum": 1,
                               "description": "Entries in each top_k list; the query parameter wins if both are given."},
@@ -73,13 +74,8 @@ async def classify(
         k = resolve_top_k(top_k, body_top_k, s.default_top_k)
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         out = await classify_images(runtime, batcher, ticket, images, k, on_error, deadline, request.receive)
+    record_classified(runtime, state.log_fields, len(images), out)
     results = out.results
-    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
-                                   [r.delta_energy for r in results], [r.is_ood for r in results])
-    runtime.metrics.observe_image_errors([e.code for e in out.errors])
-    state.log_fields.update({"images": len(images), "batch_sizes": [r.batch_size for r in out.rows],
-                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
-                             **({"failed": [e.index for e in out.errors]} if out.errors else {})})
     return ClassifyResponse(
         model=ModelRef(name=model.manifest.name, version=model.manifest.version),
         request_id=state.request_id, num_images=len(images),
