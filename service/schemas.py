@@ -13,6 +13,10 @@ __all__ = [
     "Base64Image",
     "TopK",
     "TOP_K",
+    "JsonInt",
+    "PositiveJsonInt",
+    "NonNegativeJsonInt",
+    "JsonTopK",
     "ClassifyJSONRequest",
     "TopKEntry",
     "ImageResult",
@@ -83,6 +87,22 @@ TopK = Annotated[int, Field(ge=1)]
 TOP_K: TypeAdapter[int] = TypeAdapter(TopK)
 
 
+def _json_integer(value: Any) -> Any:
+    """A JSON Schema integer is a number without a fraction (3, 3.0); pydantic's lax mode would also take the
+    string "3" and true, which the schema calls invalid (a form field is text: :data:`TOP_K` parses it)."""
+    if isinstance(value, str | bool):
+        raise ValueError("should be an integer (a JSON number), not a string or a boolean")
+    return value
+
+
+# Integer fields of JSON bodies. The bounds come before the validator: pydantic states them in the JSON schema
+# (minimum) only when no validator precedes them.
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+PositiveJsonInt = Annotated[int, Field(ge=1), BeforeValidator(_json_integer)]
+NonNegativeJsonInt = Annotated[int, Field(ge=0), BeforeValidator(_json_integer)]
+JsonTopK = PositiveJsonInt
+
+
 class ClassifyJSONRequest(BaseModel):
     """JSON form of ``POST /classify``."""
 
@@ -90,7 +110,7 @@ class ClassifyJSONRequest(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.",
                                       examples=[[EXAMPLE_PNG_BASE64]])
-    top_k: TopK | None = Field(
+    top_k: JsonTopK | None = Field(
         None,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
     )

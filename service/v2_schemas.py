@@ -13,11 +13,11 @@ They also make the OpenAPI document, where the image limits are added from the s
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, get_args
+from typing import Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from service.schemas import Base64Image, TopK
+from service.schemas import EXAMPLE_PNG_BASE64, Base64Image, JsonTopK, NonNegativeJsonInt, PositiveJsonInt
 
 __all__ = [
     "V2_INPUT",
@@ -70,6 +70,8 @@ OtherOutputName = Literal["label", "is_ood", "top_k_labels"]
 assert {*get_args(NumericOutputName), *get_args(OtherOutputName)} == set(OUTPUTS)
 assert all(OUTPUTS[n][0] in ("FP32", "INT64") for n in get_args(NumericOutputName))
 
+# Unknown fields refused; booleans are StrictBool and integers JsonInt: 0 is not false and "3" is not 3 (what
+# the schema says is what passes).
 _STRICT = ConfigDict(extra="forbid")
 
 
@@ -117,9 +119,9 @@ class V2ErrorResponse(BaseModel):
 class InferParameters(BaseModel):
     model_config = _STRICT
 
-    top_k: TopK | None = Field(None, description="Entries of the top_k_* outputs (default: the service's setting; "
+    top_k: JsonTopK | None = Field(None, description="Entries of the top_k_* outputs (default: the service's setting; "
                                "clamped to the number of classes).")
-    binary_data_output: bool | None = Field(
+    binary_data_output: StrictBool | None = Field(
         None, description="Binary tensor data extension: every output as binary data, unless the output says "
         "otherwise.")
 
@@ -127,7 +129,7 @@ class InferParameters(BaseModel):
 class BinaryInputParameters(BaseModel):
     model_config = _STRICT
 
-    binary_data_size: int = Field(ge=0, description="Bytes of this input's data after the JSON header: each "
+    binary_data_size: NonNegativeJsonInt = Field(description="Bytes of this input's data after the JSON header: each "
                                   "element is a 4-byte little-endian length, then the image's bytes.")
 
 
@@ -135,7 +137,7 @@ class _InferInputBase(BaseModel):
     model_config = _STRICT
 
     name: Literal["image"]
-    shape: list[Annotated[int, Field(ge=1)]] = Field(min_length=1, max_length=1,
+    shape: list[PositiveJsonInt] = Field(min_length=1, max_length=1,
                                                      description="[N]: the number of images.")
     datatype: Literal["BYTES"]
 
@@ -155,12 +157,13 @@ class BinaryInferInput(_InferInputBase):
 class OutputParameters(BaseModel):
     model_config = _STRICT
 
-    binary_data: bool | None = Field(None, description="Binary tensor data extension: this output as binary data.")
+    binary_data: StrictBool | None = Field(None, description="Binary tensor data extension: this output as binary "
+                                           "data.")
 
 
 class NumericOutputParameters(OutputParameters):
-    classification: int | None = Field(
-        None, ge=1, description="Classification extension: the top-n values of each image's row as BYTES "
+    classification: PositiveJsonInt | None = Field(
+        None, description="Classification extension: the top-n values of each image's row as BYTES "
         "'value:index' strings (':label' added for probabilities), n clamped to the row's length.")
 
 
@@ -181,8 +184,8 @@ class RequestedNumericOutput(BaseModel):
 class _InferRequestBase(BaseModel):
     model_config = _STRICT
 
-    id: str | None = Field(None, max_length=256, description="Echoed in the response.")
-    model_name: str | None = Field(None, description="If given, the model of the path (some clients send it).")
+    id: StrictStr | None = Field(None, max_length=256, description="Echoed in the response.")
+    model_name: StrictStr | None = Field(None, description="If given, the model of the path (some clients send it).")
     parameters: InferParameters | None = None
     outputs: list[RequestedNumericOutput | RequestedOutput] | None = Field(
         None, max_length=len(OUTPUTS), description="The outputs to return, in this order (default: all).")
@@ -190,6 +193,12 @@ class _InferRequestBase(BaseModel):
 
 class JsonInferRequest(_InferRequestBase):
     """``POST /v2/models/{model_name}/infer`` with ``Content-Type: application/json``."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{
+        "id": "42", "parameters": {"top_k": 3},
+        "inputs": [{"name": V2_INPUT, "shape": [1], "datatype": "BYTES", "data": [EXAMPLE_PNG_BASE64]}],
+        "outputs": [{"name": "label"}, {"name": "delta_energy"}, {"name": "is_ood"}],
+    }]})
 
     inputs: list[JsonInferInput] = Field(min_length=1, max_length=1, description="The one input, 'image'.")
 

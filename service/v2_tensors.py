@@ -169,6 +169,7 @@ def parse_infer_request(body: bytes, json_length: int | None, model_name: str, s
         raise InvalidBodyError(f"the body names model {request.model_name[:100]!r}, the path {model_name!r}")
     (tensor,) = request.inputs
     count = tensor.shape[0]
+    check_image_count(count, settings)  # again: a shape of 1e9 (a float) passed the pre-check
     if isinstance(tensor, BinaryInferInput):
         size = tensor.parameters.binary_data_size
         if size != len(binary):

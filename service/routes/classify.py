@@ -21,8 +21,7 @@ _REQUEST_BODY: dict[str, Any] = {
             "multipart/form-data": {"schema": {
                 "type": "object", "required": ["file"],
                 "properties": {
-                    "file": {"type": "array", "items": {"type": "string", "format": "binary", "minLength": 1},
-                             "minItems": 1,
+                    "file": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1,
                              "description": "Image file(s); repeat the field for several images."},
                     "top_k": {"type": "integer", "minimum": 1,
                               "description": "Entries in each top_k list; the query parameter wins if both are given."},
