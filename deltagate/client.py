@@ -224,6 +224,7 @@ class _Call:
 
     params: dict[str, Any]
     fields: dict[str, Any]
+    asks_label_set: bool = False
 
     @classmethod
     def of(cls, top_k: int | None, on_error: OnError, label_set: str | None, labels: Sequence[str] | None,
@@ -237,19 +238,30 @@ class _Call:
             params["label_set"] = label_set
         if prompts is not None:
             params["prompts"] = prompts
-        return cls(params, {"labels": list(labels)} if labels is not None else {})
+        fields = {"labels": list(labels)} if labels is not None else {}
+        return cls(params, fields, label_set is not None or labels is not None)
 
     def files(self, images: Sequence[ImageInput], first: int) -> list[tuple[str, tuple[str, bytes]]]:
         return [("file", encode_image(image, first + i)) for i, image in enumerate(images)]
 
 
-def _merge(answers: Sequence[tuple[int, httpx.Response]]) -> Classification:
-    """The requests' answers (each with its first image's position) as one :class:`Classification`."""
+def _merge(answers: Sequence[tuple[int, httpx.Response]], call: _Call) -> Classification:
+    """The requests' answers (each with its first image's position) as one :class:`Classification`.
+
+    Raises:
+        DeltagateError: label sets were asked for, but the service answered without saying which classes it
+            used (a service older than label sets ignores the arguments: its bundle's classes would pass for
+            the ones asked).
+    """
     results: list[ImageResult] = []
     errors: list[ImageErrorEntry] = []
     bodies = []
     for first, response in answers:
         body = response.json()
+        if call.asks_label_set and "label_set" not in body:
+            raise DeltagateError(response.status_code, "label_sets_unsupported", "the service answered with its "
+                                 "bundle's classes: it does not serve label sets (label_set=, labels=)",
+                                 request_id=body.get("request_id"))
         parsed = ClassifyResponse.model_validate(body)
         results += [r.model_copy(update={"index": r.index + first}) for r in parsed.results]
         errors += [e.model_copy(update={"index": e.index + first}) for e in parsed.errors]
@@ -378,7 +390,7 @@ class Client(_Base):
             with _numbered_from(part.start):
                 answers.append((part.start, self._send("POST", "/classify", params=call.params, data=call.fields,
                                                        files=call.files(items[part.start:part.stop], part.start))))
-        return _merge(answers)
+        return _merge(answers, call)
 
 
 class AsyncClient(_Base):
@@ -445,7 +457,7 @@ class AsyncClient(_Base):
                     return part.start, await self._send("POST", "/classify", params=call.params, data=call.fields,
                                                         files=files)
 
-        return _merge(await asyncio.gather(*(one(part) for part in _chunks(len(items), size))))
+        return _merge(await asyncio.gather(*(one(part) for part in _chunks(len(items), size))), call)
 
 
 def _as_list(images: Sequence[ImageInput] | ImageInput) -> list[ImageInput]:

@@ -2,9 +2,9 @@
 
 The protocol is KServe's (kserve/open-inference-protocol, ``specification/protocol/inference_rest.md``): Triton,
 KServe, Seldon MLServer and TorchServe speak it, and so do their clients. Two of Triton's extensions are
-served too: binary tensor data (``docs/protocol/extension_binary_data.md``: an ``Inference-Header-Content-Length``
-header, the JSON header, then each binary tensor) and classification (``extension_classification.md``: an
-output's top-n as ``"value:index[:label]"`` strings).
+served too (triton-inference-server/server, protocol documents ``extension_binary_data.md`` and
+``extension_classification.md``): binary tensor data (an ``Inference-Header-Content-Length`` header, the JSON
+header, then each binary tensor) and classification (an output's top-n as ``"value:index[:label]"`` strings).
 
 deltagate serves one model, its bundle, with one input and the outputs of :data:`OUTPUTS`. The models here are
 what the service accepts, no wider: an unknown field, input, output or parameter is refused (400), never ignored.
@@ -13,9 +13,9 @@ They also make the OpenAPI document, where the image limits are added from the s
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, StrictBool, StrictStr, Tag
 
 from service.schemas import EXAMPLE_PNG_BASE64, Base64Image, JsonTopK, NonNegativeJsonInt, PositiveJsonInt
 
@@ -181,13 +181,26 @@ class RequestedNumericOutput(BaseModel):
     parameters: NumericOutputParameters | None = None
 
 
+def _output_kind(value: Any) -> str | None:
+    name = value.get("name") if isinstance(value, dict) else getattr(value, "name", None)
+    return "numeric" if name in get_args(NumericOutputName) else "other" if name in get_args(OtherOutputName) else None
+
+
+# One requested output: its name says which model applies (only numbers have the classification parameter).
+AnyRequestedOutput = Annotated[
+    Annotated[RequestedNumericOutput, Tag("numeric")] | Annotated[RequestedOutput, Tag("other")],
+    Discriminator(_output_kind, custom_error_type="unknown_output",
+                  custom_error_message=f"an output of this model: {', '.join(OUTPUTS)}"),
+]
+
+
 class _InferRequestBase(BaseModel):
     model_config = _STRICT
 
     id: StrictStr | None = Field(None, max_length=256, description="Echoed in the response.")
     model_name: StrictStr | None = Field(None, description="If given, the model of the path (some clients send it).")
     parameters: InferParameters | None = None
-    outputs: list[RequestedNumericOutput | RequestedOutput] | None = Field(
+    outputs: list[AnyRequestedOutput] | None = Field(
         None, max_length=len(OUTPUTS), description="The outputs to return, in this order (default: all).")
 
 

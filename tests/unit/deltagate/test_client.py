@@ -77,19 +77,25 @@ def test_images_of_every_kind_are_encoded(tmp_path: Any) -> None:
 def test_a_long_list_goes_in_parts_of_the_servers_limit_in_order(no_sleep: list[float]) -> None:
     transport, seen = mock(answer)
     with Client("http://svc", transport=transport, api_key="k") as client:
-        result = client.classify([b"a", b"b", b"c", b"d", b"e", b"f", b"g"], top_k=2, label_set="shapes")
+        result = client.classify([b"a", b"b", b"c", b"d", b"e", b"f", b"g"], top_k=2)
     posts = [r for r in seen if r.url.path == "/classify"]
-    assert [r.url.params["top_k"] for r in posts] == ["2"] * 3 and posts[0].url.params["label_set"] == "shapes"
+    assert [r.url.params["top_k"] for r in posts] == ["2"] * 3
     assert [r.index for r in result] == list(range(7)) and result.request_ids == ["r3", "r3", "r1"]
     assert [r.filename for r in result] == [f"image{i}" for i in range(7)]
     assert all(r.headers["authorization"] == "Bearer k" for r in seen)
     assert [r.url.path for r in seen].count("/model") == 1 and no_sleep == []
 
 
+def with_label_set(request: httpx.Request) -> httpx.Response:
+    body = answer(request).json()
+    return httpx.Response(200, json={**body, "label_set": "ad-hoc", "calibrated": False})
+
+
 def test_labels_go_as_repeated_form_fields_and_not_with_a_label_set() -> None:
-    transport, seen = mock(answer)
+    transport, seen = mock(with_label_set)
     with Client("http://svc", transport=transport, max_images_per_request=8) as client:
-        client.classify(b"a", labels=["octagon", "hexagon"], prompts="zero-shot")
+        result = client.classify(b"a", labels=["octagon", "hexagon"], prompts="zero-shot")
+        assert (result.label_set, result.calibrated) == ("ad-hoc", False)
         with pytest.raises(ValueError, match="not both"):
             client.classify(b"a", labels=["x"], label_set="y")
         with pytest.raises(ValueError, match="no image"):
@@ -97,6 +103,12 @@ def test_labels_go_as_repeated_form_fields_and_not_with_a_label_set() -> None:
     (post,) = seen
     assert post.content.count(b'name="labels"') == 2 and b"octagon" in post.content
     assert post.url.params["prompts"] == "zero-shot" and "/model" not in [r.url.path for r in seen]
+    # A service without label sets ignores the arguments and answers with its own classes: refused here.
+    transport, seen = mock(answer)
+    with Client("http://svc", transport=transport, max_images_per_request=8) as client:
+        with pytest.raises(DeltagateError, match="does not serve label sets") as error:
+            client.classify(b"a", label_set="shapes")
+    assert error.value.code == "label_sets_unsupported" and seen[0].url.params["label_set"] == "shapes"
 
 
 def test_503_is_retried_as_long_as_retry_after_says(no_sleep: list[float]) -> None:
