@@ -41,6 +41,7 @@ __all__ = [
     "V2_PREFIX",
     "speaks_v2",
     "error_response",
+    "error_body",
     "install_error_handlers",
 ]
 
@@ -184,13 +185,18 @@ def error_response(
 ) -> JSONResponse:
     """The JSON error response every error path uses; ``path``: the request's (a ``/v2`` route gets the
     protocol's shape)."""
-    body: dict[str, Any]
+    return JSONResponse(error_body(request_id, status, code, message, details, path), status_code=status,
+                        headers=headers)
+
+
+def error_body(request_id: str | None, status: int, code: str, message: str, details: Any = None,
+               path: str = "") -> dict[str, Any]:
+    """The error envelope (also written by the connection level, service.connections, without the app); on a
+    ``/v2`` path, the Open Inference Protocol's ``{"error": "<message>"}``."""
     if speaks_v2(path):
-        body = {"error": _v2_message(message, details)}
-    else:
-        body = {"error": {"status": status, "code": code, "message": message, "details": details},
-                "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers=headers)
+        return {"error": _v2_message(message, details)}
+    return {"error": {"status": status, "code": code, "message": message, "details": details},
+            "request_id": request_id}
 
 
 def _request_id(request: Request) -> str | None:

@@ -14,6 +14,7 @@ from unittest import mock
 
 import httpx
 import numpy as np
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 
@@ -185,3 +186,13 @@ def asgi_scope(request: httpx.Request) -> dict[str, Any]:
             "query_string": request.url.query, "root_path": "",
             "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+
+
+def forbid_server_start(monkeypatch: Any) -> None:
+    """Fail the test if a server would start: one process (``uvicorn.Server.run``, which the service's
+    ``DrainingServer`` inherits) or several (uvicorn's supervisor, which ``service.supervision.Supervisor`` runs)."""
+    import uvicorn
+    from uvicorn.supervisors import multiprocess
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("the server started"))
+    monkeypatch.setattr(multiprocess.Multiprocess, "run", lambda *a, **k: pytest.fail("the server started"))

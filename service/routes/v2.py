@@ -13,6 +13,7 @@ The version in the optional ``/versions/{model_version}`` paths is the bundle's;
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Annotated, Any
 
@@ -39,13 +40,20 @@ from service.v2_schemas import (
 from service.v2_tensors import HEADER_LENGTH, encode_response, header_length, output_tensors, parse_infer_request
 from service.v2_tensors import tensor_metadata as tensor_metadata_of
 
-__all__ = ["router", "INFER_PATHS", "PLATFORM"]
+__all__ = ["router", "INFER_PATHS", "PLATFORM", "infer_route"]
 
 router = APIRouter(tags=["open inference protocol (v2)"])
 
 PLATFORM = "deltagate"  # the model's "platform" in its metadata: a CLIP behind deltagate's gate, any engine
 _JSON, _BINARY = "application/json", "application/octet-stream"
 INFER_PATHS = ("/v2/models/{model_name}/infer", "/v2/models/{model_name}/versions/{model_version}/infer")
+_INFER_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/infer$")
+
+
+def infer_route(path: str) -> str | None:
+    """The inference route template a request path matches (its metrics label), None if none."""
+    match = _INFER_PATH.match(path)
+    return None if match is None else INFER_PATHS[1 if match.group(1) else 0]
 
 ModelName = Annotated[str, Path(description="The bundle's name (GET /v2/models/{model_name} or /model says it).")]
 ModelVersion = Annotated[str, Path(description="The bundle's version, the only one served.")]
@@ -209,12 +217,14 @@ async def infer_version(request: Request, runtime: RuntimeDep, _auth: ApiKeyDep,
 
 
 async def _infer(request: Request, runtime: Runtime, model_name: str, model_version: str | None) -> Response:
-    manifest = _served(runtime, model_name, model_version)
     _, batcher = runtime.require_ready()
+    # First, as /classify does (and the connection level's early answer, routes.classify): a spent budget is
+    # answered 503 before anything of the request is looked at, its body not read.
+    batcher.check_room()
+    manifest = _served(runtime, model_name, model_version)
     s, state = runtime.settings, request.state
     deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
     _check_encoding(request)
-    batcher.check_room()  # before the body is read: 503 at once when the budget is spent
     body = await receive_bytes(request)  # no slot held while it arrives: a slow sender gets 408, holds nothing
     json_length = header_length(request.headers, len(body))
     with batcher.admit() as ticket:
