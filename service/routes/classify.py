@@ -14,7 +14,8 @@ from uvicorn._types import ASGI3Application, HTTPScope
 from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
 from service.errors import NotReadyError, OverloadedError, error_body
-from service.pipeline import classify_images, parse_images, receive_body, resolve_top_k
+from service.pipeline import classify_images, parse_images, receive_body, record_classified, resolve_top_k
+from service.routes import v2
 from service.runtime import Phase, Runtime
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
 from service.telemetry import request_id_of
@@ -81,13 +82,8 @@ async def classify(
         k = resolve_top_k(top_k, body_top_k, s.default_top_k)
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         out = await classify_images(runtime, batcher, ticket, images, k, on_error, deadline, request.receive)
+    record_classified(runtime, state.log_fields, len(images), out)
     results = out.results
-    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
-                                   [r.delta_energy for r in results], [r.is_ood for r in results])
-    runtime.metrics.observe_image_errors([e.code for e in out.errors])
-    state.log_fields.update({"images": len(images), "batch_sizes": [r.batch_size for r in out.rows],
-                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
-                             **({"failed": [e.index for e in out.errors]} if out.errors else {})})
     return ClassifyResponse(
         model=ModelRef(name=model.manifest.name, version=model.manifest.version),
         request_id=state.request_id, num_images=len(images),
@@ -105,29 +101,32 @@ def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
     are most of the traffic, and the event loop must answer them at once to stay
     responsive (issue 16). The access log gets one line a second with their count instead.
     Requests the app would answer otherwise first (a wrong API key: 401; a declared body over the
-    limit: 413) are left to the app.
+    limit: 413) are left to the app. The Open Inference Protocol's inference routes
+    (:func:`service.routes.v2.infer_route`) check the budget first too, and get the same early 503 in
+    the protocol's error shape, counted under their own route.
     """
     settings = runtime.settings
     expected = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
     retry_after = str(settings.retry_after_s).encode()
 
-    def refuse(error: OverloadedError) -> ASGI3Application:
+    def refuse(error: OverloadedError, route: str) -> ASGI3Application:
         async def app(scope: Any, receive: Any, send: Any) -> None:
             start = time.perf_counter()
             request_id = request_id_of(scope)
-            body = json.dumps(error_body(request_id, error.status, error.code, error.message)).encode()
+            content = error_body(request_id, error.status, error.code, error.message, path=scope["path"])
+            body = json.dumps(content).encode()
             await send({"type": "http.response.start", "status": error.status, "headers": [
                 (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                 (b"retry-after", retry_after), (b"x-request-id", request_id.encode())]})
             await send({"type": "http.response.body", "body": body})
-            runtime.metrics.observe_request("/classify", "POST", error.status, time.perf_counter() - start)
+            runtime.metrics.observe_request(route, "POST", error.status, time.perf_counter() - start)
             EVENTS.record("overloaded", asyncio.get_running_loop())
 
         return app
 
     def early(scope: HTTPScope) -> ASGI3Application | None:
-        if scope["path"] != "/classify" or scope["method"] != "POST" or runtime.batcher is None \
-                or runtime.phase is not Phase.READY:
+        route = "/classify" if scope["path"] == "/classify" else v2.infer_route(scope["path"])  # v2 infer too
+        if route is None or scope["method"] != "POST" or runtime.batcher is None or runtime.phase is not Phase.READY:
             return None
         try:
             runtime.batcher.check_room(1)  # what the route checks first
@@ -145,6 +144,6 @@ def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > settings.max_body_bytes:
             return None
-        return refuse(error)
+        return refuse(error, route)
 
     return early
