@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from uvicorn._types import ASGI3Application, HTTPScope
 
+from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
-from service.pipeline import postprocess, prepare_images, read_images, resolve_top_k, run_batched
-from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
+from service.errors import NotReadyError, OverloadedError, error_body
+from service.pipeline import classify_images, parse_images, receive_body, record_classified, resolve_top_k
+from service.routes import v2
+from service.runtime import Phase, Runtime
+from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
+from service.telemetry import request_id_of
 
 router = APIRouter(tags=["classify"])
 
@@ -33,14 +42,17 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
-        400: "Not an image, truncated, unsupported format, or unparsable JSON.",
+        400: "Not an image, truncated, unsupported format, aspect ratio over the limit (these per image: only "
+             "with on_error=fail), or unparsable JSON.",
         401: "Missing or wrong API key (only when one is configured).",
-        413: "Body, pixel count or number of images over the limit.",
+        408: "The body did not arrive within the body read timeout (the connection is closed).",
+        413: "Body or number of images over the limit, or an image's pixel count before or after resizing "
+             "(per image: only with on_error=fail).",
         415: "Content type is neither multipart/form-data nor application/json.",
         422: "Malformed fields (e.g. bad base64, top_k < 1, no image).",
         500: "The forward pass of this request's batch failed.",
-        503: "Not ready, or overloaded (in-flight image budget spent; answered before the body is read); "
-             "see Retry-After.",
+        503: "Not ready, or overloaded (in-flight image budget spent: answered before the body is read; or "
+             "request bodies in memory over their limit); see Retry-After.",
         504: "The request waited past its deadline.",
     }.items()
 }
@@ -54,24 +66,84 @@ async def classify(
     top_k: Annotated[int | None, Query(
         ge=1, description="Entries in each top_k list; wins over the body's top_k when both are given."
     )] = None,
+    on_error: Annotated[OnError, Query(
+        description="An image that cannot be decoded (not an image, truncated, too many pixels, too elongated): "
+        "fail = the request fails (400/413, naming it); skip = the other images are answered and it is listed "
+        "in errors."
+    )] = "fail",
 ) -> ClassifyResponse:
     """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
     model, batcher = runtime.require_ready()
     s, state = runtime.settings, request.state
-    with batcher.admit() as ticket:  # before the body is read: 503 at once when the budget is spent
-        images, body_top_k = await read_images(request, s, ticket, runtime.pool)
+    batcher.check_room()  # before the body is read: 503 at once when the budget is spent
+    body = await receive_body(request, s)  # no slot held while it arrives: a slow sender gets 408, holds nothing
+    with batcher.admit() as ticket:
+        images, body_top_k = await parse_images(body, s, ticket, runtime.pool)
         k = resolve_top_k(top_k, body_top_k, s.default_top_k)
-        pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                      s.fast_decode, runtime.device_input)
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
-        rows = await run_batched(request, batcher, ticket, pixels, deadline)
-    results = postprocess(rows, model.manifest, k, [im.filename for im in images])
-    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
-                                   [r.delta_energy for r in results], [r.is_ood for r in results])
-    state.log_fields.update({"images": len(results), "batch_sizes": [r.batch_size for r in rows],
-                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results]})
+        out = await classify_images(runtime, batcher, ticket, images, k, on_error, deadline, request.receive)
+    record_classified(runtime, state.log_fields, len(images), out)
+    results = out.results
     return ClassifyResponse(
         model=ModelRef(name=model.manifest.name, version=model.manifest.version),
-        request_id=state.request_id, num_images=len(results),
-        num_rejected_ood=sum(r.is_ood for r in results), results=results,
+        request_id=state.request_id, num_images=len(images),
+        num_rejected_ood=sum(r.is_ood for r in results), results=results, errors=out.errors,
     )
+
+
+def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
+    """The 503 of a spent admission budget, given by the connection level before the app runs.
+
+    :mod:`service.connections` asks this as soon as a request's headers are complete. When the
+    route would refuse the request for its budget, the answer is the route's own (503
+    ``overloaded``, the same message, ``Retry-After``, ``X-Request-ID``, counted in the request
+    metrics) without FastAPI's routing, middleware and access-log line: under overload the 503s
+    are most of the traffic, and the event loop must answer them at once to stay
+    responsive (issue 16). The access log gets one line a second with their count instead.
+    Requests the app would answer otherwise first (a wrong API key: 401; a declared body over the
+    limit: 413) are left to the app. The Open Inference Protocol's inference routes
+    (:func:`service.routes.v2.infer_route`) check the budget first too, and get the same early 503 in
+    the protocol's error shape, counted under their own route.
+    """
+    settings = runtime.settings
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    retry_after = str(settings.retry_after_s).encode()
+
+    def refuse(error: OverloadedError, route: str) -> ASGI3Application:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            start = time.perf_counter()
+            request_id = request_id_of(scope)
+            content = error_body(request_id, error.status, error.code, error.message, path=scope["path"])
+            body = json.dumps(content).encode()
+            await send({"type": "http.response.start", "status": error.status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", retry_after), (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
+            runtime.metrics.observe_request(route, "POST", error.status, time.perf_counter() - start)
+            EVENTS.record("overloaded", asyncio.get_running_loop())
+
+        return app
+
+    def early(scope: HTTPScope) -> ASGI3Application | None:
+        route = "/classify" if scope["path"] == "/classify" else v2.infer_route(scope["path"])  # v2 infer too
+        if route is None or scope["method"] != "POST" or runtime.batcher is None or runtime.phase is not Phase.READY:
+            return None
+        try:
+            runtime.batcher.check_room(1)  # what the route checks first
+        except NotReadyError:  # shutting down: the app's 503 not_ready
+            return None
+        except OverloadedError as exc:
+            error = exc
+        else:
+            return None
+        headers = dict(scope["headers"])
+        if expected is not None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected):
+                return None
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return None
+        return refuse(error, route)
+
+    return early
