@@ -588,7 +588,9 @@ def _selection(docs: Sequence[dict[str, Any]]) -> str:
         for arm, s in d["selection"].items():
             loss = s["loss"] or {}
             for name, c in s["scores"].items():
-                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", *LOSS_PARAMS)
+                # "reset_logit": ΔEnergy's reset value as records written before the score parameters were named
+                # after their score (i22) call it; the extension's running process writes them so
+                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", "reset_logit", *LOSS_PARAMS)
                 params = {k: v for k, v in c.items() if k not in hidden}
                 rows.append([d["name"], arm, ", ".join(f"{k}={v}" for k, v in loss.items()) if name == "delta_energy"
                              else "", name, ", ".join(f"{k}={v}" for k, v in params.items()),

@@ -185,21 +185,59 @@ def _load(path: Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text(encoding="utf-8"))) if path.is_file() else None
 
 
+CLAIM_GROUP: dict[str, str] = {"C1": "zero-shot", "C2": "full", "C3": "full", "C4": "full", "C5": "full"}
+INTERIM = "interim "  # protocol-extension.md §7: every verdict word before the registered sample size is reached
+
+
+def _group_progress(doc: dict[str, Any] | None) -> dict[str, Any]:
+    """How far a group got: ``n`` of its ``of`` registered splits, and whether the finished ones are its prefix."""
+    run, missing = list((doc or {}).get("splits_run", [])), list((doc or {}).get("not_run", []))
+    order = {name: j for j, name in enumerate(sorted([*run, *missing], key=_split_number))}
+    prefix = all(order[r] < order[m] for r in run for m in missing)
+    return {"n": len(run), "of": len(run) + len(missing), "prefix": prefix,
+            "text": f"{'interim: ' if missing else ''}{len(run)} of {len(run) + len(missing)} splits"}
+
+
+def _split_number(name: str) -> tuple[int, str]:
+    tail = name.rsplit("-", 1)[-1]
+    return (int(tail), name) if tail.isdigit() else (0, name)
+
+
+def _mark_interim(v: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+    """A claim's verdict on fewer splits than registered: every verdict word prefixed ``interim`` (§7)."""
+    out = {**v, "splits": progress["text"]}
+    if progress["n"] >= progress["of"] or v["verdict"] == "not run":
+        return out
+    out["verdict"] = INTERIM + v["verdict"]
+    for part in ("vs_energy", "vs_mcm", "difference"):
+        if out.get(part):
+            out[part] = {k: INTERIM + w if k in ("equivalence", "rule_verdict", "size") and w else w
+                         for k, w in out[part].items()}
+    return out
+
+
 def extension_report(results: str | Path, ext: ExtensionConfig, command: str) -> dict[str, Any]:
-    """``extension.json`` and ``extension.md`` of one backbone from its groups' ``endpoints.json``."""
+    """``extension.json`` and ``extension.md`` of one backbone from its groups' ``endpoints.json``.
+
+    A group with registered splits not yet finished (``not_run``) makes its claims' verdicts interim
+    (protocol-extension.md §7: "interim: n of N splits", every verdict word prefixed "interim").
+    """
     out = Path(results)
     groups = {g: _load(out / g / "endpoints.json") for g in GROUPS}
     backbone = _load(out / "backbone.json")
     seeds = {d.get("pretrain_seed") for d in groups.values() if d}
     if len(seeds) > 1:
         raise ValueError(f"{out}: the groups were run on different pretraining seeds {sorted(map(str, seeds))}")
+    progress = {g: _group_progress(d) for g, d in groups.items()}
+    verdicts = claim_verdicts((groups["zero-shot"] or {}).get("endpoints"), (groups["full"] or {}).get("endpoints"),
+                              ext)
     doc = {
         "command": command, "pretrain_seed": next(iter(seeds)) if seeds else None, "config": asdict(ext),
         "backbone": backbone,
         "splits_run": {g: (d or {}).get("splits_run", []) for g, d in groups.items()},
         "not_run": {g: (d or {}).get("not_run", []) for g, d in groups.items()},
-        "verdicts": claim_verdicts((groups["zero-shot"] or {}).get("endpoints"),
-                                   (groups["full"] or {}).get("endpoints"), ext),
+        "progress": progress, "interim": any(p["n"] < p["of"] for p in progress.values()),
+        "verdicts": [_mark_interim(v, progress[CLAIM_GROUP[v["claim"]]]) for v in verdicts],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "extension.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -242,12 +280,18 @@ def _backbone_markdown(doc: dict[str, Any]) -> str:
     about = (f"Backbone: `{b.get('checkpoint')}`, logit scale {b.get('logit_scale', float('nan')):.1f}, zero-shot ID "
              f"val accuracy {100 * zs.get('id_accuracy', float('nan')):.1f}% on the default split (its pretraining "
              "report: validation images only)." if b else "Backbone: not recorded.")
-    runs = "; ".join(f"{g}: {len(s)} splits" + (f" ({len(doc['not_run'][g])} not run)" if doc["not_run"][g] else "")
-                     for g, s in doc["splits_run"].items())
+    progress = doc.get("progress") or {g: _group_progress({"splits_run": s, "not_run": doc["not_run"][g]})
+                                       for g, s in doc["splits_run"].items()}
+    runs = "; ".join(f"{g}: {p['text']}" + ("" if p["prefix"] else " (not the registered order's prefix)")
+                     for g, p in progress.items())
+    interim = ([f"**Interim report** (protocol-extension.md §7): the registered sample size is not reached ({runs}); "
+                "every verdict word is prefixed \"interim\" and none is a final verdict. The run resumes with the same "
+                "command without `--aggregate-only`; `--aggregate-only` re-renders this table from the finished "
+                "splits.", ""] if any(p["n"] < p["of"] for p in progress.values()) else [])
     return "\n".join([
         f"# Extension of the evidence: pretraining seed {doc['pretrain_seed']}", "",
         "Protocol: [docs/evidence/protocol-extension.md](../../docs/evidence/protocol-extension.md). Produced by:", "",
-        "```bash", doc["command"], "```", "", about, "",
+        "```bash", doc["command"], "```", "", about, "", *interim,
         f"Splits run: {runs}. Full tables: `zero-shot/evidence.md` (C1) and `full/evidence.md` (C2–C5) beside "
         "this file.", "",
         "Points (AUROC / accuracy × 100); positive = the paper's direction; mean over splits of each split's mean "
@@ -360,15 +404,20 @@ def combine(backbones: Sequence[str | Path], original: str | Path | None, out_di
     """
     docs = [d for d in (_load(Path(b) / "extension.json") for b in backbones) if d]
     orig = _load(Path(original) / "endpoints.json") if original else None
-    combined = []
+    combined: list[dict[str, Any]] = []
     for cid in ("C1", "C2", "C3", "C4", "C5"):
         per = {str(d["pretrain_seed"]): next(v for v in d["verdicts"] if v["claim"] == cid) for d in docs}
         ran = {k: v["verdict"] for k, v in per.items() if v["verdict"] != "not run"}
-        words = set(ran.values())
-        final = "not run" if not words else (words.pop() if len(words) == 1 else "backbone-dependent")
+        words = {w.removeprefix(INTERIM) for w in ran.values()}
+        final: str = "not run" if not words else (words.pop() if len(words) == 1 else "backbone-dependent")
+        if final != "not run" and any(w.startswith(INTERIM) for w in ran.values()):
+            final = INTERIM + final  # an interim verdict on any backbone makes the combined one interim (§7)
         combined.append({"claim": cid, "verdict": final, "by_pretrain_seed": ran})
     doc = {"command": command, "backbones": [str(b) for b in backbones],
+           "missing": [str(b) for b in backbones if not (Path(b) / "extension.json").is_file()],
            "original": str(original) if original else None, "pretrain_seeds": [d["pretrain_seed"] for d in docs],
+           "progress": {str(d["pretrain_seed"]): d.get("progress") for d in docs},
+           "interim": any(str(v["verdict"]).startswith(INTERIM) for v in combined),
            "verdicts": combined, "per_backbone": {str(d["pretrain_seed"]): d["verdicts"] for d in docs},
            "backbone_difference": backbone_differences(backbones)}
     out = Path(out_dir)
@@ -409,6 +458,13 @@ def _headline(doc: dict[str, Any], docs: Sequence[dict[str, Any]], orig: dict[st
             f"{100 * margins['equivalence_margin']:.0f} for ΔE − energy, the size +"
             f"{100 * margins['size_margin']:.0f} for C3/C5, the original rule otherwise). "
             f"Produced by `{doc['command']}`.")
+    progress = [f"pretraining seed {d['pretrain_seed']}: "
+                + "; ".join(f"{g} {p['text']}" for g, p in (d.get("progress") or {}).items()) for d in docs]
+    if doc.get("interim"):
+        note += (" **Interim** (protocol-extension.md §7): the registered sample size is not reached ("
+                 + "; ".join(progress) + "); verdict words prefixed \"interim\" are not final verdicts.")
+    if doc.get("missing"):
+        note += " No results yet (not in this table): " + ", ".join(f"`{m}`" for m in doc["missing"]) + "."
     diffs = doc.get("backbone_difference") or {}
     lines = [f"- {cid} (ΔE − energy, near AUROC), pretraining seed {seeds[1]} − seed {seeds[0]} per split: "
              f"{_pts(d['mean'])} {_ci(d['ci95'])}, SD {100 * d['sd']:.1f} over {d['n']} splits (descriptive)"

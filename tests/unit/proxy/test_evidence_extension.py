@@ -123,14 +123,16 @@ def test_checkpoint_seed_reads_the_report(tmp_path):
     assert checkpoint_seed(ckpt) == 1
 
 
-def _write_backbone(root: Path, seed: int, zs_ci, full: dict | None) -> None:
+def _write_backbone(root: Path, seed: int, zs_ci, full: dict | None, zs_run: int = 1, zs_of: int = 1) -> None:
     zs = {"primary": {"P1 zero-shot: ΔE − energy, near AUROC": _ep(sum(zs_ci) / 2, *zs_ci, "inconclusive", 40),
                       "P1 zero-shot: ΔE − mcm, near AUROC": _ep(0.1, 0.05, 0.15, "reproduced", 40)}}
     for group, ep in (("zero-shot", zs), ("full", full)):
         if ep is not None:
+            n, of = (zs_run, zs_of) if group == "zero-shot" else (1, 1)
             (root / group).mkdir(parents=True, exist_ok=True)
             (root / group / "endpoints.json").write_text(json.dumps(
-                {"pretrain_seed": seed, "splits_run": ["ext-1"], "not_run": [], "endpoints": ep}))
+                {"pretrain_seed": seed, "splits_run": [f"ext-{j}" for j in range(1, n + 1)],
+                 "not_run": [f"ext-{j}" for j in range(n + 1, of + 1)], "endpoints": ep}))
 
 
 def test_report_and_combined_table_record_the_seed_and_disagreement(tmp_path):
@@ -156,6 +158,40 @@ def test_report_and_combined_table_record_the_seed_and_disagreement(tmp_path):
         {"pretrain_seed": 5, "splits_run": [], "not_run": [], "endpoints": full}))
     with pytest.raises(ValueError, match="different pretraining seeds"):
         extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
+
+
+def test_a_group_short_of_its_registered_splits_makes_its_claims_interim(tmp_path):
+    """Protocol-extension §7: "interim: n of N splits", every verdict word prefixed "interim", never final."""
+    _write_backbone(tmp_path / "p0", 0, (0.01, 0.02), None, zs_run=31, zs_of=40)
+    doc = extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
+    c1 = doc["verdicts"][0]
+    assert c1["verdict"] == "interim reproduced" and c1["splits"] == "interim: 31 of 40 splits"
+    assert c1["vs_energy"]["equivalence"] == "interim small gain" and c1["vs_mcm"]["rule_verdict"] == (
+        "interim reproduced")
+    assert doc["interim"] and doc["progress"]["zero-shot"]["prefix"]
+    assert {v["verdict"] for v in doc["verdicts"][1:]} == {"not run"}  # no group ran: nothing to prefix
+    md = (tmp_path / "p0" / "extension.md").read_text()
+    assert "**Interim report**" in md and "zero-shot: interim: 31 of 40 splits" in md
+    assert "| small gain" not in md and "| reproduced" not in md  # no word without its prefix
+    out = combine([tmp_path / "p0", tmp_path / "p1"], None, tmp_path / "all", "report-cmd")
+    assert out["verdicts"][0]["verdict"] == "interim reproduced" and out["missing"] == [str(tmp_path / "p1")]
+    head = (tmp_path / "all" / "headline.md").read_text()
+    assert "**Interim**" in head and "zero-shot interim: 31 of 40 splits" in head and "No results yet" in head
+    # the registered number reached: final words, no prefix
+    _write_backbone(tmp_path / "p0", 0, (0.01, 0.02), None, zs_run=40, zs_of=40)
+    final = extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
+    assert final["verdicts"][0]["verdict"] == "reproduced" and not final["interim"]
+    assert "Interim" not in (tmp_path / "p0" / "extension.md").read_text()
+
+
+def test_the_selection_table_hides_the_reset_logit_under_its_old_name_too():
+    from proxy.evidence import _selection
+
+    signal = {"above_chance": True}
+    for key in ("reset_logit", "delta_energy_reset_logit"):  # records before and after i22's renaming
+        doc = {"name": "ext-1", "selection": {"zero-shot": {"loss": None, "scores": {"delta_energy": {
+            "temperature": 1.0, key: 0.0, "hocv_auroc": 0.9, "hocv_se": 0.01, "signal": signal}}}}}
+        assert "reset_logit" not in _selection([doc]) and "temperature=1.0" in _selection([doc])
 
 
 def test_backbone_differences_pair_the_splits_both_backbones_ran(tmp_path):
