@@ -189,9 +189,13 @@ CLAIM_GROUP: dict[str, str] = {"C1": "zero-shot", "C2": "full", "C3": "full", "C
 INTERIM = "interim "  # protocol-extension.md §7: every verdict word before the registered sample size is reached
 
 
-def _group_progress(doc: dict[str, Any] | None) -> dict[str, Any]:
-    """How far a group got: ``n`` of its ``of`` registered splits, and whether the finished ones are its prefix."""
-    run, missing = list((doc or {}).get("splits_run", [])), list((doc or {}).get("not_run", []))
+def _group_progress(doc: dict[str, Any] | None, registered: int = 0) -> dict[str, Any]:
+    """How far a group got: ``n`` of its ``of`` registered splits, and whether the finished ones are its prefix
+    (a group with no results at all counts as 0 of ``registered``)."""
+    if doc is None:
+        return {"n": 0, "of": registered, "prefix": True,
+                "text": f"{'interim: ' if registered else ''}0 of {registered} splits"}
+    run, missing = list(doc.get("splits_run", [])), list(doc.get("not_run", []))
     order = {name: j for j, name in enumerate(sorted([*run, *missing], key=_split_number))}
     prefix = all(order[r] < order[m] for r in run for m in missing)
     return {"n": len(run), "of": len(run) + len(missing), "prefix": prefix,
@@ -203,10 +207,11 @@ def _split_number(name: str) -> tuple[int, str]:
     return (int(tail), name) if tail.isdigit() else (0, name)
 
 
-def _mark_interim(v: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
-    """A claim's verdict on fewer splits than registered: every verdict word prefixed ``interim`` (§7)."""
+def _mark_interim(v: dict[str, Any], progress: dict[str, Any], interim: bool) -> dict[str, Any]:
+    """A claim's verdict while the backbone's registered sample size is not reached (any of its groups short):
+    every verdict word prefixed ``interim`` (§7), beside its own group's "n of N splits"."""
     out = {**v, "splits": progress["text"]}
-    if progress["n"] >= progress["of"] or v["verdict"] == "not run":
+    if not interim or v["verdict"] == "not run":
         return out
     out["verdict"] = INTERIM + v["verdict"]
     for part in ("vs_energy", "vs_mcm", "difference"):
@@ -228,7 +233,8 @@ def extension_report(results: str | Path, ext: ExtensionConfig, command: str) ->
     seeds = {d.get("pretrain_seed") for d in groups.values() if d}
     if len(seeds) > 1:
         raise ValueError(f"{out}: the groups were run on different pretraining seeds {sorted(map(str, seeds))}")
-    progress = {g: _group_progress(d) for g, d in groups.items()}
+    progress = {g: _group_progress(d, ext.n_splits(g)) for g, d in groups.items()}
+    interim = any(p["n"] < p["of"] for p in progress.values())
     verdicts = claim_verdicts((groups["zero-shot"] or {}).get("endpoints"), (groups["full"] or {}).get("endpoints"),
                               ext)
     doc = {
@@ -236,8 +242,8 @@ def extension_report(results: str | Path, ext: ExtensionConfig, command: str) ->
         "backbone": backbone,
         "splits_run": {g: (d or {}).get("splits_run", []) for g, d in groups.items()},
         "not_run": {g: (d or {}).get("not_run", []) for g, d in groups.items()},
-        "progress": progress, "interim": any(p["n"] < p["of"] for p in progress.values()),
-        "verdicts": [_mark_interim(v, progress[CLAIM_GROUP[v["claim"]]]) for v in verdicts],
+        "progress": progress, "interim": interim,
+        "verdicts": [_mark_interim(v, progress[CLAIM_GROUP[v["claim"]]], interim) for v in verdicts],
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "extension.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
@@ -400,24 +406,27 @@ def combine(backbones: Sequence[str | Path], original: str | Path | None, out_di
     """The extension's backbones beside the original run: ``extension.json`` and ``headline.md`` in ``out_dir``.
 
     A claim's combined verdict is the backbones' common verdict; where they differ it is "backbone-dependent"
-    (read as inconclusive). Only backbones that ran a claim count.
+    (read as inconclusive). Only backbones that ran a claim count. While a backbone is interim or has no results
+    yet, every combined verdict is interim (protocol-extension.md §7).
     """
     docs = [d for d in (_load(Path(b) / "extension.json") for b in backbones) if d]
     orig = _load(Path(original) / "endpoints.json") if original else None
+    missing = [str(b) for b in backbones if not (Path(b) / "extension.json").is_file()]
+    incomplete = bool(missing) or any(d.get("interim") for d in docs)
     combined: list[dict[str, Any]] = []
     for cid in ("C1", "C2", "C3", "C4", "C5"):
         per = {str(d["pretrain_seed"]): next(v for v in d["verdicts"] if v["claim"] == cid) for d in docs}
         ran = {k: v["verdict"] for k, v in per.items() if v["verdict"] != "not run"}
         words = {w.removeprefix(INTERIM) for w in ran.values()}
         final: str = "not run" if not words else (words.pop() if len(words) == 1 else "backbone-dependent")
-        if final != "not run" and any(w.startswith(INTERIM) for w in ran.values()):
-            final = INTERIM + final  # an interim verdict on any backbone makes the combined one interim (§7)
+        if final != "not run" and (incomplete or any(w.startswith(INTERIM) for w in ran.values())):
+            final = INTERIM + final  # an interim or missing backbone makes every combined verdict interim (§7)
         combined.append({"claim": cid, "verdict": final, "by_pretrain_seed": ran})
     doc = {"command": command, "backbones": [str(b) for b in backbones],
-           "missing": [str(b) for b in backbones if not (Path(b) / "extension.json").is_file()],
+           "missing": missing,
            "original": str(original) if original else None, "pretrain_seeds": [d["pretrain_seed"] for d in docs],
            "progress": {str(d["pretrain_seed"]): d.get("progress") for d in docs},
-           "interim": any(str(v["verdict"]).startswith(INTERIM) for v in combined),
+           "interim": incomplete or any(str(v["verdict"]).startswith(INTERIM) for v in combined),
            "verdicts": combined, "per_backbone": {str(d["pretrain_seed"]): d["verdicts"] for d in docs},
            "backbone_difference": backbone_differences(backbones)}
     out = Path(out_dir)

@@ -147,9 +147,10 @@ def test_report_and_combined_table_record_the_seed_and_disagreement(tmp_path):
     assert (tmp_path / "p0" / "extension.md").read_text().startswith("# Extension of the evidence: pretraining seed 0")
     out = combine([tmp_path / "p0", tmp_path / "p1"], None, tmp_path / "all", "report-cmd")
     verdicts = {v["claim"]: v for v in out["verdicts"]}
-    assert verdicts["C1"]["verdict"] == "backbone-dependent"  # equivalent on seed 0, inconclusive on seed 1
-    assert verdicts["C1"]["by_pretrain_seed"] == {"0": "not reproduced", "1": "inconclusive"}
-    assert verdicts["C2"]["verdict"] == "not reproduced" and verdicts["C2"]["by_pretrain_seed"] == {
+    # equivalent on seed 0, inconclusive on seed 1; seed 1 has no full group, so it and the combined table are interim
+    assert verdicts["C1"]["verdict"] == "interim backbone-dependent"
+    assert verdicts["C1"]["by_pretrain_seed"] == {"0": "not reproduced", "1": "interim inconclusive"}
+    assert verdicts["C2"]["verdict"] == "interim not reproduced" and verdicts["C2"]["by_pretrain_seed"] == {
         "0": "not reproduced"}  # seed 1 did not run C2: it does not count
     table = (tmp_path / "all" / "headline.md").read_text()
     assert "pretraining seed 0" in table and "pretraining seed 1" in table and "equivalent" in table
@@ -177,11 +178,20 @@ def test_a_group_short_of_its_registered_splits_makes_its_claims_interim(tmp_pat
     assert out["verdicts"][0]["verdict"] == "interim reproduced" and out["missing"] == [str(tmp_path / "p1")]
     head = (tmp_path / "all" / "headline.md").read_text()
     assert "**Interim**" in head and "zero-shot interim: 31 of 40 splits" in head and "No results yet" in head
-    # the registered number reached: final words, no prefix
+    # C1's group complete, the full group not yet run: the backbone's report (C1 included) is still interim
     _write_backbone(tmp_path / "p0", 0, (0.01, 0.02), None, zs_run=40, zs_of=40)
+    part = extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
+    assert part["verdicts"][0]["verdict"] == "interim reproduced" and part["verdicts"][0]["splits"] == "40 of 40 splits"
+    assert part["progress"]["full"]["text"] == "interim: 0 of 20 splits"
+    # every registered split of both groups finished: final words, no prefix
+    full = _full(*[_ep(0.05, 0.02, 0.08, "reproduced")] * 5)
+    _write_backbone(tmp_path / "p0", 0, (0.01, 0.02), full, zs_run=40, zs_of=40)
     final = extension_report(tmp_path / "p0", ExtensionConfig(), "cmd")
     assert final["verdicts"][0]["verdict"] == "reproduced" and not final["interim"]
     assert "Interim" not in (tmp_path / "p0" / "extension.md").read_text()
+    # ... but the combined table stays interim while another backbone has no results
+    assert combine([tmp_path / "p0", tmp_path / "p1"], None, tmp_path / "all", "c")["verdicts"][0]["verdict"] == (
+        "interim reproduced")
 
 
 def test_the_selection_table_hides_the_reset_logit_under_its_old_name_too():
