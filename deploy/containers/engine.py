@@ -10,7 +10,7 @@ a key over everything its build reads (the Dockerfile, the build arguments, the 
 and every file of the build context that ``.dockerignore`` lets through), so an unchanged tree
 reuses the image it built before and a changed one builds anew; older tags of the same image are
 removed so that the store does not grow without bound. Builds and tag moves happen under one
-file lock (:func:`exclusive`): several test runs on one machine share the engine safely.
+file lock per image (:func:`exclusive`): several test runs on one machine share the engine safely.
 """
 
 from __future__ import annotations
@@ -31,14 +31,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "CONTAINERS_CONF", "Podman", "unavailable_reason", "exclusive", "dockerignore_allowlist",
-           "context_files", "build_key", "ensure_image"]
+import httpx
+
+from deltagate.server_process import wait_ready
+
+__all__ = ["ROOT", "CONTAINERS_CONF", "Podman", "PodmanError", "unavailable_reason", "exclusive",
+           "dockerignore_allowlist", "context_files", "build_key", "ensure_image", "HARDENED", "CONTAINER_PORT",
+           "Container", "run_container"]
 
 logger = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
-LOCK = Path(tempfile.gettempdir()) / "deltagate-containers.lock"
+LOCK_DIR = Path(tempfile.gettempdir())
 KEEP_TAGS = 3  # content-keyed tags kept per image name (several worktrees may test at once)
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
@@ -107,9 +112,14 @@ class Podman:
 
     def build(self, *, dockerfile: Path, tag: str, context: Path = ROOT, build_args: Mapping[str, str] | None = None,
               labels: Mapping[str, str] | None = None, log_path: Path | None = None,
-              timeout: float = 3600.0) -> float:
-        """``podman build`` in the docker format (keeps HEALTHCHECK), host network; returns its seconds."""
+              timeout: float = 3600.0, no_cache: bool = False, keep_layers: bool = True) -> float:
+        """``podman build`` in the docker format (keeps HEALTHCHECK), host network; returns its seconds.
+        ``no_cache``: no layer reused; not ``keep_layers``: no intermediate image kept either."""
         args = ["build", "--format", "docker", "--network", "host", "--file", str(dockerfile), "--tag", tag]
+        if no_cache:
+            args.append("--no-cache")
+        if not keep_layers:
+            args.append("--layers=false")
         for name, value in sorted((build_args or {}).items()):
             args += ["--build-arg", f"{name}={value}"]
         for name, value in sorted((labels or {}).items()):
@@ -136,9 +146,11 @@ def unavailable_reason(podman: Podman | None = None) -> str | None:
 
 
 @contextmanager
-def exclusive() -> Iterator[None]:
-    """Hold the machine-wide lock of this project's engine work (builds, tag moves, stand-ins)."""
-    with LOCK.open("a") as handle:
+def exclusive(what: str) -> Iterator[None]:
+    """Hold the machine-wide lock named ``what`` (an image being built, a tag being moved): one
+    process at a time does that work, others wait and then find it done."""
+    lock = LOCK_DIR / f"deltagate-containers-{hashlib.sha256(what.encode()).hexdigest()[:16]}.lock"
+    with lock.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -192,20 +204,92 @@ def _prune_old_tags(podman: Podman, repository: str, keep: str) -> None:
 
 
 def ensure_image(podman: Podman, dockerfile: Path, repository: str, build_args: Mapping[str, str],
-                 log_path: Path | None = None, timeout: float = 3600.0) -> tuple[str, float | None]:
+                 log_path: Path | None = None, timeout: float = 3600.0, fresh: bool = False,
+                 keep_layers: bool = True) -> tuple[str, float | None]:
     """The image of ``dockerfile`` built with ``build_args`` on the current tree: reused when its
-    content key has a tag already, built otherwise. Returns (tag, build seconds or None if reused)."""
+    content key has a tag already, built otherwise (``fresh``: always, without the layer cache, as
+    on a new machine; not ``keep_layers``: no intermediate images left in the store).
+    Returns (tag, build seconds or None if reused)."""
     base = build_args.get("PYTHON_IMAGE")
     base_id = podman.inspect(base, kind="image")[0]["Id"] if base else ""
     key = build_key(dockerfile, build_args, extra=[base_id])[:20]
     tag = f"{repository}:{key}"
-    if podman.image_exists(tag):
+    if podman.image_exists(tag) and not fresh:
         return tag, None
-    with exclusive():
-        if podman.image_exists(tag):  # another run built it while this one waited
+    with exclusive(repository):
+        if podman.image_exists(tag) and not fresh:  # another run built it while this one waited
             return tag, None
         logger.info("building %s from %s", tag, dockerfile.relative_to(ROOT))
         seconds = podman.build(dockerfile=dockerfile, tag=tag, build_args=build_args,
-                               labels={"io.deltagate.build-key": key}, log_path=log_path, timeout=timeout)
+                               labels={"io.deltagate.build-key": key}, log_path=log_path, timeout=timeout,
+                               no_cache=fresh, keep_layers=keep_layers)
         _prune_old_tags(podman, repository, keep=tag)
     return tag, seconds
+
+
+# Hardening of docker-compose.yml and the Kubernetes pod, as `podman run` options. Podman's
+# --read-only also mounts tmpfs on /run and /var/tmp unless told not to: only /tmp is writable.
+HARDENED = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:size=512m", "--cap-drop=ALL",
+            "--security-opt", "no-new-privileges")
+CONTAINER_PORT = 8000  # the images' EXPOSE and DELTAGATE_PORT
+
+
+@dataclass
+class Container:
+    """A container started by :func:`run_container`."""
+
+    podman: Podman
+    name: str
+    port: int | None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def state(self) -> dict[str, Any]:
+        return self.podman.state(self.name)
+
+    def logs(self) -> str:
+        return self.podman.logs(self.name)
+
+    def exec(self, *cmd: str) -> Any:
+        return self.podman("exec", self.name, *cmd, check=False)
+
+    def exited(self) -> int | None:
+        state = self.state()
+        return None if state["Running"] or state["Status"] in {"created", "configured"} else int(state["ExitCode"])
+
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        wait_ready(self.url, timeout_s=timeout_s, name=self.name, exited=self.exited,
+                   log_tail=lambda: self.logs()[-3000:])
+
+    def wait_exit(self, timeout_s: float) -> int:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if (status := self.exited()) is not None:
+                return status
+            time.sleep(0.2)
+        raise TimeoutError(f"{self.name} still running after {timeout_s} s:\n{self.logs()[-3000:]}")
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.url + path, timeout=30.0, **kwargs)
+
+
+@contextmanager
+def run_container(podman: Podman, image: str, *options: str, name: str, env: Mapping[str, str] | None = None,
+                  port: int | None = None, ready: bool = True) -> Iterator[Container]:
+    """``podman run --detach`` of ``image`` with :data:`HARDENED`, ``env`` and ``options``, its port
+    on 127.0.0.1:``port``; waits until ready (unless not ``ready``); removed after."""
+    args = ["run", "--detach", "--name", name, *HARDENED]
+    if port is not None:
+        args += ["--publish", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
+    for key, value in (env or {}).items():
+        args += ["--env", f"{key}={value}"]
+    podman(*args, *options, image)
+    container = Container(podman, name, port)
+    try:
+        if ready:
+            container.wait_ready()
+        yield container
+    finally:
+        podman.remove(name)

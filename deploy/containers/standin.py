@@ -94,7 +94,7 @@ def python_base(podman: Podman, log_path: Path | None = None) -> str:
     tag = f"{STANDIN_PYTHON}:3.11-slim-{SUITE}-{key}"
     if podman.image_exists(tag):
         return tag
-    with exclusive():
+    with exclusive(STANDIN_PYTHON):
         if not podman.image_exists(tag):
             _build_python_base(podman, tag, key, mirror, log_path)
     return tag
@@ -134,7 +134,7 @@ def prometheus_image(podman: Podman, name: str, base: str, log_path: Path | None
     key = _key(PROMETHEUS_CONTAINERFILE.read_bytes(), base.encode())
     if podman.image_exists(name) and podman.image_labels(name).get(KEY_LABEL) in {None, key}:
         return name  # the real image, or our stand-in of the same recipe
-    with exclusive():
+    with exclusive(name):
         if not (podman.image_exists(name) and podman.image_labels(name).get(KEY_LABEL) == key):
             logger.info("building the Prometheus stand-in %s from Debian's package", name)
             podman.build(dockerfile=PROMETHEUS_CONTAINERFILE, context=PROMETHEUS_CONTAINERFILE.parent,

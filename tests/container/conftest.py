@@ -13,27 +13,18 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
-from deltagate.server_process import wait_ready
-from deploy.containers.engine import ROOT, Podman, ensure_image, unavailable_reason
+from deploy.containers.engine import ROOT, Container, Podman, ensure_image, unavailable_reason
+from deploy.containers.engine import run_container as engine_run
 from deploy.containers.standin import python_base
 from tests.server_process import free_test_port
 from tests.unit.deploy.conftest import under_ci
 
-# Hardening of docker-compose.yml and the Kubernetes pod, as `podman run` options. Podman's
-# --read-only also mounts tmpfs on /run and /var/tmp unless told not to: only /tmp is writable.
-HARDENED = ("--read-only", "--read-only-tmpfs=false", "--tmpfs", "/tmp:size=512m", "--cap-drop=ALL",
-            "--security-opt", "no-new-privileges")
-CONTAINER_PORT = 8000
 _names = itertools.count()
 
 
@@ -79,64 +70,13 @@ def unique_name(what: str) -> str:
     return f"dgtest-{os.getpid()}-{next(_names)}-{what}"
 
 
-@dataclass
-class Container:
-    podman: Podman
-    name: str
-    port: int | None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def state(self) -> dict[str, Any]:
-        return self.podman.state(self.name)
-
-    def logs(self) -> str:
-        return self.podman.logs(self.name)
-
-    def exec(self, *cmd: str) -> Any:
-        return self.podman("exec", self.name, *cmd, check=False)
-
-    def exited(self) -> int | None:
-        state = self.state()
-        return None if state["Running"] or state["Status"] in {"created", "configured"} else int(state["ExitCode"])
-
-    def wait_ready(self, timeout_s: float = 120.0) -> None:
-        wait_ready(self.url, timeout_s=timeout_s, name=self.name, exited=self.exited,
-                   log_tail=lambda: self.logs()[-3000:])
-
-    def wait_exit(self, timeout_s: float) -> int:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if (status := self.exited()) is not None:
-                return status
-            time.sleep(0.2)
-        raise TimeoutError(f"{self.name} still running after {timeout_s} s:\n{self.logs()[-3000:]}")
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=30.0, **kwargs)
-
-
 @contextmanager
 def run_container(podman: Podman, image: str, *options: str, env: Mapping[str, str] | None = None,
                   publish: bool = True, ready: bool = True) -> Iterator[Container]:
-    """``podman run --detach`` of ``image`` with the hardening, ``env`` and ``options``; removed after."""
-    name = unique_name("svc")
-    port = free_test_port() if publish else None
-    args = ["run", "--detach", "--name", name, *HARDENED]
-    if port is not None:
-        args += ["--publish", f"127.0.0.1:{port}:{CONTAINER_PORT}"]
-    for key, value in (env or {}).items():
-        args += ["--env", f"{key}={value}"]
-    podman(*args, *options, image)
-    container = Container(podman, name, port)
-    try:
-        if ready:
-            container.wait_ready()
+    """:func:`deploy.containers.engine.run_container` on a port of ``DELTAGATE_TEST_PORTS``, named for this run."""
+    with engine_run(podman, image, *options, name=unique_name("svc"), env=env,
+                    port=free_test_port() if publish else None, ready=ready) as container:
         yield container
-    finally:
-        podman.remove(name)
 
 
 def readable_copy(bundle: Path, dest: Path) -> Path:

@@ -92,8 +92,9 @@ def stack(podman: Podman, cpu_image: str, base_image: str, engine_log: Path) -> 
     env = {**podman.env(), "GRAFANA_ADMIN_PASSWORD": secrets.token_hex(12), "BIND_ADDRESS": loopback_address(),
            "DELTAGATE_HOST_PORT": str(free_test_port())}
     stack = Stack(unique_name("compose").replace("-", "_"), env, env["BIND_ADDRESS"], int(env["DELTAGATE_HOST_PORT"]))
-    with exclusive():  # the compose file names the image deltagate:cpu: one run moves that tag at a time
-        podman("tag", cpu_image, f"localhost/{compose_file()['services'][SERVICE]['image']}")
+    image = f"localhost/{compose_file()['services'][SERVICE]['image']}"
+    with exclusive(image):  # the compose file names the image deltagate:cpu: one run moves that tag at a time
+        podman("tag", cpu_image, image)
         stack.compose("up", "--detach", SERVICE, "prometheus")
     try:
         yield stack

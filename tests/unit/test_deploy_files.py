@@ -267,6 +267,19 @@ def test_pyproject_deps_lists_the_core_and_expands_extras() -> None:
         requirements(ROOT / "pyproject.toml", ["nope"])
 
 
+def test_docs_image_table_is_the_measured_one() -> None:
+    from deploy.image_sizes import DOCS, docs_table, sizes_table
+
+    results = json.loads((ROOT / "results/image_sizes.json").read_text(encoding="utf-8"))
+    assert docs_table(DOCS.read_text(encoding="utf-8")) == sizes_table(results), (
+        "docs/deployment.md's image table is stale: "
+        "python -m deploy.image_sizes --table results/image_sizes.json --docs")
+    assert {"cpu", "cuda", "cpu-torch"} <= set(results["images"])
+    for image in results["images"].values():  # each number says which command produced it
+        assert image["command"].startswith("python -m deploy.image_sizes ")
+    assert results["images"]["cpu"]["built"] and results["images"]["cpu"]["ready_s"]["rounds"]
+
+
 def test_torch_images_pin_the_project_torch() -> None:
     pins = {d.split("==")[0]: d for d in pyproject()["project"]["dependencies"] + sum(
         pyproject()["project"]["optional-dependencies"].values(), []) if d.startswith(("torch==", "torchvision=="))}
