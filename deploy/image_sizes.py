@@ -7,7 +7,8 @@ base is ``python:3.11-slim-bookworm`` if the engine's store has it, else the Deb
 - ``size_mb``: the image as the engine stores it (all layers, uncompressed; MB = 10^6 bytes, as
   podman prints), and ``added_mb``: what the Dockerfile adds on top of the base, which does not
   depend on which base it was;
-- ``layers``: the largest layers and the instruction that made each (``podman history``);
+- ``contents``: what the image's own files weigh, read with ``du`` inside it: the virtualenv,
+  its largest packages, the bundle;
 - ``build_s``: the build's wall time; ``--fresh`` builds without the layer cache, as a new machine
   does (downloads included), else a cached build is reused and not timed;
 - ``ready_s``: from ``podman run`` (hardened as compose runs it) to the first 200 of ``/readyz``,
@@ -30,7 +31,6 @@ import json
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -50,30 +50,24 @@ logger = logging.getLogger("deltagate.deploy.image_sizes")
 IMAGES = {"cpu": "docker/Dockerfile.cpu", "cpu-torch": "docker/Dockerfile.cpu-torch", "cuda": "docker/Dockerfile.cuda"}
 STARTS_HERE = {"cpu", "cpu-torch"}  # the CUDA image needs a GPU to start
 MB = 1e6
-TOP_LAYERS = 3
+TOP_PACKAGES = 4
 
 
 def _mb(size: float) -> float:
     return round(size / MB, 1)
 
 
-def layers(podman: Podman, ref: str, top: int = TOP_LAYERS) -> list[dict[str, Any]]:
-    """The ``top`` largest layers of ``ref``: size and the instruction that made each."""
-    history = json.loads(podman("history", "--format", "json", "--no-trunc", ref).stdout)
-    rows = [(int(h.get("size") or h.get("Size") or 0), str(h.get("CreatedBy") or h.get("createdBy") or ""))
-            for h in history]
-    rows.sort(reverse=True)
-    return [{"mb": _mb(size), "created_by": _instruction(by)} for size, by in rows[:top] if size]
-
-
-def _instruction(created_by: str) -> str:
-    """``#(nop) COPY dir:<sha> in /opt/venv`` -> ``COPY /opt/venv``; ``/bin/sh -c pip ...`` -> ``RUN pip ...``."""
-    text = " ".join(created_by.split())
-    if text.startswith("/bin/sh -c #(nop) ") or text.startswith("#(nop) "):
-        text = text.split("#(nop) ", 1)[1]
-    elif text.startswith(("/bin/sh -c ", "/bin/bash -o pipefail -c ")):
-        text = "RUN " + text.split(" -c ", 1)[1]
-    return re.sub(r"\b(?:dir|file|multi):[0-9a-f]{64}(?:,\S+)? in ", "", text)[:100]
+def contents(podman: Podman, ref: str, top: int = TOP_PACKAGES) -> dict[str, Any]:
+    """What the image's own files weigh (apparent sizes, ``du`` inside it): the virtualenv, its
+    ``top`` largest packages, and the bundle."""
+    script = ("du -sk --apparent-size /opt/venv /app/bundles/default; "
+              "du -sk --apparent-size /opt/venv/lib/python3*/site-packages/*")
+    out = podman("run", "--rm", "--network", "none", "--entrypoint", "sh", ref, "-c", script).stdout
+    sizes = {path: int(kib) * 1024 for kib, path in (line.split(maxsplit=1) for line in out.splitlines())}
+    packages = sorted(((size, Path(path).name) for path, size in sizes.items() if "/site-packages/" in path),
+                      reverse=True)[:top]
+    return {"venv_mb": _mb(sizes["/opt/venv"]), "bundle_mb": _mb(sizes["/app/bundles/default"]),
+            "largest_packages_mb": {name: _mb(size) for size, name in packages}}
 
 
 def time_to_ready(podman: Podman, tag: str, rounds: int) -> dict[str, Any]:
@@ -98,7 +92,7 @@ def measure(podman: Podman, name: str, base: str, rounds: int, fresh: bool, keep
         return {**result, "built": False, "failed_after_s": round(time.monotonic() - started, 1), "error": tail}
     result.update(built=True, build_s=None if build_s is None else round(build_s, 1), fresh=fresh,
                   size_mb=_mb(podman.image_size(tag)), added_mb=_mb(podman.image_size(tag) - podman.image_size(base)),
-                  layers=layers(podman, tag))
+                  contents=contents(podman, tag))
     if name in STARTS_HERE:
         result["ready_s"] = time_to_ready(podman, tag, rounds)
     else:
@@ -125,11 +119,12 @@ def sizes_table(results: dict[str, Any]) -> str:
         build = "cached" if image["build_s"] is None else f"{image['build_s']} s"
         if image["build_s"] is not None and image.get("fresh"):
             build += " (no cache)"
-        largest = image["layers"][0]
+        inside = image["contents"]
+        parts = ", ".join(f"{name} {mb}" for name, mb in inside["largest_packages_mb"].items())
         rows.append([label, f"{image['size_mb']} MB", f"{image['added_mb']} MB", build, ready_text,
-                     f"{largest['mb']} MB: `{largest['created_by'][:60]}`"])
-    return markdown_table(["image", "size", "added to the base", "build", "time to ready (median)", "largest layer"],
-                          rows)
+                     f"venv {inside['venv_mb']} MB ({parts}); bundle {inside['bundle_mb']} MB"])
+    return markdown_table(["image", "size", "added to the base", "build", "time to ready (median)",
+                           "inside (MB, apparent)"], rows)
 
 
 DOCS = ROOT / "docs/deployment.md"

@@ -111,6 +111,13 @@ def far_ood_texture(kind: str, seed: int) -> bytes:
     return encode(np.asarray(img.convert("RGB")))
 
 
+# The drain of the SIGTERM tests: longer than one /classify takes on a loaded 2-core machine, so every
+# client meets a 503 before the listener closes. With a drain shorter than a request (the default
+# 1 s under load), a client whose request was answered after the drain sends its next one just as
+# uvicorn shuts down, and uvicorn closes a connection whose request it has not read yet: reset.
+DRAIN_COVERING_LOAD_S = 5.0
+
+
 def classify_until_refused(url: str, stop: threading.Event) -> Counter[str]:
     """One client of a SIGTERM-under-load test: ``/classify`` (4 images, a new connection each) until
     ``stop`` or its first refusal. Outcomes: "200", "refused: 503" (the drain), "refused: connect"

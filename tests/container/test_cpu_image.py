@@ -26,6 +26,7 @@ from service.server import EXIT_LOAD_FAILED
 from tests.container.conftest import readable_copy, run_container
 from tests.server_process import DEFAULT_BUNDLE, serving
 from tests.service_support import (
+    DRAIN_COVERING_LOAD_S,
     assert_nothing_lost,
     classify_until_refused,
     encode,
@@ -114,7 +115,7 @@ def test_healthcheck_of_the_image_turns_healthy(podman: Podman, cpu_image: str) 
 
 def test_sigterm_under_load_loses_no_accepted_request(podman: Podman, cpu_image: str) -> None:
     clients, stop = 6, threading.Event()
-    with run_container(podman, cpu_image, env={"DELTAGATE_DRAIN_S": "1.0"}) as container:
+    with run_container(podman, cpu_image, env={"DELTAGATE_DRAIN_S": str(DRAIN_COVERING_LOAD_S)}) as container:
         with ThreadPoolExecutor(clients) as pool:
             futures = [pool.submit(classify_until_refused, container.url, stop) for _ in range(clients)]
             time.sleep(3.0)

@@ -20,17 +20,18 @@ from pathlib import Path
 import pytest
 
 from tests.server_process import DEFAULT_BUNDLE, serving
-from tests.service_support import assert_nothing_lost, classify_until_refused
+from tests.service_support import DRAIN_COVERING_LOAD_S, assert_nothing_lost, classify_until_refused
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 8
 LOAD_BEFORE_SIGTERM_S = 3.0
+DRAIN_S = DRAIN_COVERING_LOAD_S
 
 
 def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
     env = {"DELTAGATE_BUNDLE_PATH": str(DEFAULT_BUNDLE), "DELTAGATE_LOG_LEVEL": "info",
-           "DELTAGATE_DRAIN_S": "1.0"}
+           "DELTAGATE_DRAIN_S": str(DRAIN_S)}
     stop = threading.Event()
     with serving(tmp_path / "server.log", env) as server:
         with ThreadPoolExecutor(CLIENTS) as pool:
