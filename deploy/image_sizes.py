@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def measure(podman: Podman, name: str, base: str, rounds: int, fresh: bool, keep
     result: dict[str, Any] = {"dockerfile": IMAGES[name]}
     started = time.monotonic()
     heavy = name != "cpu"  # gigabytes: no intermediate images left behind, and removed after unless kept
+    result["load_avg_at_start"] = round(os.getloadavg()[0], 1)  # the machine is shared: how busy it was
     try:
         tag, build_s = ensure_image(podman, dockerfile, f"localhost/deltagate-measure/{name}",
                                     {"PYTHON_IMAGE": base}, log_path=log, fresh=fresh, keep_layers=not heavy)
@@ -106,7 +108,8 @@ def measure(podman: Podman, name: str, base: str, rounds: int, fresh: bool, keep
 def sizes_table(results: dict[str, Any]) -> str:
     """The docs' table of measured images (docs/deployment.md, between the image-sizes markers)."""
     rows = []
-    for name, image in results["images"].items():
+    for name in [n for n in IMAGES if n in results["images"]]:
+        image = results["images"][name]
         label = f"`deltagate:{name}`"
         if not image.get("built"):
             rows.append([label, "not built", "—", "—", "—", f"build failed after {image['failed_after_s']} s"])
@@ -115,10 +118,11 @@ def sizes_table(results: dict[str, Any]) -> str:
         if ready:
             ready_text = f"{ready['median']} s (min {ready['min']}, max {ready['max']}, {len(ready['rounds'])} runs)"
         else:
-            ready_text = f"— ({image.get('not_started', 'not started')})"
+            ready_text = f"not started: {image.get('not_started', '')}"
         build = "cached" if image["build_s"] is None else f"{image['build_s']} s"
         if image["build_s"] is not None and image.get("fresh"):
-            build += " (no cache)"
+            load = image.get("load_avg_at_start")
+            build += f" (no cache; load average {load})" if load is not None else " (no cache)"
         inside = image["contents"]
         parts = ", ".join(f"{name} {mb}" for name, mb in inside["largest_packages_mb"].items())
         rows.append([label, f"{image['size_mb']} MB", f"{image['added_mb']} MB", build, ready_text,
@@ -129,19 +133,23 @@ def sizes_table(results: dict[str, Any]) -> str:
 
 DOCS = ROOT / "docs/deployment.md"
 MARKERS = ("<!-- image-sizes:start -->\n", "\n<!-- image-sizes:end -->")
+MARKED = re.compile(re.escape(MARKERS[0]) + r"(.*?)" + re.escape(MARKERS[1]), re.DOTALL)
 
 
 def docs_table(doc: str) -> str:
     """The table between the image-sizes markers of ``doc``."""
-    start, end = MARKERS
-    return doc.split(start, 1)[1].split(end, 1)[0]
+    found = MARKED.search(doc)
+    if found is None:
+        raise ValueError("no image-sizes markers (<!-- image-sizes:start --> ... end -->) in the docs")
+    return found.group(1)
 
 
 def write_docs(results: dict[str, Any], path: Path = DOCS) -> None:
     """Put :func:`sizes_table` of ``results`` between the markers of docs/deployment.md."""
     doc = path.read_text(encoding="utf-8")
-    start, end = MARKERS
-    path.write_text(doc.replace(start + docs_table(doc) + end, start + sizes_table(results) + end), encoding="utf-8")
+    docs_table(doc)  # the markers are there
+    table = f"{MARKERS[0]}{sizes_table(results)}{MARKERS[1]}"
+    path.write_text(MARKED.sub(lambda _: table, doc, count=1), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:

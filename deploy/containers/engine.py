@@ -44,7 +44,8 @@ logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = Path(__file__).with_name("containers.conf")
 LOCK_DIR = Path(tempfile.gettempdir())
-KEEP_TAGS = 3  # content-keyed tags kept per image name (several worktrees may test at once)
+KEEP_TAGS = 3  # content-keyed tags kept per image name (several worktrees may test at once) ...
+PRUNE_AFTER_S = 6 * 3600  # ... and any younger than this: a test session on this machine may still use it
 _IGNORED_PARTS = {"__pycache__", ".mypy_cache", ".pytest_cache"}
 
 
@@ -191,15 +192,17 @@ def build_key(dockerfile: Path, build_args: Mapping[str, str], extra: Sequence[s
 
 
 def _prune_old_tags(podman: Podman, repository: str, keep: str) -> None:
-    """Remove all but the newest ``KEEP_TAGS`` tags of ``repository`` (never ``keep``); images still
-    used by a container stay (podman refuses, which is fine)."""
+    """Remove the tags of ``repository`` beyond the newest ``KEEP_TAGS`` that are older than
+    ``PRUNE_AFTER_S`` (another run on this machine may still be using a recent one); never
+    ``keep``. Images still used by a container stay (podman refuses, which is fine)."""
     proc = podman("images", "--format", "json", "--filter", f"reference={repository}", check=False)
     if proc.returncode:
         return
-    tagged = [(img.get("Created", 0), name) for img in json.loads(proc.stdout or "[]")
+    tagged = [(int(img.get("Created", 0)), name) for img in json.loads(proc.stdout or "[]")
               for name in img.get("Names") or [] if name.startswith(repository + ":")]
-    for _, name in sorted(tagged, reverse=True)[KEEP_TAGS:]:
-        if name != keep:
+    cutoff = time.time() - PRUNE_AFTER_S
+    for created, name in sorted(tagged, reverse=True)[KEEP_TAGS:]:
+        if name != keep and created < cutoff:
             podman("rmi", name, check=False)
 
 
