@@ -106,7 +106,6 @@ def test_healthcheck_of_the_image_turns_healthy(podman: Podman, cpu_image: str) 
     config = podman.inspect(cpu_image, kind="image")[0]["Healthcheck"]
     assert "/readyz" in " ".join(config["Test"]), config  # kept: built with --format docker
     with run_container(podman, cpu_image) as container:
-        assert container.state()["Health"]["Status"] == "starting"
         # No systemd here to time the checks: run the image's HEALTHCHECK command as the timer would.
         check = podman("healthcheck", "run", container.name, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
