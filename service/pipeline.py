@@ -1,15 +1,17 @@
-"""The request pipeline's named stages: admit → read → decode/preprocess → batch/forward → postprocess.
+"""The request pipeline's named stages: receive → admit → parse → decode/preprocess → batch/forward → postprocess.
 
-Each stage is a small function; the classify route only strings them together. Admission
-(:meth:`service.batcher.Batcher.admit`) runs before the body is read, so an overloaded service
-answers 503 without reading or decoding anything. JSON parsing and base64 decoding run in the
-decode pool, never on the event loop.
+Each stage is a small function; the classify route only strings them together. Before the body
+is read, a spent in-flight budget is answered 503 at once (:meth:`service.batcher.Batcher.check_room`).
+The body is then received with no admission slot held (its size, time and memory limits are
+:mod:`service.middleware`'s), and only then is the request admitted
+(:meth:`service.batcher.Batcher.admit`), so a slow sender never holds any of the budget. JSON
+parsing and base64 decoding run in the decode pool, never on the event loop, on a body whose
+structure is bounded first (:func:`json_value_bound`, :data:`MAX_JSON_CONTAINERS`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydantic_core
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from models.bundle import BundleManifest
@@ -27,6 +31,7 @@ from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
+    ShapeLimits,
     decode_image,
     preprocess_image,
 )
@@ -39,15 +44,20 @@ from service.errors import (
     InvalidBodyError,
     InvalidFieldError,
     PayloadTooLargeError,
+    ServiceError,
     UnsupportedMediaTypeError,
+    validation_details,
 )
-from service.schemas import ClassifyJSONRequest, ImageResult, TopKEntry
+from service.schemas import TOP_K, ClassifyJSONRequest, ImageErrorEntry, ImageResult, OnError, TopKEntry
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
+    from service.runtime import Runtime
 
-__all__ = ["InputImage", "read_images", "resolve_top_k", "prepare_images", "run_batched", "postprocess"]
+__all__ = ["InputImage", "ReceivedBody", "receive_body", "parse_images", "json_value_bound", "MAX_JSON_CONTAINERS",
+           "resolve_top_k", "decode_images", "run_batched", "postprocess", "Classified",
+           "classify_images"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -58,46 +68,42 @@ class InputImage:
     filename: str | None = None
 
 
-# --- stage 1: read the request body -------------------------------------------------------------
-async def read_images(
-    request: Request, settings: Settings, ticket: Ticket, pool: Executor
-) -> tuple[list[InputImage], int | None]:
-    """The images and optional body ``top_k`` of a multipart or JSON request; the ticket grows to hold them.
+@dataclass(frozen=True)
+class ReceivedBody:
+    """A request body as received: a multipart form is parsed as it streams in; JSON is kept as bytes."""
 
-    Args:
-        request: the request (its body is read here).
-        settings: limits.
-        ticket: the request's admission; it holds one provisional image until the count is known.
-        pool: where JSON is parsed and base64 decoded.
+    images: list[InputImage]  # the form's files (empty for JSON: parsed later, in the pool)
+    top_k: int | None = None  # the form's top_k field
+    json: bytes | None = None  # the JSON body, not parsed yet
+
+
+# --- stage 1: receive the body (no admission slot held) -----------------------------------------
+async def receive_body(request: Request, settings: Settings) -> ReceivedBody:
+    """Read the request body: a multipart form (parsed while it streams in) or JSON bytes.
+
+    Reading holds no admission slot; the body's size, time and memory limits apply while it arrives
+    (:class:`service.middleware.BodyLimitsMiddleware`: 413, 408, 503).
 
     Raises:
-        OverloadedError: the images do not fit in the in-flight budget (nothing is decoded).
         UnsupportedMediaTypeError: neither multipart/form-data nor application/json.
-        InvalidFieldError: malformed fields, no image.
-        InvalidBodyError: unparsable JSON.
-        PayloadTooLargeError: more images than allowed.
+        InvalidFieldError: malformed form fields.
+        ClientGoneError: the client closed the connection before the body was complete.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == _MULTIPART:
-        images, top_k = await _read_multipart(request)
-    elif content_type == _JSON:
-        images, top_k = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, await request.body())
-    else:
-        raise UnsupportedMediaTypeError(
-            f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
-            f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
-        )
-    if not images:
-        raise InvalidFieldError("no image in the request: send at least one")
-    if len(images) > settings.max_images_per_request:
-        raise PayloadTooLargeError(
-            f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
-        )
-    ticket.grow(len(images))
-    return images, top_k
+    try:
+        if content_type == _MULTIPART:
+            return await _read_multipart(request, settings)
+        if content_type == _JSON:
+            return ReceivedBody([], json=await request.body())
+    except ClientDisconnect as exc:
+        raise ClientGoneError("the client closed the connection before its body was complete") from exc
+    raise UnsupportedMediaTypeError(
+        f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
+        f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
+    )
 
 
-async def _read_multipart(request: Request) -> tuple[list[InputImage], int | None]:
+async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
     images: list[InputImage] = []
     async with request.form() as form:  # closes the spooled upload files on exit
         for value in form.getlist("file"):
@@ -105,25 +111,104 @@ async def _read_multipart(request: Request) -> tuple[list[InputImage], int | Non
                 raise InvalidFieldError("field 'file' must be a file upload, not a text field")
             images.append(InputImage(await value.read(), value.filename))
         top_k = form.get("top_k")
+        others = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile) and k != "file"})
+    if not images and others:
+        raise InvalidFieldError(
+            f"no field 'file' in the form, but file field(s) {', '.join(repr(k) for k in others[:5])}: send each "
+            "image as a field named 'file' (curl -F file=@image.png)", details=[{"loc": ["file"]}])
     if top_k is None:
-        return images, None
-    if not isinstance(top_k, str) or not top_k.strip().isdigit() or int(top_k) < 1:
-        raise InvalidFieldError("field 'top_k' must be a positive integer", details=[{"loc": ["top_k"]}])
-    return images, int(top_k)
+        return ReceivedBody(images)
+    try:  # the JSON field's own type (schemas.TopK): one rule for both forms, never int() on raw text
+        return ReceivedBody(images, TOP_K.validate_python(top_k))
+    except ValidationError as exc:
+        errors = [{**e, "loc": ["top_k", *e["loc"]]} for e in exc.errors(include_input=False)]
+        details, message = validation_details(errors, settings.max_error_details)
+        raise InvalidFieldError(message, details=details) from exc
 
 
-def _parse_json(body: bytes) -> tuple[list[InputImage], int | None]:
-    """JSON + base64 -> images (in the decode pool: ~0.1 s for a 32 MB body would stall the loop)."""
+# --- stage 2: parse (admitted: one provisional image, then the request's count) -----------------
+async def parse_images(
+    body: ReceivedBody, settings: Settings, ticket: Ticket, pool: Executor
+) -> tuple[list[InputImage], int | None]:
+    """The images and optional body ``top_k``; the ticket grows to hold the images.
+
+    Args:
+        body: what :func:`receive_body` read.
+        settings: limits.
+        ticket: the request's admission; it holds one provisional image until the count is known.
+        pool: where JSON is parsed and base64 decoded.
+
+    Raises:
+        OverloadedError: the images do not fit in the in-flight budget (nothing is decoded).
+        InvalidFieldError: malformed fields, no image.
+        InvalidBodyError: unparsable JSON.
+        PayloadTooLargeError: more images than allowed.
+    """
+    images, top_k = body.images, body.top_k
+    if body.json is not None:
+        loop = asyncio.get_running_loop()
+        images, top_k = await loop.run_in_executor(pool, _parse_json, body.json, settings)
+    if not images:
+        raise InvalidFieldError("no image in the request: send at least one")
+    if len(images) > settings.max_images_per_request:
+        raise PayloadTooLargeError(_too_many_images(len(images), settings))
+    ticket.grow(len(images))
+    return images, top_k
+
+
+def _too_many_images(count: int, settings: Settings) -> str:
+    return f"{count} images in one request; the limit is {settings.max_images_per_request}"
+
+
+# Arrays and objects a JSON body may open: a valid request has one object and one array; the slack
+# lets an invalid one (an unknown field holding a small object) reach validation and a 422 naming it.
+MAX_JSON_CONTAINERS = 8
+
+
+def json_value_bound(max_images: int) -> int:
+    """The most commas a valid JSON request of ``max_images`` images has (with some slack).
+
+    A valid request is ``{"images": [...], "top_k": k}``: a comma between images, one in each
+    ``data:`` URL prefix and one before ``top_k``; base64 has no commas. In a container every element
+    (or key-value member) but the first follows a comma, so commas and container openings (``[``,
+    ``{``) bound what any parser would build; both are counted in a C-speed pass over the bytes.
+    """
+    return 2 * max_images + 8
+
+
+def _parse_json(body: bytes, settings: Settings) -> tuple[list[InputImage], int | None]:
+    """JSON + base64 -> images, in the decode pool (~0.1 s for a 32 MB body would stall the loop).
+
+    The work is bounded before anything is built: the counts of commas (:func:`json_value_bound`,
+    413) and of opened containers (:data:`MAX_JSON_CONTAINERS`, 400), then pydantic-core's parser,
+    which refuses numbers past Python's 4300-digit integer limit (400). So a 1M-item array, 100k-deep
+    nesting or a 5000-digit number costs a scan of the bytes (the standard ``json`` module built
+    the array, raised RecursionError and ValueError: 500s and a 115 MB 422 before).
+    """
+    bound = json_value_bound(settings.max_images_per_request)
+    if (commas := body.count(b",")) > bound:
+        raise PayloadTooLargeError(
+            f"the JSON body has {commas} commas; a request of at most {settings.max_images_per_request} images "
+            f"has at most {bound}"
+        )
+    if (containers := body.count(b"[") + body.count(b"{")) > MAX_JSON_CONTAINERS:
+        raise InvalidBodyError(
+            f"the JSON body opens {containers} arrays or objects (counting '[' and '{{'); a request is one object "
+            f"with one array of images, at most {MAX_JSON_CONTAINERS}"
+        )
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = pydantic_core.from_json(body)
+    except ValueError as exc:
         raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("images"), list) and (
+        len(payload["images"]) > settings.max_images_per_request
+    ):  # before any base64 is decoded
+        raise PayloadTooLargeError(_too_many_images(len(payload["images"]), settings))
     try:
         parsed = ClassifyJSONRequest.model_validate(payload)
     except ValidationError as exc:
-        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        fields = ", ".join(".".join(str(p) for p in d["loc"]) or "body" for d in details)
-        raise InvalidFieldError(f"invalid fields: {fields}", details=details) from exc
+        details, message = validation_details(exc.errors(include_input=False), settings.max_error_details)
+        raise InvalidFieldError(message, details=details) from exc
     return [InputImage(data) for data in parsed.images], parsed.top_k
 
 
@@ -139,16 +224,18 @@ def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
 
 
 # --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
-def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool) -> np.ndarray:
-    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None)
+def _decode_and_preprocess(
+    data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool, shape: ShapeLimits | None
+) -> np.ndarray:
+    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None, shape=shape)
     return preprocess_image(img, cfg)  # (3, H, W)
 
 
-async def prepare_images(
+async def decode_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
-    device_input: DeviceInput | None = None,
+    device_input: DeviceInput | None = None, shape: ShapeLimits | None = None, first_index: int = 0,
 ) -> list[Any]:
-    """Decode and preprocess every image off the event loop, exactly as the bundle says.
+    """Decode and preprocess every image off the event loop, exactly as the bundle says; one outcome per image.
 
     Args:
         images: the request's images.
@@ -159,28 +246,34 @@ async def prepare_images(
         device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
             one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
             then holds device tensors beside NumPy arrays.
+        shape: aspect-ratio and resized-size limits per image, checked from the header (the device input
+            path has its own copy).
+        first_index: the first image's index in what the caller numbers (errors name images by it).
 
-    Raises:
-        BadImageError: an image is not decodable (400); the message names which.
-        PayloadTooLargeError: an image has too many pixels (413).
+    Returns:
+        Per image, its pixels ((3, H, W) NumPy or a device tensor) or the :class:`ServiceError` that says why
+        it cannot be classified (:class:`BadImageError` 400: not decodable, or its aspect ratio over the
+        limit; :class:`PayloadTooLargeError` 413: too many pixels, before or after resizing; the message and
+        ``details`` name the image's index and filename).
     """
     loop = asyncio.get_running_loop()
     outcomes: list[Any]
     if device_input is not None:
         outcomes = await loop.run_in_executor(pool, device_input.prepare, [im.data for im in images])
     else:
-        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode)
+        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
-        where = {"index": i, "filename": images[i].filename}
+        where = {"index": first_index + i, "filename": images[i].filename}
+        named = f"image {first_index + i}" + (f" ({images[i].filename})" if images[i].filename else "")
         if isinstance(outcome, ImageTooLargeError):
-            raise PayloadTooLargeError(f"image {i}: {outcome}", details=where)
-        if isinstance(outcome, ImageDecodeError):
-            raise BadImageError(f"image {i}: {outcome}", details=where)
-        if isinstance(outcome, BaseException):
+            outcomes[i] = PayloadTooLargeError(f"{named}: {outcome}", details=where)
+        elif isinstance(outcome, ImageDecodeError):
+            outcomes[i] = BadImageError(f"{named}: {outcome}", details=where)
+        elif isinstance(outcome, BaseException):
             raise outcome
-    return list(outcomes)  # every outcome is pixels here: (3, H, W) NumPy or device tensor
+    return list(outcomes)
 
 
 # --- stage 3: batch and forward ----------------------------------------------------------------
@@ -191,12 +284,12 @@ async def _client_gone(receive: Receive) -> None:
 
 
 async def run_batched(
-    request: Request, batcher: Batcher, ticket: Ticket, pixels: list[Any], deadline: float
+    receive: Receive | None, batcher: Batcher, ticket: Ticket, pixels: list[Any], deadline: float
 ) -> list[Row]:
     """Queue the images, await their rows; give up on deadline or when the client goes away.
 
     Args:
-        request: the request (its ``receive`` tells when the client disconnects).
+        receive: the request's ASGI ``receive`` (it tells when the client disconnects); None: no client.
         batcher: the running batcher.
         ticket: the request's admission (its images move to the queue).
         pixels: preprocessed images.
@@ -213,7 +306,8 @@ async def run_batched(
     if remaining <= 0:
         raise DeadlineError("the request's deadline passed before it reached the queue")
     rows = asyncio.gather(*batcher.submit(pixels, remaining, ticket))
-    gone = asyncio.ensure_future(_client_gone(request.receive))
+    gone: asyncio.Future[Any] = asyncio.ensure_future(
+        _client_gone(receive) if receive is not None else asyncio.get_running_loop().create_future())
     waiting: set[asyncio.Future[Any]] = {rows, gone}
     try:
         done, _ = await asyncio.wait(waiting, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
@@ -229,9 +323,13 @@ async def run_batched(
 
 # --- stage 4: postprocess ----------------------------------------------------------------------
 def postprocess(
-    rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None]
+    rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None],
+    indexes: Sequence[int] | None = None,
 ) -> list[ImageResult]:
-    """Rows of engine outputs -> labelled results with the OOD decision and p-value."""
+    """Rows of engine outputs -> labelled results with the OOD decision and p-value.
+
+    ``indexes``: each row's image position in the request (default 0, 1, ...; other when some were skipped).
+    """
     calib = manifest.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
     batch = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "delta_energy")}
@@ -245,7 +343,8 @@ def postprocess(
         best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
         gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
         results.append(ImageResult(
-            index=i, filename=filenames[i], decision="rejected_ood" if ood else "accepted",
+            index=indexes[i] if indexes is not None else i, filename=filenames[i],
+            decision="rejected_ood" if ood else "accepted",
             label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
             top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
                    for j in order],
@@ -255,3 +354,53 @@ def postprocess(
                      f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,
         ))
     return results
+
+
+# --- the stages together -------------------------------------------------------------------------
+@dataclass
+class Classified:
+    """A request's answers: one result per classified image, one error per image that could not be."""
+
+    results: list[ImageResult]
+    errors: list[ImageErrorEntry]
+    rows: list[Row]  # the engine rows behind the results (their batch sizes are logged)
+
+
+async def classify_images(
+    runtime: Runtime, batcher: Batcher, ticket: Ticket, images: Sequence[InputImage], top_k: int,
+    on_error: OnError, deadline: float, receive: Receive | None = None, first_index: int = 0,
+) -> Classified:
+    """Decode → batch and forward → postprocess: what ``POST /classify`` and ``deltagate classify`` both run.
+
+    Args:
+        runtime: the ready runtime (settings, decode pool, device input, model).
+        batcher: its batcher.
+        ticket: the images' admission (held for every image).
+        images: the images, in order.
+        top_k: entries of each top-k list.
+        on_error: ``fail``: the first image that cannot be decoded fails the whole call (its
+            :class:`ServiceError`); ``skip``: such images are left out of ``results`` and listed in ``errors``.
+        deadline: ``time.monotonic()`` by which the answers must be in.
+        receive: the request's ASGI ``receive``, to stop waiting when the client leaves (None: no client).
+        first_index: the index of ``images[0]`` in the results and errors (a caller classifying in parts).
+
+    Raises:
+        ServiceError: an image :func:`decode_images` could not decode (``fail`` only), and :func:`run_batched`'s.
+    """
+    model = runtime.model
+    assert model is not None
+    s = runtime.settings
+    outcomes = await decode_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
+                                   s.fast_decode, runtime.device_input, runtime.shape_limits, first_index)
+    failed = [o for o in outcomes if isinstance(o, ServiceError)]
+    if failed and on_error == "fail":
+        raise failed[0]
+    good = [i for i, o in enumerate(outcomes) if not isinstance(o, ServiceError)]
+    rows, results = [], []
+    if good:
+        rows = await run_batched(receive, batcher, ticket, [outcomes[i] for i in good], deadline)
+        results = postprocess(rows, model.manifest, top_k, [images[i].filename for i in good],
+                              [first_index + i for i in good])
+    errors = [ImageErrorEntry(index=e.details["index"], filename=e.details["filename"], status=e.status, code=e.code,
+                              message=e.message) for e in failed]
+    return Classified(results, errors, rows)

@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
+from models.preprocess import ShapeLimits
+from models.quality import bundle_checks
 from service.batcher import Batcher
-from service.engines import Engine, EngineThreads, check_outputs, create_engine
+from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
 from service.settings import Settings, ThreadPlan
@@ -28,7 +30,8 @@ from service.telemetry import ServiceMetrics
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_bundle", "check_device", "log_bundle_checks",
+           "shape_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Phase(enum.StrEnum):
 class LoadedModel:
     bundle: Bundle
     engine: Engine
+    choice: EngineChoice | None = None  # which engine serves and why (None: created directly, e.g. by a bench)
 
     @property
     def manifest(self) -> BundleManifest:
@@ -55,6 +59,43 @@ class LoadedModel:
         return check_outputs(outputs, pixel_values.shape[0], len(self.manifest.classes))
 
 
+def _served_bundle(settings: Settings) -> Bundle:
+    """The bundle the settings name (the dummy engine's own when it has none), with a calibrated threshold.
+
+    Raises:
+        BundleError: bundle missing, corrupt (a file or its SHA-256) or without a calibrated threshold.
+    """
+    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
+        return dummy_bundle(settings.dummy_num_classes)
+    bundle = load_bundle(settings.bundle_path)
+    if bundle.manifest.calibration is None:
+        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold "
+                          f"(run `deltagate calibrate --bundle {bundle.path} --data DATA` first)")
+    return bundle
+
+
+def check_bundle(settings: Settings) -> Bundle:
+    """Before the server starts, in one pass: the manifest, every file and its SHA-256, the threshold, and
+    that the engine can be created for this bundle (its graph, its threshold, its packages). Nothing loads.
+
+    Raises:
+        BundleError: what is wrong with the bundle (one line, naming the file).
+        EngineError: the engine cannot serve it (no int8 graph, a missing extra, ...).
+    """
+    bundle = _served_bundle(settings)
+    create_engine(settings.engine, bundle, settings.device, EngineThreads(1, 1, False))
+    return bundle
+
+
+def log_bundle_checks(manifest: BundleManifest) -> None:
+    """The guard against a useless model (:mod:`models.quality`), from the bundle's own records: a warning
+    per failed check, so that a model that learned nothing cannot serve without saying so."""
+    for check in bundle_checks(manifest):
+        level = logging.INFO if check.ok else logging.WARNING
+        logger.log(level, "model check: %s", check.message,
+                   extra={"fields": {"check": check.name, "ok": check.ok, "model": manifest.name}})
+
+
 def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     """Load the bundle once and one engine instance per ``plan.instances`` (blocking).
 
@@ -63,19 +104,19 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
         EngineError: the engine cannot run where asked (e.g. device=cuda and an instance would
             run on the CPU).
     """
-    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
-        bundle = dummy_bundle(settings.dummy_num_classes)
-    else:
-        bundle = load_bundle(settings.bundle_path)
-    if bundle.manifest.calibration is None:
-        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold (run `deltagate calibrate`)")
+    bundle = _served_bundle(settings)
+    if (settings.bundle_path / MANIFEST_FILE).is_file():  # a real bundle (the dummy engine's own has no records)
+        log_bundle_checks(bundle.manifest)
     threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
+    choice = choose_engine(settings.engine, bundle, settings.device)
+    logger.info("engine %s (%s): %s", choice.engine, choice.reason, choice.detail,
+                extra={"fields": {"engine": choice.engine, **choice.facts(), "detail": choice.detail}})
     models = []
     for i in range(plan.instances):
-        engine = create_engine(settings.engine, bundle, settings.device, threads)
+        engine = create_engine(choice.engine, bundle, settings.device, threads)
         engine.load()
         # engine.bundle, not bundle: an engine may serve a view of it (onnx-int8: the int8 graph's threshold).
-        models.append(LoadedModel(engine.bundle, engine))
+        models.append(LoadedModel(engine.bundle, engine, choice))
         logger.info("engine instance loaded", extra={"fields": {
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})
@@ -98,13 +139,28 @@ def check_device(settings: Settings) -> None:
     model.engine.close()
 
 
+def shape_limits(settings: Settings, manifest: BundleManifest) -> ShapeLimits:
+    """The per-image shape limits for this bundle's preprocessing.
+
+    Raises:
+        ValueError: ``max_resized_pixels`` is below the model input itself (every image would be refused).
+    """
+    cfg = manifest.preprocess
+    if settings.max_resized_pixels < cfg.image_size**2:
+        raise ValueError(f"max_resized_pixels ({settings.max_resized_pixels}) is below the model input of "
+                         f"{cfg.image_size}x{cfg.image_size} pixels: every image would be refused")
+    return ShapeLimits(cfg, settings.max_aspect_ratio, settings.max_resized_pixels)
+
+
 def enable_cuda_graphs(model: LoadedModel, settings: Settings) -> bool:
     """Capture the torch engine's CUDA graphs per batch-size bucket where it runs on CUDA (before warm-up)."""
     enable = getattr(model.engine, "enable_cuda_graphs", None)
     return bool(settings.cuda_graphs and enable is not None and enable(settings.batch_buckets()))
 
 
-def device_path(model: LoadedModel, settings: Settings) -> tuple[DeviceInput | None, Any]:
+def device_path(
+    model: LoadedModel, settings: Settings, shape: ShapeLimits | None = None
+) -> tuple[DeviceInput | None, Any]:
     """The device input path and the batcher's stack function for the torch engine (None, None: NumPy path).
 
     torch is imported only for the torch engine, so the ONNX-only image never needs it.
@@ -115,7 +171,7 @@ def device_path(model: LoadedModel, settings: Settings) -> tuple[DeviceInput | N
     from service.device_input import batch_stacker, device_input_for
 
     device_input = device_input_for(settings.device_decode, engine.name, engine.device, model.manifest.preprocess,
-                                    settings.max_image_pixels, settings.fast_decode)
+                                    settings.max_image_pixels, settings.fast_decode, shape)
     on_cuda = engine.device.startswith("cuda")
     return device_input, batch_stacker(engine.device) if device_input is not None or on_cuda else None
 
@@ -146,6 +202,7 @@ class Runtime:
         self.instances: list[LoadedModel] = []
         self.batcher: Batcher | None = None
         self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
+        self.shape_limits: ShapeLimits | None = None  # per-image aspect-ratio and resized-size limits, once loaded
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
         self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
         self._start_task: asyncio.Task[None] | None = None
@@ -173,6 +230,7 @@ class Runtime:
                            plan.instances, plan.intra_op_threads, plan.budget)
         try:
             models = await asyncio.to_thread(load_models, s, plan)
+            shape = shape_limits(s, models[0].manifest)
             graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
             if s.warmup:
                 for model in models:
@@ -183,7 +241,8 @@ class Runtime:
             return
         pad = models[0].engine.device.startswith("cuda") if s.pad_to_bucket is None else s.pad_to_bucket
         pad = pad or any(graphs)
-        self.device_input, stack = device_path(models[0], s)
+        self.shape_limits = shape
+        self.device_input, stack = device_path(models[0], s, shape)
         self.batcher = Batcher(
             [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,
@@ -210,7 +269,8 @@ class Runtime:
         and the instance count; a fact on which instances differ lists every instance's value."""
         described = [m.engine.describe() for m in self.instances]
         facts = {key: ";".join(dict.fromkeys(d[key] for d in described)) for key in described[0]}
-        return {**facts, "instances": str(len(described))}
+        choice = self.instances[0].choice
+        return {**facts, **(choice.facts() if choice else {}), "instances": str(len(described))}
 
     async def stop(self) -> None:
         """Finish queued and running work (graceful), then free the engine and threads."""

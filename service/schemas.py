@@ -7,21 +7,28 @@ import binascii
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 __all__ = [
     "Base64Image",
+    "TopK",
+    "TOP_K",
     "ClassifyJSONRequest",
     "TopKEntry",
     "ImageResult",
     "ModelRef",
+    "OnError",
+    "ImageErrorEntry",
     "ClassifyResponse",
     "ErrorBody",
     "ErrorResponse",
     "HealthResponse",
     "ReadyResponse",
     "QuantileSummary",
+    "ModelCheck",
     "ModelInfoResponse",
+    "EngineChoiceInfo",
+    "GraphCheckInfo",
 ]
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+;base64,", re.IGNORECASE)
@@ -54,6 +61,12 @@ Base64Image = Annotated[
 ]
 
 
+# top_k in every form (JSON field, multipart field): pydantic's integer parsing, which refuses text
+# that is not a number (int("²") raises) and numbers past Python's 4300-digit limit with a 422.
+TopK = Annotated[int, Field(ge=1)]
+TOP_K: TypeAdapter[int] = TypeAdapter(TopK)
+
+
 class ClassifyJSONRequest(BaseModel):
     """JSON form of ``POST /classify``."""
 
@@ -61,8 +74,8 @@ class ClassifyJSONRequest(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.",
                                       examples=[[EXAMPLE_PNG_BASE64]])
-    top_k: int | None = Field(
-        None, ge=1,
+    top_k: TopK | None = Field(
+        None,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
     )
 
@@ -101,12 +114,31 @@ class ModelRef(BaseModel):
     version: str
 
 
+OnError = Literal["fail", "skip"]  # what one image that cannot be decoded does to its request (docs/service.md)
+
+
+class ImageErrorEntry(BaseModel):
+    """An image of the request that could not be classified (``on_error=skip``)."""
+
+    index: int = Field(description="Position of the image in the request.")
+    filename: str | None = Field(None, description="Multipart filename, if any.")
+    status: int = Field(description="The status this image alone would get: 400 (not a readable image) or 413 "
+                        "(too many pixels).")
+    code: str = Field(description="invalid_image or payload_too_large.")
+    message: str = Field(description="Why, naming the image.")
+
+
 class ClassifyResponse(BaseModel):
     model: ModelRef
     request_id: str
-    num_images: int
+    num_images: int = Field(description="Images in the request (classified or not).")
     num_rejected_ood: int = Field(description="How many images were rejected as out-of-distribution.")
-    results: list[ImageResult]
+    results: list[ImageResult] = Field(description="One per classified image, in request order (see its index).")
+    errors: list[ImageErrorEntry] = Field(
+        default_factory=list,
+        description="With on_error=skip: one per image that could not be classified, in request order; "
+        "always empty with on_error=fail (such a request fails as a whole).",
+    )
 
 
 class ErrorBody(BaseModel):
@@ -138,9 +170,36 @@ class QuantileSummary(BaseModel):
     values: list[float] = Field(description="Score quantiles, non-decreasing.")
 
 
+class GraphCheckInfo(BaseModel):
+    graph: str = Field(description="The reduced-precision graph: int8 or fp16.")
+    passed: bool = Field(description="Whether engine=auto may serve it.")
+    code: str = Field(description="passed, no_graph, cpu_only, cuda_only, no_threshold, no_parity_record, "
+                      "other_provider, parity_failed, no_speed_record or not_faster.")
+    detail: str
+
+
+class EngineChoiceInfo(BaseModel):
+    requested: str = Field(description="The engine setting: auto or an engine name.")
+    engine: str = Field(description="The engine that serves.")
+    reason: str = Field(description="Why, as a code (also the engine_reason label of deltagate_model_info): "
+                        "requested, int8_passed, int8_parity_failed, int8_not_faster, no_reduced_graph, ...")
+    detail: str = Field(description="Why, in a sentence with the recorded numbers.")
+    checks: list[GraphCheckInfo] = Field(
+        default_factory=list, description="engine=auto: the verdict on each reduced-precision graph of the bundle."
+    )
+
+class ModelCheck(BaseModel):
+    """One finding of the guard against a useless model (models/quality.py), from the bundle's records."""
+
+    name: str = Field(description="weights, accuracy or gate.")
+    ok: bool
+    message: str
+
+
 class ModelInfoResponse(BaseModel):
     name: str
     version: str
+    description: str | None = Field(None, description="What the model knows, in the bundle's words.")
     created_at: str
     architecture: str
     classes: list[str]
@@ -158,6 +217,9 @@ class ModelInfoResponse(BaseModel):
     engine: str
     device: str = Field(description="Where the forward runs (every instance's value, ';'-joined, if they differ).")
     precision: str
+    engine_choice: EngineChoiceInfo | None = Field(
+        None, description="Which engine serves and why (engine=auto: the fastest graph whose recorded parity passes)."
+    )
     instances: list[dict[str, str]] = Field(
         default_factory=list,
         description="What really runs, per engine instance: engine, device, precision, providers, intra_op_threads.",
@@ -168,4 +230,8 @@ class ModelInfoResponse(BaseModel):
     )
     evaluation: dict[str, Any] | None = Field(
         None, description="The bundle's evaluation summary (written by `deltagate evaluate`), if any."
+    )
+    checks: list[ModelCheck] = Field(
+        default_factory=list, description="The guard's findings from the bundle's records: random weights, "
+        "accuracy near chance, a gate that separates nothing (ok false = a warning)."
     )

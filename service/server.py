@@ -33,6 +33,7 @@ from fastapi import FastAPI
 
 from models.bundle import MANIFEST_FILE, BundleError
 from service.app import create_app
+from service.runtime import check_bundle
 from service.settings import Settings
 from service.telemetry import configure_logging
 
@@ -77,7 +78,7 @@ def _worker_exit(settings: Settings) -> Any:
 def _worker_app() -> FastAPI:
     """App factory for ``workers > 1``: each worker process reads the settings from its environment."""
     settings = Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     return create_app(settings, on_load_failure=_worker_exit(settings) if settings.exit_on_error else None)
 
 
@@ -159,13 +160,15 @@ def run(settings: Settings | None = None) -> None:
         settings: service settings; read from the environment if omitted.
 
     Raises:
-        BundleError: the bundle directory has no manifest (checked before the server starts).
+        BundleError: the bundle is missing, corrupt or uncalibrated (checked before the server starts).
+        EngineError: the engine cannot serve the bundle (checked before the server starts).
         SystemExit: status :data:`EXIT_LOAD_FAILED` when the model failed to load (``exit_on_error``).
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.engine != "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
         raise BundleError(f"{settings.bundle_path}: no {MANIFEST_FILE} (set DELTAGATE_BUNDLE_PATH or --bundle)")
+    check_bundle(settings)  # files, hashes, threshold, engine: one line now, not a failed start in the JSON log
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": math.ceil(settings.graceful_shutdown_s),

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpu_budget import cpu_budget
 
-__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "default_text", "settings_table"]
 
 EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy", "onnx-fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field(
-        "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
-        "onnx, onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
+        "auto", description="Inference engine: auto (the bundle's fastest graph whose recorded parity with "
+        "model.onnx passes, docs/bundle.md; else onnx if the bundle has model.onnx, else torch), torch, onnx, "
+        "onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
     )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
@@ -83,7 +84,8 @@ class Settings(BaseSettings):
         "an idle instance takes what is waiting at once; batches grow only while every instance is busy).",
     )
     max_queue_size: int = Field(
-        256, ge=1, description="Images admitted and not yet in a forward (being read, decoded or queued); beyond: 503."
+        256, ge=1, description="Images admitted and not yet in a forward (being parsed, decoded or queued; a body "
+        "still arriving holds none); beyond: 503."
     )
     pad_to_bucket: bool | None = Field(
         None, description="Pad batches to a power-of-two bucket (stable shapes); None = on CUDA only."
@@ -124,14 +126,42 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Pixel count limit per image, from the header (413)."
     )
+    max_aspect_ratio: float = Field(
+        32.0, ge=1.0, description="Longest side / shortest side of an image, from the header (400 beyond): the resize "
+        "scales the short side to the model input, so a 1x100000 strip would become 224x22400000.",
+    )
+    max_resized_pixels: int = Field(
+        4_000_000, ge=1, description="Pixels of an image once resized for the model (before the crop), from the "
+        "header (413 beyond); at least the model input's image_size squared.",
+    )
     max_images_per_request: int = Field(16, ge=1, description="Images per request (413 beyond).")
+    max_error_details: int = Field(
+        20, ge=1, le=1000, description="Problems listed in an error's details; beyond, one entry counts the rest.",
+    )
+    body_read_timeout_s: float = Field(
+        20.0, gt=0.0, description="Longest time from a request's arrival until its whole body is received; past it: "
+        "408 and the connection is closed. No admission slot is held while a body arrives.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies held at once by a worker process, over all "
+        "its requests (being received or served); a body that would pass it gets 503. Counts bytes received, not "
+        "declared.",
+    )
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
     # --- server --------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Bind address.")  # all interfaces: runs in a container
+    host: str = Field(
+        "127.0.0.1", description="Bind address: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (the "
+        "container images and the Kubernetes manifests set it)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level (third-party libraries' lines only at debug)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="Log lines: json (one object per line, for log collectors) or console (readable)."
+    )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
     drain_s: float = Field(
         1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
@@ -161,6 +191,11 @@ class Settings(BaseSettings):
                 f"max_images_per_request ({self.max_images_per_request}) must be <= max_queue_size "
                 f"({self.max_queue_size}): a full request could never be admitted"
             )
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be >= max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size could never be received"
+            )
         if self.device_decode == "on" and self.engine != "torch":
             raise ValueError(f"device_decode=on needs the torch engine (engine is {self.engine!r})")
         return self
@@ -184,6 +219,12 @@ class Settings(BaseSettings):
         return buckets
 
 
+def default_text(name: str) -> str:
+    """A setting's default as the docs and ``deltagate serve --help`` show it ("unset" for None)."""
+    value = Settings.model_fields[name].default
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_table() -> str:
     """The Markdown table of every setting (env name, default, description), as in docs/service.md.
 
@@ -193,7 +234,7 @@ def settings_table() -> str:
 
     rows = []
     for name, field in Settings.model_fields.items():
-        value = field.default
-        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        rows.append([f"`DELTAGATE_{name.upper()}`", default, field.description or ""])
+        default = default_text(name)
+        rows.append([f"`DELTAGATE_{name.upper()}`", default if default == "unset" else f"`{default}`",
+                     field.description or ""])
     return markdown_table(["env variable", "default", "meaning"], rows)

@@ -24,8 +24,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
+from models.log_noise import quiet_third_party_logs
 
-__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware", "mark_dead_processes"]
+__all__ = [
+    "ServiceMetrics",
+    "JsonFormatter",
+    "ConsoleFormatter",
+    "configure_logging",
+    "RequestTelemetryMiddleware",
+    "mark_dead_processes",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("deltagate.access")
@@ -77,6 +85,9 @@ class ServiceMetrics:
         # Several workers: queued images add up over the live workers; ready is 1 only if all are.
         self.queue_depth = Gauge("deltagate_queue_depth_images", "Images waiting for a forward pass.", registry=r,
                                  multiprocess_mode="livesum")
+        self.body_bytes = Gauge("deltagate_request_body_bytes", "Bytes of request bodies held in memory (received, "
+                                "request not ended); bounded by max_body_bytes_in_flight.", registry=r,
+                                multiprocess_mode="livesum")
         self.inference_duration = Histogram(
             "deltagate_inference_duration_seconds", "Forward pass time per batch.",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -87,6 +98,10 @@ class ServiceMetrics:
         self.ood_flags = Counter(
             "deltagate_ood_flags", "Images flagged out-of-distribution, by predicted class.",
             ["predicted_class"], registry=r,
+        )
+        self.image_errors = Counter(
+            "deltagate_image_errors", "Images of answered requests that could not be classified (on_error=skip), "
+            "by error code.", ["code"], registry=r,
         )
         self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
                            multiprocess_mode="livemin")
@@ -134,6 +149,10 @@ class ServiceMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference_duration.observe(seconds)
+
+    def observe_image_errors(self, codes: Sequence[str]) -> None:
+        for code in codes:
+            self.image_errors.labels(code=code).inc()
 
     def observe_images(self, labels: Sequence[str], gate_scores: Sequence[float], delta_energies: Sequence[float],
                        is_ood: Sequence[bool]) -> None:
@@ -219,10 +238,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it)."""
+class ConsoleFormatter(logging.Formatter):
+    """A readable line per record for a person at a terminal: time, level, logger, message, then the
+    ``fields`` as ``key=value`` (``DELTAGATE_LOG_FORMAT=console``; JSON stays the default for machines)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None) or {}
+        extra = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v}"
+                         for k, v in fields.items())
+        return f"{line} {extra}" if extra else line
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Log lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it).
+
+    Args:
+        level: debug, info, warning or error; third-party noise is quiet below debug
+            (:func:`models.log_noise.quiet_third_party_logs`).
+        fmt: ``json`` (one JSON object per line, the default) or ``console`` (readable lines).
+    """
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -230,6 +270,7 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    quiet_third_party_logs(level)
 
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
@@ -247,12 +288,15 @@ class RequestTelemetryMiddleware:
         metrics: where to record.
         known_paths: the app's route paths, to label requests answered before routing (e.g. an
             early 413) by their path rather than "unmatched".
+        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
+                 known_prefixes: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        self.known_prefixes = known_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -282,7 +326,9 @@ class RequestTelemetryMiddleware:
     def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None)
         if route is None:
-            route = scope["path"] if scope["path"] in self.known_paths else "unmatched"
+            path = scope["path"]
+            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
+            route = path if path in self.known_paths else next(mounted, "unmatched")
         self.metrics.observe_request(route, scope["method"], status, seconds)
         fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
                   "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}

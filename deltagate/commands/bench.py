@@ -189,6 +189,8 @@ def compare(
     conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
         "quiet,neighbour"),
     peers: Annotated[str, typer.Option(help="Comma-separated: plain, litserve ('' for none).")] = "plain,litserve",
+    engines: Annotated[str, typer.Option(help="deltagate servers, one per engine setting: onnx (system 'deltagate', "
+                                         "float32), auto (system 'auto'), onnx-int8 (system 'int8').")] = "onnx,auto",
     baseline: Annotated[Path | None, typer.Option(help="Checkout whose service is 'today' (git worktree).")] = None,
     baseline_workloads: Annotated[str, typer.Option(help="Workloads the baseline runs in.")] = "photo",
     seconds: Annotated[float, typer.Option(help="Measured seconds at saturation, per system and segment.")] = 6.0,
@@ -204,6 +206,7 @@ def compare(
         bundle=bundle, rounds=rounds, workloads=_names(workloads, ("small", "photo"), "workloads"),
         conditions=_names(conditions, ("quiet", "neighbour"), "conditions"),
         peers=_names(peers, ("plain", "litserve"), "peers"), baseline=baseline,
+        engines=_names(engines, ("onnx", "auto", "onnx-int8"), "engines"),
         baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
         seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
     )

@@ -68,7 +68,7 @@ def pretrain_tiny(
         bool, typer.Option(help="Zero-shot evaluation after training (a world's val splits; never its test splits).")
     ] = True,
 ) -> None:
-    """Train the tiny CLIP (models/archs/tiny-clip.json) contrastively on a world's captioned corpus."""
+    """Train the demo's synthetic-shapes CLIP (tiny-clip) contrastively on a world's captioned corpus."""
     from dataclasses import replace
 
     from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny

@@ -15,7 +15,9 @@ after an interruption continues instead of starting over):
    (EBM with the selected loss parameters);
 5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
    the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
-6. calibration of every bundle's gate (ΔEnergy) on ID validation images;
+6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's int8 graph
+   (``deltagate quantize`` on the world: parity and speed records), kept only when ``engine=auto`` would
+   serve it (:mod:`models.graph_choice`), so that ``make serve`` gets it;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
@@ -48,7 +50,7 @@ from models.train.run_export import export_run
 from models.train.selection import HOCVConfig
 from models.train.trainer import METHODS, PromptTrainer, TrainConfig, checkpoint_matches
 
-__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "evidence_splits", "build_evidence"]
+__all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "ship_int8", "evidence_splits", "build_evidence"]
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +174,9 @@ def build_demo(
     bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
+    int8 = ship_int8(Path(bundle_out), world)
+    times["quantize_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
     write_evaluation(results, evals, command=command, extra={"data": task.summary()})
     write_plots(results, evals)
@@ -181,6 +186,7 @@ def build_demo(
         "bundle": str(bundle_out), "data": task.summary(), "seconds": {**times, "total_s": sum(times.values())},
         "score_params": {m: asdict(selected[m].params) for m in METHODS},
         "pretrain": {k: pre.get(k) for k in ("train_seconds", "loss_first", "loss_last", "zero_shot")},
+        "int8": int8,
     }
     if cfg.bench_epochs:
         bench = benchmark_feature_cache(clip, list(task.class_names), few_shot(task.train, train_cfg.shots,
@@ -191,6 +197,33 @@ def build_demo(
     (results / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("demo done in %.0f s: bundle %s, results %s", sum(times.values()), bundle_out, results)
     return summary
+
+
+def ship_int8(bundle_dir: Path, data: Path) -> dict[str, Any]:
+    """Add the int8 graph to the shipped bundle, with its records on the bundle's evaluation data, and keep it
+    only when ``engine=auto`` would serve it (faithful and faster); returns the verdict (``results/demo.json``)."""
+    from models.bundle import INT8_ONNX_FILE, update_manifest
+    from models.graph_choice import SERVES_ON, check_graph
+    from models.train.quantize import QuantizeConfig, quantize_bundle
+
+    cfg = QuantizeConfig()
+    bundle = quantize_bundle(bundle_dir, cfg, data=data)
+    check = check_graph(bundle, "int8", SERVES_ON["int8"])
+    if check.passed:
+        logger.info("shipping the int8 graph: %s", check.detail)
+    else:  # auto would not serve it: it only adds megabytes
+        logger.warning("not shipping the int8 graph (%s): %s", check.code, check.detail)
+        (bundle_dir / INT8_ONNX_FILE).unlink()
+        update_manifest(bundle_dir, int8=None)
+    return {"kept": check.passed, "method": cfg.method, "op_types": cfg.resolved_op_types(), "code": check.code,
+            "detail": check.detail}
+
+
+def demo_description(classes: Sequence[str]) -> str:
+    """What a demo bundle knows, for people (``/model``, the try-it page): only its synthetic shapes."""
+    return (f"A demo model: a tiny CLIP trained from scratch on drawn synthetic shapes. It knows only these "
+            f"{len(classes)} synthetic shapes: {', '.join(classes)}. Anything else (photos included) is out of its "
+            "world; its gate was tested on drawn shapes, noise and textures only.")
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
@@ -204,6 +237,7 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
         name = cfg.name if method == "ebm" else f"deltagate-{method}"
         sel = selected[method].to_dict()
         export_run(run, out, name=name, version=cfg.version, clip=clip, onnx=method == "ebm",
+                   description=demo_description(task.class_names),
                    score_params=selected[method].params,
                    selection={"criterion": "hocv (docs/evidence/protocol.md §5)", "scores": sel["scores"]})
         calibrate_bundle(out, task.val)

@@ -33,6 +33,7 @@ import torch
 
 from models.bundle import Bundle, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
+from models.errors import DataError
 from models.scores import SCORE_NAMES, ScoreParams, id_score
 from models.scoring_module import ScoringModule
 from models.train.data.folders import FolderIndex, TaskData
@@ -230,7 +231,7 @@ def task_logits(
         ValueError: the task has no ID test split.
     """
     if task.test is None:
-        raise ValueError("evaluation needs an ID test split (DIR/id/test)")
+        raise DataError("evaluation needs an ID test split (DIR/id/test)")
     dev = torch.device(device)
     module.to(dev)
     id_z, id_y = _logits(module, cache, task.test, dev, batch_size)
@@ -246,7 +247,7 @@ def task_logits(
 
 def _check_classes(bundle: Bundle, task: TaskData) -> None:
     if list(bundle.manifest.classes) != list(task.class_names):
-        raise ValueError(
+        raise DataError(
             f"{bundle.path}: bundle classes {bundle.manifest.classes[:5]}... differ from the data's "
             f"{list(task.class_names)[:5]}... (same classes in the same order are needed)"
         )
@@ -289,7 +290,7 @@ def evaluate_bundles(
         params, selected = module.score_params, None
         if ood_val is not None:
             if split.id_val is None:
-                raise ValueError("--ood-val needs an ID val split to select against (DIR/id/val)")
+                raise DataError("--ood-val needs an ID val split to select against (DIR/id/val)")
             ood_z = _logits(module, cache, ood_val, torch.device(device), batch_size)[0].cpu()  # (M, K)
             sel = select_on_ood_val(split.id_val, ood_z, module.logit_scale)
             params = merge_selected(sel, module.score_params)

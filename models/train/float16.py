@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from models.bundle import FP16_DISABLED_OPTIMIZERS, FP16_ONNX_FILE, Bundle, Fp16Info, load_bundle, update_manifest
-from models.train.quantize import EvalImages, default_eval_images, graph_parity, variant_threshold
+from models.train.quantize import EvalImages, default_eval_images, graph_parity, graph_speed, variant_threshold
 
 __all__ = ["Float16Error", "Float16Graph", "tower_features", "head_nodes", "float16_in_head", "convert_float16",
            "float16_bundle"]
@@ -230,8 +230,9 @@ def float16_bundle(bundle_dir: str | Path, *, data: Path | None = None, images: 
                           FP16_DISABLED_OPTIMIZERS)
     refit = None if images.id_val is None else variant_threshold(bundle, dst, images, batch_size,
                                                                  FP16_DISABLED_OPTIMIZERS)
+    speed = graph_speed(bundle, dst, "fp16", images.id_test, disabled_optimizers=FP16_DISABLED_OPTIMIZERS)
     info = Fp16Info(features=graph.features, float32_nodes=graph.float32_nodes, parity=parity,
-                    refit_threshold=refit.threshold if refit else None)
+                    refit_threshold=refit.threshold if refit else None, speed=speed)
     logger.info("fp16 parity: label agreement %.4f, max |ΔE diff| %.3g, gate flips %s", parity.label_agreement,
                 parity.max_abs_delta_energy_diff, parity.gate_flips)
     return update_manifest(bundle.path, fp16=info)

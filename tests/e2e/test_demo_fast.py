@@ -83,3 +83,16 @@ def test_the_evidence_pipeline_writes_verdicts_with_intervals(demo):
     demo_sel = json.loads((demo / "results" / "selection.json").read_text())
     assert sel["default"]["ebm"]["score_params"] == demo_sel["ebm"]["score_params"]
     assert "## Verdicts" in (out / "evidence.md").read_text()
+
+
+def test_the_int8_graph_ships_exactly_when_auto_would_serve_it(demo):
+    from models.bundle import INT8_ONNX_FILE
+    from service.engines import choose_engine
+
+    verdict = json.loads((demo / "results" / "demo.json").read_text())["int8"]
+    bundle = load_bundle(demo / "bundle")
+    assert verdict["method"] == "dynamic" and verdict["op_types"] == ["MatMul", "Gemm"] and verdict["detail"]
+    shipped = INT8_ONNX_FILE in bundle.manifest.files
+    assert shipped == verdict["kept"] == (verdict["code"] == "passed") == (bundle.manifest.int8 is not None)
+    assert (demo / "bundle" / INT8_ONNX_FILE).is_file() == shipped
+    assert choose_engine("auto", bundle, "cpu").engine == ("onnx-int8" if shipped else "onnx")

@@ -219,6 +219,13 @@ _DATA_TRANSFER = """([b64, name]) => { const dt = new DataTransfer();
     dt.items.add(new File([bytes], name, {type: "image/png"})); return dt; }"""
 
 
+def test_the_api_docs_render_from_the_service_alone(page: Any, default_server: LiveServer) -> None:
+    """Swagger UI draws the API from the service's own assets (the page fixture fails on any outside fetch)."""
+    page.goto(f"{default_server.url}docs")
+    page.locator(".swagger-ui .opblock").first.wait_for()
+    assert "/classify" in page.locator(".swagger-ui").inner_text()
+
+
 def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:
     page.goto(default_server.url)
     image = base64.b64encode(id_drawing("circle", 4)).decode()

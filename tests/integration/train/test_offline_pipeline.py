@@ -139,3 +139,45 @@ def test_a_user_ood_val_set_selects_and_another_score_can_gate(tmp_path):
     assert all("at_own_threshold" in v for v in summary["scores"].values())
     bad = runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "odin"])
     assert bad.exit_code != 0 and "valid" in bad.output
+
+
+def test_a_local_checkpoint_trains_and_the_guard_says_the_model_learned_nothing(micro_clip, tmp_path, caplog):
+    """The real-CLIP path (--pretrained FILE) with a checkpoint of random weights, as no weights can be downloaded
+    here: it trains, names the weights, and every stage says plainly that the model is at chance."""
+    from safetensors.torch import save_file
+
+    from service.runtime import log_bundle_checks
+
+    ckpt = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in micro_clip.model.state_dict().items()}, str(ckpt))
+    data = make_task_dirs(tmp_path / "data")
+    arch = ["--model", MICRO_ARCH, "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--pretrained", str(ckpt)]
+    bundle = tmp_path / "bundle"
+    runner = CliRunner()
+    res = _ok(runner.invoke(app, ["train", "--data", str(data), "--method", "coop", "--out", str(tmp_path / "run"),
+                                  "--bundle", str(bundle), "--name", "clipart", "--version", "2.0.0", *arch, *FAST]))
+    assert f"check: CLIP weights: {ckpt}" in res.output and "random weights" not in res.output
+    assert "warning: validation accuracy" in res.output  # random images: nothing to learn
+    manifest = load_bundle(bundle).manifest
+    assert (manifest.name, manifest.version, manifest.architecture.pretrained) == ("clipart", "2.0.0", str(ckpt))
+    assert manifest.validation is not None and manifest.validation.images == 16
+    _ok(runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data)]))
+    res = _ok(runner.invoke(app, ["evaluate", "--data", str(data), "--bundle", f"coop={bundle}", "--out",
+                                  str(tmp_path / "results"), "--no-plots"]))
+    assert "warning: ID test accuracy" in res.output
+    manifest = load_bundle(bundle).manifest
+    with caplog.at_level("INFO", logger="service.runtime"):
+        log_bundle_checks(manifest)  # what `deltagate serve` logs at start, from the bundle's records
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("validation accuracy" in m for m in warned) and any("ID test accuracy" in m for m in warned)
+
+
+def test_random_weights_are_said_in_train_output_and_the_bundle(tmp_path):
+    data = make_task_dirs(tmp_path / "data")
+    bundle = tmp_path / "bundle"
+    res = _ok(CliRunner().invoke(app, ["train", "--data", str(data), "--method", "zero-shot", "--out",
+                                       str(tmp_path / "run"), "--bundle", str(bundle), *ARCH, *FAST]))
+    assert res.output.count("warning: the CLIP has random weights (--pretrained none)") == 2  # at start and end
+    from models.quality import bundle_checks
+
+    assert not bundle_checks(load_bundle(bundle).manifest)[0].ok  # the manifest keeps it: pretrained is null

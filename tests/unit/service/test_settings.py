@@ -56,7 +56,7 @@ def test_server_refuses_a_missing_bundle_before_starting(tmp_path: Path, monkeyp
     from service import server
 
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("server started"))
-    monkeypatch.setattr(server, "configure_logging", lambda level: None)  # keep pytest's log handlers
+    monkeypatch.setattr(server, "configure_logging", lambda *a: None)  # keep pytest's log handlers
     with pytest.raises(BundleError, match="manifest.json"):
         server.run(Settings(engine="onnx", bundle_path=tmp_path / "nope"))
 
