@@ -11,6 +11,10 @@ and every file of the build context that ``.dockerignore`` lets through), so an 
 reuses the image it built before and a changed one builds anew; older tags of the same image are
 removed so that the store does not grow without bound. Builds and tag moves happen under one
 file lock per image (:func:`exclusive`): several test runs on one machine share the engine safely.
+
+The podman command line rather than its Python bindings (PyPI ``podman``): those talk to the REST
+API of a ``podman system service`` that something would have to start and stop, while the command
+line needs nothing running and is what docs/deployment.md shows users.
 """
 
 from __future__ import annotations
