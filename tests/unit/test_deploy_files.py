@@ -340,7 +340,8 @@ def test_dockerfiles_pass_hadolint() -> None:
 
     tool = Path(sys.executable).with_name("hadolint")
     hadolint = str(tool) if tool.exists() else require_tool("hadolint")
-    proc = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True,
+    standins = sorted((ROOT / "deploy/containers").glob("*.Containerfile"))  # the test suite's stand-in images
+    proc = subprocess.run([hadolint, *map(str, [*DOCKERFILES.values(), *standins])], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
