@@ -26,13 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
 from models.quality import ValidationRecord
-from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams
+from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams, renamed_legacy_keys
 from models.version import DELTAGATE_VERSION
 
 if TYPE_CHECKING:  # torch and open_clip load only when a torch model is built: ONNX serving needs neither
@@ -235,6 +235,13 @@ class BundleManifest(BaseModel):
     int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
     fp16: Fp16Info | None = None  # the float16 graph, when exported with --quantize fp16
     files: dict[str, FileEntry]
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _read_old_score_names(cls, data: Any) -> Any:
+        """Manifests written before every score parameter was named after its score call ΔEnergy's
+        ``top_c``, ``temperature``, ``reset`` and ``reset_logit`` (:func:`models.scoring_spec.renamed_legacy_keys`)."""
+        return renamed_legacy_keys(data) if isinstance(data, dict) else data
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

@@ -10,10 +10,11 @@ from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from models.version import DELTAGATE_VERSION
+from service.connections import EVENT_KINDS, EVENTS, set_early_answer
 from service.errors import install_error_handlers
 from service.middleware import BodyBudget, BodyLimitsMiddleware
 from service.openapi import install_openapi
-from service.routes import classify, health, metrics, model, ui
+from service.routes import classify, health, metrics, model, ui, v2
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
@@ -60,6 +61,10 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
         runtime.metrics.close()
 
+    for kind in EVENT_KINDS:  # zeros from the start, so rates exist
+        runtime.metrics.connection_events.labels(event=kind)
+    EVENTS.observer = lambda kind: runtime.metrics.connection_events.labels(event=kind).inc()  # this process's server
+    set_early_answer(classify.early_overload_answer(runtime))  # a spent budget's 503, before the app runs
     # /docs (Swagger UI) with its script, style and icon served from this process, not a CDN, so the API docs
     # work offline and behind firewalls (fastapi-offline ships the assets; MIT). No /redoc: ReDoc's bundle
     # still fetches its logo from its CDN.
@@ -70,7 +75,7 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     app.state.begin_drain = begin_drain
     install_error_handlers(app)
     install_openapi(app, settings)
-    routers = [module.router for module in (classify, health, model, metrics)]
+    routers = [module.router for module in (classify, health, model, metrics, v2)]
     if settings.ui:
         routers.append(ui.router)
     for router in routers:

@@ -32,8 +32,7 @@ from models.preprocess import (
     ImageTooLargeError,
     PreprocessConfig,
     ShapeLimits,
-    decode_image,
-    preprocess_image,
+    decode_and_preprocess,
 )
 from models.scoring_spec import gate_scores
 from service.batcher import Batcher, Row, Ticket
@@ -55,9 +54,9 @@ if TYPE_CHECKING:
     from service.device_input import DeviceInput
     from service.runtime import Runtime
 
-__all__ = ["InputImage", "ReceivedBody", "receive_body", "parse_images", "json_value_bound", "MAX_JSON_CONTAINERS",
-           "resolve_top_k", "decode_images", "run_batched", "postprocess", "Classified",
-           "classify_images"]
+__all__ = ["InputImage", "ReceivedBody", "receive_body", "receive_bytes", "parse_images", "check_image_count",
+           "json_value_bound", "MAX_JSON_CONTAINERS", "load_bounded_json", "resolve_top_k", "decode_images",
+           "run_batched", "postprocess", "Classified", "classify_images", "record_classified"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -90,17 +89,33 @@ async def receive_body(request: Request, settings: Settings) -> ReceivedBody:
         ClientGoneError: the client closed the connection before the body was complete.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    try:
-        if content_type == _MULTIPART:
+    if content_type == _MULTIPART:
+        try:
             return await _read_multipart(request, settings)
-        if content_type == _JSON:
-            return ReceivedBody([], json=await request.body())
-    except ClientDisconnect as exc:
-        raise ClientGoneError("the client closed the connection before its body was complete") from exc
+        except ClientDisconnect as exc:
+            raise _body_cut_short() from exc
+    if content_type == _JSON:
+        return ReceivedBody([], json=await receive_bytes(request))
     raise UnsupportedMediaTypeError(
         f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
         f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
     )
+
+
+async def receive_bytes(request: Request) -> bytes:
+    """The request body as bytes (under the body limits of :mod:`service.middleware`).
+
+    Raises:
+        ClientGoneError: the client closed the connection before the body was complete.
+    """
+    try:
+        return await request.body()
+    except ClientDisconnect as exc:
+        raise _body_cut_short() from exc
+
+
+def _body_cut_short() -> ClientGoneError:
+    return ClientGoneError("the client closed the connection before its body was complete")
 
 
 async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
@@ -150,14 +165,19 @@ async def parse_images(
         images, top_k = await loop.run_in_executor(pool, _parse_json, body.json, settings)
     if not images:
         raise InvalidFieldError("no image in the request: send at least one")
-    if len(images) > settings.max_images_per_request:
-        raise PayloadTooLargeError(_too_many_images(len(images), settings))
+    check_image_count(len(images), settings)
     ticket.grow(len(images))
     return images, top_k
 
 
-def _too_many_images(count: int, settings: Settings) -> str:
-    return f"{count} images in one request; the limit is {settings.max_images_per_request}"
+def check_image_count(count: int, settings: Settings) -> None:
+    """One request's image count against ``max_images_per_request`` (every route, before any image is decoded).
+
+    Raises:
+        PayloadTooLargeError: more images than allowed.
+    """
+    if count > settings.max_images_per_request:
+        raise PayloadTooLargeError(f"{count} images in one request; the limit is {settings.max_images_per_request}")
 
 
 # Arrays and objects a JSON body may open: a valid request has one object and one array; the slack
@@ -185,31 +205,50 @@ def _parse_json(body: bytes, settings: Settings) -> tuple[list[InputImage], int 
     nesting or a 5000-digit number costs a scan of the bytes (the standard ``json`` module built
     the array, raised RecursionError and ValueError: 500s and a 115 MB 422 before).
     """
-    bound = json_value_bound(settings.max_images_per_request)
-    if (commas := body.count(b",")) > bound:
-        raise PayloadTooLargeError(
-            f"the JSON body has {commas} commas; a request of at most {settings.max_images_per_request} images "
-            f"has at most {bound}"
-        )
-    if (containers := body.count(b"[") + body.count(b"{")) > MAX_JSON_CONTAINERS:
-        raise InvalidBodyError(
-            f"the JSON body opens {containers} arrays or objects (counting '[' and '{{'); a request is one object "
-            f"with one array of images, at most {MAX_JSON_CONTAINERS}"
-        )
-    try:
-        payload = pydantic_core.from_json(body)
-    except ValueError as exc:
-        raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
-    if isinstance(payload, dict) and isinstance(payload.get("images"), list) and (
-        len(payload["images"]) > settings.max_images_per_request
-    ):  # before any base64 is decoded
-        raise PayloadTooLargeError(_too_many_images(len(payload["images"]), settings))
+    payload = load_bounded_json(
+        body, json_value_bound(settings.max_images_per_request), MAX_JSON_CONTAINERS,
+        f"a request of at most {settings.max_images_per_request} images", "a request is one object with one array "
+        "of images",
+    )
+    if isinstance(payload, dict) and isinstance(payload.get("images"), list):  # before any base64 is decoded
+        check_image_count(len(payload["images"]), settings)
     try:
         parsed = ClassifyJSONRequest.model_validate(payload)
     except ValidationError as exc:
         details, message = validation_details(exc.errors(include_input=False), settings.max_error_details)
         raise InvalidFieldError(message, details=details) from exc
     return [InputImage(data) for data in parsed.images], parsed.top_k
+
+
+def load_bounded_json(body: bytes, max_commas: int, max_containers: int, size: str, shape: str) -> Any:
+    """Parse a JSON body whose structure is bounded first, in one C-speed pass over its bytes.
+
+    Every array element or object member but the first follows a comma, so the commas and the opened
+    containers (``[``, ``{``) bound what any parser would build; pydantic-core's parser then refuses numbers
+    past Python's 4300-digit integer limit.
+
+    Args:
+        body: the JSON bytes.
+        max_commas: the most commas a valid request has (with slack).
+        max_containers: the most arrays and objects a valid request opens (with slack).
+        size: what a valid request is, for the comma error ("a request of at most 16 images").
+        shape: what a valid request looks like, for the container error.
+
+    Raises:
+        PayloadTooLargeError: more commas than ``max_commas`` (413).
+        InvalidBodyError: more containers than ``max_containers``, or not valid JSON (400).
+    """
+    if (commas := body.count(b",")) > max_commas:
+        raise PayloadTooLargeError(f"the JSON body has {commas} commas; {size} has at most {max_commas}")
+    if (containers := body.count(b"[") + body.count(b"{")) > max_containers:
+        raise InvalidBodyError(
+            f"the JSON body opens {containers} arrays or objects (counting '[' and '{{'); {shape}, at most "
+            f"{max_containers}"
+        )
+    try:
+        return pydantic_core.from_json(body)
+    except ValueError as exc:
+        raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
 
 
 def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
@@ -223,14 +262,7 @@ def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
     return body if body is not None else default
 
 
-# --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
-def _decode_and_preprocess(
-    data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool, shape: ShapeLimits | None
-) -> np.ndarray:
-    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None, shape=shape)
-    return preprocess_image(img, cfg)  # (3, H, W)
-
-
+# --- stage 2: decode and preprocess, in the thread pool (models.preprocess.decode_and_preprocess) ---
 async def decode_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
     device_input: DeviceInput | None = None, shape: ShapeLimits | None = None, first_index: int = 0,
@@ -242,7 +274,7 @@ async def decode_images(
         cfg: the bundle's preprocessing.
         max_pixels: pixel limit per image.
         pool: the decode pool.
-        fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_image`).
+        fast_decode: decode large JPEGs at reduced DCT scale (see :func:`models.preprocess.decode_for_model`).
         device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
             one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
             then holds device tensors beside NumPy arrays.
@@ -261,7 +293,7 @@ async def decode_images(
     if device_input is not None:
         outcomes = await loop.run_in_executor(pool, device_input.prepare, [im.data for im in images])
     else:
-        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
+        jobs = [loop.run_in_executor(pool, decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):
@@ -365,6 +397,11 @@ class Classified:
     errors: list[ImageErrorEntry]
     rows: list[Row]  # the engine rows behind the results (their batch sizes are logged)
 
+    @property
+    def probabilities(self) -> np.ndarray:
+        """(N, K) float32: each classified image's softmax over the classes, in the order of ``results``."""
+        return np.stack([np.asarray(r.outputs["probs"], np.float32) for r in self.rows])
+
 
 async def classify_images(
     runtime: Runtime, batcher: Batcher, ticket: Ticket, images: Sequence[InputImage], top_k: int,
@@ -404,3 +441,22 @@ async def classify_images(
     errors = [ImageErrorEntry(index=e.details["index"], filename=e.details["filename"], status=e.status, code=e.code,
                               message=e.message) for e in failed]
     return Classified(results, errors, rows)
+
+
+# --- stage 5: record -----------------------------------------------------------------------------
+def record_classified(runtime: Runtime, log_fields: dict[str, Any], num_images: int, out: Classified) -> None:
+    """What every classifying route records: the image metrics, and the fields of its access log line.
+
+    Args:
+        runtime: its metrics.
+        log_fields: the request's access-log fields (``request.state.log_fields``), updated here.
+        num_images: images in the request (classified or not).
+        out: what :func:`classify_images` answered.
+    """
+    results = out.results
+    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
+                                   [r.delta_energy for r in results], [r.is_ood for r in results])
+    runtime.metrics.observe_image_errors([e.code for e in out.errors])
+    log_fields.update({"images": num_images, "batch_sizes": [r.batch_size for r in out.rows],
+                       "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
+                       **({"failed": [e.index for e in out.errors]} if out.errors else {})})

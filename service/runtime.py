@@ -1,5 +1,6 @@
 """The service's runtime: bundle, engine instances, batcher and decode pool, with their lifecycle.
 
+Compute threads (engines, decode pool) run niced by ``compute_nice`` (:mod:`service.priority`).
 Start-up runs in the background so that ``/healthz`` answers at once and ``/readyz`` says 503
 until the bundle is loaded into every engine instance and each instance has run one forward per
 batch-size bucket (warm-up). Thread counts come from :meth:`Settings.threads` (the CPU budget).
@@ -24,6 +25,7 @@ from service.batcher import Batcher
 from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
+from service.priority import lowered_priority, run_niced
 from service.settings import Settings, ThreadPlan
 from service.telemetry import ServiceMetrics
 
@@ -204,7 +206,8 @@ class Runtime:
         self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
         self.shape_limits: ShapeLimits | None = None  # per-image aspect-ratio and resized-size limits, once loaded
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
-        self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
+        self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre",
+                                       initializer=lowered_priority(settings.compute_nice))
         self._start_task: asyncio.Task[None] | None = None
 
     def begin_start(self) -> asyncio.Task[None]:
@@ -229,12 +232,9 @@ class Runtime:
             logger.warning("%d instances x %d intra-op threads exceed the CPU budget of %d",
                            plan.instances, plan.intra_op_threads, plan.budget)
         try:
-            models = await asyncio.to_thread(load_models, s, plan)
+            # In a niced thread: the engines' own threads (intra-op pools) inherit its priority.
+            models, graphs = await run_niced(s.compute_nice, self._load_and_warm_up)
             shape = shape_limits(s, models[0].manifest)
-            graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
-            if s.warmup:
-                for model in models:
-                    await asyncio.to_thread(warm_up, model, s.batch_buckets())
         except Exception as exc:
             self.phase, self.error = Phase.FAILED, f"{type(exc).__name__}: {exc}"
             logger.error("model load failed; the service stays unready", exc_info=True)
@@ -247,6 +247,7 @@ class Runtime:
             [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,
             on_batch=self.metrics.observe_batch, on_depth=self.metrics.queue_depth.set, stack=stack,
+            thread_initializer=lowered_priority(s.compute_nice),
         )
         self.batcher.start()
         self.instances = models
@@ -258,6 +259,15 @@ class Runtime:
                                                "max_wait_ms": s.max_wait_ms, "padded_batches": pad,
                                                "device_decode": self.device_decode,
                                                "decode_workers": plan.decode_workers, "cpu_budget": plan.budget}})
+
+    def _load_and_warm_up(self) -> tuple[list[LoadedModel], list[bool]]:
+        """Load every instance, capture CUDA graphs where it can, warm up (blocking)."""
+        models = load_models(self.settings, self.plan)
+        graphs = [enable_cuda_graphs(m, self.settings) for m in models]
+        if self.settings.warmup:
+            for model in models:
+                warm_up(model, self.settings.batch_buckets())
+        return models, graphs
 
     @property
     def device_decode(self) -> str:

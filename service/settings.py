@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="Intra-op threads per instance; None = CPU budget / instances."
     )
     inter_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime inter-op threads per instance.")
+    compute_nice: int = Field(
+        10, ge=0, le=19, description="Nice increment of the compute threads (forwards, engine thread pools, decode "
+        "pool) over the event loop's thread (Linux), so that 503s and health checks are answered while they hold "
+        "every core; 0 = same priority.",
+    )
     spin_wait: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated cores, "
         "burns CPU a noisy neighbour or the decode threads need)."
@@ -149,6 +154,23 @@ class Settings(BaseSettings):
     )
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
+    # --- connections (service.connections; each limit, its default and why: docs/operations.md) ---
+    keepalive_timeout_s: int = Field(
+        5, ge=1, le=3600, description="Idle time a keep-alive connection may wait for its next request before it is "
+        "closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="Time from a connection's opening (or a next request's first byte) to its "
+        "complete request headers; past it: 408 if part of a request came, else the connection is closed (slowloris).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers of one request, in bytes; beyond: 431.",
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections per worker process; beyond: answered 503 at once and closed, and "
+        "logged. Lowered at start to what the open-file limit allows (see docs/operations.md).",
+    )
+
     # --- server --------------------------------------------------------------------------------
     host: str = Field(
         "127.0.0.1", description="Bind address: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (the "
@@ -164,8 +186,9 @@ class Settings(BaseSettings):
     )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
     drain_s: float = Field(
-        1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
-        "listening, before the graceful shutdown; clients are told to go elsewhere instead of being reset."
+        1.0, ge=0.0, description="On SIGTERM (every worker): seconds of answering new requests 503 while still "
+        "listening, before new connections are stopped and the graceful shutdown; clients are told to go elsewhere "
+        "instead of being reset."
     )
     exit_on_error: bool = Field(
         True, description="Exit (status 3) when the bundle or engine fails to load, so a supervisor restarts it."

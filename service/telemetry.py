@@ -33,6 +33,7 @@ __all__ = [
     "configure_logging",
     "RequestTelemetryMiddleware",
     "mark_dead_processes",
+    "request_id_of",
 ]
 
 logger = logging.getLogger(__name__)
@@ -105,6 +106,10 @@ class ServiceMetrics:
         )
         self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
                            multiprocess_mode="livemin")
+        self.connection_events = Counter(
+            "deltagate_connection_events", "Connection-level refusals and cut-offs (service.connections), by event.",
+            ["event"], registry=r,
+        )
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
         # buckets depend on the bundle: see bind_model
         self.gate_score: Histogram | None = None
@@ -276,6 +281,12 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
 
 
+def request_id_of(scope: Scope) -> str:
+    """The request's id: its ``X-Request-ID`` when well-formed, else a new one."""
+    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+
+
 class RequestTelemetryMiddleware:
     """Per request: a request id (``X-Request-ID``), latency and status metrics, one JSON log line.
 
@@ -302,8 +313,7 @@ class RequestTelemetryMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_of(scope)
         state = scope.setdefault("state", {})
         state["request_id"], state["log_fields"] = request_id, {}
         state["started_at"] = time.monotonic()  # the request's deadline counts from here

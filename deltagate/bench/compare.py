@@ -52,7 +52,7 @@ from deltagate.bench.peers import PEERS
 from deltagate.bench.report import latency_stats, machine_info
 from deltagate.server_process import ServerProcess, deltagate_server
 from models.markdown import markdown_table
-from models.preprocess import decode_image, preprocess_image
+from models.preprocess import decode_and_preprocess
 from service.engines import VARIANT_ENGINES
 from service.runtime import LoadedModel
 from service.settings import Settings
@@ -155,7 +155,7 @@ def make_workload(name: str, model: LoadedModel, n: int, others: dict[str, Loade
     by_graph: dict[str, list[Payload]] = {g: [] for g in others}
     for i, (w, h) in enumerate(sizes):
         data = _jpeg(w, h, seed=100 + i)
-        x = preprocess_image(decode_image(data), model.manifest.preprocess)[None]  # (1, 3, H, W)
+        x = decode_and_preprocess(data, model.manifest.preprocess)[None]  # (1, 3, H, W)
         logits = model.infer(x)["logits"][0]  # (K,)
         top2 = np.sort(logits)[-2:]
         label = model.manifest.classes[int(np.argmax(logits))]

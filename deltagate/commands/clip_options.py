@@ -45,7 +45,7 @@ def model_warnings(model: str, pretrained: str, data: Path | None = None) -> Non
     if pretrained.lower() in ("none", "random", ""):
         warn(weights_check(None).message)
     if model == SYNTHETIC_SHAPES_MODEL:
-        from models.train.data.splits import is_world
+        from proxy.world.splits import is_world
 
         if data is None or not is_world(data):
             warn(f"{model} is the demo's synthetic-shapes model: it was pretrained on drawn shapes only and knows "

@@ -17,6 +17,8 @@ from deltagate.commands.clip_options import (
     load_chosen_clip,
     model_warnings,
 )
+from deltagate.commands.score_options import score_options
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
 
 
 def read_classes(spec: str) -> list[str]:
@@ -35,6 +37,7 @@ def read_classes(spec: str) -> list[str]:
     return names
 
 
+@score_options()
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     classes: Annotated[str, typer.Option(help="Class names: a file (one per line) or 'a,b,c'.")],
@@ -45,9 +48,6 @@ def export(
     template: Annotated[list[str] | None, typer.Option(help="Zero-shot prompt template(s) with '{}'.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the directory name).")] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
-    top_c: Annotated[int, typer.Option(help="ΔEnergy: number of top logits reset.")] = 1,
-    reset_logit: Annotated[float, typer.Option(help="ΔEnergy: value a removed logit is reset to.")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Energy temperature T.")] = 1.0,
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for random initialisation.")] = 0,
     quantize: Annotated[
@@ -56,11 +56,11 @@ def export(
     ] = None,
     quantize_method: QuantizeMethodOpt = "dynamic",
     data: DataOpt = None,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Export a zero-shot bundle: a CLIP and class names -> weights, ONNX (parity-checked) and manifest."""
     from models.bundle import ArchitectureInfo
     from models.prompt_learner import DEFAULT_TEMPLATES
-    from models.scores import ScoreParams
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
@@ -69,8 +69,7 @@ def export(
     model_warnings(model, pretrained)
     loaded = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     templates = tuple(template) if template else DEFAULT_TEMPLATES
-    params = ScoreParams(top_c=top_c, reset_logit=reset_logit, temperature=temperature)
-    module = scoring_module_from_clip(loaded, names, score_params=params, templates=templates)
+    module = scoring_module_from_clip(loaded, names, score_params=score_params, templates=templates)
     bundle = export_bundle(
         out, module, name=name or out.name, version=version, classes=names, preprocess=loaded.preprocess,
         architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=loaded.pretrained),
@@ -111,18 +110,21 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
     import json
 
     from deltagate.commands.command_line import command_line
+    from deltagate.commands.task_data import eval_data
+    from models.bundle import load_bundle
 
+    data_or_task = eval_data(data, load_bundle(bundle_dir, verify=False).manifest.classes)
     info: Any
     if precision == "int8":
         from models.train.quantize import QuantizeConfig, quantize_bundle
 
         ops: Any = {"default": "default", "all": None}.get(op_types, tuple(o.strip() for o in op_types.split(",")))
-        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method, op_types=ops), data=data)  # type: ignore[arg-type]
+        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method, op_types=ops), data=data_or_task)  # type: ignore[arg-type]
         info = bundle.manifest.int8
     else:
         from models.train.float16 import float16_bundle
 
-        bundle = float16_bundle(bundle_dir, data=data)
+        bundle = float16_bundle(bundle_dir, data=data_or_task)
         info = bundle.manifest.fp16
     assert info is not None
     if report is not None:

@@ -25,7 +25,10 @@ from deltagate.commands.clip_options import (
     warn,
 )
 from deltagate.commands.command_line import command_line
+from deltagate.commands.score_options import score_options
+from deltagate.commands.task_data import id_val_index, read_task
 from models.errors import DataError
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
 from models.train.choices import CeOn, Method, Optimizer
 
 if TYPE_CHECKING:
@@ -46,12 +49,6 @@ ClassNamesOpt = Annotated[
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
 
 
-def _task(data: Path, class_names: Path | None) -> TaskData:
-    from models.train.data.splits import load_task_root
-
-    return load_task_root(data, class_names)  # a synthetic world (its default split) or the standard layout
-
-
 def _report_checks(checks: list[Any]) -> None:
     """The guard's findings (:mod:`models.quality`): warnings in yellow on stderr, passes as plain lines."""
     for check in checks:
@@ -67,6 +64,7 @@ def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
     return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
 
+@score_options(" Exported with --bundle.")
 def train(
     ctx: typer.Context,
     data: DataOpt,
@@ -95,12 +93,6 @@ def train(
     loss_temperature: Annotated[float | None, typer.Option(help="T of the energy in the EBM loss [1].")] = None,
     ce_on: Annotated[CeOn | None, typer.Option(help="Logits of the cross-entropy: edited or original [edited].")
                      ] = None,
-    de_top_c: Annotated[int, typer.Option(help="Bundle's ΔEnergy score: c (with --bundle).")] = 1,
-    de_temperature: Annotated[float, typer.Option(help="Bundle's ΔEnergy score: T (with --bundle).")] = 1.0,
-    de_reset: Annotated[str, typer.Option(help="Bundle's ΔEnergy score reset: value | min | mean.")] = "value",
-    de_reset_logit: Annotated[float, typer.Option(help="Bundle's ΔEnergy reset value (reset=value).")] = 0.0,
-    energy_temperature: Annotated[float, typer.Option(help="Bundle's energy score: T (with --bundle).")] = 1.0,
-    mcm_tau: Annotated[float, typer.Option(help="Bundle's MCM score: tau (with --bundle).")] = 1.0,
     augment: Annotated[bool, typer.Option(help="Random crops and flips (turns the feature cache off).")] = False,
     feature_cache: Annotated[bool, typer.Option(help="Encode training images once (without augmentation).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of init, batch order, augmentation, few-shot sample.")] = 1,
@@ -111,6 +103,7 @@ def train(
     benchmark_cache: Annotated[
         int, typer.Option(help="Instead of training: time N epochs with and without the feature cache.")
     ] = 0,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Tune CoOp prompts with cross-entropy (coop) or the EBM objective (ebm), or build zero-shot prompts."""
     import json
@@ -124,7 +117,7 @@ def train(
         ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, loss_top_c=loss_top_c,
         loss_temperature=loss_temperature, ce_on=ce_on, threads=threads,
     )
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     if resume and not benchmark_cache:
         check_resume(out, cfg, model, pretrained)  # before the CLIP loads: a conflict is one line at once
     model_warnings(model, pretrained, data)
@@ -143,12 +136,9 @@ def train(
     last = result.history[-1] if result.history else {}
     typer.echo(f"{method}: run written to {out}; last epoch: {json.dumps(last)}")
     if bundle is not None:
-        from models.scores import ScoreParams
         from models.train.run_export import export_run
 
-        params = ScoreParams(top_c=de_top_c, temperature=de_temperature, reset=de_reset,  # type: ignore[arg-type]
-                             reset_logit=de_reset_logit, energy_temperature=energy_temperature, mcm_tau=mcm_tau)
-        export_run(out, bundle, name=name, version=version, clip=clip, score_params=params)
+        export_run(out, bundle, name=name, version=version, clip=clip, score_params=score_params)
         typer.echo(f"bundle written to {bundle} (calibrate it next: deltagate calibrate --bundle {bundle} ...)")
     _report_checks(_train_checks(clip.pretrained, last, len(task.val) if task.val else 0, len(task.class_names)))
 
@@ -194,14 +184,7 @@ def calibrate(
 
     if (data is None) == (val_dir is None):
         raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
-    from models.train.data.splits import is_world, world_split
-
-    if val_dir is not None:
-        index = scan_image_folder(val_dir)
-    elif is_world(data or "."):
-        index = world_split(Path(data or ".")).val  # a synthetic world's ID val (its default split)
-    else:
-        index = scan_image_folder(Path(data or ".") / "id" / "val")
+    index = scan_image_folder(val_dir) if val_dir is not None else id_val_index(Path(data or "."))
     rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, score=score, device=device)
     typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
                f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")
@@ -238,15 +221,15 @@ def evaluate(
     device: Annotated[str, typer.Option(help="cpu or cuda.")] = "cpu",
 ) -> None:
     """Every method x every score: accuracy, AUROC/FPR95/AUPR per OOD set, each score at its own threshold."""
-    from models.train.data.splits import is_world
     from models.train.evaluate import evaluate_bundles
     from models.train.plots import write_plots
     from models.train.report import write_evaluation
+    from proxy.world.splits import is_world
 
     if not is_world(data) and not (data / "id" / "test").is_dir():  # before anything is read
         raise DataError(f"{data / 'id' / 'test'} not found: evaluate scores ID test images; put them in "
                         f"{data / 'id' / 'test'}/<class>/ (the same class folders as id/train)")
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     if ood_val is not None and task.val is None:
         raise DataError(f"--ood-val selects against ID validation images, and {data / 'id' / 'val'} is not there")
     ood_index = None
@@ -296,11 +279,11 @@ def ablate(
     threads: Annotated[int | None, typer.Option(help="CPU threads while training.")] = 1,
 ) -> None:
     """EBM loss search (λ, ce_on, mask_ratio, loss T) jointly with ΔEnergy's parameters; ID data only."""
-    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
     from models.train.selection import HOCVConfig
+    from proxy.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
 
     cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
-    task = _task(data, class_names)
+    task = read_task(data, class_names)
     model_warnings(model, pretrained, data)
     clip = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     acfg = AblationConfig(hocv=HOCVConfig(folds=folds, repeats=repeats, shots=cfg.shots))
@@ -313,7 +296,7 @@ def ablate(
 def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
     from dataclasses import replace
 
-    from models.train.demo import DEMO_CONFIGS
+    from proxy.demo import DEMO_CONFIGS
 
     if preset not in DEMO_CONFIGS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
@@ -353,7 +336,7 @@ def demo_build(
 
     Everything goes under --work unless --publish (make demo PUBLISH=1) replaces the bundled default model.
     """
-    from models.train.demo import build_demo
+    from proxy.demo import build_demo
 
     if publish and (bundle is not None or results is not None):
         raise typer.BadParameter(f"--publish writes {PUBLISHED_BUNDLE} and {PUBLISHED_RESULTS}; "
@@ -384,7 +367,7 @@ def demo_evidence(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
-    from models.train.demo import build_evidence
+    from proxy.demo import build_evidence
 
     cfg = _demo_config(preset, seed, id_classes)
     doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,

@@ -36,6 +36,7 @@ from models.calibration import CalibrationRecord
 from models.errors import DataError
 from models.scores import SCORE_NAMES, ScoreParams, id_score
 from models.scoring_module import ScoringModule
+from models.scoring_spec import score_param_fields
 from models.train.data.folders import FolderIndex, TaskData
 from models.train.features import FeatureCache
 from models.train.metrics import TPR_LEVEL, accuracy, fpr_at_tpr, ood_metrics
@@ -91,13 +92,9 @@ def score_variants(params: ScoreParams, names: Sequence[str] = SCORE_NAMES) -> l
     so a changed temperature, c or reset is always shown beside the specification's default."""
     out: list[ScoreVariant] = [(n, n, params) for n in names]
     default = ScoreParams()
-    if "energy" in names and params.energy_temperature != default.energy_temperature:
-        out.append(("energy@T=1", "energy", default))
-    if "mcm" in names and params.mcm_tau != default.mcm_tau:
-        out.append(("mcm@tau=1", "mcm", default))
-    de = (params.top_c, params.reset, params.reset_logit, params.temperature)
-    if "delta_energy" in names and de != (default.top_c, default.reset, default.reset_logit, default.temperature):
-        out.append(("delta_energy@c=1,T=1", "delta_energy", default))
+    for key, name in (("energy@T=1", "energy"), ("mcm@tau=1", "mcm"), ("delta_energy@c=1,T=1", "delta_energy")):
+        if name in names and any(getattr(params, f) != getattr(default, f) for f in score_param_fields(name)):
+            out.append((key, name, default))
     return out
 
 

@@ -26,12 +26,13 @@ Methods (ONNX Runtime's names):
 from __future__ import annotations
 
 import logging
+import os
 import statistics
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
@@ -41,6 +42,9 @@ from models.calibration import CalibrationRecord
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 from models.scoring_spec import gate_scores
+
+if TYPE_CHECKING:
+    from models.train.data.folders import TaskData
 
 __all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "graph_parity", "graph_speed",
            "variant_threshold", "DYNAMIC_OP_TYPES", "quantize_bundle", "eval_images_from_data", "default_eval_images",
@@ -109,12 +113,14 @@ def _index_pixels(index: Any, preprocess: PreprocessConfig, limit: int | None = 
     return np.concatenate(xs), np.concatenate(ys)  # (N, 3, H, W), (N,)
 
 
-def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Sequence[str],
+def eval_images_from_data(data: Path | TaskData, preprocess: PreprocessConfig, classes: Sequence[str],
                           max_per_split: int | None = None) -> EvalImages:
     """The bundle's evaluation data (``root/id/{val,test}``, ``root/ood/*``), preprocessed.
 
     Args:
-        root: data root in the standard layout, or a synthetic world (what ``deltagate evaluate --data`` reads).
+        data: a data root in the standard layout (what ``deltagate evaluate --data`` reads), or a task
+            already read (a caller that reads another layout, e.g. the CLI reading a synthetic world,
+            passes its :class:`~models.train.data.folders.TaskData`).
         preprocess: the bundle's preprocessing.
         classes: the bundle's classes (must match the data's, in order).
         max_per_split: cap per split or set (None: every image).
@@ -122,10 +128,11 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
     Raises:
         ValueError: classes differ, or the data has no ID val or test split.
     """
-    from models.train.data.splits import is_world, load_task_root
+    from models.train.data.folders import TaskData, TaskPaths, load_task
 
-    # A synthetic world is read with the bundle's classes as its ID split (the world may hold several).
-    task = load_task_root(root, id_classes=list(classes) if is_world(root) else None)
+    task = data if isinstance(data, TaskData) else load_task(TaskPaths.from_root(data))
+    root = data if not isinstance(data, TaskData) else Path(os.path.commonpath(
+        [str(i.root) for i in (task.test, *task.ood.values()) if i is not None]))
     if list(task.class_names) != list(classes):
         raise ValueError(
             f"{root}: classes {list(task.class_names)[:5]}... differ from the bundle's {list(classes)[:5]}..."
@@ -145,7 +152,7 @@ def _drawings(preprocess: PreprocessConfig, n: int, seed: int) -> np.ndarray:
     return preprocess_batch(images, preprocess)  # (n, 3, H, W)
 
 
-def default_eval_images(bundle: Bundle, data: Path | None, images: EvalImages | None,
+def default_eval_images(bundle: Bundle, data: Path | TaskData | None, images: EvalImages | None,
                         max_per_split: int | None) -> EvalImages:
     """``images`` if given, else the bundle's evaluation data at ``data``, else 64 synthetic drawings (no labels,
     no ID val: parity only, no threshold)."""
@@ -368,15 +375,16 @@ def graph_parity(bundle: Bundle, variant: Path, tag: str, images: EvalImages, ba
     return GraphParity(**fields)
 
 
-def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | None = None,
+def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | TaskData | None = None,
                     images: EvalImages | None = None, max_per_split: int | None = None) -> Bundle:
     """Add ``model.int8.onnx`` to a bundle, with its parity record and its own ΔEnergy threshold.
 
     Args:
         bundle_dir: a bundle with ``model.onnx`` (its manifest is updated).
         cfg: quantization options.
-        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``): parity on
-            ID test and every OOD set, threshold on ID val (and static calibration on ID val).
+        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``) or its task
+            (:func:`eval_images_from_data`): parity on ID test and every OOD set, threshold on ID val (and
+            static calibration on ID val).
         images: instead of ``data``, images to compare on (tests, random-weight bench bundles).
             Without either, the parity uses 64 synthetic drawings and the int8 graph gets no
             threshold (like a float32 export before ``deltagate calibrate``).

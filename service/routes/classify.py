@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
+import json
 import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
+from uvicorn._types import ASGI3Application, HTTPScope
 
+from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
-from service.pipeline import classify_images, parse_images, receive_body, resolve_top_k
+from service.errors import NotReadyError, OverloadedError, error_body
+from service.pipeline import classify_images, parse_images, receive_body, record_classified, resolve_top_k
+from service.routes import v2
+from service.runtime import Phase, Runtime
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
+from service.telemetry import request_id_of
 
 router = APIRouter(tags=["classify"])
 
@@ -73,15 +82,68 @@ async def classify(
         k = resolve_top_k(top_k, body_top_k, s.default_top_k)
         deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         out = await classify_images(runtime, batcher, ticket, images, k, on_error, deadline, request.receive)
+    record_classified(runtime, state.log_fields, len(images), out)
     results = out.results
-    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
-                                   [r.delta_energy for r in results], [r.is_ood for r in results])
-    runtime.metrics.observe_image_errors([e.code for e in out.errors])
-    state.log_fields.update({"images": len(images), "batch_sizes": [r.batch_size for r in out.rows],
-                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
-                             **({"failed": [e.index for e in out.errors]} if out.errors else {})})
     return ClassifyResponse(
         model=ModelRef(name=model.manifest.name, version=model.manifest.version),
         request_id=state.request_id, num_images=len(images),
         num_rejected_ood=sum(r.is_ood for r in results), results=results, errors=out.errors,
     )
+
+
+def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
+    """The 503 of a spent admission budget, given by the connection level before the app runs.
+
+    :mod:`service.connections` asks this as soon as a request's headers are complete. When the
+    route would refuse the request for its budget, the answer is the route's own (503
+    ``overloaded``, the same message, ``Retry-After``, ``X-Request-ID``, counted in the request
+    metrics) without FastAPI's routing, middleware and access-log line: under overload the 503s
+    are most of the traffic, and the event loop must answer them at once to stay
+    responsive (issue 16). The access log gets one line a second with their count instead.
+    Requests the app would answer otherwise first (a wrong API key: 401; a declared body over the
+    limit: 413) are left to the app. The Open Inference Protocol's inference routes
+    (:func:`service.routes.v2.infer_route`) check the budget first too, and get the same early 503 in
+    the protocol's error shape, counted under their own route.
+    """
+    settings = runtime.settings
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    retry_after = str(settings.retry_after_s).encode()
+
+    def refuse(error: OverloadedError, route: str) -> ASGI3Application:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            start = time.perf_counter()
+            request_id = request_id_of(scope)
+            content = error_body(request_id, error.status, error.code, error.message, path=scope["path"])
+            body = json.dumps(content).encode()
+            await send({"type": "http.response.start", "status": error.status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", retry_after), (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
+            runtime.metrics.observe_request(route, "POST", error.status, time.perf_counter() - start)
+            EVENTS.record("overloaded", asyncio.get_running_loop())
+
+        return app
+
+    def early(scope: HTTPScope) -> ASGI3Application | None:
+        route = "/classify" if scope["path"] == "/classify" else v2.infer_route(scope["path"])  # v2 infer too
+        if route is None or scope["method"] != "POST" or runtime.batcher is None or runtime.phase is not Phase.READY:
+            return None
+        try:
+            runtime.batcher.check_room(1)  # what the route checks first
+        except NotReadyError:  # shutting down: the app's 503 not_ready
+            return None
+        except OverloadedError as exc:
+            error = exc
+        else:
+            return None
+        headers = dict(scope["headers"])
+        if expected is not None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected):
+                return None
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return None
+        return refuse(error, route)
+
+    return early

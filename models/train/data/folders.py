@@ -1,4 +1,4 @@
-"""Readers of image data in the layout users already have (and the synthetic world writes).
+"""Readers of image data in the layout users already have (the proxy's synthetic world writes it too).
 
 - ID splits are ImageFolder directories, ``root/<class folder>/*.jpg``; labels follow the sorted
   folder names (torchvision's convention). Display names come from the folder names

@@ -15,13 +15,16 @@ pytestmark = pytest.mark.e2e
 
 def broken_bundle(tmp_path: Path) -> Path:
     """The default bundle with a damaged ONNX graph whose manifest was re-hashed: every check ``deltagate serve``
-    makes before starting passes (manifest, files, hashes, threshold), and ONNX Runtime then fails to load it."""
-    from models.bundle import update_manifest
+    makes before starting passes (manifest, files, hashes, threshold), and ONNX Runtime then fails to load it.
+
+    The int8 graph is left out, so that ``engine=auto`` (the default) chooses the damaged ``model.onnx``."""
+    from models.bundle import INT8_ONNX_FILE, update_manifest
 
     bundle = tmp_path / "broken"
     shutil.copytree(DEFAULT_BUNDLE, bundle)
+    (bundle / INT8_ONNX_FILE).unlink(missing_ok=True)
     (bundle / "model.onnx").write_bytes(b"not an onnx graph" * 64)
-    update_manifest(bundle)
+    update_manifest(bundle, int8=None)
     return bundle
 
 

@@ -1,9 +1,10 @@
 """A core install (no torch, no open_clip) serves the default bundle with the default settings.
 
 The server runs in a subprocess where ``import torch`` / ``import open_clip`` fail, as on a machine
-with only the core dependencies: ``deltagate serve`` with no engine setting must turn ready, answer
-``/classify`` and report the ONNX engine (``onnx-int8``: the bundle's int8 graph, chosen by
-``engine=auto``); asking for the torch engine must fail loudly, naming the extra to install.
+with only the core dependencies (``import proxy`` fails too: the service images carry no research
+code): ``deltagate serve`` with no engine setting must turn ready, answer ``/classify`` and report the
+ONNX engine (``onnx-int8``: the bundle's int8 graph, chosen by ``engine=auto``); asking for the torch
+engine must fail loudly, naming the extra to install.
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from tests.service_support import files, noise_image
 pytestmark = pytest.mark.e2e
 
 # sys.modules[name] = None makes every later `import name` raise ImportError.
-WITHOUT_TORCH = ("import sys\nfor m in ('torch', 'torchvision', 'open_clip', 'safetensors'): sys.modules[m] = None\n"
-                 "from deltagate.cli import cli_main\ncli_main()\n")
+WITHOUT_TORCH = ("import sys\nfor m in ('torch', 'torchvision', 'open_clip', 'safetensors', 'proxy'):\n"
+                 "    sys.modules[m] = None\nfrom deltagate.cli import cli_main\ncli_main()\n")
 
 
 def slim_server(tmp_path: Path, *args: str) -> ServerProcess:

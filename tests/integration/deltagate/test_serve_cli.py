@@ -11,15 +11,13 @@ from pathlib import Path
 import pytest
 
 from deltagate.cli import cli_main
+from tests.service_support import forbid_server_start
 
 pytestmark = pytest.mark.integration
 
 
 def run_cli(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
-    import uvicorn
-
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("the server started"))
-    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("the server started"))
+    forbid_server_start(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["deltagate", *args])
     with pytest.raises(SystemExit) as exit_info:
         cli_main()

@@ -7,6 +7,7 @@ import asyncio
 import numpy as np
 import pytest
 
+from models.scoring_spec import score_param_specs
 from tests.service_support import (
     TestEngine,
     b64,
@@ -94,7 +95,7 @@ async def test_model_endpoint_describes_bundle_and_engine() -> None:
         assert info["classes"] == [f"class_{i}" for i in range(4)] and info["engine"] == "dummy"
         assert info["device"] == "cpu" and info["threshold"] == pytest.approx(3.9)
         # every score's own parameters, as the bundle stores them
-        assert set(info["scores"]) == {"top_c", "reset_logit", "temperature", "reset", "energy_temperature", "mcm_tau"}
+        assert set(info["scores"]) == {s.name for s in score_param_specs()}  # the declaration's names
         assert "quantile_values" not in info["calibration"]
 
 

@@ -67,7 +67,7 @@ async def test_happy_path_both_input_forms(tiny_bundle: Path, engine: str) -> No
         assert info["engine"] == engine and info["device"] == "cpu" and info["classes"] == classes
         manifest = load_bundle(tiny_bundle).manifest
         assert info["files"] == {k: v.model_dump() for k, v in manifest.files.items()}
-        assert info["scores"]["top_c"] == manifest.scores.top_c == 2
+        assert info["scores"]["delta_energy_top_c"] == manifest.scores.delta_energy_top_c == 2
         assert [(c["name"], c["ok"]) for c in info["checks"]] == [("weights", False)]  # random micro CLIP: said
 
 

@@ -53,7 +53,7 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     for method in ("zero-shot", "coop", "ebm"):
         run, bundle = str(tmp_path / "runs" / method), str(tmp_path / "bundles" / method)
         _ok(runner.invoke(app, ["train", "--data", str(data), "--method", method, "--out", run, "--bundle", bundle,
-                                "--de-top-c", "2", *ARCH, *FAST]))
+                                "--delta-energy-top-c", "2", *ARCH, *FAST]))
         _ok(runner.invoke(app, ["calibrate", "--bundle", str(tmp_path / "bundles" / method), "--data", str(data)]))
     specs = [f"{m}={tmp_path / 'bundles' / m}" for m in ("zero-shot", "coop", "ebm")]
     out = tmp_path / "results"
@@ -69,7 +69,7 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     assert set(ebm["at_threshold"]["ood_reject_rate_by_group"]["near"]) == {"ring", "spiral"}
     assert {p.name for p in out.glob("*.png")} == {"hist_delta_energy.png", "roc.png", "per_class.png"}
     manifest = load_bundle(tmp_path / "bundles" / "ebm").manifest
-    assert manifest.evaluation == ebm and manifest.scores.top_c == 2 and manifest.prompt["method"] == "ebm"
+    assert manifest.evaluation == ebm and manifest.scores.delta_energy_top_c == 2 and manifest.prompt["method"] == "ebm"
     assert manifest.onnx is not None  # the parity-checked ONNX file
 
 
@@ -86,10 +86,10 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     from dataclasses import replace
 
     from models.clip_loading import load_clip, register_architecture
-    from models.train.ablation import AblationConfig, run_ablation
     from models.train.data.folders import TaskPaths, load_task
     from models.train.selection import HOCVConfig, one_se_pick
     from models.train.trainer import LOSS_PARAMS, TrainConfig
+    from proxy.ablation import AblationConfig, run_ablation
 
     full = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
     # No test, OOD or covariate data at all: the search can only have used ID train and val.
@@ -103,7 +103,7 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     res = run_ablation(clip, task, base, tmp_path / "abl", acfg, progress=False)
     assert [(r["ebm_weight"], r["ce_on"]) for r in res.rows] == [(0.1, "edited"), (0.1, "original"),
                                                                 (1.0, "edited"), (1.0, "original")]
-    assert set(res.selected) == set(LOSS_PARAMS) and "temperature" in res.selected_score
+    assert set(res.selected) == set(LOSS_PARAMS) and "delta_energy_temperature" in res.selected_score
     assert sum(r["selected"] for r in res.rows) == 1
     # The pick is the 1-SE rule over every (loss, ΔEnergy) pair, recomputed here.
     assert res.selection is not None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,7 +20,7 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def built(monkeypatch: pytest.MonkeyPatch) -> list[tuple[Path, Path]]:
     """Where the (stubbed) pipeline was asked to write: (bundle, results) per run."""
-    import models.train.demo as demo
+    import proxy.demo as demo
 
     calls: list[tuple[Path, Path]] = []
 
@@ -48,8 +49,11 @@ def test_publish_writes_the_bundled_default_model_and_results(built: list[tuple[
 @pytest.mark.skipif(shutil.which("make") is None, reason="no make")
 def test_make_demo_publishes_only_when_asked() -> None:
     def dry(*args: str) -> str:
-        return subprocess.run(["make", "-n", "demo", *args], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip().splitlines()[-1]
+        # Under `make test` the parent make's MAKEFLAGS/MAKELEVEL would make this one print
+        # "Leaving directory ..." after the recipe: run it as a top-level make.
+        env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+        return subprocess.run(["make", "--no-print-directory", "-n", "demo", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
 
     assert dry().split()[-2:] == ["demo", "build"]
     assert dry("PUBLISH=1").endswith("demo build --publish")

@@ -28,7 +28,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from PIL import Image, ImageDraw, ImageFilter
 
-from models.train.data.shapes import UPRIGHT, category_prims, draw_mask
+from proxy.world.shapes import UPRIGHT, category_prims, draw_mask
 
 __all__ = [
     "COLOURS",
@@ -472,7 +472,7 @@ def object_caption(
     # Class-only captions ("a photo of a star"), as much alt-text is. Their duplicates are positives
     # of each other in the contrastive loss, a class-level signal that keeps colour and position from
     # being the easiest way to match an image to its caption; the more of them, the better the
-    # zero-shot classes (docs/offline.md, "The synthetic world").
+    # zero-shot classes (docs/proxy.md, "The synthetic world").
     minimal = rng.random() < class_frac
     parts = []
     for spec in specs:

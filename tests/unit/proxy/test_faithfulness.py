@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from models.clip_loading import load_clip
-from models.train.data.splits import world_split
-from models.train.data.synth import generate_world
-from models.train.faithfulness import FACTS, SCORES, TEMPLATE, check_faithfulness, write_faithfulness
-from models.train.zero_shot import evaluate_zero_shot
-from tests.train_support import TINY_WORLD
+from proxy.faithfulness import FACTS, SCORES, TEMPLATE, check_faithfulness, write_faithfulness
+from proxy.world.splits import world_split
+from proxy.world.synth import generate_world
+from proxy.zero_shot import evaluate_zero_shot
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
 

@@ -29,8 +29,8 @@ from typing import Literal
 import numpy as np
 
 from models.train.data.folders import FolderIndex, TaskData, TaskPaths, load_task, scan_image_folder, scan_unlabelled
-from models.train.data.shapes import folder_name, lookalikes_of
-from models.train.data.synth import EVAL_SPLITS, WORLD_FILE, WorldManifest, load_world
+from proxy.world.shapes import folder_name, lookalikes_of
+from proxy.world.synth import EVAL_SPLITS, WORLD_FILE, WorldManifest, load_world
 
 __all__ = ["WorldSplit", "world_split", "random_id_splits", "load_task_root", "is_world"]
 

@@ -3,7 +3,7 @@
 The world has the structure of the paper's setting (CLIP pretraining on every category, then an ID
 task, covariate and semantic shift). Every object category is rendered for every split, so *which*
 categories are ID is decided when the world is read, not when it is drawn
-(:func:`models.train.data.splits.world_split`): one world and one pretrained CLIP serve any number
+(:func:`proxy.world.splits.world_split`): one world and one pretrained CLIP serve any number
 of ID splits, and a category's images are the same whether it is ID (its ``val``/``test`` images are
 ID val/test) or near OOD (the same images are near-OOD val/test)::
 
@@ -45,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from models.train.data.render import (
+from proxy.world.render import (
     STYLES,
     TEXTURES,
     object_caption,
@@ -53,7 +53,7 @@ from models.train.data.render import (
     render_texture,
     sample_object,
 )
-from models.train.data.shapes import CATEGORIES, folder_name
+from proxy.world.shapes import CATEGORIES, folder_name
 
 __all__ = [
     "WORLD_FILE",
@@ -99,7 +99,7 @@ class WorldConfig:
     supersample: int = 2  # images are drawn at image_size * supersample and box-filtered down (anti-aliasing)
     categories: tuple[str, ...] = CATEGORIES  # every object category of the world (22 everyday shapes)
     # The default ID split (a subset of categories; the others are near OOD). It changes no file:
-    # any split can be read from the same world (models.train.data.splits.world_split).
+    # any split can be read from the same world (proxy.world.splits.world_split).
     id_classes: tuple[str, ...] = ("circle", "square", "triangle", "star", "arrow", "heart", "cross", "crescent")
     pretrain_styles: tuple[str, ...] = ("flat", "outline", "shaded")  # styles CLIP is pretrained on
     id_styles: tuple[str, ...] = ("flat", "outline", "shaded")  # styles of ID train/val/test and near OOD
@@ -116,7 +116,7 @@ class WorldConfig:
     two_object_frac: float = 0.1  # share of pretraining object images with two objects
     # Share of pretraining object captions that only name the objects ("a photo of a star"). At the
     # old 0.35 the tiny CLIP learned colours and positions and reached 64% zero-shot; at 0.7, 97%
-    # (docs/offline.md, "Pretraining recipe").
+    # (docs/proxy.md, "Pretraining recipe").
     caption_class_frac: float = 0.7
     # Class-only captions lead with their style (render.STYLE_LEADS: "a photo of" flat, "a line drawing
     # of" outline, "a 3d rendering of" shaded): a nuisance that moves every cosine with the style, as

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from open_clip.loss import ClipLoss
 
 from models.train.evaluate import ood_metrics
-from models.train.pretrain_tiny import contrastive_loss
+from proxy.pretrain_tiny import contrastive_loss
 
 pytestmark = pytest.mark.unit
 

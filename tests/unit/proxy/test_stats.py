@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from models.train.stats import (
+from proxy.stats import (
     mcnemar_exact,
     paired_bootstrap_auroc,
     rank_auroc,

@@ -6,7 +6,7 @@ the pre-registered evaluation), zero-shot with one template:
 
 - the default ID split: ID accuracy, covariate accuracy, and AUROC / FPR95 of every score on near
   OOD (all, look-alikes, per category) and on each far set, reported apart (never averaged);
-- ``n_splits`` pre-registered random ID splits (:func:`models.train.data.splits.random_id_splits`)
+- ``n_splits`` pre-registered random ID splits (:func:`proxy.world.splits.random_id_splits`)
   of the same frozen model: how often each ordering of scores holds;
 - :data:`FACTS`: each known fact of real CLIP with its source, the proxy's number and a verdict
   computed from it (``holds`` / ``does not hold``).
@@ -32,11 +32,11 @@ from models.markdown import markdown_table
 from models.prompt_learner import zero_shot_class_embeddings
 from models.scores import ScoreParams, energy, id_score
 from models.train.data.folders import FolderIndex
-from models.train.data.shapes import folder_name, lookalikes_of
-from models.train.data.splits import random_id_splits
-from models.train.data.synth import load_world
 from models.train.evaluate import ood_metrics
 from models.train.features import encode_index
+from proxy.world.shapes import folder_name, lookalikes_of
+from proxy.world.splits import random_id_splits
+from proxy.world.synth import load_world
 
 __all__ = ["SCORES", "FACTS", "FaithfulnessReport", "check_faithfulness", "faithfulness_markdown"]
 

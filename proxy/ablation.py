@@ -221,7 +221,7 @@ def ablation_markdown(result: AblationResult, command: str | None = None) -> str
     rows = [[r["ebm_weight"], r["ce_on"], r["mask_ratio"], r["loss_temperature"], _pct(r["hocv_accuracy"]),
              "yes" if r["eligible"] else "no",
              f"{_pct(r['default_score_auroc'])} ± {_pct(r['default_score_se'])}",
-             ", ".join(f"{k}={v}" for k, v in r["best_score"].items() if k != "reset_logit"),
+             ", ".join(f"{k}={v}" for k, v in r["best_score"].items() if k != "delta_energy_reset_logit"),
              f"{_pct(r['best_score_auroc'])} ± {_pct(r['best_score_se'])}", "**←**" if r.get("selected") else ""]
             for r in result.rows]
     return "\n".join(lines) + "\n" + markdown_table(head, rows) + "\n"

@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 
 from models.train.data.folders import TaskPaths
-from models.train.data.shapes import CATEGORIES, LOOKALIKES, folder_name, lookalikes_of
-from models.train.data.splits import is_world, load_task_root, random_id_splits, world_split
-from models.train.data.synth import generate_world
+from proxy.world.shapes import CATEGORIES, LOOKALIKES, folder_name, lookalikes_of
+from proxy.world.splits import is_world, load_task_root, random_id_splits, world_split
+from proxy.world.synth import generate_world
 from tests.offline_support import make_task_dirs
-from tests.train_support import TINY_WORLD
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
 

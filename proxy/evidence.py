@@ -3,13 +3,13 @@
 For every pre-registered ID split of one world and one frozen backbone:
 
 1. selection on ID data only (:func:`select_arms`): the EBM loss search jointly with ΔEnergy's score
-   parameters (:mod:`models.train.ablation`), then every arm's every score on the same held-out-class
+   parameters (:mod:`proxy.ablation`), then every arm's every score on the same held-out-class
    folds, with the 1-SE rule; written before any test metric exists;
 2. the arms (zero-shot, CoOp, EBM with the selected loss, EBM with METHOD.md's loss) trained on all ID
    classes with prompt-tuning seeds 1..10 (zero-shot once), each scored with its own selected
    parameters and METHOD.md's default rows (:func:`models.train.evaluate.evaluate_logits`);
 3. per-run records; after all splits, the endpoints P1–P4 and C5 with their confidence intervals and
-   verdicts (:mod:`models.train.stats`), and the secondary tables.
+   verdicts (:mod:`proxy.stats`), and the secondary tables.
 
 A split that finished is not rerun (its records are reused when the configuration is the same), so an
 interrupted run continues.
@@ -34,7 +34,6 @@ from models.markdown import markdown_table
 from models.prompt_learner import zero_shot_class_embeddings
 from models.scores import ScoreParams
 from models.scoring_module import ScoringModule
-from models.train.ablation import LOSS_DEFAULTS, AblationConfig, AblationResult, run_ablation
 from models.train.data.folders import TaskData, few_shot
 from models.train.evaluate import MethodEval, evaluate_logits, task_logits
 from models.train.features import FeatureCache
@@ -46,7 +45,9 @@ from models.train.selection import (
     select_scores,
     signal_check,
 )
-from models.train.stats import (
+from models.train.trainer import LOSS_PARAMS, PromptTrainer, TrainConfig
+from proxy.ablation import LOSS_DEFAULTS, AblationConfig, AblationResult, run_ablation
+from proxy.stats import (
     mcnemar_exact,
     paired_bootstrap_auroc,
     spearman,
@@ -54,7 +55,6 @@ from models.train.stats import (
     two_stage_ci,
     verdict,
 )
-from models.train.trainer import LOSS_PARAMS, PromptTrainer, TrainConfig
 
 __all__ = [
     "ARMS",
@@ -132,7 +132,7 @@ def select_arms(
         elif arm in ablation.folds:
             folds = ablation.folds[arm]
         else:  # ebm-default outside the grid
-            from models.train.ablation import prompt_train_fn
+            from proxy.ablation import prompt_train_fn
 
             cfg = cfgs[arm]
             assert cfg is not None
@@ -205,6 +205,72 @@ def _finished(work: Path, task: TaskData, base: TrainConfig, cfg: EvidenceConfig
     return dict(doc) if doc.get("want") == _want(task, base, cfg) else None
 
 
+NEAR_SET = "near"  # the pooled near-OOD set of a split (every near category), the endpoints' default
+
+
+def _write_selection(work: Path, selected: dict[str, ArmSelection], ablation: AblationResult) -> dict[str, Any]:
+    """Write the split's selection (``work/selection.json``) before any arm is trained: it is frozen first."""
+    doc = selection_json(selected, ablation)
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "selection.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    return doc
+
+
+def _run_arms(clip: LoadedClip, task: TaskData, selected: dict[str, ArmSelection], cfg: EvidenceConfig, work: Path,
+              cache: FeatureCache) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+    """Every arm with every seed (zero-shot once): train, score with the arm's selected parameters, record.
+
+    Returns:
+        The run records by ``"arm/seed"``, and each arm's within-run statistics (on its first seed).
+    """
+    model: Any = clip.model
+    scale = float(model.logit_scale.exp().item())
+    records: dict[str, dict[str, Any]] = {}
+    within: dict[str, dict[str, Any]] = {}
+    embeddings: dict[tuple[str, int], torch.Tensor] = {}  # identical arms (EBM selected = METHOD.md's) train once
+    for arm, sel in selected.items():
+        for seed in [0] if sel.train is None else list(cfg.seeds):
+            key = (json.dumps(asdict(sel.train), sort_keys=True) if sel.train else "zero-shot", seed)
+            if key not in embeddings:
+                embeddings[key] = _train(clip, task, sel.train, seed, work / "runs" / f"{arm}-{seed}", cache)
+            logits = task_logits(ScoringModule(model.visual, embeddings[key], scale, sel.params), task, cache)
+            run = evaluate_logits(logits, scale, sel.params, task.class_names)
+            records[f"{arm}/{seed}"] = _record(run, logits)
+            if seed in (0, cfg.seeds[0]):
+                within[arm] = _within_run(run, NEAR_SET, cfg.n_boot_images, cfg.boot_seed)
+    return records, within
+
+
+def _ood_sets(task: TaskData, records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The near set, the hard-near set (the look-alikes; the near set when the split has none) and its categories."""
+    hard = "near_hard" if "near_hard" in task.ood else NEAR_SET
+    categories = sorted({c for r in records.values() for c in r["scores"]["msp"]["by_group"].get(hard, {})})
+    return {"near_set": NEAR_SET, "hard_set": hard, "hard_categories": categories if hard != NEAR_SET else []}
+
+
+def _mcnemar_ebm_vs_coop(records: dict[str, dict[str, Any]], seed: int | None) -> dict[str, Any]:
+    """McNemar's exact test of EBM against CoOp on one seed's paired runs: ID test and covariate accuracy."""
+    if seed is None:
+        return {}
+    ebm, coop = records[f"ebm/{seed}"], records[f"coop/{seed}"]
+    return {"seed": seed, "covariate": mcnemar_exact(ebm["_cov_correct"], coop["_cov_correct"]),
+            "id_test": mcnemar_exact(ebm["_id_correct"], coop["_id_correct"])}
+
+
+def _public(record: dict[str, Any]) -> dict[str, Any]:
+    """A record without its ``_`` fields (per-image arrays the statistics use, never written)."""
+    return {k: v for k, v in record.items() if not k.startswith("_")}
+
+
+def _public_within(within: dict[str, Any]) -> dict[str, Any]:
+    return {k: v if k == "spearman" else _public(v) for k, v in within.items()}
+
+
+def _replicates(within: dict[str, Any] | None) -> dict[str, list[float]]:
+    """A run's bootstrap replicates of each paired difference (zero-shot's: the overall interval resamples them)."""
+    return {k: v["_replicates"].tolist() for k, v in (within or {}).items() if k != "spearman"}
+
+
 def run_split(
     clip: LoadedClip, name: str, task: TaskData, base: TrainConfig, cfg: EvidenceConfig, work: Path,
     cache: FeatureCache, progress: bool = False,
@@ -214,50 +280,19 @@ def run_split(
     if finished is not None:
         logger.info("reusing finished split %s", name)
         return finished
-    want = _want(task, base, cfg)
-    t0 = time.perf_counter()
+    start = time.perf_counter()
     selected, ablation = select_arms(clip, task, base, work, cfg.ablation, cache, progress=progress)
-    sel_doc = selection_json(selected, ablation)
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "selection.json").write_text(json.dumps(sel_doc, indent=2) + "\n", encoding="utf-8")  # frozen first
-    t_sel = time.perf_counter() - t0
-    near = "near"
-    hard = "near_hard" if "near_hard" in task.ood else "near"
-    model: Any = clip.model
-    scale = float(model.logit_scale.exp().item())
-    records: dict[str, dict[str, Any]] = {}
-    within: dict[str, Any] = {}
-    trained: dict[tuple[str, int], torch.Tensor] = {}  # identical arms (EBM selected = METHOD.md's) train once
-    for arm, sel in selected.items():
-        seeds = [0] if sel.train is None else list(cfg.seeds)
-        for seed in seeds:
-            key = (json.dumps(asdict(sel.train), sort_keys=True) if sel.train else "zero-shot", seed)
-            if key not in trained:
-                trained[key] = _train(clip, task, sel.train, seed, work / "runs" / f"{arm}-{seed}", cache)
-            emb = trained[key]
-            module = ScoringModule(model.visual, emb, scale, sel.params)
-            split = task_logits(module, task, cache)
-            ev = evaluate_logits(split, scale, sel.params, task.class_names)
-            records[f"{arm}/{seed}"] = _record(ev, split)
-            if seed in (0, cfg.seeds[0]):
-                within[arm] = _within_run(ev, near, cfg.n_boot_images, cfg.boot_seed)
-    mcn = {}
-    for s in cfg.seeds[:1]:
-        e, c = records[f"ebm/{s}"], records[f"coop/{s}"]
-        mcn = {"seed": s, "covariate": mcnemar_exact(e["_cov_correct"], c["_cov_correct"]),
-               "id_test": mcnemar_exact(e["_id_correct"], c["_id_correct"])}
-    replicates = {arm: {k: v["_replicates"].tolist() for k, v in w.items() if k != "spearman"}
-                  for arm, w in within.items() if arm == "zero-shot"}
+    selection = _write_selection(work, selected, ablation)
+    selection_s = time.perf_counter() - start
+    records, within = _run_arms(clip, task, selected, cfg, work, cache)
     doc = {
-        "want": want, "name": name, "classes": list(task.class_names), "near_set": near, "hard_set": hard,
-        "hard_categories": sorted({g for r in records.values() for g in r["scores"]["msp"]["by_group"].get(hard, {})})
-        if hard != near else [],
-        "selection": sel_doc["arms"], "coop_hocv_accuracy": ablation.coop_accuracy,
-        "records": {k: {kk: vv for kk, vv in v.items() if not kk.startswith("_")} for k, v in records.items()},
-        "within_run": {a: {k: ({kk: vv for kk, vv in v.items() if not kk.startswith("_")} if k != "spearman" else v)
-                           for k, v in w.items()} for a, w in within.items()},
-        "zero_shot_replicates": replicates.get("zero-shot", {}),
-        "mcnemar": mcn, "seconds": {"selection": t_sel, "total": time.perf_counter() - t0},
+        "want": _want(task, base, cfg), "name": name, "classes": list(task.class_names), **_ood_sets(task, records),
+        "selection": selection["arms"], "coop_hocv_accuracy": ablation.coop_accuracy,
+        "records": {run: _public(r) for run, r in records.items()},
+        "within_run": {arm: _public_within(w) for arm, w in within.items()},
+        "zero_shot_replicates": _replicates(within.get("zero-shot")),
+        "mcnemar": _mcnemar_ebm_vs_coop(records, cfg.seeds[0] if cfg.seeds else None),
+        "seconds": {"selection": selection_s, "total": time.perf_counter() - start},
         "counts": task.summary(),
     }
     (work / "split.json").write_text(json.dumps(doc) + "\n", encoding="utf-8")
@@ -532,8 +567,8 @@ def _selection(docs: Sequence[dict[str, Any]]) -> str:
         for arm, s in d["selection"].items():
             loss = s["loss"] or {}
             for name, c in s["scores"].items():
-                params = {k: v for k, v in c.items() if k not in ("hocv_auroc", "hocv_se", "signal", "reset_logit")
-                          and k not in LOSS_PARAMS}
+                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", *LOSS_PARAMS)
+                params = {k: v for k, v in c.items() if k not in hidden}
                 rows.append([d["name"], arm, ", ".join(f"{k}={v}" for k, v in loss.items()) if name == "delta_energy"
                              else "", name, ", ".join(f"{k}={v}" for k, v in params.items()),
                              f"{100 * c['hocv_auroc']:.1f} ± {100 * c['hocv_se']:.1f}",

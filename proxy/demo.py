@@ -5,9 +5,9 @@ results (``results/``); ``deltagate demo build`` runs it.
 Stages, each reusing its output when it already exists with the same configuration (so a rerun
 after an interruption continues instead of starting over):
 
-1. ``work/world``: the synthetic world (:func:`models.train.data.synth.ensure_world`);
+1. ``work/world``: the synthetic world (:func:`proxy.world.synth.ensure_world`);
 2. ``work/tiny-clip.safetensors``: the tiny CLIP pretrained on the world's corpus;
-3. ``work/selection``: selection on ID data only (protocol §5, :func:`models.train.evidence.select_arms`):
+3. ``work/selection``: selection on ID data only (protocol §5, :func:`proxy.evidence.select_arms`):
    the EBM loss search jointly with ΔEnergy's score parameters, then every score's parameters for
    every method, by held-out-class validation and the 1-SE rule -> ``results/ablation.{json,md}`` and
    ``results/selection.json``;
@@ -34,21 +34,21 @@ from pathlib import Path
 from typing import Any
 
 from models.clip_loading import LoadedClip, load_clip
-from models.train.ablation import AblationConfig, write_ablation
 from models.train.bench_cache import benchmark_feature_cache
 from models.train.calibrate import calibrate_bundle
 from models.train.data.folders import TaskData, few_shot
-from models.train.data.splits import load_task_root, random_id_splits, world_split
-from models.train.data.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 from models.train.evaluate import evaluate_bundles
-from models.train.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
 from models.train.features import FeatureCache
 from models.train.plots import write_plots
-from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
 from models.train.report import write_evaluation
 from models.train.run_export import export_run
 from models.train.selection import HOCVConfig
 from models.train.trainer import METHODS, PromptTrainer, TrainConfig, checkpoint_matches
+from proxy.ablation import AblationConfig, write_ablation
+from proxy.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
+from proxy.pretrain_tiny import PretrainConfig, pretrain_tiny
+from proxy.world.splits import load_task_root, random_id_splits, world_split
+from proxy.world.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 
 __all__ = ["DemoConfig", "DEMO_CONFIGS", "build_demo", "ship_int8", "evidence_splits", "build_evidence"]
 
@@ -174,7 +174,7 @@ def build_demo(
     bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    int8 = ship_int8(Path(bundle_out), world)
+    int8 = ship_int8(Path(bundle_out), task)  # the world's default split: the shipped bundle's classes
     times["quantize_s"] = time.perf_counter() - t
     t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
@@ -199,9 +199,10 @@ def build_demo(
     return summary
 
 
-def ship_int8(bundle_dir: Path, data: Path) -> dict[str, Any]:
-    """Add the int8 graph to the shipped bundle, with its records on the bundle's evaluation data, and keep it
-    only when ``engine=auto`` would serve it (faithful and faster); returns the verdict (``results/demo.json``)."""
+def ship_int8(bundle_dir: Path, data: Path | TaskData) -> dict[str, Any]:
+    """Add the int8 graph to the shipped bundle, with its records on the bundle's evaluation data (a data root
+    in the standard layout, or a task: the demo passes its world's), and keep it only when ``engine=auto``
+    would serve it (faithful and faster); returns the verdict (``results/demo.json``)."""
     from models.bundle import INT8_ONNX_FILE, update_manifest
     from models.graph_choice import SERVES_ON, check_graph
     from models.train.quantize import QuantizeConfig, quantize_bundle

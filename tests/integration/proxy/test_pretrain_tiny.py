@@ -14,11 +14,11 @@ import torch
 from safetensors.torch import load_file
 
 from models.clip_loading import load_clip
-from models.train.data.splits import load_task_root
-from models.train.data.synth import generate_world
-from models.train.pretrain_tiny import PretrainConfig, load_corpus, pretrain_tiny
-from models.train.zero_shot import evaluate_zero_shot
-from tests.train_support import TINY_WORLD
+from proxy.pretrain_tiny import PretrainConfig, load_corpus, pretrain_tiny
+from proxy.world.splits import load_task_root
+from proxy.world.synth import generate_world
+from proxy.zero_shot import evaluate_zero_shot
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.integration
 

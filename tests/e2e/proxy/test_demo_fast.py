@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from deltagate.cli import app
 from models.bundle import load_bundle
-from models.train.data.splits import load_task_root
 from models.train.evaluate import evaluate_bundles
+from proxy.world.splits import load_task_root
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.train.data.render import (
+from proxy.world.render import (
     STYLE_LEADS,
     STYLES,
     TEXTURES,
@@ -20,8 +20,8 @@ from models.train.data.render import (
     render_texture,
     sample_object,
 )
-from models.train.data.shapes import CATEGORIES, category_prims, draw_mask, folder_name
-from models.train.data.synth import (
+from proxy.world.shapes import CATEGORIES, category_prims, draw_mask, folder_name
+from proxy.world.synth import (
     PRESETS,
     WORLD_FILE,
     WorldConfig,
@@ -30,7 +30,7 @@ from models.train.data.synth import (
     load_world,
     write_captions,
 )
-from tests.train_support import TINY_WORLD
+from tests.proxy_support import TINY_WORLD
 
 pytestmark = pytest.mark.unit
 

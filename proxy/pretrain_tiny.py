@@ -31,8 +31,8 @@ from tqdm import tqdm
 from models.clip_loading import LoadedClip, load_clip, model_config
 from models.preprocess import PreprocessConfig
 from models.train.data.folders import load_images, read_captions
-from models.train.data.splits import is_world, load_task_root
-from models.train.zero_shot import evaluate_zero_shot
+from proxy.world.splits import is_world, load_task_root
+from proxy.zero_shot import evaluate_zero_shot
 
 __all__ = ["PretrainConfig", "PretrainReport", "Corpus", "contrastive_loss", "load_corpus", "pretrain_tiny"]
 
@@ -46,7 +46,7 @@ class PretrainConfig:
     arch: str = "tiny-clip"  # open_clip architecture name (models/archs/tiny-clip.json)
     # Optimiser steps. On the default world (style-tied caption leads) 2000 x 128 reach 99.0% zero-shot
     # ID val accuracy (runs/pre-B), 1500 steps 97.9% in 569 s (runs/pre-B15); with class-only leads
-    # 1000 / 1500 / 2000 steps reached 91.0 / 97.5 / 99.8% (docs/offline.md, "Pretraining recipe").
+    # 1000 / 1500 / 2000 steps reached 91.0 / 97.5 / 99.8% (docs/proxy.md, "Pretraining recipe").
     steps: int = 2000
     batch_size: int = 128  # image-caption pairs per step
     lr: float = 2e-3  # peak learning rate of the one-cycle schedule
