@@ -57,6 +57,10 @@ def test_the_repository_context_holds_what_the_dockerfiles_copy() -> None:
     names = {p.relative_to(ROOT).as_posix() for p in context_files()}
     assert {"pyproject.toml", "README.md", "docker/pyproject_deps.py", "bundles/default/manifest.json"} <= names
     assert not [n for n in names if n.startswith(("tests/", ".venv/", "results/")) or "__pycache__" in n]
+    # The proxy research (proxy/) stays out of every image: serving never imports it (tests/unit/test_layering.py),
+    # so the images run without it (tests/container), and `pip install .` in them finds no proxy package to add.
+    assert {"models/bundle.py", "service/app.py", "deltagate/cli.py"} <= names
+    assert not [n for n in names if n.startswith("proxy/")]
 
 
 def test_debian_mirror_is_read_from_deb822_or_one_line_sources(tmp_path: Path) -> None:
