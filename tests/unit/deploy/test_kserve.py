@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.unit.deploy.conftest import ROOT, require_tool, yaml
+from tests.unit.deploy.conftest import ROOT, render_kustomization, require_tool, yaml
 
 pytestmark = pytest.mark.unit
 
@@ -66,17 +66,9 @@ def schema_errors(kind: str, value: Any, where: str = "") -> list[str]:
     return []
 
 
-def rendered() -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(KSERVE_DIR)], capture_output=True, text=True, timeout=60,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
 @pytest.fixture(scope="module")
 def resources() -> list[dict[str, Any]]:
-    return rendered()
+    return render_kustomization(KSERVE_DIR)
 
 
 @pytest.fixture(scope="module")
