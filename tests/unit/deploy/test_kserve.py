@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.unit.deploy.conftest import ROOT, render_kustomization, require_tool, yaml
+from tests.unit.deploy.conftest import ROOT, render_kustomization, render_overlay, require_tool, yaml
 
 pytestmark = pytest.mark.unit
 
@@ -138,3 +138,12 @@ def test_the_predictor_agrees_with_the_service(isvc: dict[str, Any]) -> None:
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
     assert annotations["prometheus.kserve.io/port"] == str(settings.port)
+
+
+def test_the_predictor_runs_the_slim_cpu_image(isvc: dict[str, Any]) -> None:
+    """The image compose builds from docker/Dockerfile.cpu and the CPU overlay runs (tests/container plays both)."""
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["deltagate"]
+    assert compose["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    (deployment,) = [r for r in render_overlay("cpu") if r["kind"] == "Deployment"]
+    assert container["image"] == compose["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
