@@ -227,10 +227,13 @@ def ablation_markdown(result: AblationResult, command: str | None = None) -> str
     return "\n".join(lines) + "\n" + markdown_table(head, rows) + "\n"
 
 
-def write_ablation(results: str | Path, result: AblationResult, command: str) -> None:
-    """``results/ablation.{json,md}`` (the one writer, used by ``deltagate ablate`` and the demo)."""
+def write_ablation(results: str | Path, result: AblationResult, command: str, pretrain_seed: int | None = None) -> None:
+    """``results/ablation.{json,md}`` (the one writer, used by ``deltagate ablate`` and the demo).
+
+    ``pretrain_seed``: the tiny CLIP's pretraining seed, recorded when the backbone is one (None: not known).
+    """
     out = Path(results)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "ablation.json").write_text(json.dumps({"command": command, **result.to_dict()}, indent=2) + "\n",
-                                       encoding="utf-8")
+    (out / "ablation.json").write_text(json.dumps({"command": command, "pretrain_seed": pretrain_seed,
+                                                   **result.to_dict()}, indent=2) + "\n", encoding="utf-8")
     (out / "ablation.md").write_text(ablation_markdown(result, command), encoding="utf-8")

@@ -46,7 +46,7 @@ from models.train.selection import HOCVConfig
 from models.train.trainer import METHODS, PromptTrainer, TrainConfig, checkpoint_matches
 from proxy.ablation import AblationConfig, write_ablation
 from proxy.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
-from proxy.pretrain_tiny import PretrainConfig, pretrain_tiny
+from proxy.pretrain_tiny import PretrainConfig, checkpoint_seed, pretrain_tiny
 from proxy.world.splits import load_task_root, random_id_splits, world_split
 from proxy.world.synth import WORLD_FILE, WorldConfig, ensure_world, load_world
 
@@ -130,9 +130,10 @@ def _select(clip: LoadedClip, task: TaskData, cfg: DemoConfig, work: Path, resul
                          clip.preprocess)
     selected, ablation = select_arms(clip, task, cfg.train, work, cfg.ablation, cache,
                                      arms=("zero-shot", "coop", "ebm"), progress=progress)
-    write_ablation(results, ablation, command)
+    write_ablation(results, ablation, command, pretrain_seed=cfg.pretrain.seed)
     (results / "selection.json").write_text(
-        json.dumps({"command": command, **selection_json(selected, ablation)["arms"]}, indent=2) + "\n",
+        json.dumps({"command": command, "pretrain_seed": cfg.pretrain.seed,
+                    **selection_json(selected, ablation)["arms"]}, indent=2) + "\n",
         encoding="utf-8")
     return selected
 
@@ -178,11 +179,14 @@ def build_demo(
     times["quantize_s"] = time.perf_counter() - t
     t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
-    write_evaluation(results, evals, command=command, extra={"data": task.summary()})
+    write_evaluation(results, evals, command=command,
+                     extra={"pretrain_seed": cfg.pretrain.seed, "data": task.summary()})
     write_plots(results, evals)
     times["evaluate_s"] = time.perf_counter() - t
+    seed_rec = {"pretrain_seed": cfg.pretrain.seed}  # every results JSON names its backbone
     summary: dict[str, Any] = {
-        "command": command, "config": json.loads(json.dumps(asdict(cfg))), "train_config_used": asdict(train_cfg),
+        "command": command, **seed_rec, "config": json.loads(json.dumps(asdict(cfg))),
+        "train_config_used": asdict(train_cfg),
         "bundle": str(bundle_out), "data": task.summary(), "seconds": {**times, "total_s": sum(times.values())},
         "score_params": {m: asdict(selected[m].params) for m in METHODS},
         "pretrain": {k: pre.get(k) for k in ("train_seconds", "loss_first", "loss_last", "zero_shot")},
@@ -191,8 +195,8 @@ def build_demo(
     if cfg.bench_epochs:
         bench = benchmark_feature_cache(clip, list(task.class_names), few_shot(task.train, train_cfg.shots,
                                         train_cfg.seed), train_cfg, cfg.bench_epochs)
-        (results / "train_speed.json").write_text(json.dumps({"command": command, **bench}, indent=2) + "\n",
-                                                  encoding="utf-8")
+        (results / "train_speed.json").write_text(
+            json.dumps({"command": command, **seed_rec, **bench}, indent=2) + "\n", encoding="utf-8")
         summary["train_speed"] = {k: bench[k] for k in ("cached_epoch_s", "recompute_epoch_s", "speedup_per_epoch")}
     (results / "demo.json").write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
     logger.info("demo done in %.0f s: bundle %s, results %s", sum(times.values()), bundle_out, results)
@@ -246,6 +250,14 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
     return bundles
 
 
+def backbone_seed(ckpt: Path, expected: int | None = None) -> int | None:
+    """The checkpoint's pretraining seed (its report's), checked against ``expected`` when one is given."""
+    seed = checkpoint_seed(ckpt)
+    if expected is not None and seed != expected:
+        raise ValueError(f"{ckpt} was pretrained with seed {seed}, not {expected}")
+    return seed
+
+
 def evidence_splits(world: Path, cfg: EvidenceConfig) -> list[tuple[str, TaskData]]:
     """The pre-registered ID splits of a world (protocol §2): its default split, then the random ones."""
     wcfg = load_world(world).config
@@ -259,7 +271,7 @@ def evidence_splits(world: Path, cfg: EvidenceConfig) -> list[tuple[str, TaskDat
 def build_evidence(
     cfg: DemoConfig, work_dir: str | Path, results_dir: str | Path, *, command: str = "deltagate demo evidence",
     n_splits: int | None = None, n_seeds: int | None = None, budget_s: float | None = None, progress: bool = False,
-    only: Sequence[str] | None = None,
+    only: Sequence[str] | None = None, split_seed: int | None = None, pretrain_seed: int | None = None,
 ) -> dict[str, Any]:
     """``deltagate demo evidence``: the pre-registered experiment on the world and CLIP of ``demo build``.
 
@@ -273,6 +285,12 @@ def build_evidence(
         budget_s: start no new split after this many seconds (the rest are reported "not run").
         progress: progress bars.
         only: run just these splits (e.g. one per process); finished ones are always reused.
+        split_seed: the random splits' generator seed instead of the protocol's.
+        pretrain_seed: the pretraining seed the checkpoint must have (its report's); results record it.
+
+    Raises:
+        FileNotFoundError: no world or checkpoint in ``work_dir``.
+        ValueError: ``pretrain_seed`` differs from the checkpoint's.
     """
     work = Path(work_dir)
     ckpt = work / "tiny-clip.safetensors"
@@ -283,6 +301,9 @@ def build_evidence(
         ecfg = replace(ecfg, n_random_splits=n_splits)
     if n_seeds is not None:
         ecfg = replace(ecfg, seeds=tuple(range(1, n_seeds + 1)))
+    if split_seed is not None:
+        ecfg = replace(ecfg, split_seed=split_seed)
+    ecfg = replace(ecfg, pretrain_seed=backbone_seed(ckpt, pretrain_seed))
     clip = load_clip(cfg.pretrain.arch, str(ckpt))
     model: Any = clip.model
     cache = FeatureCache(work / "evidence" / "feature-cache", model.visual, {"name": clip.name, "config": clip.config},

@@ -88,6 +88,8 @@ class EvidenceConfig:
     n_boot_images: int = 2000  # within-run image bootstrap
     n_boot_overall: int = 10_000  # two-stage bootstrap over splits and seeds
     boot_seed: int = 12345  # the two-stage bootstrap's seed
+    arms: tuple[str, ...] = ARMS  # arms run on every split (("zero-shot",): no training, no loss search)
+    pretrain_seed: int | None = None  # the backbone's pretraining seed, recorded (its checkpoint report's)
 
 
 @dataclass
@@ -122,7 +124,9 @@ def select_arms(
 ) -> tuple[dict[str, ArmSelection], AblationResult]:
     """Protocol §5 on one split: the loss search, then each arm's scores on the same HOCV folds."""
     assert task.val is not None, "selection needs ID val"
-    ablation = run_ablation(clip, task, base, work / "ablation", acfg, cache=cache, progress=progress)
+    trained = any(a != "zero-shot" for a in arms)  # zero-shot alone needs no loss search
+    ablation = (run_ablation(clip, task, base, work / "ablation", acfg, cache=cache, progress=progress) if trained
+                else AblationResult())
     cfgs = arm_configs(base, ablation)
     k = len(task.class_names)
     out: dict[str, ArmSelection] = {}
@@ -236,7 +240,7 @@ def _run_arms(clip: LoadedClip, task: TaskData, selected: dict[str, ArmSelection
             logits = task_logits(ScoringModule(model.visual, embeddings[key], scale, sel.params), task, cache)
             run = evaluate_logits(logits, scale, sel.params, task.class_names)
             records[f"{arm}/{seed}"] = _record(run, logits)
-            if seed in (0, cfg.seeds[0]):
+            if seed in (0, *cfg.seeds[:1]):
                 within[arm] = _within_run(run, NEAR_SET, cfg.n_boot_images, cfg.boot_seed)
     return records, within
 
@@ -281,17 +285,18 @@ def run_split(
         logger.info("reusing finished split %s", name)
         return finished
     start = time.perf_counter()
-    selected, ablation = select_arms(clip, task, base, work, cfg.ablation, cache, progress=progress)
+    selected, ablation = select_arms(clip, task, base, work, cfg.ablation, cache, arms=cfg.arms, progress=progress)
     selection = _write_selection(work, selected, ablation)
     selection_s = time.perf_counter() - start
     records, within = _run_arms(clip, task, selected, cfg, work, cache)
+    paired_seed = cfg.seeds[0] if cfg.seeds and {"ebm", "coop"} <= set(selected) else None  # zero-shot alone: none
     doc = {
         "want": _want(task, base, cfg), "name": name, "classes": list(task.class_names), **_ood_sets(task, records),
         "selection": selection["arms"], "coop_hocv_accuracy": ablation.coop_accuracy,
         "records": {run: _public(r) for run, r in records.items()},
         "within_run": {arm: _public_within(w) for arm, w in within.items()},
         "zero_shot_replicates": _replicates(within.get("zero-shot")),
-        "mcnemar": _mcnemar_ebm_vs_coop(records, cfg.seeds[0] if cfg.seeds else None),
+        "mcnemar": _mcnemar_ebm_vs_coop(records, paired_seed),
         "seconds": {"selection": selection_s, "total": time.perf_counter() - start},
         "counts": task.summary(),
     }
@@ -365,7 +370,10 @@ def endpoints(docs: Sequence[dict[str, Any]], cfg: EvidenceConfig = EvidenceConf
     """P1–P4, C5 and the secondary differences with their CIs and verdicts (protocol §6–§8)."""
     nb, bs = cfg.n_boot_overall, cfg.boot_seed
     out: dict[str, Any] = {"primary": {}, "secondary": {}}
+    ran = _arms_run(docs)  # an endpoint needs its arms on every split (a zero-shot-only run has P1 alone)
     for arm, tag in (("zero-shot", "P1"), ("ebm", "P2"), ("coop", "S-coop"), ("ebm-default", "S-ebm-default")):
+        if arm not in ran:
+            continue
         block = out["primary"] if tag.startswith("P") else out["secondary"]
         for base in ("energy", "mcm"):
             reps = partial(_zs_replicates, base=base) if arm == "zero-shot" else None
@@ -383,6 +391,8 @@ def endpoints(docs: Sequence[dict[str, Any]], cfg: EvidenceConfig = EvidenceConf
             docs, arm, arm, partial(_score_diff, first=DEFAULT_KEYS["delta_energy"], second=DEFAULT_KEYS["energy"],
                                     oodset="near"), 0.01, n_boot=nb, seed=bs)
     for arm_a in ("ebm", "ebm-default"):
+        if not {arm_a, "coop"} <= ran:
+            continue
         primary = arm_a == "ebm"
         for score in ("delta_energy", "energy", "mcm"):
             tag = "P3" if primary and score == "delta_energy" else f"S-P3 {arm_a}"
@@ -393,8 +403,15 @@ def endpoints(docs: Sequence[dict[str, Any]], cfg: EvidenceConfig = EvidenceConf
             docs, arm_a, "coop", partial(_arm_diff, what="covariate"), 0.005, n_boot=nb, seed=bs)
         out["secondary"][f"S: {arm_a} − coop, ID accuracy"] = _endpoint(
             docs, arm_a, "coop", partial(_arm_diff, what="id"), 0.005, n_boot=nb, seed=bs)
-    out["primary"]["C5: ebm+ΔE − coop+(its HOCV-best baseline score), near AUROC"] = _c5(docs, nb, bs)
+    if {"ebm", "coop"} <= ran:
+        out["primary"]["C5: ebm+ΔE − coop+(its HOCV-best baseline score), near AUROC"] = _c5(docs, nb, bs)
     return out
+
+
+def _arms_run(docs: Sequence[dict[str, Any]]) -> set[str]:
+    """The arms with records on every split."""
+    per_doc = [{k.split("/")[0] for k in d["records"]} for d in docs]
+    return set.intersection(*per_doc) if per_doc else set()
 
 
 def _hard_diff(a: dict[str, Any], b: dict[str, Any], score: str, oodset: str) -> float:
@@ -442,7 +459,9 @@ def claim_verdicts(ep: dict[str, Any]) -> list[dict[str, Any]]:
     for cid, text, prefixes in CLAIMS:
         rows = {k: v for k, v in ep["primary"].items() if any(k.startswith(p) for p in prefixes)}
         vs = [v["verdict"] for v in rows.values()]
-        if cid in ("C1", "C2"):
+        if not vs:  # its arms were not run
+            final = "not run"
+        elif cid in ("C1", "C2"):
             auroc_rows = [v["verdict"] for k, v in rows.items() if "AUROC" in k]
             if all(v == "reproduced" for v in vs):
                 final = "reproduced"
@@ -466,7 +485,9 @@ def headline_markdown(ep: dict[str, Any], n_splits: int, n_seeds: int) -> str:
                 rows.append([cid, k.split(": ", 1)[1] if ": " in k else k, _pts(v["overall"]["mean"]),
                              _ci(v["overall"]["ci95"]), v["verdict"], verdicts[cid]])
     note = (f"Points (AUROC/FPR95/accuracy × 100); positive = the paper's direction; mean over {n_splits} ID "
-            f"split(s) of paired differences over {n_seeds} seeds; 95% CI per docs/evidence/protocol.md §7.")
+            f"split(s) of each split's mean paired difference (trained arms: over {n_seeds} prompt-tuning seeds; "
+            "C1 is zero-shot: one deterministic run per split, and the second stage of its bootstrap resamples test "
+            "images); 95% CI per docs/evidence/protocol.md §7.")
     return note + "\n\n" + markdown_table(["claim", "difference", "mean", "95% CI", "endpoint", "claim verdict"],
                                             rows) + "\n"
 
@@ -567,7 +588,9 @@ def _selection(docs: Sequence[dict[str, Any]]) -> str:
         for arm, s in d["selection"].items():
             loss = s["loss"] or {}
             for name, c in s["scores"].items():
-                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", *LOSS_PARAMS)
+                # "reset_logit": ΔEnergy's reset value as records written before the score parameters were named
+                # after their score (i22) call it; the extension's running process writes them so
+                hidden = ("hocv_auroc", "hocv_se", "signal", "delta_energy_reset_logit", "reset_logit", *LOSS_PARAMS)
                 params = {k: v for k, v in c.items() if k not in hidden}
                 rows.append([d["name"], arm, ", ".join(f"{k}={v}" for k, v in loss.items()) if name == "delta_energy"
                              else "", name, ", ".join(f"{k}={v}" for k, v in params.items()),
@@ -589,8 +612,9 @@ def run_evidence(
     """
     out, root = Path(results), Path(work)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "splits.json").write_text(json.dumps({n: list(t.class_names) for n, t in splits}, indent=2) + "\n",
-                                     encoding="utf-8")
+    seed_rec = {"pretrain_seed": cfg.pretrain_seed}  # every results JSON names its backbone
+    (out / "splits.json").write_text(json.dumps({**seed_rec, **{n: list(t.class_names) for n, t in splits}},
+                                                indent=2) + "\n", encoding="utf-8")
     docs, not_run = [], []
     for name, task in splits:
         finished = _finished(root / name, task, base, cfg)
@@ -605,10 +629,11 @@ def run_evidence(
             not_run.append(name)
             continue
         docs.append(run_split(clip, name, task, base, cfg, root / name, cache, progress))
-    (out / "selection.json").write_text(json.dumps({d["name"]: d["selection"] for d in docs}, indent=2) + "\n",
-                                        encoding="utf-8")
+    (out / "selection.json").write_text(json.dumps({**seed_rec, **{d["name"]: d["selection"] for d in docs}},
+                                                   indent=2) + "\n", encoding="utf-8")
     ep = endpoints(docs, cfg)
-    doc = {"command": command, "config": json.loads(json.dumps(asdict(cfg))), "splits_run": [d["name"] for d in docs],
+    doc = {"command": command, **seed_rec, "config": json.loads(json.dumps(asdict(cfg))),
+           "splits_run": [d["name"] for d in docs],
            "not_run": not_run, "verdicts": claim_verdicts(ep), "endpoints": ep,
            "seconds": {d["name"]: d["seconds"] for d in docs}}
     (out / "endpoints.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -38,7 +38,8 @@ from proxy.world.shapes import folder_name, lookalikes_of
 from proxy.world.splits import random_id_splits
 from proxy.world.synth import load_world
 
-__all__ = ["SCORES", "FACTS", "FaithfulnessReport", "check_faithfulness", "faithfulness_markdown"]
+__all__ = ["SCORES", "FACTS", "FaithfulnessReport", "check_faithfulness", "faithfulness_markdown", "write_faithfulness",
+           "rerender_faithfulness"]
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class Fact:
 
     key: str
     fact: str  # what is known of real CLIP
-    source: str  # where it is reported
+    source: str  # where it is reported: a quotation that was read, or "unverified: ..." (what was not read)
     proxy: Callable[[dict[str, Any]], str]  # the proxy's number(s), from the report dict
     holds: Callable[[dict[str, Any]], bool]  # the verdict, from the same numbers
     limits: str = ""  # what a "does not hold" limits
@@ -84,11 +85,17 @@ def _share(doc: dict[str, Any], key: str) -> float:
 
 
 MCM_PAPER = "Ming et al., NeurIPS 2022 (arXiv 2211.13445), MCM; code github.com/deeplearning-wisc/MCM"
+# What was read of the MCM paper: its abstract only (the search tools here return the openings of pages).
+MCM_READ = ("read: only the abstract, which compares MCM with a pure-vision baseline ('outperforms a common "
+            "baseline with pure visual features on a hard OOD task with semantically similar classes by 13.1% "
+            "(AUROC)'), not with max-logit or energy")
 FACTS: tuple[Fact, ...] = (
     Fact(
         "logit_scale",
         "The learned logit scale of OpenAI CLIP is 100 (the clamp of its training).",
-        "Radford et al., 2021; open_clip clamps exp(logit_scale) at 100; docs/METHOD.md",
+        "open_clip's training loop: 'we clamp to 4.6052 = ln(100), as in the original paper' (the clamp is "
+        "quoted; that the released OpenAI CLIP's learned scale sits at it, 100, is unverified here: "
+        "Radford et al., 2021 was not read)",
         lambda d: f"{d['logit_scale']:.1f}",
         lambda d: abs(d["logit_scale"] - 100.0) < 10.0,
         "Scores that depend on the scale (MSP, energy and ΔEnergy at T = 1) are computed on flatter "
@@ -97,7 +104,8 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "zero_shot_accuracy",
         "Zero-shot accuracy on the ID classes is high (the starting point of CoOp-style tuning).",
-        "issue 7 target: >= 95% on the proxy's ID val",
+        "unverified as a fact of real CLIP: a project target (issue 7: >= 95% on the proxy's ID val), "
+        "no real-CLIP number was read",
         lambda d: f"{100 * d['default_split']['id_accuracy']:.1f}%",
         lambda d: d["default_split"]["id_accuracy"] >= 0.95,
     ),
@@ -105,7 +113,8 @@ FACTS: tuple[Fact, ...] = (
         "mcm_vs_max_cosine",
         "Softmax scaling matters: MCM (max softmax of cosines / tau) detects OOD better than the raw "
         "maximum cosine similarity ('max-logit' in the MCM code: 'cosine similarity without softmax').",
-        MCM_PAPER + " (abstract and Sec. on softmax scaling; the code's score definitions)",
+        "unverified: " + MCM_PAPER + " (its tables and softmax-scaling section were not read; " + MCM_READ
+        + "; the code's score definitions as checked 2026-12-01 at commit ea7130f)",
         lambda d: f"near AUROC MCM {100 * _auroc(d, 'mcm'):.1f} vs max-logit {100 * _auroc(d, 'max_logit'):.1f}; "
         f"MCM >= max-logit in {100 * _share(d, 'mcm>=max_logit'):.0f}% of random splits",
         lambda d: _auroc(d, "mcm") >= _auroc(d, "max_logit") and _share(d, "mcm>=max_logit") >= 0.5,
@@ -116,7 +125,8 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "mcm_vs_energy_cos",
         "MCM detects OOD better than the energy score computed as in the MCM code (-LSE of cosines, T = 1).",
-        MCM_PAPER + " (the code's energy: -T * logsumexp(cos / T), T = 1)",
+        "unverified: " + MCM_PAPER + " (tables not read; " + MCM_READ + "; the code's energy "
+        "-T * logsumexp(cos / T), T = 1, as checked 2026-12-01)",
         lambda d: f"near AUROC MCM {100 * _auroc(d, 'mcm'):.1f} vs energy(cos) {100 * _auroc(d, 'energy_cos'):.1f}; "
         f"MCM >= energy(cos) in {100 * _share(d, 'mcm>=energy_cos'):.0f}% of random splits",
         lambda d: _auroc(d, "mcm") >= _auroc(d, "energy_cos") and _share(d, "mcm>=energy_cos") >= 0.5,
@@ -124,7 +134,8 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "near_harder_than_far",
         "Near OOD (semantically close classes) is harder than far OOD (for MCM, energy and max-logit).",
-        MCM_PAPER + " (hard OOD: ImageNet-10 vs ImageNet-20); Bitterwolf et al., ICML 2023 (NINCO)",
+        "unverified: " + MCM_PAPER + " (hard OOD: ImageNet-10 vs ImageNet-20) and Bitterwolf et al., ICML 2023 "
+        "(NINCO); neither paper's tables were read",
         lambda d: "; ".join(f"{s} {100 * _auroc(d, s):.1f} vs {min(100 * _auroc(d, s, f)for f in d['far_sets']):.1f}"
                             for s in ("mcm", "energy", "max_logit")),
         lambda d: all(_auroc(d, s) < min(_auroc(d, s, f) for f in d["far_sets"])
@@ -134,7 +145,8 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "lookalikes_hardest",
         "Look-alike OOD (sharing outline or parts with an ID class) is harder than other near OOD.",
-        "NINCO / SSB-hard motivation (Bitterwolf et al., 2023; Vaze et al., 2022)",
+        "unverified: the motivation of NINCO (Bitterwolf et al., 2023) and SSB-hard (Vaze et al., 2022); "
+        "no table was read",
         lambda d: f"MCM look-alikes {100 * _auroc(d, 'mcm', 'near_hard'):.1f} vs other near "
         f"{100 * _auroc(d, 'mcm', 'near_other'):.1f}",
         lambda d: all(_auroc(d, s, "near_hard") < _auroc(d, s, "near_other") for s in ("mcm", "energy", "max_logit")),
@@ -142,7 +154,7 @@ FACTS: tuple[Fact, ...] = (
     Fact(
         "covariate_drop",
         "Accuracy drops under covariate shift (ImageNet-Sketch/-R/-A below ImageNet) but stays far above chance.",
-        "Radford et al., 2021 (CLIP), robustness section",
+        "unverified: Radford et al., 2021 (CLIP), robustness section, was not read",
         lambda d: ", ".join(f"{k} {100 * v:.0f}%" for k, v in d["default_split"]["covariate_accuracy"].items()),
         lambda d: all(1.0 / len(d["default_split"]["id_classes"]) * 2 < v < d["default_split"]["id_accuracy"]
                       for v in d["default_split"]["covariate_accuracy"].values()),
@@ -299,9 +311,7 @@ def check_faithfulness(
     named = {k: _split_eval(enc, v, scale, detail=False) for k, v in (named_splits or {}).items()}
     report = FaithfulnessReport(label, checkpoint, str(root), TEMPLATE, scale, [n for n, _ in cfg.far_ood],
                                 default, rand, named)
-    doc = report.to_dict()
-    report.facts = [{"key": f.key, "fact": f.fact, "source": f.source, "proxy": f.proxy(doc),
-                     "verdict": "holds" if f.holds(doc) else "does not hold"} for f in FACTS]
+    report.facts = _facts(report.to_dict())
     logger.info("faithfulness of %s: %s", label or checkpoint, {f["key"]: f["verdict"] for f in report.facts})
     return report
 
@@ -310,22 +320,27 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 
 
-def faithfulness_markdown(reports: Sequence[FaithfulnessReport], command: str) -> str:
-    """The Markdown page (``docs/evidence/faithfulness.md``) of one or more models' reports."""
+def faithfulness_markdown(reports: Sequence[FaithfulnessReport], command: str, rendered_by: str | None = None) -> str:
+    """The Markdown page (``docs/evidence/faithfulness.md``) of one or more models' reports.
+
+    ``rendered_by``: the command that re-rendered the page from the JSON (its numbers stay ``command``'s).
+    """
+    rerendered = f" The page was re-rendered from that JSON by `{rendered_by}`." if rendered_by else ""
     lines = ["# Is the proxy CLIP faithful to real CLIP?", "",
-             f"Generated by `{command}` (numbers below are its output; JSON beside it under `results/`).",
+             f"Generated by `{command}` (numbers below are its output; JSON beside it under `results/`).{rerendered}",
              "All numbers are on **validation** images of the world (ID val, near-OOD val, far-OOD val,",
              "covariate val), zero-shot with the template `" + TEMPLATE + "`: the test splits belong to the",
              "pre-registered evaluation. AUROC in %, ID images positive. `energy_cos` is the energy score as",
              "the MCM authors' code computes it (`-logsumexp(cos)`, T = 1); `energy` is the project's (on",
              "logits, T = 1); `max_logit` ranks like the maximum cosine (the scale is a constant).", "",
-             "Sources as checked (2026-12-01): the MCM paper's abstract (arXiv 2211.13445; NeurIPS 2022 text) states",
-             "that MCM beats a pure-vision baseline on a hard OOD task by 13.1% AUROC; its repository",
-             "(github.com/deeplearning-wisc/MCM, commit ea7130f) defines `max-logit` as 'cosine similarity without",
-             "softmax', `energy` as `-T * logsumexp(cos / T)` and MCM as `max softmax(cos / T)`, with `--T` defaulting",
-             "to 1. The paper's result tables could not be read with the tools available here (the search",
-             "returns the openings of pages only), so the orderings below are the paper's qualitative claims,",
-             "not its table values.", ""]
+             "Sources: a row's source either quotes what was read or says **unverified** (what it names was not",
+             "read). Read (2026-12-01, rechecked 2026-12-06): the MCM paper's abstract (arXiv 2211.13445), which",
+             "states that MCM beats a pure-vision baseline on a hard OOD task by 13.1% AUROC; its repository",
+             "(github.com/deeplearning-wisc/MCM, commit ea7130f, 2026-12-01) defines `max-logit` as 'cosine",
+             "similarity without softmax', `energy` as `-T * logsumexp(cos / T)` and MCM as `max softmax(cos / T)`,",
+             "with `--T` defaulting to 1. No result table of the MCM, NINCO, SSB or CLIP papers could be read with",
+             "the tools available here (the search returns the openings of pages only): the orderings below are",
+             "what those papers are cited for, not their table values, and each such row is marked unverified.", ""]
     lines += ["## Facts of real CLIP and whether the proxy reproduces them", ""]
     rows = []
     for f in FACTS:
@@ -334,8 +349,8 @@ def faithfulness_markdown(reports: Sequence[FaithfulnessReport], command: str) -
             mine = next(x for x in r.facts if x["key"] == f.key)
             row.append(f"**{mine['verdict']}**: {mine['proxy']}")
         rows.append(row)
-    lines.append(markdown_table(["fact (real CLIP)", "source", *[r.model for r in reports]], rows,
-                                parse_numbers=True))
+    lines.append(markdown_table(["fact (real CLIP)", "source (quoted, or unverified)", *[r.model for r in reports]],
+                                rows, parse_numbers=True))
     failing = [f for f in FACTS if f.limits and any(
         next(x for x in r.facts if x["key"] == f.key)["verdict"] != "holds" for r in reports)]
     if failing:
@@ -378,12 +393,34 @@ def faithfulness_markdown(reports: Sequence[FaithfulnessReport], command: str) -
     return "\n".join(lines) + "\n"
 
 
+def _facts(doc: dict[str, Any]) -> list[dict[str, str]]:
+    """Every fact's source, the proxy's number and the verdict, from a report's numbers."""
+    return [{"key": f.key, "fact": f.fact, "source": f.source, "proxy": f.proxy(doc),
+             "verdict": "holds" if f.holds(doc) else "does not hold"} for f in FACTS]
+
+
 def write_faithfulness(reports: Sequence[FaithfulnessReport], json_path: str | Path, md_path: str | Path,
-                       command: str) -> None:
+                       command: str, rendered_by: str | None = None) -> None:
     """Write the reports as JSON (``results/``) and Markdown (``docs/evidence/``)."""
     jp, mp = Path(json_path), Path(md_path)
     jp.parent.mkdir(parents=True, exist_ok=True)
     mp.parent.mkdir(parents=True, exist_ok=True)
-    jp.write_text(json.dumps({"command": command, "models": [r.to_dict() for r in reports]}, indent=2) + "\n",
-                  encoding="utf-8")
-    mp.write_text(faithfulness_markdown(reports, command), encoding="utf-8")
+    doc: dict[str, Any] = {"command": command, "models": [r.to_dict() for r in reports]}
+    if rendered_by:
+        doc["rendered_by"] = rendered_by
+    jp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+    mp.write_text(faithfulness_markdown(reports, command, rendered_by), encoding="utf-8")
+
+
+def rerender_faithfulness(json_path: str | Path, md_path: str | Path, rendered_by: str) -> list[FaithfulnessReport]:
+    """Re-render a faithfulness report from its JSON: the facts' sources, numbers and verdicts come from the
+    current :data:`FACTS` applied to the stored measurements (nothing is measured again; the command that
+    measured them stays recorded)."""
+    doc = json.loads(Path(json_path).read_text(encoding="utf-8"))
+    reports = []
+    for m in doc["models"]:
+        r = FaithfulnessReport(**{k: v for k, v in m.items() if k != "facts"})
+        r.facts = _facts(r.to_dict())
+        reports.append(r)
+    write_faithfulness(reports, json_path, md_path, doc["command"], rendered_by)
+    return reports

@@ -34,7 +34,8 @@ from models.train.data.folders import load_images, read_captions
 from proxy.world.splits import is_world, load_task_root
 from proxy.zero_shot import evaluate_zero_shot
 
-__all__ = ["PretrainConfig", "PretrainReport", "Corpus", "contrastive_loss", "load_corpus", "pretrain_tiny"]
+__all__ = ["PretrainConfig", "PretrainReport", "Corpus", "contrastive_loss", "load_corpus", "pretrain_tiny",
+           "checkpoint_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -355,3 +356,16 @@ def pretrain_tiny(
         return report
     finally:
         torch.set_num_threads(threads)
+
+
+def checkpoint_seed(checkpoint: str | Path) -> int | None:
+    """The pretraining seed of a tiny-CLIP checkpoint, from the report beside it (None: no report).
+
+    Results computed on a backbone record it (``pretrain_seed``), so runs on different pretraining
+    seeds are never pooled or compared unawares.
+    """
+    report = Path(checkpoint).with_suffix(".json")
+    if not report.is_file():
+        return None
+    seed = json.loads(report.read_text(encoding="utf-8")).get("config", {}).get("seed")
+    return None if seed is None else int(seed)

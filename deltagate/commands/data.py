@@ -168,3 +168,20 @@ def faithfulness(
     for r in reports:
         typer.echo(f"{r.model}: " + ", ".join(f"{f['key']} {f['verdict']}" for f in r.facts))
     typer.echo(f"wrote {json_out} and {md_out}")
+
+
+@data_app.command("faithfulness-render")
+def faithfulness_render(
+    ctx: typer.Context,
+    json_in: Annotated[Path, typer.Option("--json", help="A faithfulness JSON report.")] = Path(
+        "results/faithfulness.json"),
+    md_out: Annotated[Path, typer.Option("--md", help="Markdown page.")] = Path("docs/evidence/faithfulness.md"),
+) -> None:
+    """Re-render the faithfulness page from its JSON (sources and verdicts of the current facts; no re-measuring)."""
+    from deltagate.commands.command_line import command_line
+    from proxy.faithfulness import rerender_faithfulness
+
+    reports = rerender_faithfulness(json_in, md_out, command_line(ctx))
+    for r in reports:
+        typer.echo(f"{r.model}: " + ", ".join(f"{f['key']} {f['verdict']}" for f in r.facts))
+    typer.echo(f"wrote {json_in} and {md_out}")

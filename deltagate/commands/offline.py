@@ -364,14 +364,83 @@ def demo_evidence(
     only: Annotated[str | None, typer.Option(help="Run only these splits ('default,random-1'); others are reused "
                                                   "when finished (run several processes, then one without --only).")
                     ] = None,
+    split_seed: SplitSeedOpt = None,
+    pretrain_seed: PretrainSeedOpt = None,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
     from proxy.demo import build_evidence
 
     cfg = _demo_config(preset, seed, id_classes)
-    doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,
-                         budget_s=budget_min * 60 if budget_min else None, progress=progress,
-                         only=[x.strip() for x in only.split(",")] if only else None)
+    try:
+        doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,
+                             budget_s=budget_min * 60 if budget_min else None, progress=progress,
+                             only=_csv_list(only), split_seed=split_seed, pretrain_seed=pretrain_seed)
+    except ValueError as exc:  # the checkpoint has another pretraining seed
+        raise typer.BadParameter(str(exc)) from exc
     typer.echo((results / "evidence.md").read_text(encoding="utf-8"))
     typer.echo(f"verdicts: {[(v['claim'], v['verdict']) for v in doc['verdicts']]}; not run: {doc['not_run']}")
+
+
+SplitSeedOpt = Annotated[int | None, typer.Option(help="Seed of the random ID splits (default: the protocol's).")]
+PretrainSeedOpt = Annotated[int | None, typer.Option(
+    help="Pretraining seed the work directory's tiny CLIP must have (checked against its report; recorded).")]
+
+
+def _csv_list(value: str | None) -> list[str] | None:
+    return [x.strip() for x in value.split(",") if x.strip()] if value else None
+
+
+@demo_app.command("extension")
+def demo_extension(
+    ctx: typer.Context,
+    work: Annotated[Path, typer.Option(help="A directory with world/ and tiny-clip.safetensors (+ its report).")],
+    results: Annotated[Path, typer.Option(help="Where this backbone's tables go (e.g. results/evidence-ext-p0).")],
+    preset: Annotated[str, typer.Option(help="default or fast (tests): training, selection, bootstrap.")] = "default",
+    zero_shot_splits: Annotated[int | None, typer.Option(help="C1 splits (protocol-extension: 40).")] = None,
+    full_splits: Annotated[int | None, typer.Option(help="C2–C5 splits, every arm (protocol-extension: 20).")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Prompt-tuning seeds 1..n (protocol-extension: 3).")] = None,
+    split_seed: SplitSeedOpt = None,
+    pretrain_seed: PretrainSeedOpt = None,
+    groups: Annotated[str, typer.Option(help="Groups to run now: zero-shot (C1), full (C2–C5).")] = "zero-shot,full",
+    only: Annotated[str | None, typer.Option(help="Run only these splits ('ext-1,ext-2'); finished ones are reused.")
+                    ] = None,
+    budget_min: Annotated[float | None, typer.Option(help="Start no new split after this many minutes.")] = None,
+    aggregate_only: Annotated[bool, typer.Option(
+        help="Run nothing new: tables of the finished splits (an interim report beside a running process).")] = False,
+    progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
+) -> None:
+    """The pre-registered extension (docs/evidence/protocol-extension.md) on one backbone; resumes finished splits."""
+    from dataclasses import replace
+
+    from proxy.evidence_extension import ExtensionConfig, build_extension
+
+    cfg = _demo_config(preset, None, None)
+    given = {"n_zero_shot_splits": zero_shot_splits, "n_full_splits": full_splits, "split_seed": split_seed,
+             "seeds": tuple(range(1, seeds + 1)) if seeds else None}
+    ext = replace(ExtensionConfig(), **{k: v for k, v in given.items() if v is not None})
+    try:
+        doc = build_extension(cfg, work, results, ext, command=command_line(ctx), groups=_csv_list(groups) or [],
+                              pretrain_seed=pretrain_seed, only=_csv_list(only),
+                              budget_s=budget_min * 60 if budget_min else None, progress=progress,
+                              aggregate_only=aggregate_only)
+    except ValueError as exc:  # an unknown group, another pretraining seed
+        raise typer.BadParameter(str(exc)) from exc
+    typer.echo((results / "extension.md").read_text(encoding="utf-8"))
+    typer.echo(f"verdicts: {[(v['claim'], v['verdict']) for v in doc['verdicts']]}")
+
+
+@demo_app.command("extension-report")
+def demo_extension_report(
+    ctx: typer.Context,
+    backbone: Annotated[list[Path], typer.Option(help="A backbone's results of `demo extension` (repeatable).")],
+    out: Annotated[Path, typer.Option(help="Where the combined table goes.")] = Path("results/evidence-extension"),
+    original: Annotated[Path | None, typer.Option(help="The original run's results, shown beside.")] = Path(
+        "results/evidence"),
+) -> None:
+    """The extension's backbones beside the original run: one verdict per claim, with CIs (headline.md)."""
+    from proxy.evidence_extension import combine
+
+    doc = combine(backbone, original, out, command_line(ctx))
+    typer.echo((out / "headline.md").read_text(encoding="utf-8"))
+    typer.echo(f"verdicts: {[(v['claim'], v['verdict']) for v in doc['verdicts']]}")

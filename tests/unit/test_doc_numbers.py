@@ -148,3 +148,23 @@ def test_readme_evidence_table_is_the_headline_of_the_evidence_run() -> None:
         for q in quoted:
             mean, ci = q.split(" ", 1)
             assert re.search(rf"\| {re.escape(mean)}\s+\| {re.escape(ci)}\s+\|", headline), f"{cells[0]}: {q}"
+
+
+def test_readme_extension_table_is_the_extension_headline() -> None:
+    """The README's extension rows (``| C1 | ...``) quote means, CIs, split counts and verdict words (interim
+    ones included) from results/evidence-extension/headline.md, the output of ``demo extension-report``."""
+    headline = (ROOT / "results" / "evidence-extension" / "headline.md").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8").replace("−", "-")
+    rows = [line for line in readme.splitlines() if re.match(r"\| C\d \|", line)]
+    assert rows, "README.md has no extension rows"
+    table = [[c.strip() for c in line.strip("|").split("|")] for line in headline.splitlines()
+             if re.match(r"\| C\d\s", line)]
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        quoted = re.findall(r"[-+]\d+\.\d \[[-+]\d+\.\d, [-+]\d+\.\d\](?: \(n=\d+\))?(?: [a-z][a-z ]*[a-z])?",
+                            " ".join(cells[2:-1]))
+        assert quoted or "not run" in row, row
+        same_claim = [r for r in table if r[0] == cells[0]]
+        for q in quoted:
+            assert any(q in c for r in same_claim for c in r), f"{cells[0]}: {q}"
+        assert cells[-1] in {r[-1] for r in same_claim}, f"{cells[0]}: verdict {cells[-1]!r}"

@@ -85,6 +85,49 @@ def test_the_evidence_pipeline_writes_verdicts_with_intervals(demo):
     assert "## Verdicts" in (out / "evidence.md").read_text()
 
 
+def test_the_extension_runs_new_splits_per_group_and_records_the_pretraining_seed(demo):
+    out = demo / "extension"
+    args = ["demo", "extension", "--preset", "fast", "--work", str(demo / "work"), "--results", str(out),
+            "--zero-shot-splits", "3", "--full-splits", "1", "--seeds", "2", "--split-seed", "11"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    doc = json.loads((out / "extension.json").read_text())
+    assert doc["pretrain_seed"] == 0 and doc["splits_run"] == {"zero-shot": ["ext-1", "ext-2", "ext-3"],
+                                                                "full": ["ext-1"]}
+    assert [v["claim"] for v in doc["verdicts"]] == ["C1", "C2", "C3", "C4", "C5"]
+    assert doc["backbone"]["pretrain_seed"] == 0 and doc["backbone"]["logit_scale"] > 0
+    assert doc["backbone"]["zero_shot_split"] == "val"  # the backbone's record holds validation numbers only
+    zs = json.loads((out / "zero-shot" / "endpoints.json").read_text())
+    assert zs["pretrain_seed"] == 0 and all(k.startswith("P1 zero-shot") for k in zs["endpoints"]["primary"])
+    splits = json.loads((out / "zero-shot" / "splits.json").read_text())
+    original = json.loads((demo / "evidence" / "splits.json").read_text()) if (demo / "evidence").is_dir() else {}
+    assert splits.pop("pretrain_seed") == 0
+    assert not {frozenset(v) for v in splits.values()} & {frozenset(v) for k, v in original.items()
+                                                          if k != "pretrain_seed"}
+    sel = json.loads((out / "zero-shot" / "selection.json").read_text())
+    assert set(sel["ext-1"]) == {"zero-shot"}  # no loss search, no training
+    full = json.loads((out / "full" / "endpoints.json").read_text())
+    assert full["config"]["seeds"] == [1, 2] and full["config"]["split_seed"] == 11
+    # a second call resumes: every split is reused, nothing is recomputed
+    again = CliRunner().invoke(app, args)
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "full" / "endpoints.json").read_text())["endpoints"] == full["endpoints"]
+    # an interim report runs nothing: a registered split that has not finished is "not run"
+    interim = CliRunner().invoke(app, [*args[:-6], "--full-splits", "2", "--seeds", "2", "--split-seed", "11",
+                                       "--groups", "full", "--aggregate-only"])
+    assert interim.exit_code == 0, interim.output
+    part = json.loads((out / "full" / "endpoints.json").read_text())
+    assert part["splits_run"] == ["ext-1"] and part["not_run"] == ["ext-2"] and part["endpoints"] == full["endpoints"]
+    # another pretraining seed is refused, for the extension and the original pipeline alike
+    for cmd in (args, ["demo", "evidence", "--preset", "fast", "--work", str(demo / "work"),
+                       "--results", str(demo / "ev-seed"), "--pretrain-seed", "4"]):
+        bad = CliRunner().invoke(app, [*cmd, "--pretrain-seed", "3"] if cmd is args else cmd)
+        assert bad.exit_code == 2 and "pretrainedwithseed0" in "".join(c for c in bad.output if c.isalnum())
+    report = CliRunner().invoke(app, ["demo", "extension-report", "--backbone", str(out), "--out",
+                                      str(demo / "combined"), "--original", str(demo / "evidence")])
+    assert report.exit_code == 0, report.output
+    assert "extension, pretraining seed 0" in (demo / "combined" / "headline.md").read_text()
+
 def test_the_int8_graph_ships_exactly_when_auto_would_serve_it(demo):
     from models.bundle import INT8_ONNX_FILE
     from service.engines import choose_engine

@@ -60,5 +60,10 @@ def test_faithfulness_writes_json_and_markdown(world, tmp_path):
     doc = json.loads((tmp_path / "f.json").read_text())
     assert doc["models"][0]["model"] == "rand" and "mine" in doc["models"][0]["named_splits"]
     assert "Split `mine`" in (tmp_path / "f.md").read_text()
+    again = runner.invoke(app, ["data", "faithfulness-render", "--json", str(tmp_path / "f.json"),
+                                "--md", str(tmp_path / "g.md")])
+    assert again.exit_code == 0, again.output
+    assert json.loads((tmp_path / "f.json").read_text())["models"] == doc["models"]  # nothing re-measured
+    assert "re-rendered from that JSON by `deltagate data faithfulness-render" in (tmp_path / "g.md").read_text()
     bad = runner.invoke(app, ["data", "faithfulness", "--world", str(world), "--model", str(ckpt)])
     assert bad.exit_code != 0

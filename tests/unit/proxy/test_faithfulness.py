@@ -9,7 +9,14 @@ import pytest
 import torch
 
 from models.clip_loading import load_clip
-from proxy.faithfulness import FACTS, SCORES, TEMPLATE, check_faithfulness, write_faithfulness
+from proxy.faithfulness import (
+    FACTS,
+    SCORES,
+    TEMPLATE,
+    check_faithfulness,
+    rerender_faithfulness,
+    write_faithfulness,
+)
 from proxy.world.splits import world_split
 from proxy.world.synth import generate_world
 from proxy.zero_shot import evaluate_zero_shot
@@ -68,3 +75,21 @@ def test_the_page_and_json_are_written(setup, tmp_path):
     assert all(f.fact in page for f in FACTS) and "near_hard" in page
     doc = json.loads((tmp_path / "f.json").read_text())
     assert doc["models"][0]["model"] == "random" and doc["models"][0]["facts"] == report.facts
+
+
+def test_every_source_quotes_or_says_unverified():
+    for f in FACTS:
+        assert f.source.startswith("unverified") or "'" in f.source, f.key  # a quotation is in quotes
+
+
+def test_rerendering_from_the_json_keeps_every_number_and_the_measuring_command(setup, tmp_path):
+    _, _, report = setup
+    write_faithfulness([report], tmp_path / "f.json", tmp_path / "f.md", "deltagate data faithfulness ...")
+    before = json.loads((tmp_path / "f.json").read_text())
+    reports = rerender_faithfulness(tmp_path / "f.json", tmp_path / "g.md", "deltagate data faithfulness-render")
+    after = json.loads((tmp_path / "f.json").read_text())
+    assert after["command"] == before["command"] and after["rendered_by"] == "deltagate data faithfulness-render"
+    assert after["models"] == before["models"] and reports[0].facts == report.facts
+    page = (tmp_path / "g.md").read_text()
+    assert page.replace(" The page was re-rendered from that JSON by `deltagate data faithfulness-render`.", "") == (
+        tmp_path / "f.md").read_text()
