@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "IMAGE_EXTENSIONS",
     "PreprocessConfig",
     "ImageDecodeError",
     "ImageTooLargeError",
@@ -45,6 +46,8 @@ __all__ = [
     "preprocess_batch",
 ]
 
+# File name suffixes read as images from a folder (training data, label-set examples).
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 # Formats the service accepts; everything else is refused rather than guessed at.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
 

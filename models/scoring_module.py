@@ -16,9 +16,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.scores import ScoreParams, cosine_logits, delta_energy, energy
-from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
+from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "WithFeatures",
+           "score_outputs"]
+
+
+def score_outputs(logits: torch.Tensor, p: ScoreParams) -> tuple[torch.Tensor, ...]:
+    """(B, K) logits -> (logits, probs, delta_energy, energy): the scoring module's outputs."""
+    probs = torch.softmax(logits, dim=-1)  # (B, K)
+    de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature, p.reset)  # (B,)
+    en = energy(logits, p.energy_temperature)  # (B,)
+    return logits, probs, de, en
+
+
+class ScoreHead(nn.Module):
+    """The scoring head alone: (image features (B, D), class embeddings (K, D)) -> the four outputs.
+
+    Exported as a bundle's ``scores.onnx``: label sets (class embeddings made at request time or
+    stored in a label-set file) are scored by this graph, so their scores are the same definition
+    (:mod:`models.scores`) as the fixed classes'.
+    """
+
+    def __init__(self, logit_scale: float, score_params: ScoreParams | None = None) -> None:
+        super().__init__()
+        self.logit_scale = float(logit_scale)
+        self.score_params = score_params or ScoreParams()
+
+    def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return score_outputs(cosine_logits(features, class_embeddings, self.logit_scale), self.score_params)
 
 
 class ScoringModule(nn.Module):
@@ -56,13 +82,31 @@ class ScoringModule(nn.Module):
 
     def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, K) logits -> (logits, probs, delta_energy, energy), the module's outputs."""
-        p = self.score_params
-        probs = torch.softmax(logits, dim=-1)  # (B, K)
-        de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature, p.reset)  # (B,)
-        en = energy(logits, p.energy_temperature)  # (B,)
-        return logits, probs, de, en
+        return score_outputs(logits, self.score_params)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args: pixel_values (B, 3, H, W) normalised. Returns: logits (B, K), probs (B, K),
         delta_energy (B,), energy (B,), all float32."""
         return self.scores_from_logits(self.logits_from_features(self.visual(pixel_values)))
+
+
+class WithFeatures(nn.Module):
+    """A scoring module that also returns the L2-normalised image features (B, D) as a fifth output.
+
+    What a bundle with a text side exports as ``model.onnx`` (output :data:`FEATURES_NAME`) and what
+    the torch engine runs for it: the four fixed-class outputs stay, so old clients and the int8 and
+    float16 conversions see the same graph, and label sets are scored from the features.
+    """
+
+    def __init__(self, module: ScoringModule) -> None:
+        super().__init__()
+        self.module = module
+
+    @property
+    def num_classes(self) -> int:
+        return self.module.num_classes
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        features = self.module.visual(pixel_values)  # (B, D)
+        scores = self.module.scores_from_logits(self.module.logits_from_features(features))
+        return (*scores, F.normalize(features.float(), dim=-1))

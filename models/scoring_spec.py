@@ -13,10 +13,20 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RESET_MODES", "ResetMode", "ScoreParams", "gate_scores"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "TEXT_INPUT_NAMES", "TEXT_OUTPUT_NAME",
+           "SCORE_INPUT_NAMES", "RESET_MODES", "ResetMode", "ScoreParams", "gate_scores"]
 
 INPUT_NAME = "pixel_values"  # (B, 3, H, W) float32, preprocessed with the bundle's config
 OUTPUT_NAMES: tuple[str, str, str, str] = ("logits", "probs", "delta_energy", "energy")
+# Bundles with a text side: model.onnx also gives the L2-normalised image features (B, D), so that
+# label sets are scored against them (scores.onnx) without a second vision forward.
+FEATURES_NAME = "image_features"
+# text.onnx: token ids (N, T, L) int64 and use_context (N,) float32 (1: the learned context replaces
+# the prompt's placeholder tokens) -> (N, D) L2-normalised text embeddings (mean over the T prompts).
+TEXT_INPUT_NAMES: tuple[str, str] = ("input_ids", "use_context")
+TEXT_OUTPUT_NAME = "text_embeddings"
+# scores.onnx: image features (B, D) and class embeddings (K, D) -> OUTPUT_NAMES (the scoring head).
+SCORE_INPUT_NAMES: tuple[str, str] = (FEATURES_NAME, "class_embeddings")
 
 
 ResetMode = Literal["value", "min", "mean"]

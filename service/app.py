@@ -12,7 +12,7 @@ from models.version import DELTAGATE_VERSION
 from service.errors import install_error_handlers
 from service.middleware import BodySizeLimitMiddleware
 from service.openapi import install_openapi
-from service.routes import classify, health, metrics, model, ui
+from service.routes import classify, health, label_sets, metrics, model, ui
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     app.state.begin_drain = begin_drain
     install_error_handlers(app)
     install_openapi(app, settings)
-    routers = [module.router for module in (classify, health, model, metrics)]
+    routers = [module.router for module in (classify, label_sets, health, model, metrics)]
     if settings.ui:
         routers.append(ui.router)
     for router in routers:

@@ -32,6 +32,11 @@ __all__ = [
     "DeadlineError",
     "InferenceFailedError",
     "ClientGoneError",
+    "InvalidLabelsError",
+    "LabelSetsUnavailableError",
+    "LabelSetNotFoundError",
+    "ForbiddenError",
+    "LabelSetLimitError",
     "error_response",
     "install_error_handlers",
 ]
@@ -101,6 +106,26 @@ class InferenceFailedError(ServiceError):
 class ClientGoneError(ServiceError):
     # nginx's non-standard 499: the client closed the connection; nobody reads this response.
     status, code = 499, "client_closed_request"
+
+
+class InvalidLabelsError(ServiceError):
+    status, code = 422, "invalid_labels"  # empty, duplicate, whitespace, too many or too long labels
+
+
+class LabelSetsUnavailableError(ServiceError):
+    status, code = 422, "label_sets_unavailable"  # the bundle has no text side, or no default rule for the mode
+
+
+class LabelSetNotFoundError(ServiceError):
+    status, code = 404, "label_set_not_found"
+
+
+class ForbiddenError(ServiceError):
+    status, code = 403, "forbidden"  # e.g. creating label sets over HTTP with no admin key configured
+
+
+class LabelSetLimitError(ServiceError):
+    status, code = 409, "label_set_limit"  # max_label_sets named sets exist already
 
 
 def error_response(

@@ -23,6 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.types import Receive
 
 from models.bundle import BundleManifest
+from models.calibration import CalibrationRecord
 from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -47,7 +48,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
 
-__all__ = ["InputImage", "read_images", "resolve_top_k", "prepare_images", "run_batched", "postprocess"]
+__all__ = ["InputImage", "ClassifyBody", "read_images", "resolve_top_k", "prepare_images", "run_batched",
+           "postprocess", "score_results"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -58,11 +60,20 @@ class InputImage:
     filename: str | None = None
 
 
+@dataclass(frozen=True)
+class ClassifyBody:
+    """What a classify request's body holds besides its images' pixels."""
+
+    images: list[InputImage]
+    top_k: int | None = None  # the body's top_k (the query parameter wins)
+    labels: list[str] | None = None  # ad-hoc labels (multipart field 'labels', repeatable; JSON "labels")
+    prompts: str | None = None  # their prompt mode (the query parameter wins)
+
+
 # --- stage 1: read the request body -------------------------------------------------------------
-async def read_images(
-    request: Request, settings: Settings, ticket: Ticket, pool: Executor
-) -> tuple[list[InputImage], int | None]:
-    """The images and optional body ``top_k`` of a multipart or JSON request; the ticket grows to hold them.
+async def read_images(request: Request, settings: Settings, ticket: Ticket, pool: Executor) -> ClassifyBody:
+    """The images, the optional body ``top_k`` and ad-hoc ``labels`` of a multipart or JSON request; the ticket
+    grows to hold the images.
 
     Args:
         request: the request (its body is read here).
@@ -79,14 +90,15 @@ async def read_images(
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == _MULTIPART:
-        images, top_k = await _read_multipart(request)
+        body = await _read_multipart(request, settings)
     elif content_type == _JSON:
-        images, top_k = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, await request.body())
+        body = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, await request.body())
     else:
         raise UnsupportedMediaTypeError(
             f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
             f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
         )
+    images = body.images
     if not images:
         raise InvalidFieldError("no image in the request: send at least one")
     if len(images) > settings.max_images_per_request:
@@ -94,25 +106,33 @@ async def read_images(
             f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
         )
     ticket.grow(len(images))
-    return images, top_k
+    return body
 
 
-async def _read_multipart(request: Request) -> tuple[list[InputImage], int | None]:
+async def _read_multipart(request: Request, settings: Settings) -> ClassifyBody:
     images: list[InputImage] = []
-    async with request.form() as form:  # closes the spooled upload files on exit
+    # Starlette refuses more than max_fields text fields (the labels) with a 400 before we see them.
+    async with request.form(max_fields=settings.max_labels + 16) as form:  # closes the spooled files on exit
         for value in form.getlist("file"):
             if not isinstance(value, UploadFile):
                 raise InvalidFieldError("field 'file' must be a file upload, not a text field")
             images.append(InputImage(await value.read(), value.filename))
         top_k = form.get("top_k")
+        labels = form.getlist("labels")
+        prompts = form.get("prompts")
+    if any(not isinstance(v, str) for v in labels):
+        raise InvalidFieldError("field 'labels' must be text, not a file upload", details=[{"loc": ["labels"]}])
+    if prompts is not None and not isinstance(prompts, str):
+        raise InvalidFieldError("field 'prompts' must be text", details=[{"loc": ["prompts"]}])
+    body = ClassifyBody(images, None, [str(v) for v in labels] or None, prompts)
     if top_k is None:
-        return images, None
+        return body
     if not isinstance(top_k, str) or not top_k.strip().isdigit() or int(top_k) < 1:
         raise InvalidFieldError("field 'top_k' must be a positive integer", details=[{"loc": ["top_k"]}])
-    return images, int(top_k)
+    return ClassifyBody(images, int(top_k), body.labels, prompts)
 
 
-def _parse_json(body: bytes) -> tuple[list[InputImage], int | None]:
+def _parse_json(body: bytes) -> ClassifyBody:
     """JSON + base64 -> images (in the decode pool: ~0.1 s for a 32 MB body would stall the loop)."""
     try:
         payload = json.loads(body)
@@ -124,7 +144,7 @@ def _parse_json(body: bytes) -> tuple[list[InputImage], int | None]:
         details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
         fields = ", ".join(".".join(str(p) for p in d["loc"]) or "body" for d in details)
         raise InvalidFieldError(f"invalid fields: {fields}", details=details) from exc
-    return [InputImage(data) for data in parsed.images], parsed.top_k
+    return ClassifyBody([InputImage(data) for data in parsed.images], parsed.top_k, parsed.labels, parsed.prompts)
 
 
 def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
@@ -231,25 +251,43 @@ async def run_batched(
 def postprocess(
     rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None]
 ) -> list[ImageResult]:
-    """Rows of engine outputs -> labelled results with the OOD decision and p-value."""
+    """Rows of engine outputs -> labelled results with the OOD decision and p-value (the bundle's classes)."""
     calib = manifest.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
-    batch = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "delta_energy")}
-    scores = gate_scores(batch, calib.score, manifest.logit_scale, manifest.scores)  # (N,): the bundle's gate
+    outputs = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "probs",
+                                                                                        "delta_energy")}
+    return score_results(outputs, manifest.classes, calib, manifest, top_k, filenames)
+
+
+def score_results(
+    outputs: dict[str, np.ndarray], classes: Sequence[str], calib: CalibrationRecord, manifest: BundleManifest,
+    top_k: int, filenames: Sequence[str | None],
+) -> list[ImageResult]:
+    """Scores of N images over K classes -> results: the gate (the bundle's gate score against ``calib``),
+    the label, top-k and p-value. The bundle's classes and a label set's go through here alike.
+
+    Args:
+        outputs: ``logits`` (N, K), ``probs`` (N, K), ``delta_energy`` (N,).
+        classes: the K class names.
+        calib: the gate's calibration (the bundle's, a named set's or the default rule's).
+        manifest: the bundle (logit scale and score parameters of the gate score).
+        top_k: entries of each top-k list.
+        filenames: per image.
+    """
+    scores = gate_scores(outputs, calib.score, manifest.logit_scale, manifest.scores)  # (N,): the bundle's gate
     flags, p_values = calib.is_ood(scores), calib.p_value(scores)  # (N,), (N,)
-    k = min(top_k, len(manifest.classes))
+    k = min(top_k, len(classes))
+    gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
     results = []
-    for i, row in enumerate(rows):
-        probs = row.outputs["probs"]  # (K,)
+    for i in range(len(scores)):
+        probs = outputs["probs"][i]  # (K,)
         order = np.argsort(-probs, kind="stable")[:k]  # (k,)
         best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
-        gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
         results.append(ImageResult(
             index=i, filename=filenames[i], decision="rejected_ood" if ood else "accepted",
-            label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
-            top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
-                   for j in order],
-            delta_energy=float(row.outputs["delta_energy"]), gate_score_name=calib.score, gate_score=score,
+            label=classes[best], class_index=best, confidence=float(probs[best]),
+            top_k=[TopKEntry(label=classes[j], class_index=int(j), probability=float(probs[j])) for j in order],
+            delta_energy=float(outputs["delta_energy"][i]), gate_score_name=calib.score, gate_score=score,
             threshold=calib.threshold, is_ood=ood, ood_p_value=float(p_values[i]),
             message=(f"rejected as out-of-distribution: {gate} {score:.4g} is below the threshold "
                      f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,

@@ -27,6 +27,7 @@ from service.telemetry import ServiceMetrics
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
+    from service.label_sets import LabelSets
 
 __all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
 
@@ -80,6 +81,15 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})
     return models
+
+
+def load_label_sets(bundle: Bundle, settings: Settings, plan: ThreadPlan) -> LabelSets | None:
+    """The text side of a bundle that has one (label sets, ad-hoc labels); None for fixed classes only."""
+    if not bundle.has_text:
+        return None
+    from service.label_sets import LabelSets
+
+    return LabelSets(bundle, settings, plan.intra_op_threads)
 
 
 def check_device(settings: Settings) -> None:
@@ -146,6 +156,7 @@ class Runtime:
         self.instances: list[LoadedModel] = []
         self.batcher: Batcher | None = None
         self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
+        self.label_sets: LabelSets | None = None  # the text side (bundles that have one): label sets, ad-hoc labels
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
         self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
         self._start_task: asyncio.Task[None] | None = None
@@ -173,6 +184,7 @@ class Runtime:
                            plan.instances, plan.intra_op_threads, plan.budget)
         try:
             models = await asyncio.to_thread(load_models, s, plan)
+            label_sets = await asyncio.to_thread(load_label_sets, models[0].bundle, s, plan)
             graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
             if s.warmup:
                 for model in models:
@@ -191,6 +203,7 @@ class Runtime:
         )
         self.batcher.start()
         self.instances = models
+        self.label_sets = label_sets
         facts = self.engine_facts()
         self.metrics.bind_model(models[0].manifest, facts)
         self.metrics.ready.set(1)
@@ -231,3 +244,13 @@ class Runtime:
             headers = {"Retry-After": str(self.settings.retry_after_s)}
             raise NotReadyError(f"the model is not ready (state: {self.phase.value})", headers=headers)
         return self.model, self.batcher
+
+    def require_label_sets(self) -> LabelSets:
+        """The text side, or 422 when the bundle has none (call after :meth:`require_ready`)."""
+        if self.label_sets is None:
+            from service.errors import LabelSetsUnavailableError
+
+            raise LabelSetsUnavailableError(
+                "this bundle serves its own classes only: it has no text side for label sets (re-export it with "
+                "this deltagate version; docs/label-sets.md)")
+        return self.label_sets

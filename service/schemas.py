@@ -16,6 +16,9 @@ __all__ = [
     "ImageResult",
     "ModelRef",
     "ClassifyResponse",
+    "LabelSetSummary",
+    "LabelSetInfo",
+    "LabelSetList",
     "ErrorBody",
     "ErrorResponse",
     "HealthResponse",
@@ -65,6 +68,15 @@ class ClassifyJSONRequest(BaseModel):
         None, ge=1,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
     )
+    labels: list[str] | None = Field(
+        None, description="Ad-hoc labels: classify against these instead of the bundle's classes (zero-shot, gated "
+        "by the bundle's default rule; calibrated: false). Not together with the label_set query parameter.",
+        examples=[["octagon", "pentagon", "hexagon"]],
+    )
+    prompts: Literal["learned", "zero-shot"] | None = Field(
+        None, description="Prompt mode of ad-hoc labels (default: the bundle's); the query parameter wins if both "
+        "are given.",
+    )
 
 
 class TopKEntry(BaseModel):
@@ -104,9 +116,54 @@ class ModelRef(BaseModel):
 class ClassifyResponse(BaseModel):
     model: ModelRef
     request_id: str
+    label_set: str | None = Field(
+        None, description="The classes answered with: null for the bundle's own, a named label set's name, or "
+        "'ad-hoc' for the request's labels."
+    )
+    calibrated: bool = Field(
+        True, description="Whether the threshold was calibrated on ID images of these classes: true for the "
+        "bundle's classes and for a named set made with examples; false for ad-hoc labels and named sets without "
+        "examples (the bundle's default rule for K labels)."
+    )
     num_images: int
     num_rejected_ood: int = Field(description="How many images were rejected as out-of-distribution.")
     results: list[ImageResult]
+
+
+class LabelSetSummary(BaseModel):
+    """A named label set as ``GET /label-sets`` lists it."""
+
+    name: str
+    labels: list[str]
+    num_labels: int
+    prompts: str
+    calibrated: bool
+    threshold: float
+    target_tpr: float
+    gate_score_name: str
+    created_at: str
+    source: str
+
+
+class LabelSetInfo(LabelSetSummary):
+    """One named label set in full (``GET /label-sets/{name}``, ``PUT /label-sets/{name}``)."""
+
+    calibration: dict[str, Any] = Field(description="The gate's calibration record (without its quantile summary).")
+    examples: dict[str, int] = Field(description="Example images per label the threshold was fitted on.")
+    bundle: dict[str, str] = Field(description="The bundle the set was made for (name, version, fingerprint).")
+    sha256: str
+
+
+class LabelSetList(BaseModel):
+    label_sets: list[LabelSetSummary]
+    not_loaded: dict[str, str] = Field(description="Files in the directory that are not served, and why.")
+    directory: str
+    prompt_modes: list[str] = Field(description="Prompt modes of the bundle's text side.")
+    default_prompts: str
+    rule_label_counts: dict[str, list[int]] = Field(
+        description="Per prompt mode: the fewest and most labels the default rule covers (ad-hoc sets, sets "
+        "without examples)."
+    )
 
 
 class ErrorBody(BaseModel):

@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from models.preprocess import (
+    IMAGE_EXTENSIONS,
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
@@ -58,9 +59,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
-
 
 @dataclass(frozen=True)
 class FolderIndex:
