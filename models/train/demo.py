@@ -15,7 +15,8 @@ after an interruption continues instead of starting over):
    (EBM with the selected loss parameters);
 5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
    the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
-6. calibration of every bundle's gate (ΔEnergy) on ID validation images;
+6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's default rule
+   for label sets without examples, fitted on ID val and measured on ID test -> ``results/label_rules.json``;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
@@ -41,6 +42,7 @@ from models.train.data.synth import WORLD_FILE, WorldConfig, ensure_world, load_
 from models.train.evaluate import evaluate_bundles
 from models.train.evidence import ArmSelection, EvidenceConfig, run_evidence, select_arms, selection_json
 from models.train.features import FeatureCache
+from models.train.label_rules import fit_and_measure
 from models.train.plots import write_plots
 from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
 from models.train.report import write_evaluation
@@ -169,7 +171,7 @@ def build_demo(
     times["train_s"] = time.perf_counter() - t
     train_cfg = cfgs["ebm"]
     t = time.perf_counter()
-    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
+    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected, results)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
@@ -194,7 +196,7 @@ def build_demo(
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
-                          cfg: DemoConfig, selected: dict[str, ArmSelection]) -> dict[str, Path]:
+                          cfg: DemoConfig, selected: dict[str, ArmSelection], results_dir: Path) -> dict[str, Path]:
     """Bundles of the three runs (EBM -> the shipped path with ONNX), each with its own selected score
     parameters and its ΔEnergy gate calibrated on ID val."""
     assert task.val is not None, "the demo world always has an ID val split"
@@ -207,6 +209,10 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
                    score_params=selected[method].params,
                    selection={"criterion": "hocv (docs/evidence/protocol.md §5)", "scores": sel["scores"]})
         calibrate_bundle(out, task.val)
+        if method == "ebm":  # the shipped bundle serves label sets: fit its default rule (docs/label-sets.md)
+            assert task.test is not None
+            report = fit_and_measure(out, task.val, task.test)
+            (results_dir / "label_rules.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
         bundles[method] = out
     return bundles
 
