@@ -69,8 +69,8 @@ def test_label_sets_are_served_and_created_without_torch(tmp_path: Path, text_bu
                        data={"labels": ["octagon", "pentagon", "hexagon"]}, timeout=30)
         assert r.status_code == 200 and r.json()["calibrated"] is False, r.text
         body = [("labels", (None, "cat")), ("labels", (None, "dog"))] + [
-            (f"example:{label}", (f"{i}.png", noise_image(10 * j + i, (20, 20)))) for j, label in enumerate(["cat", "dog"])
-            for i in range(5)]
+            (f"example:{label}", (f"{i}.png", noise_image(10 * j + i, (20, 20))))
+            for j, label in enumerate(["cat", "dog"]) for i in range(5)]
         r = httpx.put(f"{server.url}/label-sets/api-set", files=body, headers={"Authorization": "Bearer k"}, timeout=60)
         assert r.status_code == 201 and r.json()["calibrated"] is True, r.text
         for name, labels in (("cli-set", {"circle", "red square"}), ("api-set", {"cat", "dog"})):

@@ -81,7 +81,8 @@ async def test_ad_hoc_embeddings_are_cached_per_label_and_mode_and_bounded(text_
     async with serve(settings(text_bundle, tmp_path, label_cache_size=4)) as (client, app):
         sets = app.state.runtime.label_sets
         for _ in range(3):
-            assert (await client.post("/classify", files=files(noise_image(0)), data={"labels": SHAPES})).status_code == 200
+            r = await client.post("/classify", files=files(noise_image(0)), data={"labels": SHAPES})
+            assert r.status_code == 200
         assert sets.text_forwards == 3  # once per label
         await client.post("/classify", files=files(noise_image(0)), data={"labels": SHAPES, "prompts": "zero-shot"})
         assert sets.text_forwards == 6  # another prompt mode: another embedding
