@@ -216,6 +216,7 @@ class LabelSets:
         self._cache_size = settings.label_cache_size
         self._cache_lock = threading.Lock()
         self.text_forwards = 0  # labels embedded by the text graph (cache misses), for tests and /model
+        self._rule_gates: dict[tuple[int, str], CalibrationRecord] = {}  # (K, mode) -> the default rule's gate
         self._metric_sets: set[str] = set()
         self._metric_cap = settings.metrics_label_sets
         self.store.refresh(force=True)
@@ -272,10 +273,14 @@ class LabelSets:
         if rule is None:
             raise LabelSetsUnavailableError(f"the bundle has no default rule for {mode} prompts, so ad-hoc labels "
                                             "cannot be gated; use a named label set calibrated on examples")
-        try:
-            return rule_calibration(rule, k)
-        except LabelError as exc:
-            raise LabelSetsUnavailableError(str(exc)) from exc
+        gate = self._rule_gates.get((k, mode))
+        if gate is None:
+            try:
+                gate = rule_calibration(rule, k)
+            except LabelError as exc:
+                raise LabelSetsUnavailableError(str(exc)) from exc
+            self._rule_gates[(k, mode)] = gate  # at most max_labels x 2 entries
+        return gate
 
     async def ad_hoc(self, labels: Sequence[str], prompts: str | None, pool: Executor) -> Vocabulary:
         """An ad-hoc vocabulary: labels checked, embedded (cached) in the pool, gated by the default rule."""

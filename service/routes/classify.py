@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request
 
 from models.scoring_spec import FEATURES_NAME
 from service.deps import ApiKeyDep, RuntimeDep
-from service.errors import InvalidFieldError
+from service.errors import DeadlineError, InvalidFieldError
 from service.label_sets import Vocabulary
 from service.pipeline import postprocess, prepare_images, read_images, resolve_top_k, run_batched, score_results
 from service.runtime import Runtime
@@ -104,14 +104,18 @@ async def classify(
     """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
     model, batcher = runtime.require_ready()
     s, state = runtime.settings, request.state
+    deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
     with batcher.admit() as ticket:  # before the body is read: 503 at once when the budget is spent
         body = await read_images(request, s, ticket, runtime.pool)
         k = resolve_top_k(top_k, body.top_k, s.default_top_k)
-        vocab = await _vocabulary(runtime, label_set, body.labels, prompts or body.prompts)
+        try:  # new ad-hoc labels wait for the text graph in the pool: that wait counts against the deadline
+            vocab = await asyncio.wait_for(_vocabulary(runtime, label_set, body.labels, prompts or body.prompts),
+                                           max(deadline - time.monotonic(), 0.0))
+        except TimeoutError as exc:
+            raise DeadlineError("the labels were not embedded within the request timeout") from exc
         images = body.images
         pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
                                       s.fast_decode, runtime.device_input)
-        deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
         rows = await run_batched(request, batcher, ticket, pixels, deadline)
     filenames = [im.filename for im in images]
     if vocab is None:

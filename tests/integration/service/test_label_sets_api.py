@@ -284,3 +284,17 @@ async def test_concurrent_ad_hoc_requests_with_different_sets(text_bundle: Path,
                                     for i, s in enumerate(sets)])
         for r, s in zip(rs, sets, strict=True):
             assert r.status_code == 200 and r.json()["results"][0]["label"] in s
+
+
+async def test_embedding_new_labels_counts_against_the_request_deadline(text_bundle: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as _time
+
+    async with serve(settings(text_bundle, tmp_path, request_timeout_s=3.0)) as (client, app):
+        slow = app.state.runtime.label_sets.encoder
+        real = slow.embed
+        monkeypatch.setattr(slow, "embed", lambda labels, mode: (_time.sleep(4.0), real(labels, mode))[1])
+        r = await client.post("/classify", files=files(noise_image(0)), data={"labels": ["slow one", "slow two"]})
+        assert r.status_code == 504 and "labels were not embedded" in r.json()["error"]["message"]
+        monkeypatch.setattr(slow, "embed", real)
+        assert (await client.post("/classify", files=files(noise_image(0)), data={"labels": SHAPES})).status_code == 200
