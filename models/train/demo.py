@@ -171,7 +171,8 @@ def build_demo(
     times["train_s"] = time.perf_counter() - t
     train_cfg = cfgs["ebm"]
     t = time.perf_counter()
-    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected, results)
+    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected, results,
+                                    command)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     evals = evaluate_bundles(bundles, task, cache_dir=work / "eval-cache")
@@ -196,7 +197,8 @@ def build_demo(
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
-                          cfg: DemoConfig, selected: dict[str, ArmSelection], results_dir: Path) -> dict[str, Path]:
+                          cfg: DemoConfig, selected: dict[str, ArmSelection], results_dir: Path,
+                          command: str) -> dict[str, Path]:
     """Bundles of the three runs (EBM -> the shipped path with ONNX), each with its own selected score
     parameters and its ΔEnergy gate calibrated on ID val."""
     assert task.val is not None, "the demo world always has an ID val split"
@@ -212,7 +214,8 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
         if method == "ebm":  # the shipped bundle serves label sets: fit its default rule (docs/label-sets.md)
             assert task.test is not None
             report = fit_and_measure(out, task.val, task.test)
-            (results_dir / "label_rules.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+            (results_dir / "label_rules.json").write_text(json.dumps({"command": command, **report}, indent=2) + "\n",
+                                                          encoding="utf-8")
         bundles[method] = out
     return bundles
 
