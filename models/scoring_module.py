@@ -18,8 +18,7 @@ from torch import nn
 from models.scores import ScoreParams, cosine_logits, delta_energy, energy
 from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "WithFeatures",
-           "score_outputs"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "score_outputs"]
 
 
 def score_outputs(logits: torch.Tensor, p: ScoreParams) -> tuple[torch.Tensor, ...]:
@@ -71,6 +70,10 @@ class ScoringModule(nn.Module):
         self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach().float(), dim=-1))
         self.logit_scale = float(logit_scale)
         self.score_params = score_params or ScoreParams()
+        # True: forward also returns the L2-normalised image features (B, D) as a fifth output, what a bundle
+        # with a text side exports as model.onnx's FEATURES_NAME and its torch engine runs (label sets are
+        # scored from them); the four fixed-class outputs are the same either way.
+        self.features_output = False
 
     @property
     def num_classes(self) -> int:
@@ -86,27 +89,8 @@ class ScoringModule(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args: pixel_values (B, 3, H, W) normalised. Returns: logits (B, K), probs (B, K),
-        delta_energy (B,), energy (B,), all float32."""
-        return self.scores_from_logits(self.logits_from_features(self.visual(pixel_values)))
+        delta_energy (B,), energy (B,), all float32; and image_features (B, D) with ``features_output``."""
+        features = self.visual(pixel_values)  # (B, D)
+        outputs = self.scores_from_logits(self.logits_from_features(features))
+        return (*outputs, F.normalize(features.float(), dim=-1)) if self.features_output else outputs
 
-
-class WithFeatures(nn.Module):
-    """A scoring module that also returns the L2-normalised image features (B, D) as a fifth output.
-
-    What a bundle with a text side exports as ``model.onnx`` (output :data:`FEATURES_NAME`) and what
-    the torch engine runs for it: the four fixed-class outputs stay, so old clients and the int8 and
-    float16 conversions see the same graph, and label sets are scored from the features.
-    """
-
-    def __init__(self, module: ScoringModule) -> None:
-        super().__init__()
-        self.module = module
-
-    @property
-    def num_classes(self) -> int:
-        return self.module.num_classes
-
-    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        features = self.module.visual(pixel_values)  # (B, D)
-        scores = self.module.scores_from_logits(self.module.logits_from_features(features))
-        return (*scores, F.normalize(features.float(), dim=-1))

@@ -6,9 +6,10 @@ preprocessed images in the same call and fails when they differ beyond the state
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from models.clip_loading import LoadedClip
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
 from models.scores import ScoreParams
-from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoringModule, WithFeatures
+from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoringModule
 
 __all__ = [
     "ExportConfig",
@@ -72,7 +73,7 @@ GRAPH_OUTPUT_NAMES: tuple[str, ...] = (*OUTPUT_NAMES, FEATURES_NAME)
 
 def export_onnx(module: ScoringModule, path: Path, image_size: int, opset: int = 18) -> None:
     """Export the scoring module to ONNX with a dynamic batch axis, with the image features as a fifth output
-    (:class:`~models.scoring_module.WithFeatures`).
+    (``ScoringModule.features_output``).
 
     Args:
         module: the module (CPU, float32).
@@ -80,13 +81,13 @@ def export_onnx(module: ScoringModule, path: Path, image_size: int, opset: int =
         image_size: input side length.
         opset: ONNX opset.
     """
-    graph = WithFeatures(module.eval().float().cpu()).eval()
+    module = module.eval().float().cpu()
     example = torch.randn(2, 3, image_size, image_size)  # (2, 3, H, W); 2 keeps the batch axis symbolic
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _features_output(module, True):
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            graph,
+            module,
             (example,),
             str(path),
             input_names=[INPUT_NAME],
@@ -97,6 +98,16 @@ def export_onnx(module: ScoringModule, path: Path, image_size: int, opset: int =
             external_data=False,
             verbose=False,
         )
+
+
+@contextlib.contextmanager
+def _features_output(module: ScoringModule, on: bool) -> Iterator[None]:
+    before = module.features_output
+    module.features_output = on
+    try:
+        yield
+    finally:
+        module.features_output = before
 
 
 def parity_images(n: int, seed: int = 0, size: int = 96) -> list[Image.Image]:
@@ -125,7 +136,7 @@ def check_onnx_parity(
     """Run both engines on the same batches; raise if any output differs beyond tolerance.
 
     Every output of the graph is checked: the scoring module's four and, where the graph has it, the image
-    features (against :class:`~models.scoring_module.WithFeatures`).
+    features (against the module with ``features_output`` on).
 
     Returns:
         Worst absolute difference per output name.
@@ -134,11 +145,10 @@ def check_onnx_parity(
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
-    reference = WithFeatures(module) if FEATURES_NAME in names else module
     worst = dict.fromkeys(names, 0.0)
     for x in batches:
-        with torch.no_grad():
-            ref = [t.numpy() for t in reference(torch.from_numpy(x))]
+        with torch.no_grad(), _features_output(module, FEATURES_NAME in names):
+            ref = [t.numpy() for t in module(torch.from_numpy(x))]
         got = session.run(names, {INPUT_NAME: x})
         for name, r, g in zip(names, ref, got, strict=True):
             if r.shape != g.shape:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.scoring_module import FEATURES_NAME, OUTPUT_NAMES, ScoringModule, WithFeatures
+from models.scoring_module import FEATURES_NAME, OUTPUT_NAMES, ScoringModule
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 
@@ -42,7 +42,7 @@ class TorchEngine(Engine):
 
     def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
         super().__init__(bundle, device, threads)
-        self._module: ScoringModule | WithFeatures | None = None  # WithFeatures: the bundle has a text side
+        self._module: ScoringModule | None = None
         self._outputs: list[str] = list(OUTPUT_NAMES)
         self._torch_device = torch.device("cpu")
         self._dtype = torch.float32
@@ -60,7 +60,8 @@ class TorchEngine(Engine):
         module = self.bundle.build_scoring_module().eval()
         module.visual.to(self._torch_device, dtype=self._dtype)
         module.class_embeddings = module.class_embeddings.to(self._torch_device)  # stays float32
-        self._module = WithFeatures(module).eval() if self.bundle.has_text else module
+        module.features_output = self.bundle.has_text  # label sets are scored from the image features
+        self._module = module
         self._outputs = list(OUTPUT_NAMES) + ([FEATURES_NAME] if self.bundle.has_text else [])
         self.device = str(self._torch_device)
         self.providers = [f"torch:{self.device}"]
