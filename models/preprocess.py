@@ -25,6 +25,7 @@ import io
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -36,11 +37,14 @@ __all__ = [
     "PreprocessConfig",
     "ImageDecodeError",
     "ImageTooLargeError",
+    "ImageShapeError",
+    "ShapeLimits",
     "SUPPORTED_FORMATS",
     "TRANSPARENT_BACKGROUND",
     "DRAFT_MARGIN",
     "open_image",
     "decode_image",
+    "resized_size",
     "to_rgb",
     "preprocess_image",
     "preprocess_batch",
@@ -85,11 +89,64 @@ class ImageDecodeError(ValueError):
 
 
 class ImageTooLargeError(ValueError):
-    """The image has more pixels than allowed (decompression-bomb guard)."""
+    """The image has more pixels than allowed (decompression-bomb guard), or its resize would make too many."""
 
 
-def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
-    """Open image bytes lazily (the header only), checking format and pixel count; no pixel is decoded.
+class ImageShapeError(ImageDecodeError):
+    """The image's aspect ratio is beyond what the service takes (a 1x100000 strip)."""
+
+
+def resized_size(width: int, height: int, cfg: PreprocessConfig) -> tuple[int, int]:
+    """The size the resize of :func:`preprocess_image` makes, before its centre crop.
+
+    Shortest-side mode follows torchvision's ``Resize(int)`` on a PIL image (the short side becomes
+    ``image_size``, the long side keeps the aspect ratio, truncated); squash mode gives the square.
+    """
+    size = cfg.image_size
+    if cfg.resize_mode == "squash":
+        return size, size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)
+    return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+@dataclass(frozen=True)
+class ShapeLimits:
+    """Bounds on an image's shape that keep its preprocessing cheap, checked from the header.
+
+    The pixel limit alone does not bound the work: the resize scales the *short* side to
+    ``image_size``, so a 277-byte PNG of 1x100000 pixels would become 224x22,400,000 before the
+    crop (gigabytes, seconds; 1x39,000,000 overflows Pillow). Both checks need only the header's
+    width and height, so such an image is refused in microseconds, before any pixel is decoded.
+
+    Args:
+        cfg: the bundle's preprocessing (image size and resize mode).
+        max_aspect_ratio: largest long side / short side.
+        max_resized_pixels: largest width * height of the resized image (before its crop).
+    """
+
+    cfg: PreprocessConfig
+    max_aspect_ratio: float
+    max_resized_pixels: int
+
+    def check(self, width: int, height: int) -> None:
+        """Raises :class:`ImageShapeError` or :class:`ImageTooLargeError` for an image of this size."""
+        short, long = min(width, height), max(width, height)
+        if short < 1 or long > self.max_aspect_ratio * short:
+            raise ImageShapeError(
+                f"image is {width}x{height} pixels: its aspect ratio {long / max(short, 1):.1f}:1 is over the limit "
+                f"of {self.max_aspect_ratio:g}:1"
+            )
+        new_w, new_h = resized_size(width, height, self.cfg)
+        if new_w * new_h > self.max_resized_pixels:
+            raise ImageTooLargeError(
+                f"image is {width}x{height} pixels: resized for the model it would be {new_w}x{new_h}, over the "
+                f"limit of {self.max_resized_pixels} pixels"
+            )
+
+
+def open_image(data: bytes, max_pixels: int = 40_000_000, shape: ShapeLimits | None = None) -> Image.Image:
+    """Open image bytes lazily (the header only), checking format, pixel count and shape; no pixel is decoded.
 
     The one set of input checks: :func:`decode_image` and the service's device input path
     (``service.device_input``) both start here, so they refuse the same images with the same errors.
@@ -97,13 +154,15 @@ def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
     Args:
         data: encoded image bytes.
         max_pixels: largest width * height accepted.
+        shape: aspect-ratio and resized-size limits (the service's); None: unchecked (training, evaluation).
 
     Returns:
         The opened, not yet loaded, image.
 
     Raises:
         ImageDecodeError: empty, not an image, or an unsupported format.
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        ImageShapeError: an aspect ratio over ``shape``'s limit.
+        ImageTooLargeError: more than ``max_pixels`` pixels, or a resized size over ``shape``'s limit.
     """
     if not data:
         raise ImageDecodeError("empty image")
@@ -123,10 +182,14 @@ def open_image(data: bytes, max_pixels: int = 40_000_000) -> Image.Image:
     width, height = img.size
     if width * height > max_pixels:
         raise ImageTooLargeError(f"image is {width}x{height} pixels; the limit is {max_pixels} pixels")
+    if shape is not None:
+        shape.check(width, height)
     return img
 
 
-def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None, shape: ShapeLimits | None = None
+) -> Image.Image:
     """Decode image bytes, checking format and pixel count before the pixels are decoded (:func:`open_image`).
 
     Args:
@@ -135,15 +198,18 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None
         min_side: if given, a JPEG is decoded at the smallest DCT scale whose shortest side is
             still >= ``DRAFT_MARGIN * min_side`` (full size when it is not that large). None:
             always full size (training and evaluation).
+        shape: aspect-ratio and resized-size limits, checked from the header (see :class:`ShapeLimits`).
 
     Returns:
         The decoded image (fully loaded, any mode).
 
     Raises:
         ImageDecodeError: not an image, truncated, or an unsupported format.
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        ImageShapeError: an aspect ratio over ``shape``'s limit.
+        ImageTooLargeError: more than ``max_pixels`` pixels, a resized size over ``shape``'s limit, or a
+            size Pillow cannot represent or allocate (its ``OverflowError``, ``MemoryError``).
     """
-    img = open_image(data, max_pixels)
+    img = open_image(data, max_pixels, shape)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -152,7 +218,9 @@ def decode_image(data: bytes, max_pixels: int = 40_000_000, min_side: int | None
             img.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageTooLargeError(f"image rejected as a decompression bomb: {exc}") from exc
-    except (OSError, SyntaxError, ValueError) as exc:
+    except (OverflowError, MemoryError) as exc:  # a size past Pillow's C integers, or an allocation it refused
+        raise ImageTooLargeError(f"image is too large for the decoder: {type(exc).__name__} {exc}") from exc
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise ImageDecodeError(f"image could not be decoded (truncated or corrupt): {exc}") from exc
     return img
 
@@ -186,10 +254,7 @@ def _resize(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
     if cfg.resize_mode == "squash":
         return img.resize((size, size), resample=resample)
     width, height = img.size
-    # Same arithmetic as torchvision's Resize(int) on a PIL image.
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_w, new_h = resized_size(width, height, cfg)
     if (new_w, new_h) != (width, height):
         img = img.resize((new_w, new_h), resample=resample)
     left = int(round((new_w - size) / 2.0))  # torchvision CenterCrop rounding
@@ -206,8 +271,17 @@ def preprocess_image(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
 
     Returns:
         float32 array of shape (3, image_size, image_size).
+
+    Raises:
+        ImageTooLargeError: the resize would pass Pillow's C integers or its allocation failed (a
+            1x39,000,000 strip; the service refuses such shapes from the header first, :class:`ShapeLimits`).
     """
-    img = _resize(to_rgb(img), cfg)
+    try:
+        img = _resize(to_rgb(img), cfg)
+    except (OverflowError, MemoryError) as exc:  # Pillow refused the size; nothing was allocated
+        raise ImageTooLargeError(
+            f"image of {img.width}x{img.height} pixels cannot be resized: {type(exc).__name__} {exc}"
+        ) from exc
     arr = np.asarray(img, dtype=np.float32) / 255.0  # (H, W, 3)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from models.version import DELTAGATE_VERSION
 from service.errors import install_error_handlers
-from service.middleware import BodySizeLimitMiddleware
+from service.middleware import BodyBudget, BodyLimitsMiddleware
 from service.openapi import install_openapi
 from service.routes import classify, health, label_sets, metrics, model, ui
 from service.runtime import Phase, Runtime
@@ -68,8 +68,11 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         routers.append(ui.router)
     for router in routers:
         app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Bytes of bodies held over all requests (deltagate_request_body_bytes).
+    app.state.body_budget = BodyBudget(settings.max_body_bytes_in_flight, runtime.metrics.body_bytes.set)
+    app.add_middleware(BodyLimitsMiddleware, max_bytes=settings.max_body_bytes,
+                       timeout_s=settings.body_read_timeout_s, budget=app.state.body_budget)
     paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)
-    # Added last, so outermost: it sees every status, the body limit's early 413 included.
+    # Added last, so outermost: it sees every status, the body limits' early 413 included.
     app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics, known_paths=paths)
     return app

@@ -1,9 +1,11 @@
 """Adaptive batching over engine instances, with admission before any work is done.
 
-Admission: a request reserves its images (:meth:`Batcher.admit`) before its body is read; the
-budget ``max_queue_size`` counts every image admitted and not yet in a forward (being read,
-decoded or queued). Over it, :class:`~service.errors.OverloadedError` (503) comes back at once and
-nothing of the request is decoded.
+Admission: a request is refused at once (:meth:`Batcher.check_room`) if the budget is spent
+before its body is read; it reserves its images (:meth:`Batcher.admit`) once its body has
+arrived, so a slow sender never holds any of the budget while its body trickles in. The budget
+``max_queue_size`` counts every image admitted and not yet in a forward (being parsed, decoded or
+queued). Over it, :class:`~service.errors.OverloadedError` (503) comes back at once and nothing of
+the request is decoded.
 
 Batching: one worker task per engine instance, each with its own inference thread, all fed from
 one queue. An idle instance takes whatever is waiting at once (up to ``max_batch_size``); images
@@ -143,7 +145,7 @@ class Batcher:
         self._stack = stack or _stack_numpy
         self._queue: deque[_Pending] = deque()
         self._queued = 0  # queued images whose futures are not done
-        self._reserved = 0  # admitted images not queued yet (body being read, images being decoded)
+        self._reserved = 0  # admitted images not queued yet (body being parsed, images being decoded)
         self._wakeup = asyncio.Event()
         self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
         self._executors = [
@@ -176,11 +178,8 @@ class Batcher:
                            for i in range(len(self._instances))]
 
     # --- admission --------------------------------------------------------------------------------
-    def admit(self, images: int = 1) -> Ticket:
-        """Reserve room for a request's images before any of its work is done.
-
-        Args:
-            images: how many to reserve now (1 before the body is read: the count is not known yet).
+    def check_room(self, images: int = 1) -> None:
+        """Refuse now if ``images`` more would not fit; reserves nothing (before a request's body is read).
 
         Raises:
             NotReadyError: shutting down.
@@ -188,14 +187,31 @@ class Batcher:
         """
         if self._closing:
             raise NotReadyError("the service is shutting down")
+        self._check_fits(images)
+
+    def admit(self, images: int = 1) -> Ticket:
+        """Reserve room for a request's images before any of its CPU work is done (parsing, decoding).
+
+        Args:
+            images: how many to reserve now (1 before the body is parsed: the count is not known yet).
+
+        Raises:
+            NotReadyError: shutting down.
+            OverloadedError: the budget is spent.
+        """
+        self.check_room(images)
         self._reserve(images)
         return Ticket(self, images)
 
-    def _reserve(self, n: int) -> None:
+    def _check_fits(self, n: int) -> None:
         if self.depth + n > self.max_queue_size:
             raise OverloadedError(
                 f"overloaded: {self.depth}/{self.max_queue_size} images in flight, {n} more do not fit; retry later"
             )
+
+    def _reserve(self, n: int) -> None:
+        """Hold ``n`` more images (admitted requests may still grow while shutting down)."""
+        self._check_fits(n)
         self._reserved += n
         self._on_depth(self.depth)
 

@@ -42,9 +42,11 @@ from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
+    ShapeLimits,
     decode_image,
     open_image,
     preprocess_image,
+    resized_size,
 )
 
 __all__ = ["DeviceDecodeMode", "DeviceInput", "HeaderInfo", "read_header", "resize_geometry", "preprocess_tensor",
@@ -75,14 +77,14 @@ class HeaderInfo:
         return self.format == "JPEG" and self.mode in _DEVICE_MODES
 
 
-def read_header(data: bytes, max_pixels: int) -> HeaderInfo:
+def read_header(data: bytes, max_pixels: int, shape: ShapeLimits | None = None) -> HeaderInfo:
     """Format, mode and size from the header, with the checks and errors of the CPU path (``open_image``).
 
     Raises:
-        ImageDecodeError: empty, not an image, or an unsupported format.
-        ImageTooLargeError: more than ``max_pixels`` pixels.
+        ImageDecodeError: empty, not an image, an unsupported format, or an aspect ratio over ``shape``'s.
+        ImageTooLargeError: more than ``max_pixels`` pixels, or a resized size over ``shape``'s limit.
     """
-    img = open_image(data, max_pixels)
+    img = open_image(data, max_pixels, shape)
     progressive = bool(img.info.get("progressive") or img.info.get("progression"))
     return HeaderInfo(img.format or "unknown", img.mode, img.width, img.height, progressive)
 
@@ -94,11 +96,7 @@ def resize_geometry(width: int, height: int, cfg: PreprocessConfig) -> tuple[int
     squash mode resizes both sides to ``image_size`` (no crop).
     """
     size = cfg.image_size
-    if cfg.resize_mode == "squash":
-        return size, size, 0, 0
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_w, new_h = resized_size(width, height, cfg)
     return new_w, new_h, int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
 
 
@@ -218,13 +216,16 @@ class DeviceInput:
         max_pixels: pixel limit per image (checked from the header).
         fast_decode: for the CPU fallback: reduced-scale decode of large JPEGs (as the CPU path).
         decoder: the device decoder (tests inject a refusing one).
+        shape: aspect-ratio and resized-size limits (checked from the header, as on the CPU path).
     """
 
     def __init__(self, cfg: PreprocessConfig, device: str | torch.device, max_pixels: int,
-                 fast_decode: bool = True, decoder: Decoder = decode_on_device) -> None:
+                 fast_decode: bool = True, decoder: Decoder = decode_on_device,
+                 shape: ShapeLimits | None = None) -> None:
         self.cfg = cfg
         self.device = torch.device(device)
         self.max_pixels = max_pixels
+        self.shape = shape
         self.fast_decode = fast_decode
         self._decoder = decoder
         self._pinned = self.device.type == "cuda"
@@ -237,7 +238,8 @@ class DeviceInput:
         return t
 
     def _cpu(self, data: bytes) -> np.ndarray:
-        img = decode_image(data, self.max_pixels, min_side=self.cfg.image_size if self.fast_decode else None)
+        img = decode_image(data, self.max_pixels, min_side=self.cfg.image_size if self.fast_decode else None,
+                           shape=self.shape)
         return preprocess_image(img, self.cfg)  # (3, S, S)
 
     def prepare(self, images: Sequence[bytes]) -> list[np.ndarray | torch.Tensor | BaseException]:
@@ -268,7 +270,7 @@ class DeviceInput:
 
     def _header(self, data: bytes) -> HeaderInfo | BaseException:
         try:
-            return read_header(data, self.max_pixels)
+            return read_header(data, self.max_pixels, self.shape)
         except (ImageDecodeError, ImageTooLargeError) as exc:
             return exc
 
@@ -305,7 +307,7 @@ class DeviceInput:
 
 
 def device_input_for(mode: DeviceDecodeMode, engine_name: str, engine_device: str, cfg: PreprocessConfig,
-                     max_pixels: int, fast_decode: bool) -> DeviceInput | None:
+                     max_pixels: int, fast_decode: bool, shape: ShapeLimits | None = None) -> DeviceInput | None:
     """The device input path the settings ask for, or None (the CPU path).
 
     Args:
@@ -316,10 +318,11 @@ def device_input_for(mode: DeviceDecodeMode, engine_name: str, engine_device: st
         cfg: the bundle's preprocessing.
         max_pixels: pixel limit per image.
         fast_decode: the CPU fallback's reduced-scale decode of large JPEGs.
+        shape: aspect-ratio and resized-size limits per image.
     """
     if engine_name != "torch" or mode == "off" or (mode == "auto" and not engine_device.startswith("cuda")):
         return None
-    return DeviceInput(cfg, engine_device, max_pixels, fast_decode)
+    return DeviceInput(cfg, engine_device, max_pixels, fast_decode, shape=shape)
 
 
 def batch_stacker(device: str) -> Callable[[list[np.ndarray | torch.Tensor], int], torch.Tensor]:

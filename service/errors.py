@@ -12,6 +12,7 @@ sees no internals).
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -26,6 +27,7 @@ __all__ = [
     "PayloadTooLargeError",
     "UnsupportedMediaTypeError",
     "InvalidFieldError",
+    "BodyTimeoutError",
     "UnauthorizedError",
     "OverloadedError",
     "NotReadyError",
@@ -37,6 +39,7 @@ __all__ = [
     "LabelSetNotFoundError",
     "ForbiddenError",
     "LabelSetLimitError",
+    "validation_details",
     "error_response",
     "install_error_handlers",
 ]
@@ -83,6 +86,10 @@ class InvalidFieldError(ServiceError):
     status, code = 422, "invalid_request"
 
 
+class BodyTimeoutError(ServiceError):
+    status, code = 408, "body_timeout"  # the body did not arrive within body_read_timeout_s
+
+
 class UnauthorizedError(ServiceError):
     status, code = 401, "unauthorized"
 
@@ -126,6 +133,40 @@ class ForbiddenError(ServiceError):
 
 class LabelSetLimitError(ServiceError):
     status, code = 409, "label_set_limit"  # max_label_sets named sets exist already
+# Characters of one echoed value (a location part, a message) in an error's details: a 1 MB JSON key
+# must not come back as a 1 MB error.
+_MAX_ECHO = 200
+
+
+def _clip(value: Any) -> Any:
+    if isinstance(value, str) and len(value) > _MAX_ECHO:
+        return value[:_MAX_ECHO] + f"... ({len(value)} characters)"
+    return value
+
+
+def validation_details(errors: Sequence[Mapping[str, Any]], limit: int) -> tuple[list[dict[str, Any]], str]:
+    """Validation problems as an error's ``details`` and message, of bounded size whatever the input.
+
+    Args:
+        errors: pydantic-style problems (``loc``, ``msg``, ``type``), e.g. ``ValidationError.errors()``.
+        limit: how many to list (the ``max_error_details`` setting).
+
+    Returns:
+        The first ``limit`` problems as ``{"loc", "msg", "type"}`` (long strings clipped), then, if
+        there were more, one entry ``{"loc": [], "msg", "type": "too_many_errors", "count"}`` that
+        counts the rest; and the message ``"invalid fields: <locs>"`` naming the listed ones.
+    """
+    details: list[dict[str, Any]] = [
+        {"loc": [_clip(part) for part in e.get("loc", ())], "msg": _clip(e.get("msg")), "type": e.get("type")}
+        for e in errors[:limit]
+    ]
+    fields = ", ".join(".".join(str(part) for part in d["loc"]) or "body" for d in details)
+    rest = len(errors) - len(details)
+    if rest > 0:
+        details.append({"loc": [], "msg": f"{rest} more problems not listed", "type": "too_many_errors",
+                        "count": rest})
+        fields += f" and {rest} more"
+    return details, f"invalid fields: {fields}"
 
 
 def error_response(
@@ -157,11 +198,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    details = [
-        {"loc": list(e.get("loc", ())), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()
-    ]
-    fields = ", ".join(".".join(str(p) for p in d["loc"]) for d in details)
-    return error_response(_request_id(request), 422, "invalid_request", f"invalid fields: {fields}", details)
+    settings = getattr(request.app.state, "settings", None)
+    details, message = validation_details(exc.errors(), getattr(settings, "max_error_details", 20))
+    return error_response(_request_id(request), 422, "invalid_request", message, details)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

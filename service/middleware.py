@@ -1,29 +1,80 @@
-"""ASGI middleware: the request body size limit (enforced before and while the body is read)."""
+"""ASGI middleware: the request body's limits, enforced while the body is received.
+
+Three bounds, all checked in the ASGI ``receive`` the app reads its body through, so they hold
+whatever route reads a body and however it reads it (multipart streaming, JSON bytes):
+
+* **size** (``max_body_bytes``, 413): a declared ``Content-Length`` over the limit is answered at
+  once, without reading the body; a chunked body is counted as it streams.
+* **time** (``body_read_timeout_s``, 408): the whole body must have arrived within that time of
+  the request's arrival. A client that trickles its body (1 byte/s) gets 408 and its connection is
+  closed. Nothing else is held meanwhile: admission (``service.batcher``) happens only once the
+  body is in, so slow senders hold none of the in-flight image budget.
+* **memory** (``max_body_bytes_in_flight``, 503): the bytes of request bodies held at once, over
+  all requests, from the chunk's arrival until its request ends. Only bytes received count (never a
+  declared length), so a slow sender holds only what it has sent.
+
+An error answered before the body is complete and that is not the body's own size (408, 503)
+carries ``Connection: close``: the rest of the body is never read.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLargeError, error_response
+from service.errors import BodyTimeoutError, OverloadedError, PayloadTooLargeError, error_response
 
-__all__ = ["BodySizeLimitMiddleware"]
+__all__ = ["BodyBudget", "BodyLimitsMiddleware"]
+
+_CLOSE = {"Connection": "close"}
 
 
-class BodySizeLimitMiddleware:
-    """Refuse bodies over ``max_bytes`` with 413.
+class BodyBudget:
+    """Bytes of request bodies held at once (one per process; the event loop is its only user).
 
-    A declared ``Content-Length`` over the limit is answered at once, without reading the body;
-    a chunked body is counted as it streams, and the read fails with :class:`PayloadTooLargeError`
-    (turned into the same 413 by the error handlers) as soon as it passes the limit.
+    Args:
+        limit: the most bytes held at once.
+        on_change: called with the bytes held whenever they change (the metrics gauge).
+    """
+
+    def __init__(self, limit: int, on_change: Callable[[int], None] | None = None) -> None:
+        self.limit = limit
+        self.held = 0
+        self._on_change = on_change or (lambda held: None)
+
+    def take(self, n: int) -> bool:
+        """Hold ``n`` more bytes if they fit; False (nothing taken) if not."""
+        if self.held + n > self.limit:
+            return False
+        if n:
+            self.held += n
+            self._on_change(self.held)
+        return True
+
+    def give(self, n: int) -> None:
+        if n:
+            self.held -= n
+            self._on_change(self.held)
+
+
+class BodyLimitsMiddleware:
+    """Refuse bodies that are too large (413), too slow (408) or do not fit in memory now (503).
 
     Args:
         app: the wrapped ASGI app.
-        max_bytes: the limit.
+        max_bytes: the body size limit.
+        timeout_s: the time from the request's arrival by which its whole body must be received.
+        budget: the bytes of bodies held at once, shared by every request.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float, budget: BodyBudget) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.timeout_s = timeout_s
+        self.budget = budget
 
     def _too_large(self, size: str) -> str:
         return f"request body of {size} bytes exceeds the limit of {self.max_bytes} bytes"
@@ -38,15 +89,38 @@ class BodySizeLimitMiddleware:
             response = error_response(request_id, 413, "payload_too_large", self._too_large(declared.decode()))
             await response(scope, receive, send)
             return
+        deadline = asyncio.get_running_loop().time() + self.timeout_s
+        started = time.monotonic()
         received = 0
+        complete = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLargeError(self._too_large(f"more than {self.max_bytes}"))
+        async def limited_receive() -> Message:
+            nonlocal received, complete
+            if complete:  # after the body only a disconnect can come: no deadline
+                return await receive()
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                raise BodyTimeoutError(
+                    f"the request body was not received within {self.timeout_s:g} s "
+                    f"({received} bytes in {time.monotonic() - started:.1f} s)", headers=dict(_CLOSE),
+                ) from None
+            if message["type"] != "http.request":
+                return message
+            chunk = len(message.get("body", b""))
+            if received + chunk > self.max_bytes:
+                raise PayloadTooLargeError(self._too_large(f"more than {self.max_bytes}"))
+            if not self.budget.take(chunk):
+                raise OverloadedError(
+                    f"overloaded: request bodies in memory would pass the limit of {self.budget.limit} bytes; "
+                    "retry later", headers=dict(_CLOSE),
+                )
+            received += chunk
+            complete = not message.get("more_body", False)
             return message
 
-        await self.app(scope, counting_receive, send)
+        try:
+            await self.app(scope, limited_receive, send)
+        finally:
+            self.budget.give(received)

@@ -1,15 +1,17 @@
-"""The request pipeline's named stages: admit → read → decode/preprocess → batch/forward → postprocess.
+"""The request pipeline's named stages: receive → admit → parse → decode/preprocess → batch/forward → postprocess.
 
-Each stage is a small function; the classify route only strings them together. Admission
-(:meth:`service.batcher.Batcher.admit`) runs before the body is read, so an overloaded service
-answers 503 without reading or decoding anything. JSON parsing and base64 decoding run in the
-decode pool, never on the event loop.
+Each stage is a small function; the classify route only strings them together. Before the body
+is read, a spent in-flight budget is answered 503 at once (:meth:`service.batcher.Batcher.check_room`).
+The body is then received with no admission slot held (its size, time and memory limits are
+:mod:`service.middleware`'s), and only then is the request admitted
+(:meth:`service.batcher.Batcher.admit`), so a slow sender never holds any of the budget. JSON
+parsing and base64 decoding run in the decode pool, never on the event loop, on a body whose
+structure is bounded first (:func:`json_value_bound`, :data:`MAX_JSON_CONTAINERS`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor
@@ -17,9 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pydantic_core
 from fastapi import Request
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
+from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from models.bundle import BundleManifest
@@ -28,6 +32,7 @@ from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
+    ShapeLimits,
     decode_image,
     preprocess_image,
 )
@@ -41,15 +46,16 @@ from service.errors import (
     InvalidFieldError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
+    validation_details,
 )
-from service.schemas import ClassifyJSONRequest, ImageResult, TopKEntry
+from service.schemas import TOP_K, ClassifyJSONRequest, ImageResult, TopKEntry
 from service.settings import Settings
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
 
-__all__ = ["InputImage", "ClassifyBody", "read_images", "resolve_top_k", "prepare_images", "run_batched",
-           "postprocess", "score_results"]
+__all__ = ["InputImage", "ReceivedBody", "ClassifyBody", "receive_body", "parse_images", "json_value_bound",
+           "MAX_JSON_CONTAINERS", "resolve_top_k", "prepare_images", "run_batched", "postprocess", "score_results"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -61,8 +67,19 @@ class InputImage:
 
 
 @dataclass(frozen=True)
+class ReceivedBody:
+    """A request body as received: a multipart form is parsed as it streams in; JSON is kept as bytes."""
+
+    images: list[InputImage]  # the form's files (empty for JSON: parsed later, in the pool)
+    top_k: int | None = None  # the form's top_k field
+    json: bytes | None = None  # the JSON body, not parsed yet
+    labels: list[str] | None = None  # the form's ad-hoc labels (field 'labels', repeatable)
+    prompts: str | None = None  # the form's prompt mode of the labels
+
+
+@dataclass(frozen=True)
 class ClassifyBody:
-    """What a classify request's body holds besides its images' pixels."""
+    """What a classify request's body holds, parsed: images, ``top_k``, ad-hoc labels and their prompt mode."""
 
     images: list[InputImage]
     top_k: int | None = None  # the body's top_k (the query parameter wins)
@@ -70,46 +87,33 @@ class ClassifyBody:
     prompts: str | None = None  # their prompt mode (the query parameter wins)
 
 
-# --- stage 1: read the request body -------------------------------------------------------------
-async def read_images(request: Request, settings: Settings, ticket: Ticket, pool: Executor) -> ClassifyBody:
-    """The images, the optional body ``top_k`` and ad-hoc ``labels`` of a multipart or JSON request; the ticket
-    grows to hold the images.
+# --- stage 1: receive the body (no admission slot held) -----------------------------------------
+async def receive_body(request: Request, settings: Settings) -> ReceivedBody:
+    """Read the request body: a multipart form (parsed while it streams in) or JSON bytes.
 
-    Args:
-        request: the request (its body is read here).
-        settings: limits.
-        ticket: the request's admission; it holds one provisional image until the count is known.
-        pool: where JSON is parsed and base64 decoded.
+    Reading holds no admission slot; the body's size, time and memory limits apply while it arrives
+    (:class:`service.middleware.BodyLimitsMiddleware`: 413, 408, 503).
 
     Raises:
-        OverloadedError: the images do not fit in the in-flight budget (nothing is decoded).
         UnsupportedMediaTypeError: neither multipart/form-data nor application/json.
-        InvalidFieldError: malformed fields, no image.
-        InvalidBodyError: unparsable JSON.
-        PayloadTooLargeError: more images than allowed.
+        InvalidFieldError: malformed form fields.
+        ClientGoneError: the client closed the connection before the body was complete.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if content_type == _MULTIPART:
-        body = await _read_multipart(request, settings)
-    elif content_type == _JSON:
-        body = await asyncio.get_running_loop().run_in_executor(pool, _parse_json, await request.body())
-    else:
-        raise UnsupportedMediaTypeError(
-            f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
-            f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
-        )
-    images = body.images
-    if not images:
-        raise InvalidFieldError("no image in the request: send at least one")
-    if len(images) > settings.max_images_per_request:
-        raise PayloadTooLargeError(
-            f"{len(images)} images in one request; the limit is {settings.max_images_per_request}"
-        )
-    ticket.grow(len(images))
-    return body
+    try:
+        if content_type == _MULTIPART:
+            return await _read_multipart(request, settings)
+        if content_type == _JSON:
+            return ReceivedBody([], json=await request.body())
+    except ClientDisconnect as exc:
+        raise ClientGoneError("the client closed the connection before its body was complete") from exc
+    raise UnsupportedMediaTypeError(
+        f"content type {content_type or '(none)'!r} is not accepted; send {_MULTIPART} "
+        f"(field 'file', repeatable) or {_JSON} ({{\"images\": [<base64>, ...]}})"
+    )
 
 
-async def _read_multipart(request: Request, settings: Settings) -> ClassifyBody:
+async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
     images: list[InputImage] = []
     # Starlette refuses more than max_fields text fields (the labels) with a 400 before we see them.
     async with request.form(max_fields=settings.max_labels + 16) as form:  # closes the spooled files on exit
@@ -124,26 +128,100 @@ async def _read_multipart(request: Request, settings: Settings) -> ClassifyBody:
         raise InvalidFieldError("field 'labels' must be text, not a file upload", details=[{"loc": ["labels"]}])
     if prompts is not None and not isinstance(prompts, str):
         raise InvalidFieldError("field 'prompts' must be text", details=[{"loc": ["prompts"]}])
-    body = ClassifyBody(images, None, [str(v) for v in labels] or None, prompts)
+    texts = [str(v) for v in labels] or None
     if top_k is None:
-        return body
-    if not isinstance(top_k, str) or not top_k.strip().isdigit() or int(top_k) < 1:
-        raise InvalidFieldError("field 'top_k' must be a positive integer", details=[{"loc": ["top_k"]}])
-    return ClassifyBody(images, int(top_k), body.labels, prompts)
+        return ReceivedBody(images, labels=texts, prompts=prompts)
+    try:  # the JSON field's own type (schemas.TopK): one rule for both forms, never int() on raw text
+        return ReceivedBody(images, TOP_K.validate_python(top_k), labels=texts, prompts=prompts)
+    except ValidationError as exc:
+        errors = [{**e, "loc": ["top_k", *e["loc"]]} for e in exc.errors(include_input=False)]
+        details, message = validation_details(errors, settings.max_error_details)
+        raise InvalidFieldError(message, details=details) from exc
 
 
-def _parse_json(body: bytes) -> ClassifyBody:
-    """JSON + base64 -> images (in the decode pool: ~0.1 s for a 32 MB body would stall the loop)."""
+# --- stage 2: parse (admitted: one provisional image, then the request's count) -----------------
+async def parse_images(body: ReceivedBody, settings: Settings, ticket: Ticket, pool: Executor) -> ClassifyBody:
+    """The images, the optional body ``top_k`` and ad-hoc ``labels``; the ticket grows to hold the images.
+
+    Args:
+        body: what :func:`receive_body` read.
+        settings: limits.
+        ticket: the request's admission; it holds one provisional image until the count is known.
+        pool: where JSON is parsed and base64 decoded.
+
+    Raises:
+        OverloadedError: the images do not fit in the in-flight budget (nothing is decoded).
+        InvalidFieldError: malformed fields, no image.
+        InvalidBodyError: unparsable JSON.
+        PayloadTooLargeError: more images than allowed.
+    """
+    parsed = ClassifyBody(body.images, body.top_k, body.labels, body.prompts)
+    if body.json is not None:
+        loop = asyncio.get_running_loop()
+        parsed = await loop.run_in_executor(pool, _parse_json, body.json, settings)
+    images = parsed.images
+    if not images:
+        raise InvalidFieldError("no image in the request: send at least one")
+    if len(images) > settings.max_images_per_request:
+        raise PayloadTooLargeError(_too_many_images(len(images), settings))
+    ticket.grow(len(images))
+    return parsed
+
+
+def _too_many_images(count: int, settings: Settings) -> str:
+    return f"{count} images in one request; the limit is {settings.max_images_per_request}"
+
+
+# Arrays and objects a JSON body may open: a valid request has one object and one or two arrays; the slack
+# lets an invalid one (an unknown field holding a small object) reach validation and a 422 naming it.
+MAX_JSON_CONTAINERS = 8
+
+
+def json_value_bound(max_images: int, max_labels: int = 0) -> int:
+    """The most commas a valid JSON request of ``max_images`` images and ``max_labels`` labels has (with slack).
+
+    A valid request is ``{"images": [...], "top_k": k, "labels": [...], "prompts": p}``: a comma between
+    images, one in each ``data:`` URL prefix, one before each other field and one between labels (a label
+    may hold one more); base64 has no commas. In a container every element
+    (or key-value member) but the first follows a comma, so commas and container openings (``[``,
+    ``{``) bound what any parser would build; both are counted in a C-speed pass over the bytes.
+    """
+    return 2 * max_images + 2 * max_labels + 8
+
+
+def _parse_json(body: bytes, settings: Settings) -> ClassifyBody:
+    """JSON + base64 -> images, in the decode pool (~0.1 s for a 32 MB body would stall the loop).
+
+    The work is bounded before anything is built: the counts of commas (:func:`json_value_bound`,
+    413) and of opened containers (:data:`MAX_JSON_CONTAINERS`, 400), then pydantic-core's parser,
+    which refuses numbers past Python's 4300-digit integer limit (400). So a 1M-item array, 100k-deep
+    nesting or a 5000-digit number costs a scan of the bytes (the standard ``json`` module built
+    the array, raised RecursionError and ValueError: 500s and a 115 MB 422 before).
+    """
+    bound = json_value_bound(settings.max_images_per_request, settings.max_labels)
+    if (commas := body.count(b",")) > bound:
+        raise PayloadTooLargeError(
+            f"the JSON body has {commas} commas; a request of at most {settings.max_images_per_request} images "
+            f"and {settings.max_labels} labels has at most {bound}"
+        )
+    if (containers := body.count(b"[") + body.count(b"{")) > MAX_JSON_CONTAINERS:
+        raise InvalidBodyError(
+            f"the JSON body opens {containers} arrays or objects (counting '[' and '{{'); a request is one object "
+            f"with one array of images, at most {MAX_JSON_CONTAINERS}"
+        )
     try:
-        payload = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        payload = pydantic_core.from_json(body)
+    except ValueError as exc:
         raise InvalidBodyError(f"the body is not valid JSON: {exc}") from exc
+    if isinstance(payload, dict) and isinstance(payload.get("images"), list) and (
+        len(payload["images"]) > settings.max_images_per_request
+    ):  # before any base64 is decoded
+        raise PayloadTooLargeError(_too_many_images(len(payload["images"]), settings))
     try:
         parsed = ClassifyJSONRequest.model_validate(payload)
     except ValidationError as exc:
-        details = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        fields = ", ".join(".".join(str(p) for p in d["loc"]) or "body" for d in details)
-        raise InvalidFieldError(f"invalid fields: {fields}", details=details) from exc
+        details, message = validation_details(exc.errors(include_input=False), settings.max_error_details)
+        raise InvalidFieldError(message, details=details) from exc
     return ClassifyBody([InputImage(data) for data in parsed.images], parsed.top_k, parsed.labels, parsed.prompts)
 
 
@@ -159,14 +237,16 @@ def resolve_top_k(query: int | None, body: int | None, default: int) -> int:
 
 
 # --- stage 2: decode and preprocess, in the thread pool -----------------------------------------
-def _decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool) -> np.ndarray:
-    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None)
+def _decode_and_preprocess(
+    data: bytes, cfg: PreprocessConfig, max_pixels: int, fast: bool, shape: ShapeLimits | None
+) -> np.ndarray:
+    img = decode_image(data, max_pixels, min_side=cfg.image_size if fast else None, shape=shape)
     return preprocess_image(img, cfg)  # (3, H, W)
 
 
 async def prepare_images(
     images: Sequence[InputImage], cfg: PreprocessConfig, max_pixels: int, pool: Executor, fast_decode: bool = True,
-    device_input: DeviceInput | None = None,
+    device_input: DeviceInput | None = None, shape: ShapeLimits | None = None,
 ) -> list[Any]:
     """Decode and preprocess every image off the event loop, exactly as the bundle says.
 
@@ -179,17 +259,20 @@ async def prepare_images(
         device_input: if given, the request's JPEGs are decoded and preprocessed on the engine's device in
             one pool job (:class:`service.device_input.DeviceInput`; other formats on the CPU); the result
             then holds device tensors beside NumPy arrays.
+        shape: aspect-ratio and resized-size limits per image, checked from the header (the device input
+            path has its own copy).
 
     Raises:
-        BadImageError: an image is not decodable (400); the message names which.
-        PayloadTooLargeError: an image has too many pixels (413).
+        BadImageError: an image is not decodable, or its aspect ratio is over the limit (400); the
+            message names which.
+        PayloadTooLargeError: an image has too many pixels, before or after resizing (413).
     """
     loop = asyncio.get_running_loop()
     outcomes: list[Any]
     if device_input is not None:
         outcomes = await loop.run_in_executor(pool, device_input.prepare, [im.data for im in images])
     else:
-        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode)
+        jobs = [loop.run_in_executor(pool, _decode_and_preprocess, im.data, cfg, max_pixels, fast_decode, shape)
                 for im in images]
         outcomes = await asyncio.gather(*jobs, return_exceptions=True)
     for i, outcome in enumerate(outcomes):

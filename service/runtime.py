@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
+from models.preprocess import ShapeLimits
 from service.batcher import Batcher
 from service.engines import Engine, EngineThreads, check_outputs, create_engine
 from service.engines.dummy import dummy_bundle
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from service.device_input import DeviceInput
     from service.label_sets import LabelSets
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device", "shape_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -108,13 +109,28 @@ def check_device(settings: Settings) -> None:
     model.engine.close()
 
 
+def shape_limits(settings: Settings, manifest: BundleManifest) -> ShapeLimits:
+    """The per-image shape limits for this bundle's preprocessing.
+
+    Raises:
+        ValueError: ``max_resized_pixels`` is below the model input itself (every image would be refused).
+    """
+    cfg = manifest.preprocess
+    if settings.max_resized_pixels < cfg.image_size**2:
+        raise ValueError(f"max_resized_pixels ({settings.max_resized_pixels}) is below the model input of "
+                         f"{cfg.image_size}x{cfg.image_size} pixels: every image would be refused")
+    return ShapeLimits(cfg, settings.max_aspect_ratio, settings.max_resized_pixels)
+
+
 def enable_cuda_graphs(model: LoadedModel, settings: Settings) -> bool:
     """Capture the torch engine's CUDA graphs per batch-size bucket where it runs on CUDA (before warm-up)."""
     enable = getattr(model.engine, "enable_cuda_graphs", None)
     return bool(settings.cuda_graphs and enable is not None and enable(settings.batch_buckets()))
 
 
-def device_path(model: LoadedModel, settings: Settings) -> tuple[DeviceInput | None, Any]:
+def device_path(
+    model: LoadedModel, settings: Settings, shape: ShapeLimits | None = None
+) -> tuple[DeviceInput | None, Any]:
     """The device input path and the batcher's stack function for the torch engine (None, None: NumPy path).
 
     torch is imported only for the torch engine, so the ONNX-only image never needs it.
@@ -125,7 +141,7 @@ def device_path(model: LoadedModel, settings: Settings) -> tuple[DeviceInput | N
     from service.device_input import batch_stacker, device_input_for
 
     device_input = device_input_for(settings.device_decode, engine.name, engine.device, model.manifest.preprocess,
-                                    settings.max_image_pixels, settings.fast_decode)
+                                    settings.max_image_pixels, settings.fast_decode, shape)
     on_cuda = engine.device.startswith("cuda")
     return device_input, batch_stacker(engine.device) if device_input is not None or on_cuda else None
 
@@ -157,6 +173,7 @@ class Runtime:
         self.batcher: Batcher | None = None
         self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
         self.label_sets: LabelSets | None = None  # the text side (bundles that have one): label sets, ad-hoc labels
+        self.shape_limits: ShapeLimits | None = None  # per-image aspect-ratio and resized-size limits, once loaded
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
         self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
         self._start_task: asyncio.Task[None] | None = None
@@ -185,6 +202,7 @@ class Runtime:
         try:
             models = await asyncio.to_thread(load_models, s, plan)
             label_sets = await asyncio.to_thread(load_label_sets, models[0].bundle, s, plan)
+            shape = shape_limits(s, models[0].manifest)
             graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
             if s.warmup:
                 for model in models:
@@ -195,7 +213,8 @@ class Runtime:
             return
         pad = models[0].engine.device.startswith("cuda") if s.pad_to_bucket is None else s.pad_to_bucket
         pad = pad or any(graphs)
-        self.device_input, stack = device_path(models[0], s)
+        self.shape_limits = shape
+        self.device_input, stack = device_path(models[0], s, shape)
         self.batcher = Batcher(
             [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,

@@ -7,10 +7,12 @@ import binascii
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, WithJsonSchema
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, TypeAdapter, WithJsonSchema
 
 __all__ = [
     "Base64Image",
+    "TopK",
+    "TOP_K",
     "ClassifyJSONRequest",
     "TopKEntry",
     "ImageResult",
@@ -57,6 +59,12 @@ Base64Image = Annotated[
 ]
 
 
+# top_k in every form (JSON field, multipart field): pydantic's integer parsing, which refuses text
+# that is not a number (int("²") raises) and numbers past Python's 4300-digit limit with a 422.
+TopK = Annotated[int, Field(ge=1)]
+TOP_K: TypeAdapter[int] = TypeAdapter(TopK)
+
+
 class ClassifyJSONRequest(BaseModel):
     """JSON form of ``POST /classify``."""
 
@@ -64,8 +72,8 @@ class ClassifyJSONRequest(BaseModel):
 
     images: list[Base64Image] = Field(min_length=1, description="One or more base64-encoded images.",
                                       examples=[[EXAMPLE_PNG_BASE64]])
-    top_k: int | None = Field(
-        None, ge=1,
+    top_k: TopK | None = Field(
+        None,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
     )
     labels: list[str] | None = Field(

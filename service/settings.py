@@ -83,7 +83,8 @@ class Settings(BaseSettings):
         "an idle instance takes what is waiting at once; batches grow only while every instance is busy).",
     )
     max_queue_size: int = Field(
-        256, ge=1, description="Images admitted and not yet in a forward (being read, decoded or queued); beyond: 503."
+        256, ge=1, description="Images admitted and not yet in a forward (being parsed, decoded or queued; a body "
+        "still arriving holds none); beyond: 503."
     )
     pad_to_bucket: bool | None = Field(
         None, description="Pad batches to a power-of-two bucket (stable shapes); None = on CUDA only."
@@ -124,7 +125,27 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(
         40_000_000, ge=1, description="Pixel count limit per image, from the header (413)."
     )
+    max_aspect_ratio: float = Field(
+        32.0, ge=1.0, description="Longest side / shortest side of an image, from the header (400 beyond): the resize "
+        "scales the short side to the model input, so a 1x100000 strip would become 224x22400000.",
+    )
+    max_resized_pixels: int = Field(
+        4_000_000, ge=1, description="Pixels of an image once resized for the model (before the crop), from the "
+        "header (413 beyond); at least the model input's image_size squared.",
+    )
     max_images_per_request: int = Field(16, ge=1, description="Images per request (413 beyond).")
+    max_error_details: int = Field(
+        20, ge=1, le=1000, description="Problems listed in an error's details; beyond, one entry counts the rest.",
+    )
+    body_read_timeout_s: float = Field(
+        20.0, gt=0.0, description="Longest time from a request's arrival until its whole body is received; past it: "
+        "408 and the connection is closed. No admission slot is held while a body arrives.",
+    )
+    max_body_bytes_in_flight: int = Field(
+        512 * 1024 * 1024, ge=1024, description="Bytes of request bodies held at once by a worker process, over all "
+        "its requests (being received or served); a body that would pass it gets 503. Counts bytes received, not "
+        "declared.",
+    )
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
     # --- server --------------------------------------------------------------------------------
@@ -193,6 +214,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"max_images_per_request ({self.max_images_per_request}) must be <= max_queue_size "
                 f"({self.max_queue_size}): a full request could never be admitted"
+            )
+        if self.max_body_bytes_in_flight < self.max_body_bytes:
+            raise ValueError(
+                f"max_body_bytes_in_flight ({self.max_body_bytes_in_flight}) must be >= max_body_bytes "
+                f"({self.max_body_bytes}): a body of the largest size could never be received"
             )
         if self.device_decode == "on" and self.engine != "torch":
             raise ValueError(f"device_decode=on needs the torch engine (engine is {self.engine!r})")

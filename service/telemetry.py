@@ -80,6 +80,9 @@ class ServiceMetrics:
         # Several workers: queued images add up over the live workers; ready is 1 only if all are.
         self.queue_depth = Gauge("deltagate_queue_depth_images", "Images waiting for a forward pass.", registry=r,
                                  multiprocess_mode="livesum")
+        self.body_bytes = Gauge("deltagate_request_body_bytes", "Bytes of request bodies held in memory (received, "
+                                "request not ended); bounded by max_body_bytes_in_flight.", registry=r,
+                                multiprocess_mode="livesum")
         self.inference_duration = Histogram(
             "deltagate_inference_duration_seconds", "Forward pass time per batch.",
             buckets=LATENCY_BUCKETS, registry=r,

@@ -18,7 +18,15 @@ from models.scoring_spec import FEATURES_NAME
 from service.deps import ApiKeyDep, RuntimeDep
 from service.errors import DeadlineError, InvalidFieldError
 from service.label_sets import Vocabulary
-from service.pipeline import postprocess, prepare_images, read_images, resolve_top_k, run_batched, score_results
+from service.pipeline import (
+    parse_images,
+    postprocess,
+    prepare_images,
+    receive_body,
+    resolve_top_k,
+    run_batched,
+    score_results,
+)
 from service.runtime import Runtime
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
 from service.telemetry import BUNDLE_LABEL_SET
@@ -50,17 +58,18 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
-        400: "Not an image, truncated, unsupported format, or unparsable JSON.",
+        400: "Not an image, truncated, unsupported format, aspect ratio over the limit, or unparsable JSON.",
         401: "Missing or wrong API key (only when one is configured).",
         404: "No label set of that name.",
-        413: "Body, pixel count or number of images over the limit.",
+        408: "The body did not arrive within the body read timeout (the connection is closed).",
+        413: "Body, pixel count (before or after resizing) or number of images over the limit.",
         415: "Content type is neither multipart/form-data nor application/json.",
         422: "Malformed fields (e.g. bad base64, top_k < 1, no image), invalid labels (empty, duplicate, "
              "whitespace, too many, too long), label_set and labels together, or label sets on a bundle without "
              "a text side.",
         500: "The forward pass of this request's batch failed.",
-        503: "Not ready, or overloaded (in-flight image budget spent; answered before the body is read); "
-             "see Retry-After.",
+        503: "Not ready, or overloaded (in-flight image budget spent: answered before the body is read; or "
+             "request bodies in memory over their limit); see Retry-After.",
         504: "The request waited past its deadline.",
     }.items()
 }
@@ -105,17 +114,19 @@ async def classify(
     model, batcher = runtime.require_ready()
     s, state = runtime.settings, request.state
     deadline = getattr(state, "started_at", time.monotonic()) + s.request_timeout_s
-    with batcher.admit() as ticket:  # before the body is read: 503 at once when the budget is spent
-        body = await read_images(request, s, ticket, runtime.pool)
-        k = resolve_top_k(top_k, body.top_k, s.default_top_k)
+    batcher.check_room()  # before the body is read: 503 at once when the budget is spent
+    body = await receive_body(request, s)  # no slot held while it arrives: a slow sender gets 408, holds nothing
+    with batcher.admit() as ticket:
+        parsed = await parse_images(body, s, ticket, runtime.pool)
+        k = resolve_top_k(top_k, parsed.top_k, s.default_top_k)
         try:  # new ad-hoc labels wait for the text graph in the pool: that wait counts against the deadline
-            vocab = await asyncio.wait_for(_vocabulary(runtime, label_set, body.labels, prompts or body.prompts),
+            vocab = await asyncio.wait_for(_vocabulary(runtime, label_set, parsed.labels, prompts or parsed.prompts),
                                            max(deadline - time.monotonic(), 0.0))
         except TimeoutError as exc:
             raise DeadlineError("the labels were not embedded within the request timeout") from exc
-        images = body.images
+        images = parsed.images
         pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                      s.fast_decode, runtime.device_input)
+                                      s.fast_decode, runtime.device_input, runtime.shape_limits)
         rows = await run_batched(request, batcher, ticket, pixels, deadline)
     filenames = [im.filename for im in images]
     if vocab is None:

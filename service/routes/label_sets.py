@@ -162,7 +162,7 @@ async def _example_features(request: Request, runtime: Runtime, images: list[Inp
                 await asyncio.sleep(_ADMISSION_RETRY_S)
         with ticket:
             pixels = await prepare_images(chunk, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                          s.fast_decode, runtime.device_input)
+                                          s.fast_decode, runtime.device_input, runtime.shape_limits)
             rows = await run_batched(request, batcher, ticket, pixels, deadline)
         out.append(np.stack([r.outputs[FEATURES_NAME] for r in rows]))
     return np.concatenate(out)

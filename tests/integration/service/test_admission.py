@@ -127,7 +127,7 @@ async def test_json_is_parsed_and_base64_decoded_in_the_pool(monkeypatch: pytest
     threads: list[str] = []
     real_parse = pipeline._parse_json
     monkeypatch.setattr(pipeline, "_parse_json",
-                        lambda body: threads.append(threading.current_thread().name) or real_parse(body))
+                        lambda body, s: threads.append(threading.current_thread().name) or real_parse(body, s))
     async with serve() as (client, _):
         r = await client.post("/classify", json={"images": [b64(class_image(1))]})
         assert r.status_code == 200 and threads and threads[0].startswith("deltagate-pre")

@@ -9,6 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
+from deltagate.bench.hostile import PNG_SIGNATURE, png_chunk
 from tests.service_support import b64, class_image, dummy_settings, encode, files, serve
 
 pytestmark = pytest.mark.integration
@@ -18,10 +19,9 @@ LIMITS = {"max_body_bytes": 64 * 1024, "max_image_pixels": 100_000, "max_images_
 
 def png_claiming(width: int, height: int) -> bytes:
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's shape)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
     ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)  # 1-bit greyscale
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return (PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + png_chunk(b"IEND", b""))
 
 
 def ppm() -> bytes:

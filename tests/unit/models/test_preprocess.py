@@ -159,3 +159,35 @@ def test_fast_decode_leaves_small_jpegs_and_other_formats_alone():
     assert decode_image(small, min_side=224).size == (600, 400)
     png = _png(Image.new("RGB", (3000, 2000)))
     assert decode_image(png, min_side=224).size == (3000, 2000)
+
+
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (1, 50), (50, 1), (224, 224), (1000, 333)])
+def test_resized_size_is_torchvisions_resize(size):
+    from torchvision.transforms import Resize
+
+    from models.preprocess import resized_size
+
+    img = Image.new("L", size)
+    assert resized_size(*size, PreprocessConfig(image_size=224)) == Resize(224)(img).size
+    assert resized_size(*size, PreprocessConfig(image_size=224, resize_mode="squash")) == (224, 224)
+
+
+def test_shape_limits_are_checked_from_the_header_only():
+    import struct
+
+    from deltagate.bench.hostile import PNG_SIGNATURE, png_chunk
+    from models.preprocess import ImageShapeError, ShapeLimits, open_image
+
+    def header_only(width: int, height: int) -> bytes:  # a PNG whose image data is empty
+        ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+        return PNG_SIGNATURE + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", b"") + png_chunk(b"IEND", b"")
+
+    shape = ShapeLimits(PreprocessConfig(image_size=32), max_aspect_ratio=4.0, max_resized_pixels=3200)
+    assert open_image(header_only(40, 120), shape=shape).size == (40, 120)  # 3:1, resized 32x96 = 3072
+    with pytest.raises(ImageShapeError, match="1x100000 pixels: its aspect ratio 100000.0:1"):
+        open_image(header_only(1, 100_000), shape=shape)
+    with pytest.raises(ImageShapeError, match="aspect ratio 4.0:1 is over the limit of 4:1"):
+        open_image(header_only(40, 161), shape=shape)
+    with pytest.raises(ImageTooLargeError, match="32x128, over the limit of 3200"):
+        open_image(header_only(40, 160), shape=shape)  # 4:1 passes, its resize does not
+    assert open_image(header_only(1, 100_000)).size == (1, 100_000)  # training and evaluation: unchecked
