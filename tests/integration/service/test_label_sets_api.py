@@ -121,8 +121,11 @@ async def test_labels_over_the_count_limit_are_refused(text_bundle: Path, tmp_pa
     async with serve(settings(text_bundle, tmp_path, max_labels=3)) as (client, _):
         r = await client.post("/classify", files=files(noise_image(0)), data={"labels": ["a", "b", "c", "d"]})
         assert r.status_code == 422 and "4 labels; the limit is 3" in r.json()["error"]["message"]
+        four = [f"l{i}" for i in range(4)]
+        r = await client.post("/classify", json={"images": [b64(noise_image(0))], "labels": four})
+        assert r.status_code == 422 and "4 labels; the limit is 3" in r.json()["error"]["message"]  # JSON: the same
         r = await client.post("/classify", json={"images": [b64(noise_image(0))], "labels": ["a"] * 2000})
-        assert r.status_code == 422  # duplicates or count: never embedded
+        assert r.status_code == 413 and "commas" in r.json()["error"]["message"]  # bounded before it is parsed
 
 
 async def test_a_file_upload_as_label_is_refused(text_bundle: Path, tmp_path: Path) -> None:
