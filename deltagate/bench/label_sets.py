@@ -4,7 +4,9 @@
    (the service's :class:`~models.text_runtime.TextEncoder`), K labels at a time: milliseconds per label.
    Through the server too: at concurrency 1, the latency of a request with a fresh ad-hoc set against the
    same request once its embeddings are cached, in alternation.
-2. **A named (or cached ad-hoc) set against the fixed classes.** One server; closed-loop clients send the
+2. **What a known set adds to a request**, in-process: ``scores.onnx`` on the images' features and the set's
+   embeddings, against the vision forward of the same images (a low-noise bound on the ratio below).
+3. **A named (or cached ad-hoc) set against the fixed classes.** One server; closed-loop clients send the
    same single-image requests with the bundle's classes (``fixed``), a named set of as many labels
    (``named``) and a cached ad-hoc set (``ad-hoc``), the order rotated every round. Ratios are taken
    within a round; the verdict is the median over rounds (target: named >= 0.97 x fixed).
@@ -55,6 +57,43 @@ def _text_forward(bundle: Path, ks: Sequence[int], rounds: int, threads: int | N
     return {"prompts": mode, "templates": len(b.text_side().templates), "intra_op_threads": threads, "per_k": per_k}
 
 
+def _added_cost(bundle: Path, k: int, rounds: int, batch_sizes: Sequence[int] = (1, 8)) -> dict[str, Any]:
+    """What a label-set request adds to a fixed-class one, in-process: ``scores.onnx`` on B images' features and
+    K embeddings (the only extra step once the embeddings are known), against the vision forward of the same
+    B images (model.onnx), in alternation; medians over ``rounds`` x 20 calls."""
+    import numpy as np
+
+    from deltagate.bench.engine import example_pixels, load_engine
+    from models.text_runtime import LabelScorer
+
+    b = load_bundle(bundle)
+    model = load_engine(bundle, "onnx")
+    scorer = LabelScorer(b)
+    png = synthetic_png(320, 240)
+    emb = np.random.default_rng(0).standard_normal((k, b.text_side().embed_dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    out: dict[str, Any] = {"k": k}
+    try:
+        for bs in batch_sizes:
+            pixels = example_pixels(model, png, bs)
+            feats = model.infer(pixels)["image_features"]
+            score_ms, forward_ms = [], []
+            for _ in range(rounds):
+                t0 = time.perf_counter()
+                for _ in range(20):
+                    scorer.score(feats, emb)
+                score_ms.append(1000 * (time.perf_counter() - t0) / 20)
+                t0 = time.perf_counter()
+                model.infer(pixels)
+                forward_ms.append(1000 * (time.perf_counter() - t0))
+            s, f = statistics.median(score_ms), statistics.median(forward_ms)
+            out[f"batch_{bs}"] = {"scores_onnx_ms": round(s, 4), "forward_ms": round(f, 2),
+                                  "scores_share_of_forward": round(s / f, 5)}
+    finally:
+        model.engine.close()
+    return out
+
+
 def _first_vs_cached(url: str, png: bytes, k: int, rounds: int) -> dict[str, Any]:
     """Concurrency 1: a fresh ad-hoc set's first request against its second (cached) one, per round."""
     extra = []
@@ -100,6 +139,7 @@ def label_sets_report(command: str, settings: Settings, *, rounds: int = 5, seco
                                              "ks": list(ks), "warmup_s": warmup_s, "image_size": list(image_size),
                                              "labels": classes}}
     report["text_forward"] = _text_forward(settings.bundle_path, ks, rounds, settings.intra_op_threads)
+    report["added_cost"] = _added_cost(settings.bundle_path, len(classes), rounds)
     assert settings.label_sets_dir is not None
     create_label_set(settings.bundle_path, SET_NAME, [f"{c} set" for c in classes], out_dir=settings.label_sets_dir)
     conditions = {

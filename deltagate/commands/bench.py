@@ -263,6 +263,10 @@ def label_sets(
     first = report["first_request"]
     typer.echo(f"first request with a new ad-hoc set of {first['k']} labels - the cached one: median "
                f"{first['median_first_minus_cached_ms']} ms ({first['median_ms_per_label']} ms per label)")
+    for key, v in report["added_cost"].items():
+        if key.startswith("batch_"):
+            typer.echo(f"scores.onnx, {key.replace('_', ' ')}, K={report['added_cost']['k']}: {v['scores_onnx_ms']} ms "
+                       f"against a {v['forward_ms']} ms forward ({100 * v['scores_share_of_forward']:.3f} %)")
     for cond, r in report["ratios_to_fixed"].items():
         typer.echo(f"images/s {cond} / fixed classes: median {r['median']} (rounds: {r['per_round']})")
     v = report["verdict"]

@@ -127,3 +127,5 @@ def test_bench_label_sets_measures_every_condition(bench_bundle: Path, tmp_path:
     assert conditions == [(0, "fixed"), (0, "named"), (0, "ad-hoc"), (1, "named"), (1, "ad-hoc"), (1, "fixed")]
     assert report["verdict"]["errors"] == 0 and all(row["requests_per_s"] > 0 for row in report["throughput"])
     assert len(report["ratios_to_fixed"]["named"]["per_round"]) == 2
+    added = report["added_cost"]
+    assert added["k"] == 10 and 0 < added["batch_1"]["scores_onnx_ms"] and 0 < added["batch_8"]["forward_ms"]
