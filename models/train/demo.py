@@ -16,7 +16,7 @@ after an interruption continues instead of starting over):
 5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
    the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
 6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's default rule
-   for label sets without examples, fitted on ID val and measured on ID test -> ``results/label_rules.json``;
+   for label sets without examples, fitted on ID val and measured on ID test -> ``label_rules.json`` of the results;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
