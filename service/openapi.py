@@ -3,7 +3,8 @@
 FastAPI declares the Bearer scheme on every route that has the API-key dependency, whether or not
 a key is configured; without one the service accepts every request, so the document would promise
 401s that never come (schemathesis reports it as "accepts requests without authentication").
-Here the security requirement, the scheme and the 401 responses are kept only when a key is set.
+Here the security requirement, the scheme and the 401 responses are kept only when a key is set (the API key;
+for ``PUT /label-sets/{name}`` the admin key).
 Likewise the number of images a request may carry is a setting, so the document states it
 (``maxItems``) from the settings rather than leaving clients to discover the 413.
 """
@@ -20,15 +21,24 @@ from service.settings import Settings
 __all__ = ["install_openapi"]
 
 _METHODS = frozenset({"get", "put", "post", "delete", "patch", "head", "options", "trace"})
+# Operations behind the admin key rather than the API key: without an admin key they answer 403 (off).
+ADMIN_OPERATIONS = frozenset({("/label-sets/{name}", "put")})
 
 
-def _without_security(schema: dict[str, Any]) -> dict[str, Any]:
-    schema.get("components", {}).pop("securitySchemes", None)
-    for path_item in schema.get("paths", {}).values():
+def _without_security(schema: dict[str, Any], api_key: bool, admin_key: bool) -> dict[str, Any]:
+    """Drop the security requirement (and its 401) of every operation whose key is not configured."""
+    keep_scheme = False
+    for path, path_item in schema.get("paths", {}).items():
         for method, operation in path_item.items():
-            if method in _METHODS:
-                operation.pop("security", None)
-                operation.get("responses", {}).pop("401", None)
+            if method not in _METHODS or "security" not in operation:
+                continue
+            if (admin_key if (path, method) in ADMIN_OPERATIONS else api_key):
+                keep_scheme = True
+                continue
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
+    if not keep_scheme:
+        schema.get("components", {}).pop("securitySchemes", None)
     return schema
 
 
@@ -54,7 +64,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
             schema = _with_image_limit(schema, settings.max_images_per_request)
-            app.openapi_schema = schema if settings.api_key is not None else _without_security(schema)
+            app.openapi_schema = _without_security(schema, settings.api_key is not None, settings.admin_key is not None)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
