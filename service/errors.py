@@ -120,7 +120,9 @@ class InvalidLabelsError(ServiceError):
 
 
 class LabelSetsUnavailableError(ServiceError):
-    status, code = 422, "label_sets_unavailable"  # the bundle has no text side, or no default rule for the mode
+    # The bundle cannot answer a well-formed label-set request: no text side, no default rule for the prompt
+    # mode, or more ad-hoc labels than its rule covers (a state of the bundle, not a malformed request).
+    status, code = 409, "label_sets_unavailable"
 
 
 class LabelSetNotFoundError(ServiceError):
@@ -206,10 +208,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return error_response(
         _request_id(request), exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail),
-        headers=dict(exc.headers or {}),
+        headers=headers,
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (``GET /x`` and ``PUT /x`` are two routes)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

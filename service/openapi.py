@@ -5,8 +5,9 @@ a key is configured; without one the service accepts every request, so the docum
 401s that never come (schemathesis reports it as "accepts requests without authentication").
 Here the security requirement, the scheme and the 401 responses are kept only when a key is set (the API key;
 for ``PUT /label-sets/{name}`` the admin key).
-Likewise the number of images a request may carry is a setting, so the document states it
-(``maxItems``) from the settings rather than leaving clients to discover the 413.
+Likewise the number of images a request may carry, and the number and length of its labels, are settings, so
+the document states them (``maxItems``, ``maxLength``) from the settings rather than leaving clients to
+discover the 413 or 422.
 """
 
 from __future__ import annotations
@@ -42,17 +43,23 @@ def _without_security(schema: dict[str, Any], api_key: bool, admin_key: bool) ->
     return schema
 
 
-def _with_image_limit(schema: dict[str, Any], max_images: int) -> dict[str, Any]:
-    """``maxItems`` on the image arrays of every request body (multipart ``file``, JSON ``images``)."""
+def _with_limits(schema: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The settings' limits on the arrays of every request body: ``maxItems`` of the images (multipart ``file``,
+    JSON ``images``) and of the ad-hoc ``labels``, ``maxLength`` of a label."""
     for path_item in schema.get("paths", {}).values():
         for method, operation in path_item.items():
             if method not in _METHODS:
                 continue
             for media in operation.get("requestBody", {}).get("content", {}).values():
-                for name in ("file", "images"):
-                    prop = media.get("schema", {}).get("properties", {}).get(name)
-                    if prop is not None and prop.get("type") == "array":
-                        prop["maxItems"] = max_images
+                for name, prop in media.get("schema", {}).get("properties", {}).items():
+                    for array in [prop, *prop.get("anyOf", [])]:
+                        if array.get("type") != "array":
+                            continue
+                        if name in ("file", "images"):
+                            array["maxItems"] = settings.max_images_per_request
+                        elif name == "labels":
+                            array["maxItems"] = settings.max_labels
+                            array.setdefault("items", {})["maxLength"] = settings.max_label_chars
     return schema
 
 
@@ -63,7 +70,7 @@ def install_openapi(app: FastAPI, settings: Settings) -> None:
         if app.openapi_schema is None:
             schema = get_openapi(title=app.title, version=app.version, description=app.description,
                                  routes=app.routes)
-            schema = _with_image_limit(schema, settings.max_images_per_request)
+            schema = _with_limits(schema, settings)
             app.openapi_schema = _without_security(schema, settings.api_key is not None, settings.admin_key is not None)
         return app.openapi_schema
 

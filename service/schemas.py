@@ -65,6 +65,12 @@ TopK = Annotated[int, Field(ge=1)]
 TOP_K: TypeAdapter[int] = TypeAdapter(TopK)
 
 
+# What a label must look like (service.label_sets checks it; the schema says as much as a JSON Schema can:
+# labels that read the same after cleaning, or whose prompt does not fit the text context, are refused too).
+LABEL_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+LABEL_ITEM_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": LABEL_PATTERN}
+
+
 class ClassifyJSONRequest(BaseModel):
     """JSON form of ``POST /classify``."""
 
@@ -76,8 +82,9 @@ class ClassifyJSONRequest(BaseModel):
         None,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
     )
-    labels: list[str] | None = Field(
-        None, description="Ad-hoc labels: classify against these instead of the bundle's classes (zero-shot, gated "
+    labels: list[Annotated[str, WithJsonSchema(LABEL_ITEM_SCHEMA)]] | None = Field(
+        None, min_length=2, json_schema_extra={"uniqueItems": True},
+        description="Ad-hoc labels: classify against these instead of the bundle's classes (zero-shot, gated "
         "by the bundle's default rule; calibrated: false). Not together with the label_set query parameter.",
         examples=[["octagon", "pentagon", "hexagon"]],
     )

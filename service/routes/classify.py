@@ -28,7 +28,7 @@ from service.pipeline import (
     score_results,
 )
 from service.runtime import Runtime
-from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
+from service.schemas import LABEL_ITEM_SCHEMA, ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
 from service.telemetry import BUNDLE_LABEL_SET
 
 router = APIRouter(tags=["classify"])
@@ -45,7 +45,7 @@ _REQUEST_BODY: dict[str, Any] = {
                              "description": "Image file(s); repeat the field for several images."},
                     "top_k": {"type": "integer", "minimum": 1,
                               "description": "Entries in each top_k list; the query parameter wins if both are given."},
-                    "labels": {"type": "array", "items": {"type": "string"},
+                    "labels": {"type": "array", "items": LABEL_ITEM_SCHEMA, "minItems": 2, "uniqueItems": True,
                                "description": "Ad-hoc labels (repeat the field): classify against these instead of "
                                               "the bundle's classes; not together with ?label_set."},
                     "prompts": {"type": "string", "enum": ["learned", "zero-shot"],
@@ -61,6 +61,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         400: "Not an image, truncated, unsupported format, aspect ratio over the limit, or unparsable JSON.",
         401: "Missing or wrong API key (only when one is configured).",
         404: "No label set of that name.",
+        409: "Label sets are unavailable on this bundle: no text side, no default rule for the prompt mode, or "
+             "more ad-hoc labels than the rule covers.",
         408: "The body did not arrive within the body read timeout (the connection is closed).",
         413: "Body, pixel count (before or after resizing) or number of images over the limit.",
         415: "Content type is neither multipart/form-data nor application/json.",

@@ -98,7 +98,7 @@ async def test_ad_hoc_embeddings_are_cached_per_label_and_mode_and_bounded(text_
     ({"labels": ["octagon", ""]}, "", 422, "invalid_labels", "empty"),
     ({"labels": ["octagon", " pentagon"]}, "", 422, "invalid_labels", "leading or trailing whitespace"),
     ({"labels": ["octagon", "x" * 101]}, "", 422, "invalid_labels", "limit is 100"),
-    ({"labels": [f"l{i}" for i in range(5)]}, "", 422, "label_sets_unavailable", "covers label sets of 2 to 4"),
+    ({"labels": [f"l{i}" for i in range(5)]}, "", 409, "label_sets_unavailable", "covers label sets of 2 to 4"),
     ({"labels": SHAPES}, "?label_set=shapes", 422, "invalid_request", "not both"),
     ({}, "?label_set=nope", 404, "label_set_not_found", "no label set named 'nope'"),
     ({"labels": SHAPES}, "?prompts=manual", 422, "invalid_request", "prompts"),
@@ -254,8 +254,8 @@ async def test_a_bundle_without_a_text_side_serves_its_classes_and_refuses_label
     async with serve(settings(tiny_bundle, tmp_path)) as (client, _):
         assert (await client.post("/classify", files=files(noise_image(0)))).status_code == 200
         r = await client.post("/classify", files=files(noise_image(0)), data={"labels": SHAPES})
-        assert r.status_code == 422 and r.json()["error"]["code"] == "label_sets_unavailable"
-        assert (await client.get("/label-sets")).status_code == 422
+        assert r.status_code == 409 and r.json()["error"]["code"] == "label_sets_unavailable"
+        assert (await client.get("/label-sets")).status_code == 409
 
 
 async def test_an_old_bundle_without_the_features_output_still_serves(tiny_bundle: Path, tmp_path: Path) -> None:
