@@ -76,7 +76,7 @@ def _sets(runtime: Runtime) -> LabelSets:
 
 
 @router.get("/label-sets", response_model=LabelSetList,
-            responses={401: {"model": ErrorResponse}, 422: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
+            responses={401: {"model": ErrorResponse}, 409: {"model": ErrorResponse}, 503: {"model": ErrorResponse}})
 def list_label_sets(runtime: RuntimeDep, _auth: ApiKeyDep) -> LabelSetList:
     """The named label sets this worker serves, the files it does not serve (and why), the prompt modes."""
     sets = _sets(runtime)
@@ -90,7 +90,7 @@ def list_label_sets(runtime: RuntimeDep, _auth: ApiKeyDep) -> LabelSetList:
 
 
 @router.get("/label-sets/{name}", response_model=LabelSetInfo,
-            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 422: {"model": ErrorResponse},
+            responses={401: {"model": ErrorResponse}, 404: {"model": ErrorResponse}, 409: {"model": ErrorResponse},
                        503: {"model": ErrorResponse}})
 def get_label_set(name: str, runtime: RuntimeDep, _auth: ApiKeyDep) -> LabelSetInfo:
     """One named label set: labels, prompt mode, gate (threshold, calibration record), examples, bundle."""
