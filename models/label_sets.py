@@ -138,14 +138,20 @@ def rule_calibration(rule: AdHocRule, k: int) -> CalibrationRecord:
 
 
 def examples_needed(rule: AdHocRule | None, k: int) -> int | None:
-    """The fewest examples per label for a calibrated set of K labels, as measured for the bundle
-    (``rule.measured["examples_per_label"]``: K -> n), or None when it was not measured."""
+    """The fewest examples per label for a calibrated set of K labels on this bundle (``rule.measured``), or None
+    when it was not measured.
+
+    ``examples_per_label`` maps each measured K to the fewest n that kept 90 % of the draws within ±2 points
+    (fewer labels need more examples each). A K between measured ones takes the value of the nearest measured K
+    at or below it; a K below every measured one (a K where no n tried was enough) takes the smallest measured
+    K's value, the most this bundle was measured to need.
+    """
     table = (rule.measured.get("examples_per_label") or {}) if rule is not None else {}
-    if not table:
+    found = {int(key): int(n) for key, n in table.items() if n is not None}
+    if not found:
         return None
-    ks = sorted(int(key) for key in table)
-    nearest = min(ks, key=lambda key: (abs(key - k), -key))  # the closest measured K, the larger on a tie
-    return int(table[str(nearest)])
+    at_or_below = [key for key in found if key <= k]
+    return found[max(at_or_below)] if at_or_below else found[min(found)]
 
 
 class BundleRef(BaseModel):
