@@ -141,17 +141,21 @@ def examples_needed(rule: AdHocRule | None, k: int) -> int | None:
     """The fewest examples per label for a calibrated set of K labels on this bundle (``rule.measured``), or None
     when it was not measured.
 
-    ``examples_per_label`` maps each measured K to the fewest n that kept 90 % of the draws within ±2 points
-    (fewer labels need more examples each). A K between measured ones takes the value of the nearest measured K
-    at or below it; a K below every measured one (a K where no n tried was enough) takes the smallest measured
-    K's value, the most this bundle was measured to need.
+    ``examples_per_label`` maps each K where some n tried was enough to the fewest n that kept 90 % of the
+    draws within ±2 points (fewer labels need more examples each). A K between measured ones takes the value
+    of the nearest measured K at or below it; a K below every such K (where no n tried was enough) takes the
+    most examples tried (``measured["examples"]``), the most that was measured.
     """
-    table = (rule.measured.get("examples_per_label") or {}) if rule is not None else {}
-    found = {int(key): int(n) for key, n in table.items() if n is not None}
-    if not found:
+    if rule is None:
         return None
+    found = {int(key): int(n) for key, n in (rule.measured.get("examples_per_label") or {}).items() if n is not None}
+    tried = [int(n) for per in (rule.measured.get("examples") or {}).get("per_k", {}).values() for n in per]
     at_or_below = [key for key in found if key <= k]
-    return found[max(at_or_below)] if at_or_below else found[min(found)]
+    if at_or_below:
+        return found[max(at_or_below)]
+    if tried:
+        return max(tried)
+    return found[min(found)] if found else None
 
 
 class BundleRef(BaseModel):

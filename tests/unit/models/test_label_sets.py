@@ -76,8 +76,9 @@ def test_the_rule_interpolates_in_one_over_k_and_refuses_outside_its_range() -> 
 def test_examples_needed_reads_the_nearest_measured_k_at_or_below() -> None:
     rule = _rule()  # measured: K=2 needs 40 per label, K=4 needs 20
     assert [examples_needed(rule, k) for k in (2, 3, 4, 9)] == [40, 40, 20, 20]
-    short = rule.model_copy(update={"measured": {"examples_per_label": {"5": 64, "8": 40}}})
-    assert [examples_needed(short, k) for k in (2, 4, 5, 7, 8)] == [64, 64, 64, 64, 40]  # below K=5: the most needed
+    tried = {"per_k": {str(k): {str(n): {} for n in (5, 20, 64)} for k in (2, 5, 8)}}
+    short = rule.model_copy(update={"measured": {"examples_per_label": {"8": 40}, "examples": tried}})
+    assert [examples_needed(short, k) for k in (2, 5, 7, 8)] == [64, 64, 64, 40]  # below K=8 none was enough
     assert examples_needed(None, 3) is None
 
 
