@@ -13,7 +13,8 @@ $(BIN)/python:
 	$(BIN)/pip install --upgrade --quiet pip
 
 # Service only: the core dependencies, ONNX-only serving (no torch; `pip install -e '.[torch]'` adds
-# the torch engine). The default engine (auto) serves the default bundle's model.onnx.
+# the torch engine). The default engine (auto) serves the default bundle's int8 graph, whose recorded
+# parity with model.onnx passes (docs/bundle.md, "Which graph engine=auto serves").
 $(VENV)/.installed-core: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -e .
 	touch $@
@@ -62,8 +63,11 @@ LOADTEST_ARGS ?=
 loadtest: install-dev
 	$(BIN)/python loadtests/run.py --port $(LOADTEST_PORT) $(LOADTEST_ARGS)
 
+# The demo pipeline (docs/offline.md §7). Writes under runs/demo/ only; `make demo PUBLISH=1` replaces the
+# bundled default model (bundles/default) and the committed results/ (tracked files).
+PUBLISH ?=
 demo: install-dev
-	$(BIN)/deltagate demo build
+	$(BIN)/deltagate demo build $(if $(PUBLISH),--publish)
 
 clean-venv:
 	rm -rf $(VENV)

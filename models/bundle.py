@@ -30,12 +30,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
-from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoreParams
+from models.quality import ValidationRecord
+from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoreParams, renamed_legacy_keys
 from models.tokenizer import TOKENIZER_FILE
 from models.version import DELTAGATE_VERSION
 
@@ -60,6 +61,7 @@ __all__ = [
     "ArchitectureInfo",
     "OnnxInfo",
     "GraphParity",
+    "GraphSpeed",
     "Int8Info",
     "Fp16Info",
     "AdHocRule",
@@ -126,12 +128,20 @@ class GraphParity(BaseModel):
 
     data: str  # which images, e.g. "id_test + ood/* of DATA" or "synthetic drawings"
     images: int  # images both graphs ran on
+    # The images are the bundle's own evaluation or calibration data (False: drawings that stand in for missing
+    # data; None: a record written before this field). engine=auto trusts only a record on the bundle's data.
+    bundle_data: bool | None = None
     provider: str = "CPUExecutionProvider"  # the ONNX Runtime provider both graphs ran on
     label_agreement: float  # share of images with the same argmax class
     max_abs_delta_energy_diff: float  # worst |ΔEnergy_variant - ΔEnergy_fp32|
     mean_abs_delta_energy_diff: float
     gate_flips: int | None = None  # images whose OOD decision differs, each graph at its threshold (None: none given)
     thresholds: dict[str, float] = Field(default_factory=dict)  # tag -> the threshold gate_flips used
+    # Of the images both graphs accept (each at its threshold; the labels clients are given): how many, and the
+    # share with the same label. None: no thresholds, or a record written before these fields.
+    accepted_images: int | None = None
+    accepted_label_agreement: float | None = None
+    id_delta_energy_std: float | None = None  # std of the float32 ΔEnergy on the ID images: the error's yardstick
     id_accuracy: dict[str, float] = Field(default_factory=dict)  # tag -> accuracy on ID test (empty: no labels)
     near_ood_auroc: dict[str, float] = Field(default_factory=dict)  # tag -> ΔEnergy AUROC, ID test vs near OOD
     ood_auroc: dict[str, dict[str, float]] = Field(default_factory=dict)  # set -> {tag: AUROC}, e.g. fp32 and int8
@@ -152,6 +162,25 @@ class GraphParity(BaseModel):
         return data
 
 
+class GraphSpeed(BaseModel):
+    """A reduced-precision graph's speed against the float32 graph's, measured where it was made.
+
+    Each graph ran in its own single-threaded ONNX Runtime session on the same preprocessed images, timed by
+    the CPU time of the thread that ran it, in interleaved rounds; ``speedup`` is the median over rounds of the
+    per-round ratio (variant / float32 images per CPU second). CPU time, not wall time: on a shared machine the
+    other processes' load moves wall time by 1.5x within minutes, CPU time much less.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: str  # the ONNX Runtime provider both graphs ran on
+    cpu: str  # the machine's processor (speed ratios of int8 kernels depend on its instruction set)
+    clock: str = "thread CPU time, 1 intra-op thread"
+    rounds: int
+    images_per_cpu_s: dict[str, dict[str, float]]  # tag ("fp32", "int8", "fp16") -> batch size -> median
+    speedup: dict[str, float]  # batch size -> median over rounds of variant / float32 images per CPU second
+
+
 class Int8Info(BaseModel):
     """The bundle's int8 graph: how it was quantized, its parity record and its own threshold."""
 
@@ -161,9 +190,11 @@ class Int8Info(BaseModel):
     method: Literal["dynamic", "static"]  # ONNX Runtime quantize_dynamic / quantize_static (QDQ)
     weight_type: str = "QInt8"
     per_channel: bool
+    op_types: list[str] | None = None  # node types quantized (None: every type ONNX Runtime quantizes)
     calibration_images: int = 0  # activation-range images of static quantization (ID val)
     parity: GraphParity
     calibration: CalibrationRecord | None = None  # the int8 graph's ΔEnergy threshold (its own ID val scores)
+    speed: GraphSpeed | None = None  # against model.onnx (None: written before speed was recorded)
 
 
 class Fp16Info(BaseModel):
@@ -182,6 +213,7 @@ class Fp16Info(BaseModel):
     float32_nodes: int  # nodes of the scoring head kept in float32 (normalisation, logits, scores)
     parity: GraphParity
     refit_threshold: float | None = None  # fitted on its own ID val scores, for comparison only (None: no ID val)
+    speed: GraphSpeed | None = None  # against model.onnx, on the provider that made the parity record
 
 
 class AdHocRule(BaseModel):
@@ -262,6 +294,7 @@ class BundleManifest(BaseModel):
     schema_version: Literal[1] = 1  # SCHEMA_VERSION; bump both together
     name: str  # model name shown to clients
     version: str  # model version shown to clients
+    description: str | None = None  # what the model knows, for people (shown by /model and the try-it page)
     created_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     deltagate_version: str = Field(default_factory=lambda: DELTAGATE_VERSION)  # the deltagate that wrote it
     architecture: ArchitectureInfo
@@ -271,12 +304,20 @@ class BundleManifest(BaseModel):
     scores: ScoreParams = Field(default_factory=ScoreParams)
     prompt: dict[str, Any] = Field(default_factory=dict)  # how class embeddings were made (method, n_ctx, ...)
     calibration: CalibrationRecord | None = None
+    validation: ValidationRecord | None = None  # the prompts' ID val accuracy at the end of `deltagate train`
     evaluation: dict[str, Any] | None = None  # summary written by `deltagate evaluate`
     onnx: OnnxInfo | None = None
     int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
     fp16: Fp16Info | None = None  # the float16 graph, when exported with --quantize fp16
     text: TextSideInfo | None = None  # the text side (label sets); None: fixed classes only
     files: dict[str, FileEntry]
+
+    @field_validator("scores", mode="before")
+    @classmethod
+    def _read_old_score_names(cls, data: Any) -> Any:
+        """Manifests written before every score parameter was named after its score call ΔEnergy's
+        ``top_c``, ``temperature``, ``reset`` and ``reset_logit`` (:func:`models.scoring_spec.renamed_legacy_keys`)."""
+        return renamed_legacy_keys(data) if isinstance(data, dict) else data
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -488,7 +529,8 @@ def _read_manifest(path: Path) -> BundleManifest:
     try:
         return BundleManifest.model_validate(raw)
     except ValidationError as exc:
-        raise BundleError(f"{mpath}: invalid manifest:\n{exc}") from exc
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'manifest'}: {e['msg']}" for e in exc.errors())
+        raise BundleError(f"{mpath}: invalid manifest: {problems}") from exc
 
 
 def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
@@ -514,7 +556,7 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
             raise BundleError(f"{fpath}: file listed in the manifest is missing")
         if verify and sha256_file(fpath) != entry.sha256:
             raise BundleError(f"{fpath}: content hash does not match the manifest (corrupt or modified)")
-    logger.info("loaded bundle %s (%s %s, %d classes)", p, manifest.name, manifest.version, len(manifest.classes))
+    logger.debug("loaded bundle %s (%s %s, %d classes)", p, manifest.name, manifest.version, len(manifest.classes))
     return Bundle(p, manifest)
 
 

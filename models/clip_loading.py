@@ -7,7 +7,8 @@ anywhere else via :func:`register_architecture`.
 
 open_clip, offline, retries a hub download for ~15 s and then silently falls back to random
 weights. Here a missing pretrained download fails fast with :class:`PretrainedUnavailableError`,
-which names the alternatives (a local checkpoint path or a populated cache directory).
+one line that names the alternatives (a local checkpoint path or a populated cache directory).
+Random weights are only ever built when asked for (``pretrained=None`` / ``"none"``).
 """
 
 from __future__ import annotations
@@ -141,12 +142,13 @@ def _check_pretrained_available(name: str, tag: str, cache_dir: str | None, time
     host = _HF_HOST if pcfg.get("hf_hub") else urlparse(pcfg.get("url", "")).hostname or _HF_HOST
     if _reachable(host, timeout):
         return
+    where = f"Hugging Face repo {pcfg['hf_hub'].strip('/')}" if pcfg.get("hf_hub") else pcfg.get("url", host)
     raise PretrainedUnavailableError(
-        f"pretrained weights {name}/{tag} are not in the local cache "
-        f"({cache_dir or 'default Hugging Face / ~/.cache/clip cache'}) and {host} cannot be reached "
-        "(no network, or HF_HUB_OFFLINE is set). Alternatives: pass a local checkpoint file as "
-        "`pretrained` (--pretrained /path/to/open_clip_model.safetensors), point --cache-dir at a "
-        "cache that holds the weights, or use --pretrained none for random weights."
+        f"the pretrained weights {name}/{tag} cannot be had here: not in the cache "
+        f"({cache_dir or '~/.cache/huggingface, ~/.cache/clip'}) and {host} cannot be reached (no network, or "
+        f"HF_HUB_OFFLINE is set); copy the "
+        f"checkpoint ({where}) to this machine and pass --model {name} --pretrained /path/to/open_clip_model."
+        "safetensors, or --cache-dir DIR that holds it"
     )
 
 

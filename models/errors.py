@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-__all__ = ["DeltagateError", "BundleError", "PretrainedUnavailableError", "UnknownModelError"]
+__all__ = [
+    "DeltagateError",
+    "BundleError",
+    "DataError",
+    "ResumeConflictError",
+    "PretrainedUnavailableError",
+    "UnknownModelError",
+]
 
 
 class DeltagateError(Exception):
@@ -11,6 +18,16 @@ class DeltagateError(Exception):
 
 class BundleError(DeltagateError, RuntimeError):
     """A bundle is missing, corrupt or of an unsupported schema; the message names the file."""
+
+
+class DataError(DeltagateError, ValueError):
+    """A data directory lacks what a command needs (a split, images in a class folder, matching classes);
+    the message names the folder."""
+
+
+class ResumeConflictError(DeltagateError, ValueError):
+    """A run directory holds a checkpoint of another configuration; the message names the fields that
+    differ and the flag that starts over."""
 
 
 class PretrainedUnavailableError(DeltagateError, RuntimeError):

@@ -33,27 +33,32 @@ from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
-    "IMAGE_EXTENSIONS",
     "PreprocessConfig",
     "ImageDecodeError",
     "ImageTooLargeError",
     "ImageShapeError",
     "ShapeLimits",
     "SUPPORTED_FORMATS",
+    "IMAGE_EXTENSIONS",
     "TRANSPARENT_BACKGROUND",
     "DRAFT_MARGIN",
+    "DEFAULT_MAX_PIXELS",
     "open_image",
     "decode_image",
     "resized_size",
     "to_rgb",
     "preprocess_image",
     "preprocess_batch",
+    "decode_for_model",
+    "decode_and_preprocess",
 ]
 
-# File name suffixes read as images from a folder (training data, label-set examples).
-IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+# Pixel count above which an image is refused from its header (the service's default limit too).
+DEFAULT_MAX_PIXELS = 40_000_000
 # Formats the service accepts; everything else is refused rather than guessed at.
 SUPPORTED_FORMATS: frozenset[str] = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"})
+# File name endings of those formats: what folder readers (offline data, `deltagate classify`) take as images.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 
 _INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -145,7 +150,7 @@ class ShapeLimits:
             )
 
 
-def open_image(data: bytes, max_pixels: int = 40_000_000, shape: ShapeLimits | None = None) -> Image.Image:
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, shape: ShapeLimits | None = None) -> Image.Image:
     """Open image bytes lazily (the header only), checking format, pixel count and shape; no pixel is decoded.
 
     The one set of input checks: :func:`decode_image` and the service's device input path
@@ -188,7 +193,7 @@ def open_image(data: bytes, max_pixels: int = 40_000_000, shape: ShapeLimits | N
 
 
 def decode_image(
-    data: bytes, max_pixels: int = 40_000_000, min_side: int | None = None, shape: ShapeLimits | None = None
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, min_side: int | None = None, shape: ShapeLimits | None = None
 ) -> Image.Image:
     """Decode image bytes, checking format and pixel count before the pixels are decoded (:func:`open_image`).
 
@@ -300,3 +305,40 @@ def preprocess_batch(images: Sequence[Image.Image], cfg: PreprocessConfig) -> np
         float32 array of shape (B, 3, image_size, image_size).
     """
     return np.stack([preprocess_image(im, cfg) for im in images])  # (B, 3, H, W)
+
+
+def decode_for_model(data: bytes, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                     fast: bool = False, shape: ShapeLimits | None = None) -> Image.Image:
+    """Decode image bytes for a model with this preprocessing: the one place the fast-decode policy lives.
+
+    Args:
+        data: encoded image bytes.
+        cfg: the bundle's preprocessing.
+        max_pixels: largest width * height accepted (checked from the header, before decoding).
+        fast: decode a large JPEG at reduced DCT scale, keeping its shortest side >= ``DRAFT_MARGIN``
+            x ``cfg.image_size`` (serving); False: full size (training and evaluation).
+        shape: the service's shape limits, checked from the header (:class:`ShapeLimits`); None: unchecked.
+
+    Returns:
+        The decoded image (any mode, any size).
+
+    Raises:
+        ImageDecodeError: not an image, truncated, or an unsupported format (ImageShapeError: too elongated).
+        ImageTooLargeError: more than ``max_pixels`` pixels, or a resize over the shape limit.
+    """
+    return decode_image(data, max_pixels, min_side=cfg.image_size if fast else None, shape=shape)
+
+
+def decode_and_preprocess(data: bytes, cfg: PreprocessConfig, max_pixels: int = DEFAULT_MAX_PIXELS,
+                          fast: bool = False, shape: ShapeLimits | None = None) -> np.ndarray:
+    """Image bytes -> the normalised tensor the scoring module takes (:func:`decode_for_model`, then
+    :func:`preprocess_image`): what the service, its device input's CPU path and the benchmarks run per image.
+
+    Returns:
+        float32 array of shape (3, image_size, image_size).
+
+    Raises:
+        ImageDecodeError: not an image, truncated, or an unsupported format (ImageShapeError: too elongated).
+        ImageTooLargeError: more than ``max_pixels`` pixels, or a resize over the shape limit.
+    """
+    return preprocess_image(decode_for_model(data, cfg, max_pixels, fast, shape), cfg)  # (3, S, S)

@@ -159,7 +159,8 @@ _ID_SCORES: dict[str, Callable[[torch.Tensor, float, ScoreParams], torch.Tensor]
     "max_logit": lambda z, scale, p: max_logit(z),
     "energy": lambda z, scale, p: -energy(z, p.energy_temperature),
     "mcm": lambda z, scale, p: mcm(_f32(z) / scale, p.mcm_tau),
-    "delta_energy": lambda z, scale, p: delta_energy(z, p.top_c, p.reset_logit, p.temperature, p.reset),
+    "delta_energy": lambda z, scale, p: delta_energy(z, p.delta_energy_top_c, p.delta_energy_reset_logit,
+                                                  p.delta_energy_temperature, p.delta_energy_reset),
 }
 SCORE_NAMES: tuple[str, ...] = tuple(_ID_SCORES)
 

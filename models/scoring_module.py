@@ -24,7 +24,8 @@ __all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "Scor
 def score_outputs(logits: torch.Tensor, p: ScoreParams) -> tuple[torch.Tensor, ...]:
     """(B, K) logits -> (logits, probs, delta_energy, energy): the scoring module's outputs."""
     probs = torch.softmax(logits, dim=-1)  # (B, K)
-    de = delta_energy(logits, p.top_c, p.reset_logit, p.temperature, p.reset)  # (B,)
+    de = delta_energy(logits, p.delta_energy_top_c, p.delta_energy_reset_logit, p.delta_energy_temperature,
+                      p.delta_energy_reset)  # (B,)
     en = energy(logits, p.energy_temperature)  # (B,)
     return logits, probs, de, en
 

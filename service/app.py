@@ -7,17 +7,21 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from models.version import DELTAGATE_VERSION
+from service.connections import EVENT_KINDS, EVENTS, set_early_answer
 from service.errors import install_error_handlers
 from service.middleware import BodyBudget, BodyLimitsMiddleware
 from service.openapi import install_openapi
-from service.routes import classify, health, label_sets, metrics, model, ui
+from service.routes import classify, health, label_sets, metrics, model, ui, v2
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
 
-__all__ = ["create_app"]
+__all__ = ["create_app", "DOCS_ASSETS"]
+
+DOCS_ASSETS = "/docs/assets"  # where the API docs' JavaScript and CSS are served
 
 _DESCRIPTION = (
     "Image classification with a fine-tuned CLIP that refuses to guess: every image gets a label, "
@@ -57,13 +61,21 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
         runtime.metrics.close()
 
-    app = FastAPI(title="deltagate", version=DELTAGATE_VERSION, description=_DESCRIPTION, lifespan=lifespan)
+    for kind in EVENT_KINDS:  # zeros from the start, so rates exist
+        runtime.metrics.connection_events.labels(event=kind)
+    EVENTS.observer = lambda kind: runtime.metrics.connection_events.labels(event=kind).inc()  # this process's server
+    set_early_answer(classify.early_overload_answer(runtime))  # a spent budget's 503, before the app runs
+    # /docs (Swagger UI) with its script, style and icon served from this process, not a CDN, so the API docs
+    # work offline and behind firewalls (fastapi-offline ships the assets; MIT). No /redoc: ReDoc's bundle
+    # still fetches its logo from its CDN.
+    app = FastAPIOffline(title="deltagate", version=DELTAGATE_VERSION, description=_DESCRIPTION, lifespan=lifespan,
+                         static_url=DOCS_ASSETS, redoc_url=None)
     app.state.settings = settings
     app.state.runtime = runtime
     app.state.begin_drain = begin_drain
     install_error_handlers(app)
     install_openapi(app, settings)
-    routers = [module.router for module in (classify, label_sets, health, model, metrics)]
+    routers = [module.router for module in (classify, label_sets, health, model, metrics, v2)]
     if settings.ui:
         routers.append(ui.router)
     for router in routers:
@@ -74,5 +86,6 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
                        timeout_s=settings.body_read_timeout_s, budget=app.state.body_budget)
     paths = frozenset(getattr(route, "path", "") for router in routers for route in router.routes)
     # Added last, so outermost: it sees every status, the body limits' early 413 included.
-    app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics, known_paths=paths)
+    app.add_middleware(RequestTelemetryMiddleware, metrics=runtime.metrics, known_paths=paths,
+                       known_prefixes=frozenset({DOCS_ASSETS}))
     return app

@@ -120,6 +120,7 @@ class Batcher:
         stack: builds a batch of ``rows`` rows (padding included) from the queued images, in the
             instance's thread; default: NumPy stack + zero rows. The device input path passes one
             that stacks device tensors (:func:`service.device_input.stack_pixels`).
+        thread_initializer: run first in each inference thread (the server lowers its priority).
     """
 
     def __init__(
@@ -132,6 +133,7 @@ class Batcher:
         on_batch: Callable[[int, float], None] | None = None,
         on_depth: Callable[[int], None] | None = None,
         stack: Callable[[list[Any], int], Any] | None = None,
+        thread_initializer: Callable[[], None] | None = None,
     ) -> None:
         if not instances:
             raise ValueError("at least one engine instance is needed")
@@ -149,7 +151,7 @@ class Batcher:
         self._wakeup = asyncio.Event()
         self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
         self._executors = [
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deltagate-infer-{i}")
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"deltagate-infer-{i}", initializer=thread_initializer)
             for i in range(len(self._instances))
         ]
         self._jobs: dict[int, concurrent.futures.Future[tuple[EngineOutputs, float]]] = {}  # last job per instance
@@ -160,6 +162,11 @@ class Batcher:
     def depth(self) -> int:
         """Images admitted and not yet in a forward (reserved + queued)."""
         return self._reserved + self._queued
+
+    @property
+    def queued(self) -> int:
+        """Images decoded and waiting for a forward (the part of :attr:`depth` past decoding)."""
+        return self._queued
 
     def _running(self) -> list[concurrent.futures.Future[tuple[EngineOutputs, float]]]:
         """Forwards still inside an engine (a cancelled request does not stop its thread)."""

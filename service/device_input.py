@@ -9,7 +9,7 @@ separable 8-bit passes), centre crop
 with torchvision's rounding, scale to [0, 1], normalise. On ``device="cpu"`` the same code runs,
 so CI tests the whole path without a GPU.
 
-What stays on the CPU path (PIL decode + :func:`models.preprocess.preprocess_image`):
+What stays on the CPU path (:func:`models.preprocess.decode_and_preprocess`, the service's own):
 
 - every other format (PNG, WebP, GIF, BMP, TIFF), and CMYK/YCCK JPEGs (nvJPEG has no CMYK
   output; PIL's conversion is the reference);
@@ -43,9 +43,8 @@ from models.preprocess import (
     ImageTooLargeError,
     PreprocessConfig,
     ShapeLimits,
-    decode_image,
+    decode_and_preprocess,
     open_image,
-    preprocess_image,
     resized_size,
 )
 
@@ -238,9 +237,7 @@ class DeviceInput:
         return t
 
     def _cpu(self, data: bytes) -> np.ndarray:
-        img = decode_image(data, self.max_pixels, min_side=self.cfg.image_size if self.fast_decode else None,
-                           shape=self.shape)
-        return preprocess_image(img, self.cfg)  # (3, S, S)
+        return decode_and_preprocess(data, self.cfg, self.max_pixels, self.fast_decode, self.shape)  # (3, S, S)
 
     def prepare(self, images: Sequence[bytes]) -> list[np.ndarray | torch.Tensor | BaseException]:
         """Decode and preprocess ``images``; blocking (runs in the decode pool).

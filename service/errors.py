@@ -1,12 +1,14 @@
 """Service errors: one exception type per client-visible failure, one JSON error body for all.
 
 Every error response has the body ``{"error": {"status", "code", "message", "details"},
-"request_id"}``. The status and code of each failure live in one place, on its class below; the
-batcher, the pipeline and the routes raise these types and the one handler maps them, so there is
-no second hierarchy to translate. Every 503 carries ``Retry-After`` (the ``retry_after_s``
-setting) unless the raiser set its own, whether it comes from our own checks, from FastAPI's request validation, from
-Starlette (404, 405) or from an unexpected exception (500, logged with its traceback; the client
-sees no internals).
+"request_id"}``, except on the Open Inference Protocol routes (``/v2``, :mod:`service.routes.v2`),
+which answer the protocol's ``{"error": "<message>"}`` with the same status and headers. The status
+and code of each failure live in one place, on its class below; the batcher, the pipeline and the
+routes raise these types and the one handler maps them, so there is no second hierarchy to
+translate. Every 503 carries ``Retry-After`` (the ``retry_after_s`` setting) unless the raiser set
+its own, whether it comes from our own checks, from FastAPI's request validation, from Starlette
+(404, 405) or from an unexpected exception (500, logged with its traceback; the client sees no
+internals).
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ __all__ = [
     "LabelSetNotFoundError",
     "ForbiddenError",
     "LabelSetLimitError",
+    "ModelNotFoundError",
     "validation_details",
+    "V2_PREFIX",
+    "speaks_v2",
     "error_response",
+    "error_body",
     "install_error_handlers",
 ]
 
@@ -110,6 +116,10 @@ class InferenceFailedError(ServiceError):
     status, code = 500, "inference_failed"  # the forward of the image's batch raised
 
 
+class ModelNotFoundError(ServiceError):
+    status, code = 404, "model_not_found"  # a /v2 path names a model or version this server does not serve
+
+
 class ClientGoneError(ServiceError):
     # nginx's non-standard 499: the client closed the connection; nobody reads this response.
     status, code = 499, "client_closed_request"
@@ -171,6 +181,24 @@ def validation_details(errors: Sequence[Mapping[str, Any]], limit: int) -> tuple
     return details, f"invalid fields: {fields}"
 
 
+V2_PREFIX = "/v2"  # the Open Inference Protocol's routes
+
+
+def speaks_v2(path: str) -> bool:
+    """Whether ``path`` is an Open Inference Protocol route, whose errors are ``{"error": "<message>"}``."""
+    return path == V2_PREFIX or path.startswith(V2_PREFIX + "/")
+
+
+def _v2_message(message: str, details: Any) -> str:
+    """The protocol's error is one string: the message, then the validation problems it names (bounded)."""
+    if isinstance(details, list):
+        problems = [f"{'.'.join(str(p) for p in d.get('loc', ())) or 'body'}: {d.get('msg')}" for d in details
+                    if isinstance(d, dict) and d.get("msg")]
+        if problems:
+            return f"{message} ({'; '.join(problems)})"
+    return message
+
+
 def error_response(
     request_id: str | None,
     status: int,
@@ -178,15 +206,30 @@ def error_response(
     message: str,
     details: Any = None,
     headers: dict[str, str] | None = None,
+    path: str = "",
 ) -> JSONResponse:
-    """The JSON error response every error path uses."""
-    body = {"error": {"status": status, "code": code, "message": message, "details": details},
+    """The JSON error response every error path uses; ``path``: the request's (a ``/v2`` route gets the
+    protocol's shape)."""
+    return JSONResponse(error_body(request_id, status, code, message, details, path), status_code=status,
+                        headers=headers)
+
+
+def error_body(request_id: str | None, status: int, code: str, message: str, details: Any = None,
+               path: str = "") -> dict[str, Any]:
+    """The error envelope (also written by the connection level, service.connections, without the app); on a
+    ``/v2`` path, the Open Inference Protocol's ``{"error": "<message>"}``."""
+    if speaks_v2(path):
+        return {"error": _v2_message(message, details)}
+    return {"error": {"status": status, "code": code, "message": message, "details": details},
             "request_id": request_id}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _request_id(request: Request) -> str | None:
     return request.scope.get("state", {}).get("request_id")
+
+
+def _path(request: Request) -> str:
+    return str(request.scope.get("path", ""))
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -195,14 +238,15 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     if exc.status == 503 and "Retry-After" not in headers:
         settings = getattr(request.app.state, "settings", None)
         headers = {**headers, "Retry-After": str(getattr(settings, "retry_after_s", 1))}
-    return error_response(_request_id(request), exc.status, exc.code, exc.message, exc.details, headers)
+    return error_response(_request_id(request), exc.status, exc.code, exc.message, exc.details, headers,
+                          _path(request))
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     settings = getattr(request.app.state, "settings", None)
     details, message = validation_details(exc.errors(), getattr(settings, "max_error_details", 20))
-    return error_response(_request_id(request), 422, "invalid_request", message, details)
+    return error_response(_request_id(request), 422, "invalid_request", message, details, path=_path(request))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
@@ -213,7 +257,7 @@ async def _http_error(request: Request, exc: Exception) -> JSONResponse:
         headers["Allow"] = ", ".join(_allowed_methods(request))
     return error_response(
         _request_id(request), exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail),
-        headers=headers,
+        headers=headers, path=_path(request),
     )
 
 
@@ -231,7 +275,7 @@ def _allowed_methods(request: Request) -> list[str]:
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     # Starlette re-raises after this handler so the server logs the traceback once; not logged here.
-    return error_response(_request_id(request), 500, "internal_error", "internal server error")
+    return error_response(_request_id(request), 500, "internal_error", "internal server error", path=_path(request))
 
 
 def install_error_handlers(app: FastAPI) -> None:

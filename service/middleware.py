@@ -86,7 +86,8 @@ class BodyLimitsMiddleware:
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             request_id = scope.get("state", {}).get("request_id")
-            response = error_response(request_id, 413, "payload_too_large", self._too_large(declared.decode()))
+            response = error_response(request_id, 413, "payload_too_large", self._too_large(declared.decode()),
+                                      path=scope["path"])
             await response(scope, receive, send)
             return
         deadline = asyncio.get_running_loop().time() + self.timeout_s

@@ -1,5 +1,6 @@
 """The service's runtime: bundle, engine instances, batcher and decode pool, with their lifecycle.
 
+Compute threads (engines, decode pool) run niced by ``compute_nice`` (:mod:`service.priority`).
 Start-up runs in the background so that ``/healthz`` answers at once and ``/readyz`` says 503
 until the bundle is loaded into every engine instance and each instance has run one forward per
 batch-size bucket (warm-up). Thread counts come from :meth:`Settings.threads` (the CPU budget).
@@ -19,10 +20,12 @@ import numpy as np
 
 from models.bundle import MANIFEST_FILE, Bundle, BundleError, BundleManifest, load_bundle
 from models.preprocess import ShapeLimits
+from models.quality import bundle_checks
 from service.batcher import Batcher
-from service.engines import Engine, EngineThreads, check_outputs, create_engine
+from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
+from service.priority import lowered_priority, run_niced
 from service.settings import Settings, ThreadPlan
 from service.telemetry import ServiceMetrics
 
@@ -30,7 +33,8 @@ if TYPE_CHECKING:
     from service.device_input import DeviceInput
     from service.label_sets import LabelSets
 
-__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_device", "shape_limits"]
+__all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_bundle", "check_device", "log_bundle_checks",
+           "shape_limits"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +50,7 @@ class Phase(enum.StrEnum):
 class LoadedModel:
     bundle: Bundle
     engine: Engine
+    choice: EngineChoice | None = None  # which engine serves and why (None: created directly, e.g. by a bench)
 
     @property
     def manifest(self) -> BundleManifest:
@@ -57,6 +62,43 @@ class LoadedModel:
         return check_outputs(outputs, pixel_values.shape[0], len(self.manifest.classes))
 
 
+def _served_bundle(settings: Settings) -> Bundle:
+    """The bundle the settings name (the dummy engine's own when it has none), with a calibrated threshold.
+
+    Raises:
+        BundleError: bundle missing, corrupt (a file or its SHA-256) or without a calibrated threshold.
+    """
+    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
+        return dummy_bundle(settings.dummy_num_classes)
+    bundle = load_bundle(settings.bundle_path)
+    if bundle.manifest.calibration is None:
+        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold "
+                          f"(run `deltagate calibrate --bundle {bundle.path} --data DATA` first)")
+    return bundle
+
+
+def check_bundle(settings: Settings) -> Bundle:
+    """Before the server starts, in one pass: the manifest, every file and its SHA-256, the threshold, and
+    that the engine can be created for this bundle (its graph, its threshold, its packages). Nothing loads.
+
+    Raises:
+        BundleError: what is wrong with the bundle (one line, naming the file).
+        EngineError: the engine cannot serve it (no int8 graph, a missing extra, ...).
+    """
+    bundle = _served_bundle(settings)
+    create_engine(settings.engine, bundle, settings.device, EngineThreads(1, 1, False))
+    return bundle
+
+
+def log_bundle_checks(manifest: BundleManifest) -> None:
+    """The guard against a useless model (:mod:`models.quality`), from the bundle's own records: a warning
+    per failed check, so that a model that learned nothing cannot serve without saying so."""
+    for check in bundle_checks(manifest):
+        level = logging.INFO if check.ok else logging.WARNING
+        logger.log(level, "model check: %s", check.message,
+                   extra={"fields": {"check": check.name, "ok": check.ok, "model": manifest.name}})
+
+
 def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     """Load the bundle once and one engine instance per ``plan.instances`` (blocking).
 
@@ -65,19 +107,19 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
         EngineError: the engine cannot run where asked (e.g. device=cuda and an instance would
             run on the CPU).
     """
-    if settings.engine == "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
-        bundle = dummy_bundle(settings.dummy_num_classes)
-    else:
-        bundle = load_bundle(settings.bundle_path)
-    if bundle.manifest.calibration is None:
-        raise BundleError(f"{bundle.path}: bundle has no calibrated threshold (run `deltagate calibrate`)")
+    bundle = _served_bundle(settings)
+    if (settings.bundle_path / MANIFEST_FILE).is_file():  # a real bundle (the dummy engine's own has no records)
+        log_bundle_checks(bundle.manifest)
     threads = EngineThreads(plan.intra_op_threads, settings.inter_op_threads, settings.spin_wait)
+    choice = choose_engine(settings.engine, bundle, settings.device)
+    logger.info("engine %s (%s): %s", choice.engine, choice.reason, choice.detail,
+                extra={"fields": {"engine": choice.engine, **choice.facts(), "detail": choice.detail}})
     models = []
     for i in range(plan.instances):
-        engine = create_engine(settings.engine, bundle, settings.device, threads)
+        engine = create_engine(choice.engine, bundle, settings.device, threads)
         engine.load()
         # engine.bundle, not bundle: an engine may serve a view of it (onnx-int8: the int8 graph's threshold).
-        models.append(LoadedModel(engine.bundle, engine))
+        models.append(LoadedModel(engine.bundle, engine, choice))
         logger.info("engine instance loaded", extra={"fields": {
             "instance": i, "bundle": str(bundle.path), "model": bundle.manifest.name,
             "version": bundle.manifest.version, **engine.describe()}})
@@ -175,7 +217,8 @@ class Runtime:
         self.label_sets: LabelSets | None = None  # the text side (bundles that have one): label sets, ad-hoc labels
         self.shape_limits: ShapeLimits | None = None  # per-image aspect-ratio and resized-size limits, once loaded
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
-        self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre")
+        self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre",
+                                       initializer=lowered_priority(settings.compute_nice))
         self._start_task: asyncio.Task[None] | None = None
 
     def begin_start(self) -> asyncio.Task[None]:
@@ -200,13 +243,10 @@ class Runtime:
             logger.warning("%d instances x %d intra-op threads exceed the CPU budget of %d",
                            plan.instances, plan.intra_op_threads, plan.budget)
         try:
-            models = await asyncio.to_thread(load_models, s, plan)
-            label_sets = await asyncio.to_thread(load_label_sets, models[0].bundle, s, plan)
+            # In a niced thread: the engines' own threads (intra-op pools) inherit its priority.
+            models, graphs = await run_niced(s.compute_nice, self._load_and_warm_up)
+            label_sets = await run_niced(s.compute_nice, load_label_sets, models[0].bundle, s, plan)
             shape = shape_limits(s, models[0].manifest)
-            graphs = [await asyncio.to_thread(enable_cuda_graphs, m, s) for m in models]
-            if s.warmup:
-                for model in models:
-                    await asyncio.to_thread(warm_up, model, s.batch_buckets())
         except Exception as exc:
             self.phase, self.error = Phase.FAILED, f"{type(exc).__name__}: {exc}"
             logger.error("model load failed; the service stays unready", exc_info=True)
@@ -219,6 +259,7 @@ class Runtime:
             [m.infer for m in models], s.max_batch_size, s.max_wait_ms / 1000.0, s.max_queue_size,
             pad_buckets=s.batch_buckets() if pad else None,
             on_batch=self.metrics.observe_batch, on_depth=self.metrics.queue_depth.set, stack=stack,
+            thread_initializer=lowered_priority(s.compute_nice),
         )
         self.batcher.start()
         self.instances = models
@@ -232,6 +273,15 @@ class Runtime:
                                                "device_decode": self.device_decode,
                                                "decode_workers": plan.decode_workers, "cpu_budget": plan.budget}})
 
+    def _load_and_warm_up(self) -> tuple[list[LoadedModel], list[bool]]:
+        """Load every instance, capture CUDA graphs where it can, warm up (blocking)."""
+        models = load_models(self.settings, self.plan)
+        graphs = [enable_cuda_graphs(m, self.settings) for m in models]
+        if self.settings.warmup:
+            for model in models:
+                warm_up(model, self.settings.batch_buckets())
+        return models, graphs
+
     @property
     def device_decode(self) -> str:
         """Where JPEGs are decoded: "cuda:0", "cpu" (device path forced on a CPU engine) or "off" (PIL, CPU)."""
@@ -242,7 +292,8 @@ class Runtime:
         and the instance count; a fact on which instances differ lists every instance's value."""
         described = [m.engine.describe() for m in self.instances]
         facts = {key: ";".join(dict.fromkeys(d[key] for d in described)) for key in described[0]}
-        return {**facts, "instances": str(len(described))}
+        choice = self.instances[0].choice
+        return {**facts, **(choice.facts() if choice else {}), "instances": str(len(described))}
 
     async def stop(self) -> None:
         """Finish queued and running work (graceful), then free the engine and threads."""

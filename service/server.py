@@ -6,10 +6,12 @@ Two behaviours live here rather than in the app, because they concern the proces
   load is logged with its reason and the process exits with status :data:`EXIT_LOAD_FAILED`, so
   that Docker, systemd or Kubernetes restart it (or report a crash loop) instead of keeping a
   process that never turns ready.
-* **Drain on SIGTERM** (``drain_s``, one worker): new requests are answered 503 (with
+* **Drain on SIGTERM** (``drain_s``, every worker): new requests are answered 503 (with
   ``Retry-After``; readiness false) while the socket still listens and in-flight requests finish;
-  only then does uvicorn's graceful shutdown close the listener. Without it, a connection that the
-  kernel had accepted but uvicorn had not yet read is reset when the listener closes.
+  then new connections are stopped before the listener closes, so none is reset
+  (:mod:`service.supervision`, which also makes workers die with their supervisor).
+* **Connection limits** (:mod:`service.connections`): header deadline and size, idle keep-alive
+  timeout, and a cap on open connections below the open-file limit.
 * **Metrics over several workers**: with ``workers > 1`` the server prepares prometheus-client's
   multiprocess directory (emptied at start) before the workers start, so a scrape of any worker
   reports the sum over all of them.
@@ -22,10 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-import threading
-from collections.abc import Callable
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -33,7 +32,10 @@ from fastapi import FastAPI
 
 from models.bundle import MANIFEST_FILE, BundleError
 from service.app import create_app
+from service.connections import ConnectionLimits, ServiceConfig, connection_cap
+from service.runtime import check_bundle
 from service.settings import Settings
+from service.supervision import DrainingServer, Supervisor, register_worker_drain
 from service.telemetry import configure_logging
 
 __all__ = ["run", "settings_to_env", "EXIT_LOAD_FAILED", "LOAD_FAILED_MARKER"]
@@ -77,8 +79,10 @@ def _worker_exit(settings: Settings) -> Any:
 def _worker_app() -> FastAPI:
     """App factory for ``workers > 1``: each worker process reads the settings from its environment."""
     settings = Settings()
-    configure_logging(settings.log_level)
-    return create_app(settings, on_load_failure=_worker_exit(settings) if settings.exit_on_error else None)
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, on_load_failure=_worker_exit(settings) if settings.exit_on_error else None)
+    register_worker_drain(app.state.begin_drain)
+    return app
 
 
 def _prepare_metrics_dir(settings: Settings) -> tuple[Path, bool]:
@@ -90,27 +94,6 @@ def _prepare_metrics_dir(settings: Settings) -> tuple[Path, bool]:
     for stale in [*directory.glob("*.db"), directory / LOAD_FAILED_MARKER]:  # a previous run's values
         stale.unlink(missing_ok=True)
     return directory, False
-
-
-class _DrainingServer(uvicorn.Server):
-    """uvicorn's server, with a drain phase before its graceful shutdown (a second signal skips it)."""
-
-    def __init__(self, config: uvicorn.Config, begin_drain: Callable[[], None], drain_s: float) -> None:
-        super().__init__(config)
-        self._begin_drain = begin_drain
-        self._drain_s = drain_s
-        self._timer: threading.Timer | None = None
-
-    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if self._drain_s <= 0 or self._timer is not None or self.should_exit:
-            super().handle_exit(sig, frame)
-            return
-        self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown, as without a drain
-        self._begin_drain()
-        logger.info("draining", extra={"fields": {"signal": sig, "drain_s": self._drain_s}})
-        self._timer = threading.Timer(self._drain_s, lambda: setattr(self, "should_exit", True))
-        self._timer.daemon = True
-        self._timer.start()
 
 
 def _run_one(settings: Settings, common: dict[str, Any]) -> None:
@@ -125,7 +108,7 @@ def _run_one(settings: Settings, common: dict[str, Any]) -> None:
             server.should_exit = True
 
     app = create_app(settings, on_load_failure=stop_server if settings.exit_on_error else None)
-    server = _DrainingServer(uvicorn.Config(app, **common), app.state.begin_drain, settings.drain_s)
+    server = DrainingServer(ServiceConfig(app, **common), app.state.begin_drain, settings.drain_s)
     server.run()
     if failure:
         raise SystemExit(EXIT_LOAD_FAILED)
@@ -140,7 +123,8 @@ def _run_workers(settings: Settings, common: dict[str, Any]) -> None:
     # uvicorn spawns workers from an import string, so the settings travel in the environment.
     os.environ.update(settings_to_env(settings.model_copy(update={"metrics_dir": directory})))
     try:
-        uvicorn.run("service.server:_worker_app", factory=True, workers=settings.workers, **common)
+        config = ServiceConfig("service.server:_worker_app", factory=True, workers=settings.workers, **common)
+        Supervisor(config, sockets=[config.bind_socket()]).run()
         marker = directory / LOAD_FAILED_MARKER
         if marker.is_file():
             logger.critical("a worker failed to load the model; exiting",
@@ -159,20 +143,25 @@ def run(settings: Settings | None = None) -> None:
         settings: service settings; read from the environment if omitted.
 
     Raises:
-        BundleError: the bundle directory has no manifest (checked before the server starts).
+        BundleError: the bundle is missing, corrupt or uncalibrated (checked before the server starts).
+        EngineError: the engine cannot serve the bundle (checked before the server starts).
         SystemExit: status :data:`EXIT_LOAD_FAILED` when the model failed to load (``exit_on_error``).
     """
     settings = settings or Settings()
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     if settings.engine != "dummy" and not (settings.bundle_path / MANIFEST_FILE).is_file():
         raise BundleError(f"{settings.bundle_path}: no {MANIFEST_FILE} (set DELTAGATE_BUNDLE_PATH or --bundle)")
+    check_bundle(settings)  # files, hashes, threshold, engine: one line now, not a failed start in the JSON log
+    limits = ConnectionLimits.from_settings(settings, connection_cap(settings.max_connections))
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
         "timeout_graceful_shutdown": math.ceil(settings.graceful_shutdown_s),
+        "timeout_keep_alive": settings.keepalive_timeout_s, "limits": limits, "drain_s": settings.drain_s,
     }
     logger.info("starting", extra={"fields": {"engine": settings.engine, "device": settings.device,
                                               "bundle": str(settings.bundle_path), "port": settings.port,
-                                              "workers": settings.workers}})
+                                              "workers": settings.workers,
+                                              "max_connections": limits.max_connections}})
     if settings.workers == 1:
         _run_one(settings, common)
     else:

@@ -15,7 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.cpu_budget import cpu_budget
 
-__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "settings_table"]
+__all__ = ["Settings", "EngineName", "DeviceName", "ThreadPlan", "default_text", "settings_table"]
 
 EngineName = Literal["auto", "torch", "onnx", "onnx-int8", "dummy", "onnx-fp16"]
 DeviceName = Literal["auto", "cpu", "cuda"]
@@ -65,8 +65,9 @@ class Settings(BaseSettings):
     # --- model ---------------------------------------------------------------------------------
     bundle_path: Path = Field(Path("bundles/default"), description="Exported model bundle directory.")
     engine: EngineName = Field(
-        "auto", description="Inference engine: auto (onnx if the bundle has model.onnx, else torch), torch, "
-        "onnx, onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
+        "auto", description="Inference engine: auto (the bundle's fastest graph whose recorded parity with "
+        "model.onnx passes, docs/bundle.md; else onnx if the bundle has model.onnx, else torch), torch, onnx, "
+        "onnx-int8 (the bundle's int8 graph), onnx-fp16 (its float16 graph, for CUDA) or dummy (tests)."
     )  # auto: an ONNX-only install (the core dependencies) serves the default bundle
     device: DeviceName = Field(
         "auto", description="auto = CUDA when available, else CPU; cuda = refuse to start unless every instance "
@@ -115,6 +116,11 @@ class Settings(BaseSettings):
         None, ge=1, le=256, description="Intra-op threads per instance; None = CPU budget / instances."
     )
     inter_op_threads: int = Field(1, ge=1, le=256, description="ONNX Runtime inter-op threads per instance.")
+    compute_nice: int = Field(
+        10, ge=0, le=19, description="Nice increment of the compute threads (forwards, engine thread pools, decode "
+        "pool) over the event loop's thread (Linux), so that 503s and health checks are answered while they hold "
+        "every core; 0 = same priority.",
+    )
     spin_wait: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated cores, "
         "burns CPU a noisy neighbour or the decode threads need)."
@@ -148,15 +154,41 @@ class Settings(BaseSettings):
     )
     default_top_k: int = Field(5, ge=1, description="Entries of the top_k list when not asked for.")
 
+    # --- connections (service.connections; each limit, its default and why: docs/operations.md) ---
+    keepalive_timeout_s: int = Field(
+        5, ge=1, le=3600, description="Idle time a keep-alive connection may wait for its next request before it is "
+        "closed.",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0.0, le=3600.0, description="Time from a connection's opening (or a next request's first byte) to its "
+        "complete request headers; past it: 408 if part of a request came, else the connection is closed (slowloris).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Request line and headers of one request, in bytes; beyond: 431.",
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="Open connections per worker process; beyond: answered 503 at once and closed, and "
+        "logged. Lowered at start to what the open-file limit allows (see docs/operations.md).",
+    )
+
     # --- server --------------------------------------------------------------------------------
-    host: str = Field("0.0.0.0", description="Bind address.")  # all interfaces: runs in a container
+    host: str = Field(
+        "127.0.0.1", description="Bind address: 127.0.0.1 = this machine only; 0.0.0.0 = every interface (the "
+        "container images and the Kubernetes manifests set it)."
+    )
     port: int = Field(8000, ge=1, le=65535, description="Bind port.")
     workers: int = Field(1, ge=1, description="Uvicorn worker processes (each loads the model).")
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Log level.")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Log level (third-party libraries' lines only at debug)."
+    )
+    log_format: Literal["json", "console"] = Field(
+        "json", description="Log lines: json (one object per line, for log collectors) or console (readable)."
+    )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
     drain_s: float = Field(
-        1.0, ge=0.0, description="On SIGTERM (workers = 1): seconds of answering new requests 503 while still "
-        "listening, before the graceful shutdown; clients are told to go elsewhere instead of being reset."
+        1.0, ge=0.0, description="On SIGTERM (every worker): seconds of answering new requests 503 while still "
+        "listening, before new connections are stopped and the graceful shutdown; clients are told to go elsewhere "
+        "instead of being reset."
     )
     exit_on_error: bool = Field(
         True, description="Exit (status 3) when the bundle or engine fails to load, so a supervisor restarts it."
@@ -243,6 +275,12 @@ class Settings(BaseSettings):
         return buckets
 
 
+def default_text(name: str) -> str:
+    """A setting's default as the docs and ``deltagate serve --help`` show it ("unset" for None)."""
+    value = Settings.model_fields[name].default
+    return "unset" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+
+
 def settings_table() -> str:
     """The Markdown table of every setting (env name, default, description), as in docs/service.md.
 
@@ -252,7 +290,7 @@ def settings_table() -> str:
 
     rows = []
     for name, field in Settings.model_fields.items():
-        value = field.default
-        default = "unset" if value is None else f"`{str(value).lower() if isinstance(value, bool) else value}`"
-        rows.append([f"`DELTAGATE_{name.upper()}`", default, field.description or ""])
+        default = default_text(name)
+        rows.append([f"`DELTAGATE_{name.upper()}`", default if default == "unset" else f"`{default}`",
+                     field.description or ""])
     return markdown_table(["env variable", "default", "meaning"], rows)

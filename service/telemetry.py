@@ -25,8 +25,17 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
 from models.label_sets import AD_HOC
+from models.log_noise import quiet_third_party_logs
 
-__all__ = ["ServiceMetrics", "JsonFormatter", "configure_logging", "RequestTelemetryMiddleware", "mark_dead_processes"]
+__all__ = [
+    "ServiceMetrics",
+    "JsonFormatter",
+    "ConsoleFormatter",
+    "configure_logging",
+    "RequestTelemetryMiddleware",
+    "mark_dead_processes",
+    "request_id_of",
+]
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("deltagate.access")
@@ -98,8 +107,16 @@ class ServiceMetrics:
             "deltagate_ood_flags", "Images flagged out-of-distribution, by label set and predicted class.",
             ["label_set", "predicted_class"], registry=r,
         )
+        self.image_errors = Counter(
+            "deltagate_image_errors", "Images of answered requests that could not be classified (on_error=skip), "
+            "by error code.", ["code"], registry=r,
+        )
         self.ready = Gauge("deltagate_ready", "1 once the model is loaded and warmed up.", registry=r,
                            multiprocess_mode="livemin")
+        self.connection_events = Counter(
+            "deltagate_connection_events", "Connection-level refusals and cut-offs (service.connections), by event.",
+            ["event"], registry=r,
+        )
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
         # buckets depend on the bundle: see bind_model
         self.gate_score: Histogram | None = None
@@ -144,6 +161,10 @@ class ServiceMetrics:
     def observe_batch(self, size: int, seconds: float) -> None:
         self.batch_size.observe(size)
         self.inference_duration.observe(seconds)
+
+    def observe_image_errors(self, codes: Sequence[str]) -> None:
+        for code in codes:
+            self.image_errors.labels(code=code).inc()
 
     def observe_images(self, label_set: str, labels: Sequence[str], gate_scores: Sequence[float],
                        delta_energies: Sequence[float], is_ood: Sequence[bool]) -> None:
@@ -234,10 +255,31 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
-def configure_logging(level: str = "info") -> None:
-    """JSON lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it)."""
+class ConsoleFormatter(logging.Formatter):
+    """A readable line per record for a person at a terminal: time, level, logger, message, then the
+    ``fields`` as ``key=value`` (``DELTAGATE_LOG_FORMAT=console``; JSON stays the default for machines)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None) or {}
+        extra = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v}"
+                         for k, v in fields.items())
+        return f"{line} {extra}" if extra else line
+
+
+def configure_logging(level: str = "info", fmt: str = "json") -> None:
+    """Log lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it).
+
+    Args:
+        level: debug, info, warning or error; third-party noise is quiet below debug
+            (:func:`models.log_noise.quiet_third_party_logs`).
+        fmt: ``json`` (one JSON object per line, the default) or ``console`` (readable lines).
+    """
     handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
+    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
@@ -245,9 +287,16 @@ def configure_logging(level: str = "info") -> None:
         logging.getLogger(name).handlers[:] = []
         logging.getLogger(name).propagate = True
     logging.getLogger("uvicorn.access").disabled = True
+    quiet_third_party_logs(level)
 
 
 _REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: its ``X-Request-ID`` when well-formed, else a new one."""
+    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
 
 
 class RequestTelemetryMiddleware:
@@ -262,19 +311,21 @@ class RequestTelemetryMiddleware:
         metrics: where to record.
         known_paths: the app's route paths, to label requests answered before routing (e.g. an
             early 413) by their path rather than "unmatched".
+        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
     """
 
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset()) -> None:
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
+                 known_prefixes: frozenset[str] = frozenset()) -> None:
         self.app = app
         self.metrics = metrics
         self.known_paths = known_paths
+        self.known_prefixes = known_prefixes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        request_id = incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+        request_id = request_id_of(scope)
         state = scope.setdefault("state", {})
         state["request_id"], state["log_fields"] = request_id, {}
         state["started_at"] = time.monotonic()  # the request's deadline counts from here
@@ -297,7 +348,9 @@ class RequestTelemetryMiddleware:
     def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
         route = getattr(scope.get("route"), "path", None)
         if route is None:
-            route = scope["path"] if scope["path"] in self.known_paths else "unmatched"
+            path = scope["path"]
+            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
+            route = path if path in self.known_paths else next(mounted, "unmatched")
         self.metrics.observe_request(route, scope["method"], status, seconds)
         fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
                   "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}

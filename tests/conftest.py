@@ -32,7 +32,7 @@ def tiny_bundle(tmp_path_factory, micro_clip) -> Path:
     from models.train.export import export_bundle, parity_images, scoring_module_from_clip
 
     out = tmp_path_factory.mktemp("bundles") / "micro"
-    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES, score_params=ScoreParams(top_c=2))
+    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES, score_params=ScoreParams(delta_energy_top_c=2))
     with torch.no_grad():  # calibrate on the module's own ΔEnergy of 64 drawings, as `calibrate` does
         pixels = torch.from_numpy(preprocess_batch(parity_images(64, seed=1), micro_clip.preprocess))
         calib = CalibrationRecord.from_scores(module(pixels)[2].numpy())
@@ -64,7 +64,7 @@ def text_bundle(tmp_path_factory, micro_clip) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "micro-text"
     torch.manual_seed(1)
     learner = PromptLearner(micro_clip.model, micro_clip.tokenizer, MICRO_CLASSES, n_ctx=4)
-    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES, learner.bake(), ScoreParams(top_c=1))
+    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES, learner.bake(), ScoreParams(delta_energy_top_c=1))
     export_bundle(out, module, name="micro-text", version="0.0.1",
                   architecture=ArchitectureInfo(model_name=MICRO_ARCH, open_clip_config=micro_clip.config),
                   preprocess=micro_clip.preprocess, classes=MICRO_CLASSES, prompt={"method": "coop", "n_ctx": 4})

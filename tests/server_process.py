@@ -10,7 +10,7 @@ engineer a range), else picked by the OS.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -41,7 +41,8 @@ def rss_kib(pid: int) -> int:
 
 
 def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-                 ready_timeout_s: float = 120.0) -> ServerProcess:
+                 ready_timeout_s: float = 120.0,
+                 wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> ServerProcess:
     """Start ``deltagate serve`` on 127.0.0.1 (not waiting for readiness).
 
     Args:
@@ -49,10 +50,11 @@ def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[
         env: extra ``DELTAGATE_*`` variables (host and port are set here).
         args: extra ``deltagate serve`` arguments.
         ready_timeout_s: what :meth:`ServerProcess.wait_ready` waits by default.
+        wrap: turns the command into the one to run (e.g. under a lower open-file limit).
     """
     full_env = {"PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "DELTAGATE_HOST": "127.0.0.1",
                 "DELTAGATE_PORT": "{port}", **(env or {})}
-    server = ServerProcess("deltagate serve", serve_cli_argv(*args), full_env, base_env=clean_env(), cwd=REPO,
+    server = ServerProcess("deltagate serve", wrap(serve_cli_argv(*args)), full_env, base_env=clean_env(), cwd=REPO,
                            ready_timeout_s=ready_timeout_s, port_range=_port_range(), graceful_s=60.0,
                            log_path=log_path)
     return server.start()
@@ -60,7 +62,8 @@ def start_server(log_path: Path, env: dict[str, str] | None = None, args: tuple[
 
 @contextmanager
 def serving(log_path: Path, env: dict[str, str] | None = None, args: tuple[str, ...] = (),
-            ready_timeout_s: float = 120.0) -> Iterator[ServerProcess]:
-    """A ready server for the ``with`` block, stopped (SIGTERM) after it."""
-    with start_server(log_path, env, args, ready_timeout_s) as server:  # waits until ready; stops at exit
+            ready_timeout_s: float = 120.0,
+            wrap: Callable[[list[str]], list[str]] = lambda argv: argv) -> Iterator[ServerProcess]:
+    """A ready server for the ``with`` block, stopped (SIGTERM) after it (arguments: :func:`start_server`)."""
+    with start_server(log_path, env, args, ready_timeout_s, wrap) as server:  # waits until ready; stops at exit
         yield server

@@ -14,6 +14,7 @@ from unittest import mock
 
 import httpx
 import numpy as np
+import pytest
 from fastapi import FastAPI
 from PIL import Image
 
@@ -94,6 +95,40 @@ def noise_image(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
     return encode(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
 
 
+def drawn_shape(kind: str, size: int = 64) -> bytes:
+    """A red shape on a pale background, drawn with PIL: the default bundle (the synthetic world's 8 shapes)
+    accepts the circle, triangle, star and cross as in-distribution and rejects the square; ``noise`` is
+    uniform noise (rejected). Measured on bundles/default: ΔEnergy 3.10, 1.17, 2.99, 2.55, 2.85, 1.22 against
+    its threshold of 2.13."""
+    import math
+
+    from PIL import ImageDraw
+
+    if kind == "noise":
+        return encode(np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8))
+    image = Image.new("RGB", (size, size), (240, 240, 200))
+    draw, c, r, fill = ImageDraw.Draw(image), size / 2, size * 0.35, (220, 40, 40)
+    if kind == "circle":
+        draw.ellipse([c - r, c - r, c + r, c + r], fill=fill)
+    elif kind == "square":
+        draw.rectangle([c - r, c - r, c + r, c + r], fill=fill)
+    elif kind == "triangle":
+        draw.polygon([(c, c - r), (c + r, c + r), (c - r, c + r)], fill=fill)
+    elif kind == "star":
+        radius = [r if i % 2 == 0 else r * 0.45 for i in range(10)]
+        draw.polygon([(c + radius[i] * math.sin(i * math.pi / 5), c - radius[i] * math.cos(i * math.pi / 5))
+                      for i in range(10)], fill=fill)
+    elif kind == "cross":
+        draw.rectangle([c - r, c - r / 3, c + r, c + r / 3], fill=fill)
+        draw.rectangle([c - r / 3, c - r, c + r / 3, c + r], fill=fill)
+    else:
+        raise ValueError(f"no shape {kind!r}")
+    return encode(np.asarray(image))
+
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "noise")  # drawn_shape's kinds: 4 accepted, 2 rejected
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
@@ -151,3 +186,13 @@ def asgi_scope(request: httpx.Request) -> dict[str, Any]:
             "query_string": request.url.query, "root_path": "",
             "headers": [(k.lower().encode(), v.encode()) for k, v in request.headers.items()],
             "client": ("127.0.0.1", 1), "server": ("t", 80)}
+
+
+def forbid_server_start(monkeypatch: Any) -> None:
+    """Fail the test if a server would start: one process (``uvicorn.Server.run``, which the service's
+    ``DrainingServer`` inherits) or several (uvicorn's supervisor, which ``service.supervision.Supervisor`` runs)."""
+    import uvicorn
+    from uvicorn.supervisors import multiprocess
+
+    monkeypatch.setattr(uvicorn.Server, "run", lambda *a, **k: pytest.fail("the server started"))
+    monkeypatch.setattr(multiprocess.Multiprocess, "run", lambda *a, **k: pytest.fail("the server started"))

@@ -1,4 +1,4 @@
-"""Helpers shared by the training-side tests: tiny synthetic worlds and image folders on disk."""
+"""Helpers shared by the training-side tests: image folders on disk (a proxy world: tests/proxy_support.py)."""
 
 from __future__ import annotations
 
@@ -6,24 +6,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from models.train.data.synth import WorldConfig
-
-# A world small enough to render in about a second (every split present, every far set, 2 held-out styles).
-TINY_WORLD = WorldConfig(
-    seed=3,
-    categories=("circle", "square", "triangle", "star", "heart", "ring", "spiral", "lightning bolt"),
-    id_classes=("circle", "square", "triangle", "star"),
-    covariate_styles=("sketch", "pixel"),
-    n_pretrain=48,
-    n_train_per_class=3,
-    n_val_per_class=2,
-    n_test_per_class=2,
-    n_far_val_per_set=1,
-    n_far_per_set=2,
-    n_covariate_val_per_class=1,
-    n_covariate_per_class=1,
-)
 
 
 def write_png(path: Path, seed: int, size: int = 16) -> Path:

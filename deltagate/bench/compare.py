@@ -3,20 +3,23 @@
 Every system serves the same bundle's ``model.onnx`` with the same preprocessing, and gets the same
 closed-loop load of single-image multipart requests (:func:`deltagate.bench.http.run_load`):
 
-- ``deltagate``: this checkout's service (``service.server.run`` in a subprocess).
+- ``deltagate``: this checkout's service (``service.server.run`` in a subprocess) on ``model.onnx``
+  (``engine=onnx``, float32); ``auto``: the same service with ``engine=auto``, which serves the bundle's
+  fastest graph whose recorded parity passes (its ``/model`` says which, and the report keeps it).
 - ``baseline``: the service of another checkout (``--baseline DIR``, e.g. a worktree of an older
   commit), for "x times today's" targets.
 - ``litserve`` and ``plain``: the peers of :mod:`deltagate.bench.peers`.
 - ``raw``: the service's ONNX engine in this process, forwards back to back (no HTTP, no decode):
-  batch 1 (latency reference) and ``max_batch_size`` (throughput reference); ``raw-int8`` the
-  bundle's int8 graph at ``max_batch_size`` when it has one.
+  batch 1 (latency reference) and ``max_batch_size`` (throughput reference) of the float32 graph;
+  ``raw-int8`` the bundle's int8 graph at both when it has one.
 
 A run is rounds x workloads x conditions of *segments*. In a segment each system is measured at
 concurrency 1 and at saturation, in an order rotated every round, while the other servers idle;
 then a deltagate server with a small queue is overloaded to time its 503s. Conditions: ``quiet``
 and ``neighbour`` (a one-core busy loop this process starts for the segment). Every 200 is checked
-against the label the raw engine gives the same image. The verdict per target is ``met`` when
-every round meets it, ``not met`` when none does, else ``inconclusive`` (with the median).
+against the label the raw engine of the graph that system serves gives the same image. The verdict
+per target is ``met`` when every round meets it, ``not met`` when none does, else ``inconclusive``
+(with the median).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +52,8 @@ from deltagate.bench.peers import PEERS
 from deltagate.bench.report import latency_stats, machine_info
 from deltagate.server_process import ServerProcess, deltagate_server
 from models.markdown import markdown_table
-from models.preprocess import decode_image, preprocess_image
+from models.preprocess import decode_and_preprocess
+from service.engines import VARIANT_ENGINES
 from service.runtime import LoadedModel
 from service.settings import Settings
 
@@ -66,7 +70,7 @@ logger = logging.getLogger(__name__)
 
 # Targets of the comparison, stated in full (docs/benchmarks.md shows them with measured values):
 COMPARE_TARGETS: dict[str, float] = {
-    "min_ratio_to_best_peer": 1.03,  # deltagate images/s at saturation >= 1.03 x max(litserve, plain)
+    "min_ratio_to_best_peer": 1.03,  # deltagate (and auto) images/s at saturation >= 1.03 x max(litserve, plain)
     "min_ratio_to_raw_quiet": 0.97,  # ... >= 0.97 x raw engine at max_batch_size, quiet machine
     "min_ratio_to_raw_neighbour": 0.90,  # ... >= 0.90 x raw engine beside the one-core neighbour
     "max_c1_overhead_over_plain_ms": 2.0,  # c=1 p50 - raw batch-1 p50 <= the plain app's overhead + 2 ms
@@ -91,6 +95,7 @@ class CompareConfig:
     workloads: tuple[str, ...] = ("small", "photo")
     conditions: tuple[str, ...] = ("quiet", "neighbour")
     peers: tuple[str, ...] = PEERS
+    engines: tuple[str, ...] = ("onnx", "auto")  # deltagate servers, one per engine setting (ENGINE_SYSTEMS)
     baseline: Path | None = None  # checkout whose service is the "today" reference
     baseline_workloads: tuple[str, ...] = ("photo",)  # where the baseline is measured (it costs time)
     concurrency: int = 16  # saturation level
@@ -107,14 +112,23 @@ class CompareConfig:
     port_range: tuple[int, int] | None = None
 
 
+ENGINE_SYSTEMS = {"onnx": "deltagate", "auto": "auto", "onnx-int8": "int8"}  # engine setting -> system name
+_GRAPH_OF_ENGINE = {"onnx": "fp32", **{e: g for g, e in VARIANT_ENGINES.items()}}  # served engine -> its graph
+
+
 @dataclass(frozen=True)
 class Workload:
-    """The images of a workload, each with the label the raw engine gives it."""
+    """The images of a workload, each with the label the raw engine of each graph gives it."""
 
     name: str
-    payloads: list[Payload]
+    payloads: list[Payload]  # expected labels of the float32 graph
     sizes: list[tuple[int, int]]
-    margins: list[float]  # top-1 minus top-2 logit: how robust each expected label is
+    margins: list[float]  # top-1 minus top-2 logit (float32): how robust each expected label is
+    by_graph: dict[str, list[Payload]] = field(default_factory=dict)  # "int8" -> the same images, its labels
+
+    def for_graph(self, graph: str) -> list[Payload]:
+        """The payloads whose expected labels are ``graph``'s (``fp32``, ``int8``)."""
+        return self.payloads if graph == "fp32" else self.by_graph[graph]
 
 
 def _jpeg(width: int, height: int, seed: int) -> bytes:
@@ -123,11 +137,12 @@ def _jpeg(width: int, height: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def make_workload(name: str, model: LoadedModel, n: int) -> Workload:
+def make_workload(name: str, model: LoadedModel, n: int, others: dict[str, LoadedModel] | None = None) -> Workload:
     """``small``: n 256x256 JPEGs; ``photo``: n JPEGs cycling through 1, 3, 6 and 12 MP.
 
     The expected label of each image is the raw engine's argmax after the bundle's own decode and
-    preprocessing (what every server must answer).
+    preprocessing (what every server must answer); ``others`` (graph -> raw engine, e.g. ``int8``) give
+    the labels a server of that graph must answer.
     """
     if name == "small":
         sizes = [SMALL_SIZE] * n
@@ -135,17 +150,22 @@ def make_workload(name: str, model: LoadedModel, n: int) -> Workload:
         sizes = [PHOTO_SIZES[i % len(PHOTO_SIZES)] for i in range(n)]
     else:
         raise ValueError(f"unknown workload {name!r}; valid: small, photo")
+    others = others or {}
     payloads, margins = [], []
+    by_graph: dict[str, list[Payload]] = {g: [] for g in others}
     for i, (w, h) in enumerate(sizes):
         data = _jpeg(w, h, seed=100 + i)
-        x = preprocess_image(decode_image(data), model.manifest.preprocess)[None]  # (1, 3, H, W)
+        x = decode_and_preprocess(data, model.manifest.preprocess)[None]  # (1, 3, H, W)
         logits = model.infer(x)["logits"][0]  # (K,)
         top2 = np.sort(logits)[-2:]
         label = model.manifest.classes[int(np.argmax(logits))]
         payloads.append(Payload(data, f"{name}-{i}.jpg", "image/jpeg", label))
         margins.append(round(float(top2[1] - top2[0]), 4))
+        for graph, other in others.items():
+            other_label = model.manifest.classes[int(np.argmax(other.infer(x)["logits"][0]))]
+            by_graph[graph].append(Payload(data, f"{name}-{i}.jpg", "image/jpeg", other_label))
     logger.info("workload %s: %d images, labels %s", name, n, [p.expected_label for p in payloads])
-    return Workload(name, payloads, list(sizes), margins)
+    return Workload(name, payloads, list(sizes), margins, by_graph)
 
 
 @contextmanager
@@ -183,8 +203,8 @@ def _failures(load: LoadResult, refused_ok: bool = False) -> dict[str, int]:
     return {"errors": errors, "lost": lost, "mismatched": mismatched}
 
 
-def _level(url: str, workload: Workload, concurrency: int, seconds: float, cfg: CompareConfig) -> dict[str, Any]:
-    load = run_load(url, workload.payloads, concurrency, seconds, cfg.warmup_s, cfg.request_timeout_s)
+def _level(url: str, payloads: list[Payload], concurrency: int, seconds: float, cfg: CompareConfig) -> dict[str, Any]:
+    load = run_load(url, payloads, concurrency, seconds, cfg.warmup_s, cfg.request_timeout_s)
     return {"images_per_s": load.requests_per_s, "p50_ms": load.latency.p50_ms, "p99_ms": load.latency.p99_ms,
             "n": load.latency.n, "status_counts": load.status_counts, **_failures(load)}
 
@@ -204,7 +224,7 @@ def _raw_pass(models: dict[str, LoadedModel], workload: Workload, cfg: CompareCo
 
 
 def _segment(r: int, workload: Workload, condition: str, servers: dict[str, ServerProcess],
-             models: dict[str, LoadedModel], cfg: CompareConfig) -> dict[str, Any]:
+             models: dict[str, LoadedModel], cfg: CompareConfig, graphs: dict[str, str]) -> dict[str, Any]:
     """One workload in one condition: every system at c=1 and at saturation, then the overload probe."""
     systems = ["raw", *[s for s in servers if s != "overload" and _measured(s, workload.name, cfg)]]
     k = r % len(systems)
@@ -216,9 +236,9 @@ def _segment(r: int, workload: Workload, condition: str, servers: dict[str, Serv
             if name == "raw":
                 seg["systems"]["raw"] = _raw_pass(models, workload, cfg)
                 continue
-            url = servers[name].url
-            seg["systems"][name] = {"c1": _level(url, workload, 1, cfg.c1_seconds, cfg),
-                                    "saturation": _level(url, workload, cfg.concurrency, cfg.seconds, cfg)}
+            url, payloads = servers[name].url, workload.for_graph(graphs.get(name, "fp32"))
+            seg["systems"][name] = {"c1": _level(url, payloads, 1, cfg.c1_seconds, cfg),
+                                    "saturation": _level(url, payloads, cfg.concurrency, cfg.seconds, cfg)}
             logger.info("round %d %s %s %s: %.2f images/s", r, workload.name, condition, name,
                         seg["systems"][name]["saturation"]["images_per_s"])
         if "overload" in servers:
@@ -267,7 +287,9 @@ def _servers(cfg: CompareConfig, stack: ExitStack) -> dict[str, ServerProcess]:
     base = Settings(bundle_path=cfg.bundle, engine="onnx", device="cpu", max_batch_size=cfg.max_batch_size,
                     max_queue_size=max(256, cfg.concurrency), log_level="warning",
                     request_timeout_s=cfg.request_timeout_s)
-    specs: dict[str, ServerProcess] = {"deltagate": deltagate_server(base, port_range=cfg.port_range)}
+    specs: dict[str, ServerProcess] = {
+        ENGINE_SYSTEMS[e]: deltagate_server(base.model_copy(update={"engine": e}), port_range=cfg.port_range,
+                                            name=ENGINE_SYSTEMS[e]) for e in cfg.engines}
     if cfg.baseline is not None:
         specs["baseline"] = deltagate_server(base, pythonpath=str(cfg.baseline), port_range=cfg.port_range,
                                              name="baseline")
@@ -313,17 +335,20 @@ def compare_report(command: str, cfg: CompareConfig,
         models["raw-int8"] = load_engine(cfg.bundle, "onnx-int8")
     segments: list[dict[str, Any]] = []
     try:
-        workloads = {w: make_workload(w, models["raw"], cfg.images) for w in cfg.workloads}
+        others = {"int8": models["raw-int8"]} if "raw-int8" in models else {}
+        workloads = {w: make_workload(w, models["raw"], cfg.images, others) for w in cfg.workloads}
         report["workloads"] = {w.name: {"sizes": w.sizes, "bytes": [len(p.data) for p in w.payloads],
                                         "labels": [p.expected_label for p in w.payloads], "margins": w.margins}
                                for w in workloads.values()}
         with ExitStack() as stack:
             servers = _servers(cfg, stack)
             report["server_startup_s"] = {k: s.startup_seconds for k, s in servers.items()}
+            report["served"] = {ENGINE_SYSTEMS[e]: _served(servers[ENGINE_SYSTEMS[e]]) for e in cfg.engines}
+            graphs = {name: _GRAPH_OF_ENGINE.get(v["engine"], "fp32") for name, v in report["served"].items()}
             for r in range(cfg.rounds):
                 for w in workloads.values():
                     for condition in cfg.conditions:
-                        segments.append(_segment(r, w, condition, servers, models, cfg))
+                        segments.append(_segment(r, w, condition, servers, models, cfg, graphs))
                         if on_segment is not None:
                             on_segment({**report, "complete": False, "segments": segments,
                                         "summary": summarize(segments, cfg), "verdict": verdict(segments, cfg),
@@ -338,6 +363,16 @@ def compare_report(command: str, cfg: CompareConfig,
     report["wall_seconds"] = round(time.perf_counter() - t0, 1)
     report["machine"]["load_average_after"] = _loadavg()
     return report
+
+
+def _served(server: ServerProcess) -> dict[str, Any]:
+    """What a deltagate server runs, from its ``/model``: engine, precision and why (``engine_choice``)."""
+    import httpx
+
+    body = httpx.get(f"{server.url}/model", timeout=30.0).raise_for_status().json()
+    choice = body.get("engine_choice") or {}
+    return {"engine": body["engine"], "precision": body["precision"], "reason": choice.get("reason"),
+            "detail": choice.get("detail")}
 
 
 def _parameters(cfg: CompareConfig) -> dict[str, Any]:
@@ -418,17 +453,17 @@ def _best_peer(s: dict[str, Any], peers: Sequence[str]) -> dict[str, Any]:
     return max((_sat(s, p) for p in peers if p in s["systems"]), key=lambda x: x["images_per_s"])
 
 
-def _ratio_to_best_peer(s: dict[str, Any], peers: Sequence[str]) -> float:
-    return float(_sat(s, "deltagate")["images_per_s"] / _best_peer(s, peers)["images_per_s"])
+def _ratio_to_best_peer(s: dict[str, Any], peers: Sequence[str], system: str = "deltagate") -> float:
+    return float(_sat(s, system)["images_per_s"] / _best_peer(s, peers)["images_per_s"])
 
 
 def _p99_minus_best_peer(s: dict[str, Any], peers: Sequence[str]) -> float:
     return float(_sat(s, "deltagate")["p99_ms"] - _best_peer(s, peers)["p99_ms"])
 
 
-def _ratio_to(s: dict[str, Any], system: str) -> float:
+def _ratio_to(s: dict[str, Any], system: str, measured: str = "deltagate") -> float:
     ref = s["systems"]["raw"]["images_per_s"] if system == "raw" else _sat(s, system)["images_per_s"]
-    return float(_sat(s, "deltagate")["images_per_s"] / ref)
+    return float(_sat(s, measured)["images_per_s"] / ref)
 
 
 def _overhead_over_plain(s: dict[str, Any]) -> float | None:
@@ -472,6 +507,19 @@ def verdict(segments: Sequence[dict[str, Any]], cfg: CompareConfig) -> list[dict
         if photo and peers:
             rows.append(("images/s / best peer (photo)", _per_round(photo, lambda s: _ratio_to_best_peer(s, peers)),
                          _at_least(t["min_ratio_to_best_peer"]), f">= {t['min_ratio_to_best_peer']}"))
+        if "auto" in (ENGINE_SYSTEMS[e] for e in cfg.engines):  # engine=auto, whatever graph it serves
+            if small and peers:
+                rows.append(("auto images/s / best peer (small)",
+                             _per_round(small, lambda s: _ratio_to_best_peer(s, peers, "auto")),
+                             _at_least(t["min_ratio_to_best_peer"]), f">= {t['min_ratio_to_best_peer']}"))
+            if small:
+                rows.append(("auto images/s / raw float32 engine (small)",
+                             _per_round(small, lambda s: _ratio_to(s, "raw", "auto")), _at_least(raw_goal),
+                             f">= {raw_goal}"))
+            if photo and peers:
+                rows.append(("auto images/s / best peer (photo)",
+                             _per_round(photo, lambda s: _ratio_to_best_peer(s, peers, "auto")),
+                             _at_least(t["min_ratio_to_best_peer"]), f">= {t['min_ratio_to_best_peer']}"))
         if photo and cfg.baseline is not None and "photo" in cfg.baseline_workloads:
             rows.append(("images/s / baseline (photo)", _per_round(photo, lambda s: _ratio_to(s, "baseline")),
                          _at_least(t["min_ratio_to_baseline_photo"]), f">= {t['min_ratio_to_baseline_photo']}"))
@@ -523,6 +571,8 @@ def markdown_report(report: dict[str, Any]) -> str:
         f"Started {report['started_at']}, {report['wall_seconds']} s; {report['machine']['usable_cpus']} usable CPUs; "
         f"1-min load average during the segments {min(x[0] for x in loads):.2f}–{max(x[0] for x in loads):.2f}"
         if loads else "", "",
+        *[f"- `{name}` serves `{v['engine']}` ({v['precision']}; {v['reason']}): {v['detail']}"
+          for name, v in report.get("served", {}).items()], "",
         "### Targets (per round; met = every round, not met = none, else inconclusive)", "",
         _table(report["verdict"], ("target", "goal", "median", "per_round", "verdict")), "",
         "### Medians over rounds (saturation: c=16 closed loop; c=1 overhead: c=1 p50 - raw batch-1 p50)", "",

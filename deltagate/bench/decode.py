@@ -1,7 +1,7 @@
 """Fast decode against full decode: what reduced-scale JPEG decoding changes, and what it saves.
 
 The service decodes a JPEG much larger than the model input at a reduced DCT scale
-(:func:`models.preprocess.decode_image` with ``min_side``), then runs the exact preprocessing.
+(:func:`models.preprocess.decode_for_model` with ``fast``), then runs the exact preprocessing.
 This measures, on the same images through the same engine, full decode vs fast decode:
 
 - label agreement, OOD-decision agreement and max |ΔEnergy| difference;
@@ -27,7 +27,7 @@ from PIL import Image
 
 from deltagate.bench.engine import load_engine
 from deltagate.bench.report import machine_info
-from models.preprocess import DRAFT_MARGIN, decode_image, preprocess_image
+from models.preprocess import DRAFT_MARGIN, decode_for_model, preprocess_image
 from service.runtime import LoadedModel
 
 __all__ = ["DEFAULT_MEGAPIXELS", "world_classes", "world_jpegs", "world_workloads", "compare_decodes", "decode_report"]
@@ -40,7 +40,7 @@ _RENDER_SIDE = 768  # drawings are rendered at this side, then resized to photo 
 
 def world_classes(bundle_classes: Sequence[str]) -> list[str]:
     """The world's categories to draw for a bundle: its classes the world knows, else the world's ID classes."""
-    from models.train.data.synth import WorldConfig
+    from proxy.world.synth import WorldConfig
 
     known = set(WorldConfig().categories)
     return [c for c in bundle_classes if c in known] or list(WorldConfig().id_classes)
@@ -56,7 +56,7 @@ def world_jpegs(classes: Sequence[str], n: int, side: int, megapixels: float | N
         megapixels: if given, render at ``_RENDER_SIDE`` and resize to a 4:3 image of that size.
         seed: image i is drawn from ``default_rng([seed, i])``.
     """
-    from models.train.data.render import render_objects, sample_object
+    from proxy.world.render import render_objects, sample_object
 
     out = []
     for i in range(n):
@@ -93,7 +93,7 @@ def _timed_pixels(data: bytes, model: LoadedModel, fast: bool, repeats: int) -> 
     seconds, pixels, drafted = [], np.empty(0), False
     for _ in range(repeats):
         start = time.perf_counter()
-        img = decode_image(data, min_side=cfg.image_size if fast else None)
+        img = decode_for_model(data, cfg, fast=fast)
         pixels = preprocess_image(img, cfg)  # (3, H, W)
         seconds.append(time.perf_counter() - start)
         drafted = img.size != Image.open(io.BytesIO(data)).size

@@ -31,7 +31,7 @@ from PIL import Image
 from deltagate.bench.decode import world_classes, world_workloads
 from deltagate.bench.engine import load_engine
 from deltagate.bench.report import machine_info
-from models.preprocess import decode_image, preprocess_image
+from models.preprocess import decode_and_preprocess
 from service.device_input import DeviceInput, stack_pixels
 from service.runtime import LoadedModel
 
@@ -66,7 +66,7 @@ def variant_jpegs(images: Sequence[bytes]) -> list[bytes]:
 
 def _cpu_pixels(data: bytes, model: LoadedModel, fast: bool) -> np.ndarray:
     cfg = model.manifest.preprocess
-    return preprocess_image(decode_image(data, min_side=cfg.image_size if fast else None), cfg)  # (3, S, S)
+    return decode_and_preprocess(data, cfg, fast=fast)  # (3, S, S)
 
 
 def _timed(fn: Any, repeats: int) -> tuple[Any, float]:

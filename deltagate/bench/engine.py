@@ -12,7 +12,7 @@ import numpy as np
 
 from deltagate.bench.report import LatencyStats, latency_stats
 from models.bundle import load_bundle
-from models.preprocess import decode_image, preprocess_image
+from models.preprocess import decode_and_preprocess
 from service.engines import create_engine
 from service.runtime import LoadedModel
 from service.settings import DeviceName
@@ -57,7 +57,7 @@ def load_engine(bundle_path: Path, engine: str, device: DeviceName = "cpu") -> L
 
 def example_pixels(model: LoadedModel, png: bytes, batch_size: int) -> np.ndarray:
     """The bench image decoded and preprocessed with the bundle's config, repeated to a batch."""
-    pixels = preprocess_image(decode_image(png), model.manifest.preprocess)  # (3, H, W)
+    pixels = decode_and_preprocess(png, model.manifest.preprocess)  # (3, H, W)
     return np.repeat(pixels[None], batch_size, axis=0)  # (B, 3, H, W), writable like the batcher's np.stack
 
 
@@ -111,6 +111,6 @@ def measure_preprocess(model: LoadedModel, png: bytes, seconds: float) -> Latenc
     start = time.perf_counter()
     while time.perf_counter() - start < seconds or len(durations) < 10:
         t0 = time.perf_counter()
-        preprocess_image(decode_image(png), cfg)  # (3, H, W)
+        decode_and_preprocess(png, cfg)  # (3, H, W)
         durations.append(time.perf_counter() - t0)
     return latency_stats(durations)

@@ -216,7 +216,10 @@ def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, second
         argv = [sys.executable, "-m", "deltagate.bench.probe", url, image.name, "--seconds", str(seconds),
                 "--interval", str(interval_s), "--timeout", str(timeout_s), "--delay", str(warmup_s),
                 *(["--expect", payload.expected_label] if payload.expected_label else [])]
-        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # Its own session: where the kernel groups scheduling by session (sched_autogroup, the
+        # default of most distributions), a probe in the fillers' session would queue for the CPU
+        # behind their event loop, and its timings would be the fillers' rather than the server's.
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         # The probe imports and waits warmup_s while the fillers fill the queue; they outlast it by 3 s.
         fill = asyncio.run(_fill(url, payloads, fillers, backoff_503_s, warmup_s + seconds + 3.0, timeout_s))
         out, err = proc.communicate(timeout=timeout_s + seconds)

@@ -1,9 +1,8 @@
 """The peers ``bench compare`` runs deltagate against, written as their users would write them.
 
 Both serve ``POST /classify`` (one multipart image in field ``file``) on the bundle's ``model.onnx``
-with the bundle's own preprocessing (:func:`models.preprocess.decode_image` then
-:func:`models.preprocess.preprocess_image`), and answer the label and ΔEnergy, so every server
-does the same work per image:
+with the bundle's own preprocessing (:func:`models.preprocess.decode_and_preprocess`, full decode), and
+answer the label and ΔEnergy, so every server does the same work per image:
 
 - ``plain``: a FastAPI app with a sync route, so Starlette runs ``session.run`` in its thread pool;
   no batching, ONNX Runtime's default session options. This is the app most tutorials show.
@@ -25,7 +24,7 @@ import numpy as np
 from fastapi import FastAPI, UploadFile
 
 from models.bundle import Bundle, load_bundle
-from models.preprocess import decode_image, preprocess_image
+from models.preprocess import decode_and_preprocess
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 
 __all__ = [
@@ -49,7 +48,7 @@ def session_of(bundle: Bundle) -> Any:
 
 def pixels_of(bundle: Bundle, data: bytes) -> np.ndarray:
     """One encoded image through the bundle's decode and preprocessing."""
-    return preprocess_image(decode_image(data), bundle.manifest.preprocess)  # (3, H, W)
+    return decode_and_preprocess(data, bundle.manifest.preprocess)  # (3, H, W)
 
 
 def answer_of(bundle: Bundle, logits: np.ndarray, delta_energy: float) -> dict[str, Any]:

@@ -189,6 +189,8 @@ def compare(
     conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
         "quiet,neighbour"),
     peers: Annotated[str, typer.Option(help="Comma-separated: plain, litserve ('' for none).")] = "plain,litserve",
+    engines: Annotated[str, typer.Option(help="deltagate servers, one per engine setting: onnx (system 'deltagate', "
+                                         "float32), auto (system 'auto'), onnx-int8 (system 'int8').")] = "onnx,auto",
     baseline: Annotated[Path | None, typer.Option(help="Checkout whose service is 'today' (git worktree).")] = None,
     baseline_workloads: Annotated[str, typer.Option(help="Workloads the baseline runs in.")] = "photo",
     seconds: Annotated[float, typer.Option(help="Measured seconds at saturation, per system and segment.")] = 6.0,
@@ -204,6 +206,7 @@ def compare(
         bundle=bundle, rounds=rounds, workloads=_names(workloads, ("small", "photo"), "workloads"),
         conditions=_names(conditions, ("quiet", "neighbour"), "conditions"),
         peers=_names(peers, ("plain", "litserve"), "peers"), baseline=baseline,
+        engines=_names(engines, ("onnx", "auto", "onnx-int8"), "engines"),
         baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
         seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
     )
@@ -215,6 +218,39 @@ def compare(
     out.with_suffix(".md").write_text(md, encoding="utf-8")
     typer.echo(md)
     typer.echo(f"wrote {out} and {out.with_suffix('.md')}")
+
+
+@bench_app.command("overload")
+def overload(
+    ctx: typer.Context,
+    bundle: Bundle,
+    out: Annotated[Path, typer.Option(help="JSON report.")] = Path("results/bench/overload.json"),
+    nice: Annotated[str, typer.Option(help="Comma-separated compute_nice values to compare.")] = "0,10",
+    rounds: Annotated[int, typer.Option(min=1, help="Rounds (each: every value in every condition).")] = 3,
+    conditions: Annotated[str, typer.Option(help="Comma-separated: quiet, neighbour (a one-core busy loop).")] = (
+        "quiet,neighbour"),
+    seconds: Annotated[float, typer.Option(help="Probe seconds with the budget full, per value and round.")] = 4.0,
+    baseline: Annotated[Path | None, typer.Option(help="Another checkout's service as a variant.")] = None,
+    ports: Annotated[str | None, typer.Option(help="Port range for the servers, LOW-HIGH [OS picks].")] = None,
+) -> None:
+    """503 latency with the admission budget full, and throughput at saturation, per compute_nice (issue 16)."""
+    import json
+
+    from deltagate.bench.overload import OverloadConfig, overload_report
+    from deltagate.bench.runs import write_report
+
+    try:
+        nice_values = tuple(int(v) for v in nice.split(","))
+    except ValueError as exc:
+        raise typer.BadParameter(f"expected comma-separated integers, got {nice!r}") from exc
+    cfg = OverloadConfig(bundle=bundle, nice_values=nice_values, rounds=rounds,
+                         conditions=_names(conditions, ("quiet", "neighbour"), "conditions"), probe_seconds=seconds,
+                         baseline=baseline, port_range=_port_range(ports))
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the servers are stopped
+    report = overload_report(command_line(ctx), cfg)
+    write_report(report, out)
+    typer.echo(json.dumps(report["summary"], indent=2))
+    typer.echo(f"wrote {out}")
 
 
 @bench_app.command("markdown")

@@ -40,7 +40,7 @@ def synth(
 
     --id-classes only sets the world's default ID split: no file depends on it (`deltagate data split`).
     """
-    from models.train.data.synth import PRESETS, generate_world, with_overrides
+    from proxy.world.synth import PRESETS, generate_world, with_overrides
 
     if preset not in PRESETS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(PRESETS)}")
@@ -68,10 +68,10 @@ def pretrain_tiny(
         bool, typer.Option(help="Zero-shot evaluation after training (a world's val splits; never its test splits).")
     ] = True,
 ) -> None:
-    """Train the tiny CLIP (models/archs/tiny-clip.json) contrastively on a world's captioned corpus."""
+    """Train the demo's synthetic-shapes CLIP (tiny-clip) contrastively on a world's captioned corpus."""
     from dataclasses import replace
 
-    from models.train.pretrain_tiny import PretrainConfig, pretrain_tiny
+    from proxy.pretrain_tiny import PretrainConfig, pretrain_tiny
 
     given: dict[str, Any] = {
         "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device, "threads": threads,
@@ -92,7 +92,7 @@ def split(
     ] = None,
 ) -> None:
     """Print one ID split of a world as JSON: image counts of every index, near and look-alike categories."""
-    from models.train.data.splits import world_split
+    from proxy.world.splits import world_split
 
     s = world_split(world, _csv(id_classes))
     doc = {
@@ -119,8 +119,8 @@ def random_splits(
     seed: Annotated[int, typer.Option(help="Seed of the draw (pre-register it).")] = 0,
 ) -> None:
     """Print pre-registered random ID splits of a world's categories, one comma-separated line each."""
-    from models.train.data.splits import random_id_splits
-    from models.train.data.synth import load_world
+    from proxy.world.splits import random_id_splits
+    from proxy.world.synth import load_world
 
     for s in random_id_splits(load_world(world).config.categories, n_classes, n_splits, seed):
         typer.echo(",".join(s))
@@ -145,7 +145,7 @@ def faithfulness(
     """Which known facts of real CLIP the proxy reproduces (validation images only): JSON + Markdown."""
 
     from models.clip_loading import load_clip
-    from models.train.faithfulness import check_faithfulness, write_faithfulness
+    from proxy.faithfulness import check_faithfulness, write_faithfulness
 
     named: dict[str, list[str]] = {}
     for spec in split or []:

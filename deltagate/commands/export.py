@@ -7,6 +7,19 @@ from typing import Annotated, Any
 
 import typer
 
+from deltagate.commands.clip_options import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ArchOpt,
+    ModelOpt,
+    PretrainedOpt,
+    WeightsCacheOpt,
+    load_chosen_clip,
+    model_warnings,
+)
+from deltagate.commands.score_options import score_options
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
+
 
 def read_classes(spec: str) -> list[str]:
     """Class names from a file (one per line, as :func:`models.train.data.folders.read_class_names` reads
@@ -24,23 +37,17 @@ def read_classes(spec: str) -> list[str]:
     return names
 
 
+@score_options()
 def export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle directory to write.")],
     classes: Annotated[str, typer.Option(help="Class names: a file (one per line) or 'a,b,c'.")],
-    model: Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-32 or tiny-clip.")] = "ViT-B-32",
-    pretrained: Annotated[
-        str, typer.Option(help="Pretrained tag (openai), local checkpoint path, or 'none' (random weights).")
-    ] = "none",
-    arch_config: Annotated[
-        Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")
-    ] = None,
-    cache_dir: Annotated[Path | None, typer.Option(help="Weights cache directory.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
+    arch_config: ArchOpt = None,
+    cache_dir: WeightsCacheOpt = None,
     template: Annotated[list[str] | None, typer.Option(help="Zero-shot prompt template(s) with '{}'.")] = None,
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the directory name).")] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
-    top_c: Annotated[int, typer.Option(help="ΔEnergy: number of top logits reset.")] = 1,
-    reset_logit: Annotated[float, typer.Option(help="ΔEnergy: value a removed logit is reset to.")] = 0.0,
-    temperature: Annotated[float, typer.Option(help="Energy temperature T.")] = 1.0,
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
     text: Annotated[bool, typer.Option(help="With ONNX: also the text side (text.onnx, scores.onnx, tokenizer.json) "
                                             "for label sets at request time.")] = True,
@@ -51,26 +58,20 @@ def export(
     ] = None,
     quantize_method: QuantizeMethodOpt = "dynamic",
     data: DataOpt = None,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Export a zero-shot bundle: a CLIP and class names -> weights, ONNX (parity-checked) and manifest."""
-    import torch
-
     from models.bundle import ArchitectureInfo
-    from models.clip_loading import load_clip, register_architecture
     from models.prompt_learner import DEFAULT_TEMPLATES
-    from models.scores import ScoreParams
     from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
 
     names = read_classes(classes)
     precisions = list(dict.fromkeys(quantize or []))  # each once, in the order given
     _check_quantize(precisions, onnx, quantize_method)
-    if arch_config is not None:
-        register_architecture(arch_config)
-    torch.manual_seed(seed)
-    loaded = load_clip(model, pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+    model_warnings(model, pretrained)
+    loaded = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     templates = tuple(template) if template else DEFAULT_TEMPLATES
-    params = ScoreParams(top_c=top_c, reset_logit=reset_logit, temperature=temperature)
-    module = scoring_module_from_clip(loaded, names, score_params=params, templates=templates)
+    module = scoring_module_from_clip(loaded, names, score_params=score_params, templates=templates)
     bundle = export_bundle(
         out, module, name=name or out.name, version=version, classes=names, preprocess=loaded.preprocess,
         architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=loaded.pretrained),
@@ -111,21 +112,25 @@ def _check_quantize(precisions: list[str], onnx: bool, method: str) -> None:
 
 
 def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, report: Path | None = None,
-              ctx: typer.Context | None = None) -> None:
+              ctx: typer.Context | None = None, op_types: str = "default") -> None:
     import json
 
     from deltagate.commands.command_line import command_line
+    from deltagate.commands.task_data import eval_data
+    from models.bundle import load_bundle
 
+    data_or_task = eval_data(data, load_bundle(bundle_dir, verify=False).manifest.classes)
     info: Any
     if precision == "int8":
         from models.train.quantize import QuantizeConfig, quantize_bundle
 
-        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method), data=data)  # type: ignore[arg-type]
+        ops: Any = {"default": "default", "all": None}.get(op_types, tuple(o.strip() for o in op_types.split(",")))
+        bundle = quantize_bundle(bundle_dir, QuantizeConfig(method=method, op_types=ops), data=data_or_task)  # type: ignore[arg-type]
         info = bundle.manifest.int8
     else:
         from models.train.float16 import float16_bundle
 
-        bundle = float16_bundle(bundle_dir, data=data)
+        bundle = float16_bundle(bundle_dir, data=data_or_task)
         info = bundle.manifest.fp16
     assert info is not None
     if report is not None:
@@ -134,6 +139,15 @@ def _quantize(bundle_dir: Path, precision: str, method: str, data: Path | None, 
                precision: info.model_dump(mode="json", exclude={"calibration": {"quantile_levels", "quantile_values"}})}
         report.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
     _echo_parity(precision, info, bundle.manifest.files[info.file].size / 1e6)
+    _echo_auto(bundle, precision)
+
+
+def _echo_auto(bundle: Any, precision: str) -> None:
+    """Whether ``engine=auto`` serves the new graph (on the provider it is served on), and why."""
+    from models.graph_choice import SERVES_ON, check_graph
+
+    check = check_graph(bundle, precision, SERVES_ON[precision])
+    typer.echo(f"engine=auto {'serves' if check.passed else 'does not serve'} it ({check.code}): {check.detail}")
 
 
 def _echo_parity(precision: str, info: Any, size_mb: float) -> None:
@@ -148,6 +162,12 @@ def _echo_parity(precision: str, info: Any, size_mb: float) -> None:
         typer.echo(f"  AUROC {name}: {auroc['fp32']:.4f} -> {auroc[precision]:.4f}")
     if p.gate_flips is not None:
         typer.echo(f"  gate decisions that differ: {p.gate_flips} of {p.images} (thresholds {p.thresholds})")
+    if p.accepted_label_agreement is not None:
+        typer.echo(f"  labels of the {p.accepted_images} images both graphs accept agree: "
+                   f"{p.accepted_label_agreement:.4f}")
+    if info.speed is not None:
+        speeds = ", ".join(f"{v:.2f}x at batch {b}" for b, v in info.speed.speedup.items())
+        typer.echo(f"  speed against float32 ({info.speed.clock}): {speeds}")
     if precision == "fp16":
         refit = "" if info.refit_threshold is None else f"; refitted on its ID val: {info.refit_threshold:.6g}"
         typer.echo(f"  fp16 keeps the float32 threshold{refit} (DELTAGATE_ENGINE=onnx-fp16)")
@@ -167,7 +187,12 @@ def quantize(
     ] = "int8",
     method: QuantizeMethodOpt = "dynamic",
     report: Annotated[Path | None, typer.Option(help="Also write the parity record as JSON here.")] = None,
+    op_types: Annotated[
+        str, typer.Option(help="int8: node types to quantize, e.g. MatMul,Gemm; 'all' = every type ONNX Runtime "
+                          "quantizes; 'default' = dynamic: MatMul,Gemm, static: all.")
+    ] = "default",
 ) -> None:
-    """Add an int8 or float16 graph to an existing bundle, with its parity record against model.onnx."""
+    """Add an int8 or float16 graph to an existing bundle, with its parity and speed records against model.onnx,
+    and say whether engine=auto serves it."""
     _check_quantize([precision], True, method)
-    _quantize(bundle, precision, method, data, report, ctx)
+    _quantize(bundle, precision, method, data, report, ctx, op_types)

@@ -13,10 +13,25 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from deltagate.commands.clip_options import (
+    DEFAULT_MODEL,
+    DEFAULT_PRETRAINED,
+    ArchOpt,
+    ModelOpt,
+    PretrainedOpt,
+    WeightsCacheOpt,
+    load_chosen_clip,
+    model_warnings,
+    warn,
+)
 from deltagate.commands.command_line import command_line
+from deltagate.commands.score_options import score_options
+from deltagate.commands.task_data import id_val_index, read_task
+from models.errors import DataError
+from models.scoring_spec import ScoreParams  # torch-free: the score options are made from its declaration
+from models.train.choices import CeOn, Method, Optimizer
 
 if TYPE_CHECKING:
-    from models.clip_loading import LoadedClip
     from models.train.data.folders import TaskData
     from models.train.trainer import TrainConfig
 
@@ -31,30 +46,16 @@ DataOpt = Annotated[
 ClassNamesOpt = Annotated[
     Path | None, typer.Option(help="Class display names file (default ROOT/id/classnames.txt or folder names).")
 ]
-ModelOpt = Annotated[str, typer.Option(help="open_clip architecture, e.g. ViT-B-16 or tiny-clip.")]
-PretrainedOpt = Annotated[
-    str, typer.Option(help="Pretrained tag (openai), local checkpoint path, or 'none' (random weights).")
-]
-ArchOpt = Annotated[Path | None, typer.Option(help="Register an open_clip JSON config first (custom architectures).")]
-WeightsCacheOpt = Annotated[Path | None, typer.Option(help="Pretrained-weights cache directory.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto (CUDA when available), cpu, cuda, cuda:1, ...")]
 
 
-def _task(data: Path, class_names: Path | None) -> TaskData:
-    from models.train.data.splits import load_task_root
-
-    return load_task_root(data, class_names)  # a synthetic world (its default split) or the standard layout
-
-
-def _clip(model: str, pretrained: str, arch_config: Path | None, cache_dir: Path | None, seed: int) -> LoadedClip:
-    import torch
-
-    from models.clip_loading import load_clip, register_architecture
-
-    if arch_config is not None:
-        register_architecture(arch_config)
-    torch.manual_seed(seed)  # random-weight models are reproducible too
-    return load_clip(model, pretrained, cache_dir=str(cache_dir) if cache_dir else None)
+def _report_checks(checks: list[Any]) -> None:
+    """The guard's findings (:mod:`models.quality`): warnings in yellow on stderr, passes as plain lines."""
+    for check in checks:
+        if check.ok:
+            typer.echo(f"check: {check.message}")
+        else:
+            warn(check.message)
 
 
 def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
@@ -63,37 +64,35 @@ def _train_config(base: dict[str, Any], **given: Any) -> TrainConfig:
     return TrainConfig(**{**base, **{k: v for k, v in given.items() if v is not None}})
 
 
+@score_options(" Exported with --bundle.")
 def train(
     ctx: typer.Context,
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory (checkpoint, prompts, history).")],
-    method: Annotated[str, typer.Option(help="zero-shot | coop | ebm.")] = "ebm",
+    method: Annotated[Method, typer.Option(help="zero-shot (no training), coop or ebm.")] = "ebm",
     bundle: Annotated[Path | None, typer.Option(help="Also export the result as a bundle here.")] = None,
-    model: ModelOpt = "tiny-clip",
-    pretrained: PretrainedOpt = "none",
+    name: Annotated[str | None, typer.Option(help="The bundle's model name (default: deltagate-METHOD).")] = None,
+    version: Annotated[str, typer.Option(help="The bundle's model version.")] = "0.1.0",
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     arch_config: ArchOpt = None,
     cache_dir: WeightsCacheOpt = None,
     class_names: ClassNamesOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs [50].")] = None,
-    shots: Annotated[int | None, typer.Option(help="Images per class, 0 = all [16].")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step [32].")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs [50].")] = None,
+    shots: Annotated[int | None, typer.Option(min=0, help="Images per class, 0 = all [16].")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Images per step [32].")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate [0.002].")] = None,
-    optimizer: Annotated[str | None, typer.Option(help="sgd | adamw [sgd].")] = None,
-    n_ctx: Annotated[int | None, typer.Option(help="Context vectors [16].")] = None,
+    optimizer: Annotated[Optimizer | None, typer.Option(help="sgd or adamw [sgd].")] = None,
+    n_ctx: Annotated[int | None, typer.Option(min=1, help="Context vectors [16].")] = None,
     ctx_init: Annotated[
         str | None, typer.Option(help="Initialise the context from a phrase, e.g. 'a photo of a'.")
     ] = None,
     ebm_weight: Annotated[float | None, typer.Option(help="λ of the EBM loss [1.0].")] = None,
     mask_ratio: Annotated[float | None, typer.Option(help="Masked share of dimensions [0.1].")] = None,
-    loss_top_c: Annotated[int | None, typer.Option(help="ΔE_lb targets of the EBM loss [1].")] = None,
+    loss_top_c: Annotated[int | None, typer.Option(min=1, help="ΔE_lb targets of the EBM loss [1].")] = None,
     loss_temperature: Annotated[float | None, typer.Option(help="T of the energy in the EBM loss [1].")] = None,
-    ce_on: Annotated[str | None, typer.Option(help="edited | original [edited].")] = None,
-    de_top_c: Annotated[int, typer.Option(help="Bundle's ΔEnergy score: c (with --bundle).")] = 1,
-    de_temperature: Annotated[float, typer.Option(help="Bundle's ΔEnergy score: T (with --bundle).")] = 1.0,
-    de_reset: Annotated[str, typer.Option(help="Bundle's ΔEnergy score reset: value | min | mean.")] = "value",
-    de_reset_logit: Annotated[float, typer.Option(help="Bundle's ΔEnergy reset value (reset=value).")] = 0.0,
-    energy_temperature: Annotated[float, typer.Option(help="Bundle's energy score: T (with --bundle).")] = 1.0,
-    mcm_tau: Annotated[float, typer.Option(help="Bundle's MCM score: tau (with --bundle).")] = 1.0,
+    ce_on: Annotated[CeOn | None, typer.Option(help="Logits of the cross-entropy: edited or original [edited].")
+                     ] = None,
     augment: Annotated[bool, typer.Option(help="Random crops and flips (turns the feature cache off).")] = False,
     feature_cache: Annotated[bool, typer.Option(help="Encode training images once (without augmentation).")] = True,
     seed: Annotated[int, typer.Option(help="Seed of init, batch order, augmentation, few-shot sample.")] = 1,
@@ -104,12 +103,13 @@ def train(
     benchmark_cache: Annotated[
         int, typer.Option(help="Instead of training: time N epochs with and without the feature cache.")
     ] = 0,
+    score_params: ScoreParams = ScoreParams(),
 ) -> None:
     """Tune CoOp prompts with cross-entropy (coop) or the EBM objective (ebm), or build zero-shot prompts."""
     import json
 
     from models.train.data.folders import few_shot
-    from models.train.trainer import PromptTrainer
+    from models.train.trainer import PromptTrainer, check_resume
 
     cfg = _train_config(
         {"method": method, "augment": augment, "cache_features": feature_cache, "seed": seed, "device": device,
@@ -117,8 +117,11 @@ def train(
         ctx_init=ctx_init, ebm_weight=ebm_weight, mask_ratio=mask_ratio, loss_top_c=loss_top_c,
         loss_temperature=loss_temperature, ce_on=ce_on, threads=threads,
     )
-    task = _task(data, class_names)
-    clip = _clip(model, pretrained, arch_config, cache_dir, seed)
+    task = read_task(data, class_names)
+    if resume and not benchmark_cache:
+        check_resume(out, cfg, model, pretrained)  # before the CLIP loads: a conflict is one line at once
+    model_warnings(model, pretrained, data)
+    clip = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     train_idx = few_shot(task.train, cfg.shots, cfg.seed) if method != "zero-shot" else task.train
     if benchmark_cache:
         from models.train.bench_cache import benchmark_feature_cache
@@ -133,20 +136,39 @@ def train(
     last = result.history[-1] if result.history else {}
     typer.echo(f"{method}: run written to {out}; last epoch: {json.dumps(last)}")
     if bundle is not None:
-        from models.scores import ScoreParams
         from models.train.run_export import export_run
 
-        params = ScoreParams(top_c=de_top_c, temperature=de_temperature, reset=de_reset,  # type: ignore[arg-type]
-                             reset_logit=de_reset_logit, energy_temperature=energy_temperature, mcm_tau=mcm_tau)
-        export_run(out, bundle, clip=clip, score_params=params)
+        export_run(out, bundle, name=name, version=version, clip=clip, score_params=score_params)
         typer.echo(f"bundle written to {bundle} (calibrate it next: deltagate calibrate --bundle {bundle} ...)")
+    _report_checks(_train_checks(clip.pretrained, last, len(task.val) if task.val else 0, len(task.class_names)))
+
+
+def _train_checks(pretrained: str | None, last: dict[str, Any], val_images: int, num_classes: int) -> list[Any]:
+    """The guard after training: the weights, and the final prompts' accuracy on ID val (if any)."""
+    from models.quality import Check, accuracy_check, weights_check
+
+    checks = [weights_check(pretrained)]
+    n = int(last.get("val_images") or val_images)  # the readable ones (older runs: the folder's count)
+    if "val_acc" in last and n:
+        checks.append(accuracy_check(float(last["val_acc"]), n, num_classes, "validation"))
+    else:
+        checks.append(Check("accuracy", False, "no ID validation images (DATA/id/val/<class>/): nothing shows "
+                                               "whether the model learned the classes"))
+    return checks
+
+
+def _share(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise typer.BadParameter(f"{value:g} is not a share of images: give a number in (0, 1], e.g. 0.95")
+    return value
 
 
 def calibrate(
     bundle: Annotated[Path, typer.Option(help="Bundle directory (its manifest is updated).")],
     data: Annotated[Path | None, typer.Option(help="Data root (uses ROOT/id/val).")] = None,
     val_dir: Annotated[Path | None, typer.Option(help="ID validation ImageFolder (instead of --data).")] = None,
-    target_tpr: Annotated[float, typer.Option(help="Share of ID validation images that must pass.")] = 0.95,
+    target_tpr: Annotated[float, typer.Option(
+        callback=_share, help="Share of ID validation images that must pass, in (0, 1].")] = 0.95,
     score: Annotated[str, typer.Option(
         help="The gate: delta_energy (default), energy, max_logit, mcm or msp, with the bundle's parameters.")
     ] = "delta_energy",
@@ -162,14 +184,7 @@ def calibrate(
 
     if (data is None) == (val_dir is None):
         raise typer.BadParameter("give exactly one of --data ROOT (uses ROOT/id/val) or --val-dir DIR")
-    from models.train.data.splits import is_world, world_split
-
-    if val_dir is not None:
-        index = scan_image_folder(val_dir)
-    elif is_world(data or "."):
-        index = world_split(Path(data or ".")).val  # a synthetic world's ID val (its default split)
-    else:
-        index = scan_image_folder(Path(data or ".") / "id" / "val")
+    index = scan_image_folder(val_dir) if val_dir is not None else id_val_index(Path(data or "."))
     rec = calibrate_bundle(bundle, index, target_tpr=target_tpr, score=score, device=device)
     typer.echo(f"{bundle}: {rec.score} threshold {rec.threshold:.6g} (ID val pass rate {rec.achieved_tpr:.3f}, "
                f"n={rec.n}, mean {rec.mean:.4g}, std {rec.std:.4g})")
@@ -209,8 +224,14 @@ def evaluate(
     from models.train.evaluate import evaluate_bundles
     from models.train.plots import write_plots
     from models.train.report import write_evaluation
+    from proxy.world.splits import is_world
 
-    task = _task(data, class_names)
+    if not is_world(data) and not (data / "id" / "test").is_dir():  # before anything is read
+        raise DataError(f"{data / 'id' / 'test'} not found: evaluate scores ID test images; put them in "
+                        f"{data / 'id' / 'test'}/<class>/ (the same class folders as id/train)")
+    task = read_task(data, class_names)
+    if ood_val is not None and task.val is None:
+        raise DataError(f"--ood-val selects against ID validation images, and {data / 'id' / 'val'} is not there")
     ood_index = None
     if ood_val is not None:
         from models.train.data.folders import scan_unlabelled
@@ -223,6 +244,20 @@ def evaluate(
         write_plots(out, evals)
     typer.echo(mpath.read_text(encoding="utf-8"))
     typer.echo(f"written: {jpath}, {mpath}" + (f", plots in {out}" if plots else ""))
+    _report_evaluation_checks(evals, task)
+
+
+def _report_evaluation_checks(evals: dict[str, Any], task: TaskData) -> None:
+    """The guard on every evaluated bundle: ID test accuracy and whether its gate separates any OOD set."""
+    from models.quality import Check, evaluation_checks
+
+    for method, ev in evals.items():
+        checks = evaluation_checks(ev.summary, len(task.class_names), ev.threshold_score)
+        if not task.ood:
+            checks.append(Check("gate", False, "no OOD images (DATA/ood/<set>/): nothing shows whether the gate "
+                                               "separates anything; add images of what is none of your classes"))
+        typer.echo(f"{method}:")
+        _report_checks(checks)
 
 
 def ablate(
@@ -230,13 +265,13 @@ def ablate(
     data: DataOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Work directory of the ablation runs.")],
     results: Annotated[Path, typer.Option(help="Where ablation.json/.md go.")] = Path("results"),
-    model: ModelOpt = "tiny-clip",
-    pretrained: PretrainedOpt = "none",
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = DEFAULT_PRETRAINED,
     arch_config: ArchOpt = None,
     cache_dir: WeightsCacheOpt = None,
     class_names: ClassNamesOpt = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs per run [50].")] = None,
-    shots: Annotated[int | None, typer.Option(help="Images per class [16].")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per run [50].")] = None,
+    shots: Annotated[int | None, typer.Option(min=0, help="Images per class [16].")] = None,
     folds: Annotated[int, typer.Option(help="Class folds of held-out-class validation.")] = 4,
     repeats: Annotated[int, typer.Option(help="Independent class partitions of held-out-class validation.")] = 2,
     seed: Annotated[int, typer.Option(help="Seed.")] = 1,
@@ -244,12 +279,13 @@ def ablate(
     threads: Annotated[int | None, typer.Option(help="CPU threads while training.")] = 1,
 ) -> None:
     """EBM loss search (λ, ce_on, mask_ratio, loss T) jointly with ΔEnergy's parameters; ID data only."""
-    from models.train.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
     from models.train.selection import HOCVConfig
+    from proxy.ablation import AblationConfig, ablation_markdown, run_ablation, write_ablation
 
     cfg = _train_config({"method": "ebm", "seed": seed, "device": device}, epochs=epochs, shots=shots, threads=threads)
-    task = _task(data, class_names)
-    clip = _clip(model, pretrained, arch_config, cache_dir, seed)
+    task = read_task(data, class_names)
+    model_warnings(model, pretrained, data)
+    clip = load_chosen_clip(model, pretrained, arch_config, cache_dir, seed)
     acfg = AblationConfig(hocv=HOCVConfig(folds=folds, repeats=repeats, shots=cfg.shots))
     res = run_ablation(clip, task, cfg, out, acfg)
     command = command_line(ctx)
@@ -260,7 +296,7 @@ def ablate(
 def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
     from dataclasses import replace
 
-    from models.train.demo import DEMO_CONFIGS
+    from proxy.demo import DEMO_CONFIGS
 
     if preset not in DEMO_CONFIGS:
         raise typer.BadParameter(f"unknown preset {preset!r}; valid: {', '.join(DEMO_CONFIGS)}")
@@ -276,6 +312,7 @@ def _demo_config(preset: str, seed: int | None, id_classes: str | None) -> Any:
         raise typer.BadParameter(str(exc)) from exc
 
 
+PUBLISHED_BUNDLE, PUBLISHED_RESULTS = Path("bundles/default"), Path("results")  # tracked: `demo build --publish`
 WorldSeedOpt = Annotated[int | None, typer.Option("--seed", help="World seed (default: the preset's).")]
 IdClassesOpt = Annotated[str | None, typer.Option(help="ID classes of the world, 'a,b,c' (default: the preset's).")]
 
@@ -287,13 +324,25 @@ def demo_build(
     seed: WorldSeedOpt = None,
     id_classes: IdClassesOpt = None,
     work: Annotated[Path, typer.Option(help="Intermediate outputs (world, checkpoint, runs).")] = Path("runs/demo"),
-    bundle: Annotated[Path, typer.Option(help="Where the EBM bundle goes.")] = Path("bundles/default"),
-    results: Annotated[Path, typer.Option(help="Where JSON/Markdown/PNG results go.")] = Path("results"),
+    bundle: Annotated[Path | None, typer.Option(help="Where the EBM bundle goes (default: WORK/bundle).")] = None,
+    results: Annotated[Path | None, typer.Option(
+        help="Where JSON/Markdown/PNG results go (default: WORK/results).")] = None,
+    publish: Annotated[bool, typer.Option(
+        help=f"Write the bundled default model and the committed results instead ({PUBLISHED_BUNDLE}/, "
+             f"{PUBLISHED_RESULTS}/): tracked files change.")] = False,
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = True,
 ) -> None:
-    """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate."""
-    from models.train.demo import build_demo
+    """synth -> pretrain-tiny -> selection (ID val) -> train zero-shot/CoOp/EBM -> export -> calibrate -> evaluate.
 
+    Everything goes under --work unless --publish (make demo PUBLISH=1) replaces the bundled default model.
+    """
+    from proxy.demo import build_demo
+
+    if publish and (bundle is not None or results is not None):
+        raise typer.BadParameter(f"--publish writes {PUBLISHED_BUNDLE} and {PUBLISHED_RESULTS}; "
+                                 "drop --bundle/--results, or drop --publish")
+    bundle = PUBLISHED_BUNDLE if publish else bundle or work / "bundle"
+    results = PUBLISHED_RESULTS if publish else results or work / "results"
     cfg = _demo_config(preset, seed, id_classes)
     summary = build_demo(cfg, work, bundle, results, command=command_line(ctx), progress=progress)
     typer.echo((results / "evaluation.md").read_text(encoding="utf-8"))
@@ -318,7 +367,7 @@ def demo_evidence(
     progress: Annotated[bool, typer.Option(help="Progress bars.")] = False,
 ) -> None:
     """The pre-registered experiment (docs/evidence/protocol.md): every split, arm and seed, with CIs and verdicts."""
-    from models.train.demo import build_evidence
+    from proxy.demo import build_evidence
 
     cfg = _demo_config(preset, seed, id_classes)
     doc = build_evidence(cfg, work, results, command=command_line(ctx), n_splits=splits, n_seeds=seeds,

@@ -33,8 +33,10 @@ import torch
 
 from models.bundle import Bundle, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
+from models.errors import DataError
 from models.scores import SCORE_NAMES, ScoreParams, id_score
 from models.scoring_module import ScoringModule
+from models.scoring_spec import score_param_fields
 from models.train.data.folders import FolderIndex, TaskData
 from models.train.features import FeatureCache
 from models.train.metrics import TPR_LEVEL, accuracy, fpr_at_tpr, ood_metrics
@@ -90,13 +92,9 @@ def score_variants(params: ScoreParams, names: Sequence[str] = SCORE_NAMES) -> l
     so a changed temperature, c or reset is always shown beside the specification's default."""
     out: list[ScoreVariant] = [(n, n, params) for n in names]
     default = ScoreParams()
-    if "energy" in names and params.energy_temperature != default.energy_temperature:
-        out.append(("energy@T=1", "energy", default))
-    if "mcm" in names and params.mcm_tau != default.mcm_tau:
-        out.append(("mcm@tau=1", "mcm", default))
-    de = (params.top_c, params.reset, params.reset_logit, params.temperature)
-    if "delta_energy" in names and de != (default.top_c, default.reset, default.reset_logit, default.temperature):
-        out.append(("delta_energy@c=1,T=1", "delta_energy", default))
+    for key, name in (("energy@T=1", "energy"), ("mcm@tau=1", "mcm"), ("delta_energy@c=1,T=1", "delta_energy")):
+        if name in names and any(getattr(params, f) != getattr(default, f) for f in score_param_fields(name)):
+            out.append((key, name, default))
     return out
 
 
@@ -230,7 +228,7 @@ def task_logits(
         ValueError: the task has no ID test split.
     """
     if task.test is None:
-        raise ValueError("evaluation needs an ID test split (DIR/id/test)")
+        raise DataError("evaluation needs an ID test split (DIR/id/test)")
     dev = torch.device(device)
     module.to(dev)
     id_z, id_y = _logits(module, cache, task.test, dev, batch_size)
@@ -246,7 +244,7 @@ def task_logits(
 
 def _check_classes(bundle: Bundle, task: TaskData) -> None:
     if list(bundle.manifest.classes) != list(task.class_names):
-        raise ValueError(
+        raise DataError(
             f"{bundle.path}: bundle classes {bundle.manifest.classes[:5]}... differ from the data's "
             f"{list(task.class_names)[:5]}... (same classes in the same order are needed)"
         )
@@ -289,7 +287,7 @@ def evaluate_bundles(
         params, selected = module.score_params, None
         if ood_val is not None:
             if split.id_val is None:
-                raise ValueError("--ood-val needs an ID val split to select against (DIR/id/val)")
+                raise DataError("--ood-val needs an ID val split to select against (DIR/id/val)")
             ood_z = _logits(module, cache, ood_val, torch.device(device), batch_size)[0].cpu()  # (M, K)
             sel = select_on_ood_val(split.id_val, ood_z, module.logit_scale)
             params = merge_selected(sel, module.score_params)

@@ -28,10 +28,13 @@ import ast
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from models.bundle import FP16_DISABLED_OPTIMIZERS, FP16_ONNX_FILE, Bundle, Fp16Info, load_bundle, update_manifest
-from models.train.quantize import EvalImages, default_eval_images, graph_parity, variant_threshold
+from models.train.quantize import EvalImages, default_eval_images, graph_parity, graph_speed, variant_threshold
+
+if TYPE_CHECKING:
+    from models.train.data.folders import TaskData
 
 __all__ = ["Float16Error", "Float16Graph", "tower_features", "head_nodes", "float16_in_head", "convert_float16",
            "float16_bundle"]
@@ -202,7 +205,7 @@ def convert_float16(src: Path, dst: Path) -> Float16Graph:
     return Float16Graph(features, len(head), folded)
 
 
-def float16_bundle(bundle_dir: str | Path, *, data: Path | None = None, images: EvalImages | None = None,
+def float16_bundle(bundle_dir: str | Path, *, data: Path | TaskData | None = None, images: EvalImages | None = None,
                    max_per_split: int | None = None, batch_size: int = 32) -> Bundle:
     """Add ``model.fp16.onnx`` to a bundle, with its parity record against ``model.onnx``.
 
@@ -212,8 +215,9 @@ def float16_bundle(bundle_dir: str | Path, *, data: Path | None = None, images: 
 
     Args:
         bundle_dir: a bundle with ``model.onnx`` (its manifest is updated).
-        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``): parity on ID test and
-            every OOD set, with ID accuracy and AUROC.
+        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``) or its task
+            (:func:`models.train.quantize.eval_images_from_data`): parity on ID test and every OOD set, with ID
+            accuracy and AUROC.
         images: instead of ``data``, images to compare on. Without either: 64 synthetic drawings.
         max_per_split: cap of images per split or set read from ``data``.
         batch_size: images per forward.
@@ -230,8 +234,9 @@ def float16_bundle(bundle_dir: str | Path, *, data: Path | None = None, images: 
                           FP16_DISABLED_OPTIMIZERS)
     refit = None if images.id_val is None else variant_threshold(bundle, dst, images, batch_size,
                                                                  FP16_DISABLED_OPTIMIZERS)
+    speed = graph_speed(bundle, dst, "fp16", images.id_test, disabled_optimizers=FP16_DISABLED_OPTIMIZERS)
     info = Fp16Info(features=graph.features, float32_nodes=graph.float32_nodes, parity=parity,
-                    refit_threshold=refit.threshold if refit else None)
+                    refit_threshold=refit.threshold if refit else None, speed=speed)
     logger.info("fp16 parity: label agreement %.4f, max |ΔE diff| %.3g, gate flips %s", parity.label_agreement,
                 parity.max_abs_delta_energy_diff, parity.gate_flips)
     return update_manifest(bundle.path, fp16=info)

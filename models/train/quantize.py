@@ -14,7 +14,10 @@ reduced-precision graph: the float16 graph of :mod:`models.train.float16` uses t
 Methods (ONNX Runtime's names):
 
 - ``dynamic`` (``quantize_dynamic``): int8 weights; activations quantized per batch at run time.
-  No calibration data, and the usual choice for transformers (ViT MatMuls).
+  No calibration data, and the usual choice for transformers (ViT MatMuls). Only MatMul and Gemm nodes
+  are quantized (:data:`DYNAMIC_OP_TYPES`): ONNX Runtime's dynamic ``ConvInteger`` made the default
+  bundle's ResNet graph 0.28x as fast as float32 at batch 8, and it moved 1 % of the gate decisions
+  (docs/bundle.md).
 - ``static`` (``quantize_static``, QDQ format): int8 weights and activations with ranges fixed from
   ID validation images (MinMax). Faster kernels, but a ViT's LayerNorm/softmax activations have
   outliers that fixed ranges clip; the parity record shows the cost.
@@ -23,22 +26,29 @@ Methods (ONNX Runtime's names):
 from __future__ import annotations
 
 import logging
+import os
+import statistics
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from PIL import Image
 
-from models.bundle import INT8_ONNX_FILE, Bundle, GraphParity, Int8Info, load_bundle, update_manifest
+from models.bundle import INT8_ONNX_FILE, Bundle, GraphParity, GraphSpeed, Int8Info, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 from models.scoring_spec import gate_scores
 
-__all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "graph_parity", "variant_threshold",
-           "quantize_bundle", "eval_images_from_data", "default_eval_images", "PARITY_PROVIDER"]
+if TYPE_CHECKING:
+    from models.train.data.folders import TaskData
+
+__all__ = ["QuantizeConfig", "EvalImages", "quantize_onnx", "graph_outputs", "graph_parity", "graph_speed",
+           "variant_threshold", "DYNAMIC_OP_TYPES", "quantize_bundle", "eval_images_from_data", "default_eval_images",
+           "PARITY_PROVIDER"]
 
 logger = logging.getLogger(__name__)
 
@@ -53,8 +63,22 @@ class QuantizeConfig:
 
     method: QuantMethod = "dynamic"  # dynamic kept ID accuracy and near-OOD AUROC best (docs/benchmarks.md)
     per_channel: bool = False  # per-channel weight scales (dynamic: ORT's default is per-tensor)
+    # Node types quantized; None: every type ONNX Runtime quantizes (the default of static, and of dynamic
+    # before DYNAMIC_OP_TYPES). "default" picks the method's own default (QuantizeConfig.resolved_op_types).
+    op_types: tuple[str, ...] | None | Literal["default"] = "default"
     calibration_images: int = 256  # static: ID val images the activation ranges are taken from
     batch_size: int = 32  # images per forward while scoring
+    speed_rounds: int = 5  # interleaved rounds of the speed record (graph_speed)
+    speed_seconds: float = 0.2  # thread CPU time per graph, batch size and round
+
+    def resolved_op_types(self) -> tuple[str, ...] | None:
+        """The node types quantized: dynamic's MatMul and Gemm, static's every type (None), unless set."""
+        if self.op_types == "default":
+            return DYNAMIC_OP_TYPES if self.method == "dynamic" else None
+        return self.op_types
+
+
+DYNAMIC_OP_TYPES = ("MatMul", "Gemm")  # what dynamic quantization pays off on (transformer layers, projections)
 
 
 @dataclass
@@ -67,6 +91,7 @@ class EvalImages:
     ood: dict[str, np.ndarray]  # set name -> (M, 3, H, W)
     id_val: np.ndarray | None  # (V, 3, H, W): threshold (and static calibration) images
     val_split: str = "id_val"  # recorded as the variant graph's threshold split
+    bundle_data: bool = True  # the bundle's own evaluation or calibration data (False: drawings standing in)
 
 
 def _index_pixels(index: Any, preprocess: PreprocessConfig, limit: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -88,12 +113,14 @@ def _index_pixels(index: Any, preprocess: PreprocessConfig, limit: int | None = 
     return np.concatenate(xs), np.concatenate(ys)  # (N, 3, H, W), (N,)
 
 
-def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Sequence[str],
+def eval_images_from_data(data: Path | TaskData, preprocess: PreprocessConfig, classes: Sequence[str],
                           max_per_split: int | None = None) -> EvalImages:
     """The bundle's evaluation data (``root/id/{val,test}``, ``root/ood/*``), preprocessed.
 
     Args:
-        root: data root in the standard layout, or a synthetic world (what ``deltagate evaluate --data`` reads).
+        data: a data root in the standard layout (what ``deltagate evaluate --data`` reads), or a task
+            already read (a caller that reads another layout, e.g. the CLI reading a synthetic world,
+            passes its :class:`~models.train.data.folders.TaskData`).
         preprocess: the bundle's preprocessing.
         classes: the bundle's classes (must match the data's, in order).
         max_per_split: cap per split or set (None: every image).
@@ -101,10 +128,11 @@ def eval_images_from_data(root: Path, preprocess: PreprocessConfig, classes: Seq
     Raises:
         ValueError: classes differ, or the data has no ID val or test split.
     """
-    from models.train.data.splits import is_world, load_task_root
+    from models.train.data.folders import TaskData, TaskPaths, load_task
 
-    # A synthetic world is read with the bundle's classes as its ID split (the world may hold several).
-    task = load_task_root(root, id_classes=list(classes) if is_world(root) else None)
+    task = data if isinstance(data, TaskData) else load_task(TaskPaths.from_root(data))
+    root = data if not isinstance(data, TaskData) else Path(os.path.commonpath(
+        [str(i.root) for i in (task.test, *task.ood.values()) if i is not None]))
     if list(task.class_names) != list(classes):
         raise ValueError(
             f"{root}: classes {list(task.class_names)[:5]}... differ from the bundle's {list(classes)[:5]}..."
@@ -124,7 +152,7 @@ def _drawings(preprocess: PreprocessConfig, n: int, seed: int) -> np.ndarray:
     return preprocess_batch(images, preprocess)  # (n, 3, H, W)
 
 
-def default_eval_images(bundle: Bundle, data: Path | None, images: EvalImages | None,
+def default_eval_images(bundle: Bundle, data: Path | TaskData | None, images: EvalImages | None,
                         max_per_split: int | None) -> EvalImages:
     """``images`` if given, else the bundle's evaluation data at ``data``, else 64 synthetic drawings (no labels,
     no ID val: parity only, no threshold)."""
@@ -133,7 +161,7 @@ def default_eval_images(bundle: Bundle, data: Path | None, images: EvalImages | 
         images = eval_images_from_data(data, m.preprocess, m.classes, max_per_split)
     if images is None:
         images = EvalImages("64 synthetic drawings (models.train.export.parity_images, seed 0)",
-                            _drawings(m.preprocess, 64, 0), None, {}, None)
+                            _drawings(m.preprocess, 64, 0), None, {}, None, bundle_data=False)
     return images
 
 
@@ -170,15 +198,18 @@ def quantize_onnx(src: Path, dst: Path, cfg: QuantizeConfig, calibration: np.nda
     )
 
     if cfg.method == "dynamic":
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel)
+        ops = cfg.resolved_op_types()
+        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=cfg.per_channel,
+                         op_types_to_quantize=list(ops) if ops else None)
         return
     if calibration is None or len(calibration) == 0:
         raise ValueError("static quantization needs calibration images (ID val)")
+    ops = cfg.resolved_op_types()
     quantize_static(
         str(src), str(dst), _CalibrationReader(calibration[: cfg.calibration_images], cfg.batch_size),
         quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         per_channel=cfg.per_channel, calibrate_method=CalibrationMethod.MinMax,
-        calibration_providers=["CPUExecutionProvider"],
+        calibration_providers=["CPUExecutionProvider"], op_types_to_quantize=list(ops) if ops else None,
     )
 
 
@@ -198,10 +229,7 @@ def graph_outputs(path: Path, pixels: np.ndarray, batch_size: int,
     Returns:
         (N, K) logits and (N,) ΔEnergy.
     """
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(str(path), providers=[PARITY_PROVIDER],
-                                   disabled_optimizers=list(disabled_optimizers))
+    session = _session(path, disabled_optimizers)
     logits, delta = [], []
     for i in range(0, len(pixels), batch_size):
         out = dict(zip(OUTPUT_NAMES, session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels[i:i + batch_size]}),
@@ -209,6 +237,82 @@ def graph_outputs(path: Path, pixels: np.ndarray, batch_size: int,
         logits.append(out["logits"])
         delta.append(out["delta_energy"])
     return np.concatenate(logits), np.concatenate(delta)  # (N, K), (N,)
+
+
+def _session(path: Path, disabled_optimizers: Sequence[str] = (), single_thread: bool = False) -> Any:
+    """An ONNX Runtime session of a graph on :data:`PARITY_PROVIDER` (``single_thread``: one thread, no spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if single_thread:  # the forward runs on the calling thread, so its CPU time is the forward's
+        options.intra_op_num_threads = options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=[PARITY_PROVIDER],
+                                disabled_optimizers=list(disabled_optimizers))
+
+
+SPEED_BATCH_SIZES = (1, 8)  # a lone request and a batch at saturation (the bench's max_batch_size)
+
+
+def _cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo``), else what :mod:`platform` knows."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _images_per_cpu_s(session: Any, batch: np.ndarray, seconds: float) -> float:
+    """Forwards of ``batch`` back to back for ``seconds`` of this thread's CPU time (at least two)."""
+    start, n = time.thread_time(), 0
+    while n < 2 or time.thread_time() - start < seconds:
+        session.run(None, {INPUT_NAME: batch})
+        n += 1
+    return n * len(batch) / max(time.thread_time() - start, 1e-9)
+
+
+def graph_speed(bundle: Bundle, variant: Path, tag: str, pixels: np.ndarray, *, rounds: int = 5,
+                seconds: float = 0.2, batch_sizes: Sequence[int] = SPEED_BATCH_SIZES,
+                disabled_optimizers: Sequence[str] = ()) -> GraphSpeed:
+    """The variant graph's speed against the float32 graph's (what ``engine=auto`` reads): :class:`GraphSpeed`.
+
+    In every round each batch size is timed for ``seconds`` of CPU time per graph, the two graphs in alternating
+    order; the record keeps per graph the median images per CPU second and per batch size the median of the
+    per-round ratios.
+
+    Args:
+        bundle: the bundle (its ``model.onnx`` is the reference).
+        variant: the other graph.
+        tag: its key in the record (``int8``, ``fp16``).
+        pixels: (N, 3, H, W) preprocessed images; batches cycle through them.
+        rounds: interleaved rounds.
+        seconds: CPU time per graph, batch size and round.
+        batch_sizes: batch sizes measured.
+        disabled_optimizers: ONNX Runtime graph optimizers the variant's session runs without.
+    """
+    sessions = {"fp32": _session(bundle.onnx_path, (), True), tag: _session(variant, disabled_optimizers, True)}
+    batches = {b: np.ascontiguousarray(np.resize(pixels, (b, *pixels.shape[1:]))) for b in batch_sizes}  # (b, 3, H, W)
+    for session in sessions.values():  # first runs allocate and pick kernels
+        for batch in batches.values():
+            session.run(None, {INPUT_NAME: batch})
+    rates: dict[str, dict[int, list[float]]] = {t: {b: [] for b in batch_sizes} for t in sessions}
+    for r in range(rounds):
+        order = list(sessions) if r % 2 == 0 else list(reversed(sessions))
+        for b, batch in batches.items():
+            for t in order:
+                rates[t][b].append(_images_per_cpu_s(sessions[t], batch, seconds))
+    speedup = {str(b): round(statistics.median(v / f for v, f in zip(rates[tag][b], rates["fp32"][b], strict=True)), 3)
+               for b in batch_sizes}
+    logger.info("%s speed-up over float32 (images per CPU second): %s", tag, speedup)
+    return GraphSpeed(provider=PARITY_PROVIDER, cpu=_cpu_name(), rounds=rounds,
+                      images_per_cpu_s={t: {str(b): round(statistics.median(v), 2) for b, v in rs.items()}
+                                        for t, rs in rates.items()},
+                      speedup=speedup)
 
 
 def _auroc(id_scores: np.ndarray, ood_scores: np.ndarray) -> float:
@@ -245,10 +349,12 @@ def graph_parity(bundle: Bundle, variant: Path, tag: str, images: EvalImages, ba
            for t, (path, off) in runs.items()}
     labels = {t: np.concatenate([out[t][n][0].argmax(-1) for n in sets]) for t in tags}  # each (N_all,)
     diff = np.concatenate([np.abs(out[tag][n][1] - out["fp32"][n][1]) for n in sets])  # (N_all,)
+    same = labels["fp32"] == labels[tag]  # (N_all,)
     fields: dict[str, Any] = {
-        "data": images.description, "images": int(len(diff)), "provider": PARITY_PROVIDER,
-        "label_agreement": round(float((labels["fp32"] == labels[tag]).mean()), 6),
+        "data": images.description, "images": int(len(diff)), "bundle_data": images.bundle_data,
+        "provider": PARITY_PROVIDER, "label_agreement": round(float(same.mean()), 6),
         "max_abs_delta_energy_diff": float(diff.max()), "mean_abs_delta_energy_diff": float(diff.mean()),
+        "id_delta_energy_std": float(out["fp32"]["id_test"][1].std()),
     }
     if bundle.manifest.calibration is not None and threshold is not None:
         records = {"fp32": bundle.manifest.calibration, tag: threshold}
@@ -256,6 +362,9 @@ def graph_parity(bundle: Bundle, variant: Path, tag: str, images: EvalImages, ba
                for t, r in records.items()}
         fields["gate_flips"] = int((ood["fp32"] != ood[tag]).sum())
         fields["thresholds"] = {t: r.threshold for t, r in records.items()}
+        accepted = ~ood["fp32"] & ~ood[tag]  # (N_all,) the images whose label a client is given by both graphs
+        fields["accepted_images"] = int(accepted.sum())
+        fields["accepted_label_agreement"] = round(float(same[accepted].mean()), 6) if accepted.any() else None
     if images.id_labels is not None:
         fields["id_accuracy"] = {t: round(float((out[t]["id_test"][0].argmax(-1) == images.id_labels).mean()), 6)
                                  for t in tags}
@@ -266,15 +375,16 @@ def graph_parity(bundle: Bundle, variant: Path, tag: str, images: EvalImages, ba
     return GraphParity(**fields)
 
 
-def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | None = None,
+def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *, data: Path | TaskData | None = None,
                     images: EvalImages | None = None, max_per_split: int | None = None) -> Bundle:
     """Add ``model.int8.onnx`` to a bundle, with its parity record and its own ΔEnergy threshold.
 
     Args:
         bundle_dir: a bundle with ``model.onnx`` (its manifest is updated).
         cfg: quantization options.
-        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``): parity on
-            ID test and every OOD set, threshold on ID val (and static calibration on ID val).
+        data: the bundle's evaluation data root (``root/id/{val,test}``, ``root/ood/*``) or its task
+            (:func:`eval_images_from_data`): parity on ID test and every OOD set, threshold on ID val (and
+            static calibration on ID val).
         images: instead of ``data``, images to compare on (tests, random-weight bench bundles).
             Without either, the parity uses 64 synthetic drawings and the int8 graph gets no
             threshold (like a float32 export before ``deltagate calibrate``).
@@ -291,7 +401,10 @@ def quantize_bundle(bundle_dir: str | Path, cfg: QuantizeConfig | None = None, *
     quantize_onnx(bundle.onnx_path, dst, cfg, images.id_val)
     calibration = variant_threshold(bundle, dst, images, cfg.batch_size)
     parity = graph_parity(bundle, dst, "int8", images, cfg.batch_size, calibration)
-    info = Int8Info(method=cfg.method, per_channel=cfg.per_channel, parity=parity, calibration=calibration,
+    speed = graph_speed(bundle, dst, "int8", images.id_test, rounds=cfg.speed_rounds, seconds=cfg.speed_seconds)
+    ops = cfg.resolved_op_types()
+    info = Int8Info(method=cfg.method, per_channel=cfg.per_channel, op_types=list(ops) if ops else None,
+                    parity=parity, calibration=calibration, speed=speed,
                     calibration_images=min(cfg.calibration_images, len(images.id_val))
                     if cfg.method == "static" and images.id_val is not None else 0)
     logger.info("int8 parity: label agreement %.4f, max |ΔE diff| %.3g", parity.label_agreement,

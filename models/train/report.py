@@ -17,12 +17,13 @@ def score_label(key: str, summary: Mapping[str, Any]) -> str:
     """Table label of a score with its parameters (reference rows: METHOD.md defaults)."""
     p = summary["score_params"]
     if key == "delta_energy":
-        reset = f"r={p.get('reset_logit', 0.0):.3g}" if p.get("reset", "value") == "value" else f"r={p['reset']}"
-        return f"delta_energy (c={p['top_c']}, T={p['temperature']:.3g}, {reset})"
+        reset = p["delta_energy_reset"]
+        r = f"r={p['delta_energy_reset_logit']:.3g}" if reset == "value" else f"r={reset}"
+        return f"delta_energy (c={p['delta_energy_top_c']}, T={p['delta_energy_temperature']:.3g}, {r})"
     if key == "energy":
-        return f"energy (T={p.get('energy_temperature', p['temperature']):.3g})"
+        return f"energy (T={p['energy_temperature']:.3g})"
     if key == "mcm":
-        return f"mcm (tau={p.get('mcm_tau', 1.0):.3g})"
+        return f"mcm (tau={p['mcm_tau']:.3g})"
     if "@" in key:
         name, params = key.split("@", 1)
         return f"{name} ({params.replace(',', ', ')}) [METHOD.md default]"

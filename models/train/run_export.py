@@ -16,6 +16,7 @@ from typing import Any
 from models.bundle import ArchitectureInfo, Bundle
 from models.clip_loading import LoadedClip, load_clip
 from models.prompts import learned_prefix
+from models.quality import ValidationRecord
 from models.scores import ScoreParams
 from models.scoring_module import ScoringModule
 from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
@@ -46,6 +47,18 @@ class RunInfo:
         tensors = load_file(str(self.path / PROMPT_FILE))
         self.class_embeddings = tensors["class_embeddings"]  # (K, D)
         self.ctx = tensors.get("ctx")  # (n_ctx, W) learned context (CoOp / EBM), None for zero-shot
+        history = self.path / "history.json"
+        self.history: list[dict[str, Any]] = (
+            json.loads(history.read_text(encoding="utf-8")) if history.is_file() else [])
+
+    @property
+    def validation(self) -> ValidationRecord | None:
+        """The final prompts' ID val accuracy (the last epoch's ``val_acc``); None without ID val images."""
+        last = self.history[-1] if self.history else {}
+        images = int(last.get("val_images") or self.run.get("data", {}).get("val_images") or 0)  # readable ones
+        if not images or "val_acc" not in last:
+            return None
+        return ValidationRecord(accuracy=float(last["val_acc"]), images=images)
 
     @property
     def classes(self) -> list[str]:
@@ -73,6 +86,7 @@ def export_run(
     *,
     name: str | None = None,
     version: str = "0.1.0",
+    description: str | None = None,
     clip: LoadedClip | None = None,
     onnx: bool = True,
     score_params: ScoreParams | None = None,
@@ -86,6 +100,7 @@ def export_run(
         out: bundle directory.
         name: model name (default: ``deltagate-<method>``).
         version: model version.
+        description: what the model knows, for people (``/model``, the try-it page).
         clip: the run's CLIP if already loaded.
         onnx: also write ``model.onnx``.
         score_params: the bundle's score parameters (default: METHOD.md's).
@@ -108,7 +123,8 @@ def export_run(
     bundle = export_bundle(
         out, module, name=name or f"deltagate-{cfg.method}", version=version, classes=run.classes,
         architecture=ArchitectureInfo(model_name=clip.name, open_clip_config=clip.config, pretrained=clip.pretrained),
-        preprocess=clip.preprocess, prompt=prompt, config=ExportConfig(onnx=onnx),
+        preprocess=clip.preprocess, prompt=prompt, config=ExportConfig(onnx=onnx), description=description,
+        validation=run.validation,
     )
     if onnx and text:
         learned = cfg.method != "zero-shot" and run.ctx is not None

@@ -17,6 +17,7 @@ defaults wins (ties: higher mean). An ``ood_val`` criterion (a user's own OOD va
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -29,6 +30,7 @@ import torch
 from models.clip_loading import LoadedClip
 from models.prompt_learner import zero_shot_class_embeddings
 from models.scores import SCORE_NAMES, ScoreParams, cosine_logits, id_score
+from models.scoring_spec import grid_values, score_param_fields, score_param_specs
 from models.train.data.folders import FolderIndex, few_shot
 from models.train.features import FeatureCache
 from models.train.metrics import accuracy, auroc
@@ -55,16 +57,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # Which ScoreParams fields belong to which score (a score's search never touches another's fields).
-SCORE_PARAM_FIELDS: dict[str, tuple[str, ...]] = {
-    "msp": (),
-    "max_logit": (),
-    "energy": ("energy_temperature",),
-    "mcm": ("mcm_tau",),
-    "delta_energy": ("temperature", "top_c", "reset", "reset_logit"),
-}
-MCM_TAUS: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0)
-BASE_TEMPERATURES: tuple[float, ...] = (1.0, 3.0, 10.0, 30.0, 100.0)  # plus the model's logit scale
-RESETS: tuple[str, ...] = ("value", "min", "mean")  # "value" with reset_logit 0: the cosine cropped to zero
+SCORE_PARAM_FIELDS: dict[str, tuple[str, ...]] = {name: score_param_fields(name) for name in SCORE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -132,31 +125,19 @@ class Selection:
         return out
 
 
-def temperatures(logit_scale: float) -> tuple[float, ...]:
-    """The temperature grid: 1 ... 100 and the model's logit scale (protocol §4), sorted, rounded to 4 digits."""
-    return tuple(sorted({*BASE_TEMPERATURES, round(float(logit_scale), 4)}))
-
-
 def score_space(name: str, logit_scale: float, num_classes: int) -> list[dict[str, Any]]:
-    """The parameter dicts searched for one score (protocol §4). The first is METHOD.md's default.
+    """The parameter dicts searched for one score: every combination of its parameters' grids as
+    :class:`~models.scoring_spec.ScoreParams` declares them (protocol §4). The first is METHOD.md's default.
 
     Raises:
         KeyError: unknown score.
     """
     if name not in SCORE_PARAM_FIELDS:
         raise KeyError(f"unknown score {name!r}; valid: {', '.join(SCORE_PARAM_FIELDS)}")
-    default = {k: getattr(ScoreParams(), k) for k in SCORE_PARAM_FIELDS[name]}
-    space: list[dict[str, Any]]
-    if name == "energy":
-        space = [{"energy_temperature": t} for t in temperatures(logit_scale)]
-    elif name == "mcm":
-        space = [{"mcm_tau": t} for t in MCM_TAUS]
-    elif name == "delta_energy":
-        cs = sorted({1, 2, 4, num_classes} & set(range(1, num_classes + 1)))
-        space = [{"temperature": t, "top_c": c, "reset": r, "reset_logit": 0.0}
-                 for t in temperatures(logit_scale) for c in cs for r in RESETS]
-    else:
-        space = [{}]
+    specs = [s for s in score_param_specs() if s.score == name]
+    default = {s.name: s.default for s in specs}
+    grids = [grid_values(s, logit_scale, num_classes) for s in specs]
+    space = [dict(zip(default, values, strict=True)) for values in itertools.product(*grids)]
     return [default] + [p for p in space if p != default]
 
 
@@ -254,8 +235,9 @@ def score_candidates(folds: Sequence[FoldLogits], name: str, num_classes: int,
     out = []
     for p in score_space(name, scale, num_classes):
         q = dict(p)
-        if "top_c" in q:
-            q["top_c"] = min(q["top_c"], kept) if q["top_c"] < num_classes else kept
+        if "delta_energy_top_c" in q:
+            c = q["delta_energy_top_c"]
+            q["delta_energy_top_c"] = min(c, kept) if c < num_classes else kept
         out.append(Candidate(p, criterion(folds, name, replace(base, **q)), changed_from_default(p)))
     return out
 

@@ -29,16 +29,18 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from models.clip_loading import LoadedClip
+from models.errors import ResumeConflictError
 from models.prompt_learner import PromptLearner, zero_shot_class_embeddings
+from models.train.choices import CE_ON, METHODS, OPTIMIZERS, CeOn, Method, Optimizer
 from models.train.data.folders import FolderIndex, ImageFolderDataset, collate_skip_bad
 from models.train.features import (
     AugmentedImages,
@@ -59,12 +61,12 @@ __all__ = [
     "resolve_device",
     "lr_at_epoch",
     "checkpoint_matches",
+    "check_resume",
     "PromptTrainer",
 ]
 
 logger = logging.getLogger(__name__)
 
-METHODS: tuple[str, ...] = ("zero-shot", "coop", "ebm")
 # The EBM loss's parameters (METHOD.md); the score parameters (T, c, reset of ΔEnergy ...) are separate.
 LOSS_PARAMS: tuple[str, ...] = ("ebm_weight", "mask_ratio", "ce_on", "loss_temperature", "loss_top_c")
 CHECKPOINT = "checkpoint.pt"
@@ -75,14 +77,14 @@ PROMPT_FILE = "prompt.safetensors"
 class TrainConfig:
     """Hyper-parameters of one prompt-tuning run; saved as ``train_config.json``."""
 
-    method: Literal["zero-shot", "coop", "ebm"] = "ebm"  # loss (see module docstring)
+    method: Method = "ebm"  # loss (see module docstring)
     n_ctx: int = 16  # learnable context vectors (CoOp default); ignored when ctx_init is set
     ctx_init: str | None = None  # phrase to initialise the context from (None: random, std 0.02, as CoOp)
     templates: tuple[str, ...] = ("a photo of a {}.",)  # zero-shot prompts (method "zero-shot")
     shots: int = 16  # training images per class (CoOp's 16-shot protocol); 0 = all
     epochs: int = 50  # passes over the training images
     batch_size: int = 32  # images per step (CoOp: 32)
-    optimizer: Literal["sgd", "adamw"] = "sgd"  # CoOp uses SGD
+    optimizer: Optimizer = "sgd"  # CoOp uses SGD
     lr: float = 2e-3  # peak learning rate (CoOp: 0.002 with SGD)
     momentum: float = 0.9  # SGD momentum (CoOp)
     weight_decay: float = 5e-4  # CoOp's weight decay
@@ -91,7 +93,7 @@ class TrainConfig:
     ebm_weight: float = 1.0  # λ of the EBM loss (METHOD.md default)
     mask_ratio: float = 0.1  # share of dimensions masked in ΔE_lb (METHOD.md default)
     loss_top_c: int = 1  # ΔE_lb targets of the loss (METHOD.md default 1); never the served score's c
-    ce_on: Literal["edited", "original"] = "edited"  # logits of the cross-entropy (paper's figure: edited)
+    ce_on: CeOn = "edited"  # logits of the cross-entropy (paper's figure: edited)
     loss_temperature: float = 1.0  # T of the energy in the loss (METHOD.md default); never the served score's T
     augment: bool = False  # random resized crop + flip (disables the feature cache)
     cache_features: bool = True  # encode training images once (only without augmentation)
@@ -106,10 +108,10 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; valid: {', '.join(METHODS)}")
-        if self.optimizer not in ("sgd", "adamw"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: sgd, adamw")
-        if self.ce_on not in ("edited", "original"):
-            raise ValueError(f"ce_on must be 'edited' or 'original', got {self.ce_on!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.ce_on not in CE_ON:
+            raise ValueError(f"ce_on must be one of {', '.join(CE_ON)}, got {self.ce_on!r}")
         if self.epochs < 1 or self.batch_size < 1 or self.loss_top_c < 1:
             raise ValueError("epochs, batch_size and loss_top_c must be >= 1")
         object.__setattr__(self, "templates", tuple(self.templates))
@@ -166,13 +168,53 @@ def checkpoint_matches(out_dir: str | Path, cfg: TrainConfig) -> bool:
     path = Path(out_dir) / CHECKPOINT
     if not path.is_file():
         return False
-    saved = TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
-    return _same_run(saved, cfg)
+    return not _config_differences(_saved_config(path), cfg)
 
 
-def _same_run(saved: TrainConfig, cfg: TrainConfig) -> bool:
-    where = {k: getattr(cfg, k) for k in ("device", "num_workers", "threads")}  # may change between runs
-    return replace(saved, **where) == cfg
+_WHERE_FIELDS = ("device", "num_workers", "threads")  # where a run executes; may change between resumes
+
+
+def _saved_config(path: Path) -> TrainConfig:
+    return TrainConfig.from_dict(torch.load(path, map_location="cpu", weights_only=False)["config"])
+
+
+def _config_differences(saved: TrainConfig, cfg: TrainConfig) -> list[str]:
+    """``"field saved -> given"`` for every field that differs, except where the run executes."""
+    now, before = asdict(cfg), asdict(saved)
+    return [f"{k} {before[k]!r} -> {now[k]!r}" for k in now if k not in _WHERE_FIELDS and before[k] != now[k]]
+
+
+def check_resume(out_dir: str | Path, cfg: TrainConfig, model: str | None = None,
+                 pretrained: str | None = None) -> None:
+    """Refuse to resume a run directory whose checkpoint was written with another configuration or model.
+
+    Cheap (no model is loaded), so ``deltagate train`` calls it before loading the CLIP.
+
+    Args:
+        out_dir: the run directory.
+        cfg: the configuration about to run.
+        model: the architecture about to run (compared with the run's ``run.json``; None: not compared).
+        pretrained: its weights (None or "none": random), compared likewise when ``model`` is given.
+
+    Raises:
+        ResumeConflictError: names every field that differs and ``--no-resume``.
+    """
+    out = Path(out_dir)
+    path = out / CHECKPOINT
+    if not path.is_file():
+        return
+    diffs = _config_differences(_saved_config(path), cfg)
+    run_file = out / "run.json"
+    if model is not None and run_file.is_file():
+        run = json.loads(run_file.read_text(encoding="utf-8"))
+        weights = None if pretrained is None or pretrained.lower() in ("", "none", "random") else pretrained
+        diffs += [f"{k} {run.get(k)!r} -> {v!r}" for k, v in (("model", model), ("pretrained", weights))
+                  if run.get(k) != v]
+    if diffs:
+        raise ResumeConflictError(
+            f"{path} was written by another configuration ({'; '.join(diffs)}): run the command that wrote it "
+            f"to resume, add --no-resume to start over in {out}, or pass another --out"
+        )
 
 
 class PromptTrainer:
@@ -268,7 +310,8 @@ class PromptTrainer:
         feats, labels = split.features.to(self.device), split.labels.to(self.device)
         _, terms = ebm_loss(feats, class_embeddings.to(self.device).float(), labels, self.logit_scale,
                             mask_ratio=cfg.mask_ratio, top_c=cfg.loss_top_c, temperature=cfg.loss_temperature)
-        return {"val_acc": accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item())}
+        return {"val_acc": accuracy(terms.logits, labels), "val_delta_e_lb": float(terms.delta_e_lb.mean().item()),
+                "val_images": int(labels.numel())}
 
     # ----------------------------------------------------------------- run
     def _new_learner(self) -> PromptLearner:
@@ -333,6 +376,8 @@ class PromptTrainer:
 
     def _fit(self, train: FolderIndex, val: FolderIndex | None, resume: bool, stop_after: int | None,
              progress: bool, checkpoints: bool = True) -> TrainResult:
+        if resume:
+            check_resume(self.out_dir, self.cfg, self.clip.name, self.clip.pretrained)  # before run.json is rewritten
         self._write_common(train, val)
         val_split = self.encode(val, "encode val", progress) if val is not None else None
         if self.cfg.method == "zero-shot":
@@ -397,11 +442,7 @@ class PromptTrainer:
         path = self.out_dir / CHECKPOINT
         if not resume or not path.is_file():
             return 0, []
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved = TrainConfig.from_dict(state["config"])
-        if not _same_run(saved, self.cfg):
-            raise ValueError(f"{path} was written with a different TrainConfig; resume needs the same one "
-                             f"(saved: {asdict(saved)})")
+        state = torch.load(path, map_location="cpu", weights_only=False)  # its config was checked by check_resume
         with torch.no_grad():
             learner.ctx.copy_(state["ctx"].to(learner.ctx.device))
         opt.load_state_dict(state["optimizer"])

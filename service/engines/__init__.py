@@ -8,13 +8,16 @@ created, so an ONNX-only install serves without torch (see ``docs/operations.md`
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import Any
 
 from models.bundle import Bundle
+from models.graph_choice import CPU_PROVIDER, CUDA_PROVIDER, GraphCheck, check_graphs
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads, check_outputs
 from service.settings import DeviceName
 
-__all__ = ["ENGINES", "AUTO", "Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs",
-           "create_engine", "engine_class", "resolve_engine_name"]
+__all__ = ["ENGINES", "AUTO", "VARIANT_ENGINES", "Engine", "EngineChoice", "EngineError", "EngineOutputs",
+           "EngineThreads", "check_outputs", "choose_engine", "create_engine", "engine_class", "resolve_engine_name"]
 
 # name -> "module:class", imported on first use
 ENGINES: dict[str, str] = {
@@ -24,19 +27,74 @@ ENGINES: dict[str, str] = {
     "onnx-int8": "service.engines.onnx_int8:OnnxInt8Engine",  # the bundle's int8 graph (deltagate quantize)
     "onnx-fp16": "service.engines.onnx_fp16:OnnxFp16Engine",  # the bundle's float16 graph (CUDA provider)
 }
-AUTO = "auto"  # not an engine: resolved per bundle by resolve_engine_name
+AUTO = "auto"  # not an engine: resolved per bundle by choose_engine
+VARIANT_ENGINES = {"int8": "onnx-int8", "fp16": "onnx-fp16"}  # graph tag -> the engine that serves it
 
 
-def resolve_engine_name(name: str, bundle: Bundle) -> str:
-    """The engine to run: ``auto`` is ``onnx`` when the bundle has ``model.onnx``, else ``torch``.
+@dataclass(frozen=True)
+class EngineChoice:
+    """Which engine serves, and why (``/model``, the start-up log and ``deltagate_model_info``).
 
-    ONNX is preferred because its export was checked against the torch module (parity recorded in
-    the manifest), it starts faster and smaller, and it needs no torch install. Any other name is
-    returned unchanged.
+    ``reason`` is a short code (a metric label): ``requested`` (an engine named explicitly), ``<graph>_passed``
+    (``auto`` serves that graph), ``<graph>_<check code>`` (``auto`` serves float32 because of that graph's
+    check, e.g. ``int8_parity_failed``), ``no_reduced_graph`` or ``no_onnx``. ``detail`` is the sentence.
+    """
+
+    requested: str
+    engine: str
+    reason: str
+    detail: str
+    checks: tuple[GraphCheck, ...] = ()
+
+    def facts(self) -> dict[str, str]:
+        return {"engine_requested": self.requested, "engine_reason": self.reason}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"requested": self.requested, "engine": self.engine, "reason": self.reason, "detail": self.detail,
+                "checks": [c.to_dict() for c in self.checks]}
+
+
+def _serving_provider(device: DeviceName) -> str:
+    """Where an ONNX engine of this device setting runs: CUDA when asked for or (auto) when ONNX Runtime has it."""
+    if device == "cpu":
+        return CPU_PROVIDER
+    if device == "cuda":
+        return CUDA_PROVIDER
+    import onnxruntime as ort
+
+    return CUDA_PROVIDER if CUDA_PROVIDER in ort.get_available_providers() else CPU_PROVIDER
+
+
+def choose_engine(name: str, bundle: Bundle, device: DeviceName = "auto") -> EngineChoice:
+    """The engine to run, and why.
+
+    An engine named explicitly is used as it is. ``auto`` serves the fastest reduced-precision graph of the
+    bundle whose recorded parity with ``model.onnx`` passes the documented thresholds and whose recorded speed
+    beats it, on the provider the service runs on (:mod:`models.graph_choice`); else ``onnx`` when the bundle
+    has ``model.onnx`` (checked against the torch module at export, faster to start, no torch install needed);
+    else ``torch``.
     """
     if name != AUTO:
-        return name
-    return "onnx" if bundle.has_onnx else "torch"
+        return EngineChoice(name, name, "requested", f"engine {name} was asked for")
+    if not bundle.has_onnx:
+        return EngineChoice(AUTO, "torch", "no_onnx", "the bundle has no model.onnx: the torch engine serves it")
+    provider = _serving_provider(device)
+    checks = tuple(check_graphs(bundle, provider))
+    best = checks[0]
+    if best.passed:
+        return EngineChoice(AUTO, VARIANT_ENGINES[best.tag], f"{best.tag}_passed", best.detail, checks)
+    present = [c for c in checks if c.code != "no_graph"]
+    if not present:
+        return EngineChoice(AUTO, "onnx", "no_reduced_graph", "the bundle has no int8 or float16 graph: model.onnx "
+                            "(float32) serves it", checks)
+    why = "; ".join(c.detail for c in present)
+    return EngineChoice(AUTO, "onnx", f"{present[0].tag}_{present[0].code}", f"model.onnx (float32) serves: {why}",
+                        checks)
+
+
+def resolve_engine_name(name: str, bundle: Bundle, device: DeviceName = "auto") -> str:
+    """The engine :func:`choose_engine` picks (its name only)."""
+    return choose_engine(name, bundle, device).engine
 
 
 def engine_class(name: str) -> type[Engine]:
@@ -68,4 +126,4 @@ def create_engine(
     Raises:
         EngineError: unknown name, or its dependencies are missing.
     """
-    return engine_class(resolve_engine_name(name, bundle))(bundle, device, threads)
+    return engine_class(resolve_engine_name(name, bundle, device))(bundle, device, threads)

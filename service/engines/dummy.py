@@ -49,7 +49,7 @@ class DummyEngine(Engine):
         # ONNX-only install has no torch (the dummy engine itself needs the 'torch' extra).
         import torch
 
-        from models.scores import delta_energy, energy
+        from models.scores import id_score
 
         num_classes = len(self.bundle.manifest.classes)
         strips = np.array_split(pixel_values.mean(axis=(1, 2)), num_classes, axis=-1)  # K x (B, W/K)
@@ -59,6 +59,7 @@ class DummyEngine(Engine):
         return {
             "logits": logits.numpy(),
             "probs": torch.softmax(logits, dim=-1).numpy(),  # (B, K)
-            "delta_energy": delta_energy(logits, p.top_c, p.reset_logit, p.temperature).numpy(),  # (B,)
-            "energy": energy(logits, p.temperature).numpy(),  # (B,)
+            # The bundle's score parameters through the one registry, as the exported module computes them.
+            "delta_energy": id_score("delta_energy", logits, self.logit_gain, p).numpy(),  # (B,)
+            "energy": (-id_score("energy", logits, self.logit_gain, p)).numpy(),  # (B,) the energy itself
         }

@@ -8,28 +8,29 @@ scores come from the batch's image features and the set's embeddings (:mod:`serv
 from __future__ import annotations
 
 import asyncio
+import hmac
+import json
 import time
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Query, Request
+from uvicorn._types import ASGI3Application, HTTPScope
 
-from models.scoring_spec import FEATURES_NAME
+from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
-from service.errors import DeadlineError, InvalidFieldError
-from service.label_sets import Vocabulary
+from service.errors import NotReadyError, OverloadedError, error_body
 from service.pipeline import (
+    classify_images,
     parse_images,
-    postprocess,
-    prepare_images,
     receive_body,
+    record_classified,
     resolve_top_k,
-    run_batched,
-    score_results,
+    resolve_vocabulary,
 )
-from service.runtime import Runtime
-from service.schemas import LABEL_ITEM_SCHEMA, ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef
-from service.telemetry import BUNDLE_LABEL_SET
+from service.routes import v2
+from service.runtime import Phase, Runtime
+from service.schemas import LABEL_ITEM_SCHEMA, ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
+from service.telemetry import request_id_of
 
 router = APIRouter(tags=["classify"])
 
@@ -58,13 +59,15 @@ _REQUEST_BODY: dict[str, Any] = {
 }
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse, "description": text} for code, text in {
-        400: "Not an image, truncated, unsupported format, aspect ratio over the limit, or unparsable JSON.",
+        400: "Not an image, truncated, unsupported format, aspect ratio over the limit (these per image: only "
+             "with on_error=fail), or unparsable JSON.",
         401: "Missing or wrong API key (only when one is configured).",
         404: "No label set of that name.",
         409: "Label sets are unavailable on this bundle: no text side, no default rule for the prompt mode, or "
              "more ad-hoc labels than the rule covers.",
         408: "The body did not arrive within the body read timeout (the connection is closed).",
-        413: "Body, pixel count (before or after resizing) or number of images over the limit.",
+        413: "Body or number of images over the limit, or an image's pixel count before or after resizing "
+             "(per image: only with on_error=fail).",
         415: "Content type is neither multipart/form-data nor application/json.",
         422: "Malformed fields (e.g. bad base64, top_k < 1, no image), invalid labels (empty, duplicate, "
              "whitespace, too many, too long), label_set and labels together, or label sets on a bundle without "
@@ -75,26 +78,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         504: "The request waited past its deadline.",
     }.items()
 }
-
-
-async def _vocabulary(runtime: Runtime, label_set: str | None, labels: list[str] | None,
-                      prompts: str | None) -> Vocabulary | None:
-    """The request's classes: None for the bundle's own, else a named set's or the ad-hoc labels'."""
-    if label_set is not None and labels is not None:
-        raise InvalidFieldError("give either ?label_set (a named set) or labels (ad-hoc), not both",
-                                details=[{"loc": ["query", "label_set"]}, {"loc": ["body", "labels"]}])
-    if label_set is None and labels is None:
-        if prompts is not None:
-            raise InvalidFieldError("prompts applies to ad-hoc labels only", details=[{"loc": ["prompts"]}])
-        return None
-    sets = runtime.require_label_sets()
-    if label_set is not None:
-        if prompts is not None:
-            raise InvalidFieldError("a named label set has its own prompt mode: do not send prompts with it",
-                                    details=[{"loc": ["prompts"]}])
-        return sets.named(label_set)
-    assert labels is not None
-    return await sets.ad_hoc(labels, prompts, runtime.pool)
 
 
 @router.post("/classify", response_model=ClassifyResponse, responses=_ERRORS, openapi_extra=_REQUEST_BODY)
@@ -111,6 +94,11 @@ async def classify(
     prompts: Annotated[Literal["learned", "zero-shot"] | None, Query(
         description="Prompt mode of ad-hoc labels (default: the bundle's); wins over the body's field."
     )] = None,
+    on_error: Annotated[OnError, Query(
+        description="An image that cannot be decoded (not an image, truncated, too many pixels, too elongated): "
+        "fail = the request fails (400/413, naming it); skip = the other images are answered and it is listed "
+        "in errors."
+    )] = "fail",
 ) -> ClassifyResponse:
     """Classify images; out-of-distribution ones are flagged (is_ood, decision=rejected_ood)."""
     model, batcher = runtime.require_ready()
@@ -121,32 +109,73 @@ async def classify(
     with batcher.admit() as ticket:
         parsed = await parse_images(body, s, ticket, runtime.pool)
         k = resolve_top_k(top_k, parsed.top_k, s.default_top_k)
-        try:  # new ad-hoc labels wait for the text graph in the pool: that wait counts against the deadline
-            vocab = await asyncio.wait_for(_vocabulary(runtime, label_set, parsed.labels, prompts or parsed.prompts),
-                                           max(deadline - time.monotonic(), 0.0))
-        except TimeoutError as exc:
-            raise DeadlineError("the labels were not embedded within the request timeout") from exc
+        vocab = await resolve_vocabulary(runtime, label_set, parsed.labels, prompts or parsed.prompts, deadline)
         images = parsed.images
-        pixels = await prepare_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                      s.fast_decode, runtime.device_input, runtime.shape_limits)
-        rows = await run_batched(request, batcher, ticket, pixels, deadline)
-    filenames = [im.filename for im in images]
-    if vocab is None:
-        results = postprocess(rows, model.manifest, k, filenames)
-    else:
-        sets = runtime.require_label_sets()
-        features = np.stack([r.outputs[FEATURES_NAME] for r in rows])  # (N, D)
-        outputs = await asyncio.get_running_loop().run_in_executor(runtime.pool, sets.score, vocab, features)
-        results = score_results(outputs, vocab.labels, vocab.calibration, model.manifest, k, filenames)
-    metric_set = runtime.label_sets.metric_label(vocab) if runtime.label_sets is not None else BUNDLE_LABEL_SET
-    runtime.metrics.observe_images(metric_set, [r.label for r in results], [r.gate_score for r in results],
-                                   [r.delta_energy for r in results], [r.is_ood for r in results])
-    state.log_fields.update({"images": len(results), "batch_sizes": [r.batch_size for r in rows],
-                             "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
-                             "label_set": vocab.label_set if vocab is not None else None})
+        out = await classify_images(runtime, batcher, ticket, images, k, on_error, deadline, request.receive,
+                                    vocabulary=vocab)
+    record_classified(runtime, state.log_fields, len(images), out)
+    results = out.results
     return ClassifyResponse(
         model=ModelRef(name=model.manifest.name, version=model.manifest.version),
         request_id=state.request_id, label_set=vocab.label_set if vocab is not None else None,
-        calibrated=vocab.calibrated if vocab is not None else True, num_images=len(results),
-        num_rejected_ood=sum(r.is_ood for r in results), results=results,
+        calibrated=vocab.calibrated if vocab is not None else True, num_images=len(images),
+        num_rejected_ood=sum(r.is_ood for r in results), results=results, errors=out.errors,
     )
+
+
+def early_overload_answer(runtime: Runtime) -> EarlyAnswer:
+    """The 503 of a spent admission budget, given by the connection level before the app runs.
+
+    :mod:`service.connections` asks this as soon as a request's headers are complete. When the
+    route would refuse the request for its budget, the answer is the route's own (503
+    ``overloaded``, the same message, ``Retry-After``, ``X-Request-ID``, counted in the request
+    metrics) without FastAPI's routing, middleware and access-log line: under overload the 503s
+    are most of the traffic, and the event loop must answer them at once to stay
+    responsive (issue 16). The access log gets one line a second with their count instead.
+    Requests the app would answer otherwise first (a wrong API key: 401; a declared body over the
+    limit: 413) are left to the app. The Open Inference Protocol's inference routes
+    (:func:`service.routes.v2.infer_route`) check the budget first too, and get the same early 503 in
+    the protocol's error shape, counted under their own route.
+    """
+    settings = runtime.settings
+    expected = settings.api_key.get_secret_value().encode() if settings.api_key is not None else None
+    retry_after = str(settings.retry_after_s).encode()
+
+    def refuse(error: OverloadedError, route: str) -> ASGI3Application:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            start = time.perf_counter()
+            request_id = request_id_of(scope)
+            content = error_body(request_id, error.status, error.code, error.message, path=scope["path"])
+            body = json.dumps(content).encode()
+            await send({"type": "http.response.start", "status": error.status, "headers": [
+                (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                (b"retry-after", retry_after), (b"x-request-id", request_id.encode())]})
+            await send({"type": "http.response.body", "body": body})
+            runtime.metrics.observe_request(route, "POST", error.status, time.perf_counter() - start)
+            EVENTS.record("overloaded", asyncio.get_running_loop())
+
+        return app
+
+    def early(scope: HTTPScope) -> ASGI3Application | None:
+        route = "/classify" if scope["path"] == "/classify" else v2.infer_route(scope["path"])  # v2 infer too
+        if route is None or scope["method"] != "POST" or runtime.batcher is None or runtime.phase is not Phase.READY:
+            return None
+        try:
+            runtime.batcher.check_room(1)  # what the route checks first
+        except NotReadyError:  # shutting down: the app's 503 not_ready
+            return None
+        except OverloadedError as exc:
+            error = exc
+        else:
+            return None
+        headers = dict(scope["headers"])
+        if expected is not None:
+            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected):
+                return None
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > settings.max_body_bytes:
+            return None
+        return refuse(error, route)
+
+    return early

@@ -27,10 +27,11 @@ from service.errors import (
     InvalidLabelsError,
     OverloadedError,
     PayloadTooLargeError,
+    ServiceError,
     UnsupportedMediaTypeError,
 )
 from service.label_sets import LabelSets
-from service.pipeline import InputImage, prepare_images, run_batched
+from service.pipeline import InputImage, decode_images, run_batched
 from service.runtime import Runtime
 from service.schemas import ErrorResponse, LabelSetInfo, LabelSetList, LabelSetSummary
 
@@ -161,9 +162,12 @@ async def _example_features(request: Request, runtime: Runtime, images: list[Inp
                     raise
                 await asyncio.sleep(_ADMISSION_RETRY_S)
         with ticket:
-            pixels = await prepare_images(chunk, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
-                                          s.fast_decode, runtime.device_input, runtime.shape_limits)
-            rows = await run_batched(request, batcher, ticket, pixels, deadline)
+            pixels = await decode_images(chunk, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
+                                         s.fast_decode, runtime.device_input, runtime.shape_limits, start)
+            failed = [p for p in pixels if isinstance(p, ServiceError)]
+            if failed:  # an example that cannot be decoded fails the upload (400/413 naming it)
+                raise failed[0]
+            rows = await run_batched(request.receive, batcher, ticket, pixels, deadline)
         out.append(np.stack([r.outputs[FEATURES_NAME] for r in rows]))
     return np.concatenate(out)
 

@@ -6,8 +6,9 @@ import dataclasses
 
 from fastapi import APIRouter
 
+from models.quality import bundle_checks
 from service.deps import ApiKeyDep, RuntimeDep
-from service.schemas import ErrorResponse, ModelInfoResponse, QuantileSummary
+from service.schemas import EngineChoiceInfo, ErrorResponse, ModelCheck, ModelInfoResponse, QuantileSummary
 
 router = APIRouter(tags=["model"])
 
@@ -20,7 +21,8 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
     m, s, plan, facts = model.manifest, runtime.settings, runtime.plan, runtime.engine_facts()
     assert m.calibration is not None  # the runtime refuses bundles without calibration
     return ModelInfoResponse(
-        name=m.name, version=m.version, created_at=m.created_at, architecture=m.architecture.model_name,
+        name=m.name, version=m.version, description=m.description, created_at=m.created_at,
+        architecture=m.architecture.model_name,
         classes=m.classes, num_classes=len(m.classes), threshold=m.calibration.threshold,
         target_tpr=m.calibration.target_tpr,
         calibration=m.calibration.model_dump(exclude={"quantile_levels", "quantile_values"}),
@@ -28,6 +30,7 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         logit_scale=m.logit_scale, preprocess=m.preprocess.model_dump(),
         files={name: entry.model_dump() for name, entry in m.files.items()},
         engine=model.engine.name, device=facts["device"], precision=facts["precision"],
+        engine_choice=EngineChoiceInfo.model_validate(model.choice.to_dict()) if model.choice else None,
         instances=[instance.engine.describe() for instance in runtime.instances],
         batching={"max_batch_size": s.max_batch_size, "max_wait_ms": s.max_wait_ms,
                   "max_queue_size": s.max_queue_size, "max_images_per_request": s.max_images_per_request,
@@ -37,4 +40,5 @@ def model_info(runtime: RuntimeDep, _auth: ApiKeyDep) -> ModelInfoResponse:
         calibration_quantiles=QuantileSummary(levels=m.calibration.quantile_levels,
                                               values=m.calibration.quantile_values),
         evaluation=m.evaluation,
+        checks=[ModelCheck(name=c.name, ok=c.ok, message=c.message) for c in bundle_checks(m)],
     )

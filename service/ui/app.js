@@ -154,8 +154,11 @@
     );
     const classes = el("ul", { class: "chips", "aria-label": "Classes" },
       ...m.classes.map((name) => el("li", {}, name)));
+    const warnings = (m.checks || []).filter((c) => !c.ok).map((c) => el("p", { class: "warning" }, `⚠ ${c.message}`));
     $("model-body").replaceChildren(
       el("h3", {}, m.name),
+      ...(m.description ? [el("p", { class: "description" }, m.description)] : []),
+      ...warnings,
       facts,
       el("h4", {}, `Classes (${m.num_classes})`),
       classes,

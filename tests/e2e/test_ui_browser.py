@@ -147,7 +147,7 @@ def _png(img: Any) -> bytes:
 
 def id_drawing(category: str, seed: int) -> bytes:
     """A flat drawing of the synthetic world at its 64 px, as the ID split draws them."""
-    from models.train.data.render import render_objects, sample_object
+    from proxy.world.render import render_objects, sample_object
 
     rng = np.random.default_rng([seed, 99])
     img, _ = render_objects(rng, [sample_object(rng, category)], "flat", 64)
@@ -156,7 +156,7 @@ def id_drawing(category: str, seed: int) -> bytes:
 
 def far_ood_texture(kind: str, seed: int) -> bytes:
     """A texture with no object (far OOD: the default bundle rejects every far-OOD test image)."""
-    from models.train.data.render import render_texture
+    from proxy.world.render import render_texture
 
     img, _ = render_texture(np.random.default_rng([seed, 98]), kind, 64)
     return _png(img)
@@ -241,6 +241,13 @@ def test_id_image_accepted_far_ood_rejected_and_charted(page: Any, default_serve
 _DATA_TRANSFER = """([b64, name]) => { const dt = new DataTransfer();
     const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
     dt.items.add(new File([bytes], name, {type: "image/png"})); return dt; }"""
+
+
+def test_the_api_docs_render_from_the_service_alone(page: Any, default_server: LiveServer) -> None:
+    """Swagger UI draws the API from the service's own assets (the page fixture fails on any outside fetch)."""
+    page.goto(f"{default_server.url}docs")
+    page.locator(".swagger-ui .opblock").first.wait_for()
+    assert "/classify" in page.locator(".swagger-ui").inner_text()
 
 
 def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:

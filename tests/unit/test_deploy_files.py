@@ -210,6 +210,21 @@ def test_compose_ports_bind_to_localhost_unless_configured(compose: dict[str, An
             assert str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"), f"{name}: {port} binds all interfaces"
 
 
+def test_images_compose_and_kubernetes_bind_every_interface_explicitly(compose: dict[str, Any]) -> None:
+    """The service binds 127.0.0.1 unless told otherwise; in a container it must listen on every interface
+    (the port mapping or the Service decides who reaches it), so each deployment says so itself."""
+    assert Settings.model_fields["host"].default == "127.0.0.1"
+    for flavour, path in DOCKERFILES.items():
+        stage = runtime_stage(path)
+        cmd = exec_form(next(a for k, a in stage if k == "CMD"))
+        assert env_of(stage).get("DELTAGATE_HOST") == "0.0.0.0" or "--host" in cmd, flavour
+    for name in (SERVICE, GPU_SERVICE):
+        assert str(compose["services"][name]["environment"]["DELTAGATE_HOST"]) == "0.0.0.0", name
+    deployment = load_yaml(ROOT / "deploy/k8s/base/deployment.yaml")
+    (container,) = [c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "deltagate"]
+    assert {e["name"]: e.get("value") for e in container["env"]}["DELTAGATE_HOST"] == "0.0.0.0"
+
+
 def test_grafana_has_no_anonymous_access_and_no_default_password(compose: dict[str, Any]) -> None:
     env = compose["services"]["grafana"]["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"

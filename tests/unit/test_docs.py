@@ -3,6 +3,7 @@
 - Every relative Markdown link in a tracked ``.md`` file, and every repository path it names in inline
   code, points at a file or folder that exists.
 - Every repository path named in a docstring or comment of a tracked ``.py`` file exists.
+- No page outside ``results/`` cites a path of the machine it was written on (``/work/...``, a home).
 
 (The settings table in ``docs/service.md`` is checked by ``tests/unit/service/test_settings.py``.)
 """
@@ -19,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 # Top-level folders a path in a docstring may start with; `shared/` is deliberately included: it is
 # outside the repository, so a docstring that cites it is a dangling reference.
-_TOP = "models|service|deltagate|docs|tests|docker|deploy|loadtests|results|bundles|shared|\\.ci"
+_TOP = "models|service|deltagate|proxy|docs|tests|docker|deploy|loadtests|results|bundles|shared|\\.ci"
 _PATH_IN_TEXT = re.compile(rf"(?<![\w/.-])((?:{_TOP})/[\w./-]*\w\.[A-Za-z]{{1,5}})(?![\w/-])")
 _MD_LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
@@ -68,6 +69,16 @@ def test_paths_in_docstrings_and_comments_resolve() -> None:
                 if not (ROOT / ref).exists():
                     broken.append(f"{py.relative_to(ROOT)}: {ref}")
     assert not broken, "docstrings/comments name files that do not exist:\n" + "\n".join(broken)
+
+
+_MACHINE_PATH = re.compile(r"(?<![\w.])/(?:work|root|home/\w+)/[\w./-]+")
+
+
+def test_no_page_cites_a_path_of_the_build_machine() -> None:
+    found = [f"{md.relative_to(ROOT)}: {m}" for md in _tracked(".md") if not md.relative_to(ROOT).parts[0] == "results"
+             for m in _MACHINE_PATH.findall(md.read_text(encoding="utf-8"))]
+    assert not found, "pages cite files of the machine they were written on:\n" + "\n".join(found)
+    assert _MACHINE_PATH.findall("see /work/shared/PROXY-NOTES.md and /tmp/x") == ["/work/shared/PROXY-NOTES.md"]
 
 
 def test_the_link_checker_catches_a_dangling_reference() -> None:

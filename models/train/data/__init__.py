@@ -1,1 +1,1 @@
-"""Data for the offline module: the synthetic world and readers of real ImageFolder data."""
+"""Data for the offline module: readers of image data in the layout users already have (the world is in proxy.world)."""

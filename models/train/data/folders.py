@@ -1,4 +1,4 @@
-"""Readers of image data in the layout users already have (and the synthetic world writes).
+"""Readers of image data in the layout users already have (the proxy's synthetic world writes it too).
 
 - ID splits are ImageFolder directories, ``root/<class folder>/*.jpg``; labels follow the sorted
   folder names (torchvision's convention). Display names come from the folder names
@@ -29,6 +29,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from models.errors import DataError
 from models.preprocess import (
     IMAGE_EXTENSIONS,
     ImageDecodeError,
@@ -59,6 +60,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
 
 @dataclass(frozen=True)
 class FolderIndex:
@@ -120,7 +123,7 @@ def read_class_names(path: str | Path, folders: Sequence[str] | None = None) -> 
         One display name per folder, in sorted folder order.
 
     Raises:
-        ValueError: the number of names does not match the folders, or a folder has no name.
+        DataError: the number of names does not match the folders, or a folder has no name.
     """
     lines = [ln.strip() for ln in Path(path).read_text(encoding="utf-8").splitlines()]
     lines = [ln for ln in lines if ln and not ln.startswith("#")]
@@ -132,10 +135,10 @@ def read_class_names(path: str | Path, folders: Sequence[str] | None = None) -> 
         mapping = {p[0]: p[1].strip() for p in first}
         missing = [f for f in ordered if f not in mapping]
         if missing:
-            raise ValueError(f"{path}: no name for class folders {missing[:5]}")
+            raise DataError(f"{path}: no name for class folders {missing[:5]}")
         return [mapping[f] for f in ordered]
     if len(lines) != len(ordered):
-        raise ValueError(
+        raise DataError(
             f"{path} has {len(lines)} names but there are {len(ordered)} class folders; give one name per folder "
             "in sorted folder order, or '<folder> <name>' lines"
         )
@@ -176,6 +179,7 @@ def scan_image_folder(
 
     Raises:
         FileNotFoundError: root does not exist or has no class folders.
+        DataError: a class folder holds no image; the names do not fit the folders.
     """
     base = Path(root)
     if not base.is_dir():
@@ -190,12 +194,17 @@ def scan_image_folder(
     else:
         names = list(class_names)
         if len(names) != len(folders):
-            raise ValueError(f"{len(names)} class names given for {len(folders)} class folders in {base}")
+            raise DataError(f"{len(names)} class names given for {len(folders)} class folders in {base}")
     paths: list[Path] = []
     labels: list[int] = []
     skipped = sum(1 for p in base.iterdir() if p.is_file())  # loose files next to the class folders
     for label, folder in enumerate(folders):
         files, skip = _image_files(base / folder, recursive)
+        if not files:
+            raise DataError(
+                f"{base / folder} has no images ({skip} other file(s); images end in "
+                f"{', '.join(sorted(IMAGE_EXTENSIONS))}): add the class's images or remove the folder"
+            )
         paths += files
         labels += [label] * len(files)
         skipped += skip
@@ -272,7 +281,7 @@ def few_shot(index: FolderIndex, shots: int, seed: int, verify: bool = True) -> 
     if shots <= 0:
         return index
     chosen: list[int] = []
-    bad = 0
+    bad: list[str] = []
     by_label: dict[int, list[int]] = {}
     for i, y in enumerate(index.labels):
         by_label.setdefault(y, []).append(i)
@@ -285,14 +294,14 @@ def few_shot(index: FolderIndex, shots: int, seed: int, verify: bool = True) -> 
                 break
             i = by_label[y][int(j)]
             if verify and read_image(index.paths[i]) is None:
-                bad += 1
+                bad.append(str(index.paths[i]))
                 continue
             chosen.append(i)
             taken += 1
         if taken < shots:
             logger.warning("class %s has only %d usable image(s) for %d shots", key, taken, shots)
     if bad:
-        logger.warning("few-shot sampling passed over %d unreadable image(s)", bad)
+        logger.warning("few-shot sampling passed over %d unreadable image(s): %s", len(bad), _few(bad))
     return index.subset(sorted(chosen, key=lambda i: (index.labels[i], str(index.paths[i]))))
 
 
@@ -340,7 +349,7 @@ def load_images(
         out[len(kept)] = torch.from_numpy(preprocess_image(img, preprocess))  # (3, H, W)
         kept.append(i)
     if bad:
-        logger.warning("skipped %d unreadable image(s) of %d (first: %s)", len(bad), len(paths), bad[0])
+        logger.warning("skipped %d unreadable image(s) of %d: %s", len(bad), len(paths), _few([str(b) for b in bad]))
     return LoadedImages(
         pixels=out[: len(kept)],
         labels=torch.tensor([ys[i] for i in kept], dtype=torch.long),
@@ -449,10 +458,18 @@ class TaskData:
 
 def _aligned(index: FolderIndex, train: FolderIndex, what: str) -> FolderIndex:
     if index.class_folders != train.class_folders:
-        raise ValueError(
-            f"{what} class folders {index.class_folders[:5]} differ from train's {train.class_folders[:5]}"
-        )
+        extra = sorted(set(index.class_folders) - set(train.class_folders))
+        lacking = sorted(set(train.class_folders) - set(index.class_folders))
+        differences = [f"{what} has {_few(extra)} that train lacks" if extra else "",
+                       f"{what} lacks {_few(lacking)}" if lacking else ""]
+        raise DataError(f"{index.root}: class folders differ from {train.root}'s: "
+                        f"{' and '.join(d for d in differences if d)}; {what} and train need the same class folders")
     return replace(index, class_names=train.class_names)
+
+
+def _few(names: Sequence[str], shown: int = 5) -> str:
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
 
 
 def load_task(paths: TaskPaths) -> TaskData:
@@ -460,7 +477,8 @@ def load_task(paths: TaskPaths) -> TaskData:
 
     Raises:
         FileNotFoundError: a directory is missing.
-        ValueError: val/test class folders differ from train's; class-name count mismatch.
+        DataError: val/test class folders differ from train's; a class folder has no image; class-name count
+            mismatch.
     """
     train = scan_image_folder(paths.train, paths.class_names)
     val = _aligned(scan_image_folder(paths.val), train, "val") if paths.val else None

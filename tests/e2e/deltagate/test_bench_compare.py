@@ -27,8 +27,11 @@ def test_compare_runs_every_system_and_checks_every_answer(tiny_bundle: Path, tm
     assert result.exit_code == 0, (result.output, repr(result.exception))
     report = json.loads(out.read_text())
     (segment,) = report["segments"]
-    assert set(segment["systems"]) == {"raw", "deltagate", "plain", "litserve"}
-    for name in ("deltagate", "plain", "litserve"):
+    assert set(segment["systems"]) == {"raw", "deltagate", "auto", "plain", "litserve"}
+    # The micro bundle has no int8 or float16 graph: engine=auto serves model.onnx, and says so.
+    assert report["served"]["deltagate"]["engine"] == report["served"]["auto"]["engine"] == "onnx"
+    assert report["served"]["auto"]["reason"] == "no_reduced_graph"
+    for name in ("deltagate", "auto", "plain", "litserve"):
         for level in ("c1", "saturation"):
             got = segment["systems"][name][level]
             assert got["n"] > 0 and got["images_per_s"] > 0, (name, level, got)

@@ -1,9 +1,10 @@
 """A core install (no torch, no open_clip) serves the default bundle with the default settings.
 
 The server runs in a subprocess where ``import torch`` / ``import open_clip`` fail, as on a machine
-with only the core dependencies: ``deltagate serve`` with no engine setting must turn ready, answer
-``/classify`` and report the ONNX engine; asking for the torch engine must fail loudly, naming the
-extra to install.
+with only the core dependencies (``import proxy`` fails too: the service images carry no research
+code): ``deltagate serve`` with no engine setting must turn ready, answer ``/classify`` and report the
+ONNX engine (``onnx-int8``: the bundle's int8 graph, chosen by ``engine=auto``); asking for the torch
+engine must fail loudly, naming the extra to install.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ import httpx
 import pytest
 
 from deltagate.server_process import ServerProcess
-from service.server import EXIT_LOAD_FAILED
 from tests.server_process import DEFAULT_BUNDLE, REPO
 from tests.service_support import files, noise_image
 
 pytestmark = pytest.mark.e2e
 
 # sys.modules[name] = None makes every later `import name` raise ImportError.
-WITHOUT_TORCH = ("import sys\nfor m in ('torch', 'torchvision', 'open_clip', 'safetensors'): sys.modules[m] = None\n"
-                 "from deltagate.cli import cli_main\ncli_main()\n")
+WITHOUT_TORCH = ("import sys\nfor m in ('torch', 'torchvision', 'open_clip', 'safetensors', 'proxy'):\n"
+                 "    sys.modules[m] = None\nfrom deltagate.cli import cli_main\ncli_main()\n")
 
 
 def slim_server(tmp_path: Path, *args: str, bundle: Path = DEFAULT_BUNDLE, **env_extra: str) -> ServerProcess:
@@ -38,14 +38,17 @@ def test_default_settings_serve_the_default_bundle_without_torch(tmp_path: Path)
     with slim_server(tmp_path) as server:  # started, and ready
         r = httpx.post(f"{server.url}/classify", files=files(noise_image(0)), timeout=30)
         assert r.status_code == 200, r.text
-        assert httpx.get(f"{server.url}/model", timeout=10).json()["engine"] == "onnx"
+        # engine=auto: the default bundle's int8 graph, whose records pass (ONNX Runtime alone runs it)
+        assert httpx.get(f"{server.url}/model", timeout=10).json()["engine"] == "onnx-int8"
     assert "ImportError" not in server.log_text() and "ModuleNotFoundError" not in server.log_text()
 
 
 def test_the_torch_engine_without_torch_fails_loudly_naming_the_extra(tmp_path: Path) -> None:
     server = slim_server(tmp_path, "--engine", "torch").start()
-    assert server.proc.wait(timeout=120) == EXIT_LOAD_FAILED, server.log_text()
-    assert "pip install 'deltagate[torch]'" in server.log_text()
+    # refused before the server starts (service.runtime.check_bundle): one line and the CLI's usage status
+    assert server.proc.wait(timeout=120) == 2, server.log_text()
+    lines = server.log_text().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "pip install 'deltagate[torch]'" in lines[0], lines
 
 
 def test_label_sets_are_served_and_created_without_torch(tmp_path: Path, text_bundle: Path) -> None:
@@ -77,3 +80,18 @@ def test_label_sets_are_served_and_created_without_torch(tmp_path: Path, text_bu
             r = httpx.post(f"{server.url}/classify?label_set={name}", files=files(noise_image(1)), timeout=30)
             assert r.status_code == 200 and r.json()["calibrated"] is True and r.json()["results"][0]["label"] in labels
     assert "ImportError" not in server.log_text() and "ModuleNotFoundError" not in server.log_text()
+
+
+def test_classify_runs_without_torch(tmp_path: Path) -> None:
+    """`deltagate classify` uses the service's runtime only: an ONNX bundle needs no torch there either."""
+    import json
+    import subprocess
+
+    image = tmp_path / "noise.png"
+    image.write_bytes(noise_image(0))
+    argv = [sys.executable, "-c", WITHOUT_TORCH, "classify", str(image), "--bundle", str(DEFAULT_BUNDLE)]
+    proc = subprocess.run(argv, env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = proc.stdout.splitlines()
+    assert json.loads(line)["filename"] == str(image) and "ImportError" not in proc.stderr

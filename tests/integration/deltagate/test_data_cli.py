@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from deltagate.cli import app
 from models.clip_loading import load_clip
-from models.train.pretrain_tiny import save_checkpoint
+from proxy.pretrain_tiny import save_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -57,8 +57,9 @@ def test_scores_graph_equals_models_scores_on_the_features(text_bundle: Path) ->
     z = m.logit_scale * torch.nn.functional.normalize(torch.from_numpy(feats), dim=-1) @ torch.from_numpy(emb).T
     p = m.scores
     np.testing.assert_allclose(got["logits"], z.numpy(), atol=1e-4)
-    np.testing.assert_allclose(got["delta_energy"], delta_energy(z, p.top_c, p.reset_logit, p.temperature,
-                                                                 p.reset).numpy(), atol=1e-4)
+    expected = delta_energy(z, p.delta_energy_top_c, p.delta_energy_reset_logit, p.delta_energy_temperature,
+                            p.delta_energy_reset)
+    np.testing.assert_allclose(got["delta_energy"], expected.numpy(), atol=1e-4)
     np.testing.assert_allclose(got["energy"], energy(z, p.energy_temperature).numpy(), atol=1e-4)
     np.testing.assert_allclose(got["probs"], torch.softmax(z, -1).numpy(), atol=1e-5)
 

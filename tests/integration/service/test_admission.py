@@ -43,7 +43,8 @@ async def hold_three_images(client, app):  # type: ignore[no-untyped-def]
     in_forward = asyncio.ensure_future(client.post("/classify", files=files(class_image(0))))
     await until(lambda: engine.forward_count == 1)
     queued = asyncio.ensure_future(client.post("/classify", files=files(class_image(1), class_image(2))))
-    await until(lambda: app.state.runtime.batcher.depth == 2)
+    # decoded and queued, not only admitted: a decode still running would be counted by the tests
+    await until(lambda: app.state.runtime.batcher.queued == 2)
     return engine, in_forward, queued
 
 
@@ -65,6 +66,14 @@ async def asgi_post(app, request: httpx.Request) -> tuple[int, int]:  # type: ig
     return next(m["status"] for m in sent if m["type"] == "http.response.start"), asked
 
 
+def count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """A list that grows by one for every image the pipeline decodes (its one decode-and-preprocess call)."""
+    decoded: list[int] = []
+    real = pipeline.decode_and_preprocess
+    monkeypatch.setattr(pipeline, "decode_and_preprocess", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    return decoded
+
+
 async def test_full_budget_is_refused_before_the_body_is_read_fast_and_without_decoding(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -74,9 +83,7 @@ async def test_full_budget_is_refused_before_the_body_is_read_fast_and_without_d
     async with serve(settings) as (client, app):
         engine, in_forward, queued = await hold_three_images(client, app)  # the budget (2 queued) is spent
 
-        decoded: list[int] = []
-        real_decode = pipeline.decode_image
-        monkeypatch.setattr(pipeline, "decode_image", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+        decoded = count_decodes(monkeypatch)
         request = httpx.Request("POST", "http://t/classify", files=[("file", ("big.jpg", big, "image/jpeg"))])
         status, asked = await asgi_post(app, request)
         assert (status, asked) == (503, 0)  # refused without reading a byte of the body
@@ -113,9 +120,7 @@ async def test_a_request_larger_than_what_is_left_is_refused_after_reading_but_b
                               warmup=False)
     async with serve(settings) as (client, app):
         engine, in_forward, queued = await hold_three_images(client, app)  # one image of room left (3 queued)
-        decoded: list[int] = []
-        real_decode = pipeline.decode_image
-        monkeypatch.setattr(pipeline, "decode_image", lambda *a, **k: decoded.append(1) or real_decode(*a, **k))
+        decoded = count_decodes(monkeypatch)
         r = await client.post("/classify", files=files(class_image(1), class_image(2)))
         assert r.status_code == 503 and decoded == []
         assert app.state.runtime.batcher.depth == 2  # the refused request released its reservation

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
-from tests.service_support import TestEngine, b64, class_image, dummy_settings, engines_of, files, serve, uniform_image
+from models.scoring_spec import score_param_specs
+from tests.service_support import (
+    TestEngine,
+    b64,
+    class_image,
+    dummy_settings,
+    encode,
+    engines_of,
+    files,
+    serve,
+    uniform_image,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -83,7 +95,7 @@ async def test_model_endpoint_describes_bundle_and_engine() -> None:
         assert info["classes"] == [f"class_{i}" for i in range(4)] and info["engine"] == "dummy"
         assert info["device"] == "cpu" and info["threshold"] == pytest.approx(3.9)
         # every score's own parameters, as the bundle stores them
-        assert set(info["scores"]) == {"top_c", "reset_logit", "temperature", "reset", "energy_temperature", "mcm_tau"}
+        assert set(info["scores"]) == {s.name for s in score_param_specs()}  # the declaration's names
         assert "quantile_values" not in info["calibration"]
 
 
@@ -93,3 +105,38 @@ async def test_openapi_docs_document_both_input_forms() -> None:
         spec = (await client.get("/openapi.json")).json()
         content = spec["paths"]["/classify"]["post"]["requestBody"]["content"]
         assert set(content) == {"multipart/form-data", "application/json"}
+
+
+async def test_on_error_skip_answers_the_good_images_and_names_the_bad_ones() -> None:
+    bad_text, truncated = b"hello, this is text", class_image(1, size=256)[:300]
+    batch = files(class_image(0), bad_text, class_image(3), truncated)
+    async with serve(dummy_settings(max_image_pixels=100_000)) as (client, app):
+        r = await client.post("/classify", files=batch)  # the default: all or nothing, naming the bad image
+        assert r.status_code == 400 and r.json()["error"]["details"] == {"index": 1, "filename": "img1.png"}
+        r = await client.post("/classify?on_error=skip", files=batch)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["num_images"] == 4
+        assert [(x["index"], x["label"]) for x in body["results"]] == [(0, "class_0"), (2, "class_3")]
+        assert [(e["index"], e["filename"], e["status"], e["code"]) for e in body["errors"]] == [
+            (1, "img1.png", 400, "invalid_image"), (3, "img3.png", 400, "invalid_image")]
+        assert all(e["message"].startswith(f"image {e['index']} (img{e['index']}.png): ") for e in body["errors"])
+        big = np.zeros((400, 400, 3), np.uint8)  # 160,000 pixels: over this service's limit, one image only
+        r = await client.post("/classify?on_error=skip", json={"images": [b64(encode(big)), b64(class_image(2))]})
+        assert [e["code"] for e in r.json()["errors"]] == ["payload_too_large"] and r.json()["results"][0]["index"] == 1
+        r = await client.post("/classify?on_error=skip", files=files(bad_text))  # nothing classifiable: still 200
+        assert r.status_code == 200 and r.json()["results"] == [] and len(r.json()["errors"]) == 1
+        metrics = (await client.get("/metrics")).text
+        assert 'deltagate_image_errors_total{code="invalid_image"} 3.0' in metrics
+        assert 'deltagate_image_errors_total{code="payload_too_large"} 1.0' in metrics
+        assert app.state.runtime.batcher.depth == 0  # the failed images' admission was given back
+        r = await client.post("/classify?on_error=maybe", files=files(class_image(0)))
+        assert r.status_code == 422
+
+
+async def test_a_wrong_form_field_is_told_the_right_name() -> None:
+    async with serve() as (client, _):
+        r = await client.post("/classify", files=[("image", ("a.png", class_image(0), "image/png"))])
+    assert r.status_code == 422
+    message = r.json()["error"]["message"]
+    assert "no field 'file'" in message and "'image'" in message and "-F file=@" in message

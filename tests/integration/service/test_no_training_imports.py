@@ -1,4 +1,5 @@
-"""The service never imports the training side (``models.train``), checked in a fresh process."""
+"""The service never imports the training side (``models.train``) nor the proxy research (``proxy``), checked in a
+fresh process (``tests/unit/test_layering.py`` checks the import statements)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def classify(bundle, engine):
 SCRIPT = _CLASSIFY + """
 for engine in ("torch", "onnx"):
     asyncio.run(classify(sys.argv[1], engine))
-loaded = sorted(m for m in sys.modules if m == "models.train" or m.startswith("models.train."))
+loaded = sorted(m for m in sys.modules if m in ("models.train", "proxy") or m.startswith(("models.train.", "proxy.")))
 heavy = sorted(m for m in ("onnx", "onnxscript", "sklearn", "matplotlib") if m in sys.modules)
 print("LOADED", loaded, heavy)
 sys.exit(1 if loaded or heavy else 0)

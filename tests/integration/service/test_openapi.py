@@ -42,3 +42,22 @@ def test_the_request_body_states_the_image_limits_and_errors_use_the_envelope() 
     for status in ("400", "413", "415", "422", "500", "503", "504"):
         ref = op["responses"][status]["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/ErrorResponse"), status
+
+
+def test_the_api_docs_use_the_services_own_assets() -> None:
+    """/docs loads nothing from a CDN: every script, style and icon it names is served here (no /redoc: ReDoc's
+    bundle fetches its logo from its CDN)."""
+    import re
+
+    from fastapi.testclient import TestClient
+
+    with TestClient(create_app(dummy_settings())) as client:
+        html = client.get("/docs").text
+        urls = re.findall(r'(?:src|href)="([^"]+)"', html)
+        assert urls and all(u.startswith("/docs/assets/") for u in urls), urls
+        assert "https://" not in html and "http://" not in html
+        for url in urls:
+            assert client.get(url).status_code == 200 and len(client.get(url).content) > 1000, url
+        assert client.get("/redoc").status_code == 404
+        metrics = client.get("/metrics").text
+    assert 'route="/docs/assets",status="200"' in metrics  # one label for every asset: bounded

@@ -67,7 +67,18 @@ async def test_happy_path_both_input_forms(tiny_bundle: Path, engine: str) -> No
         assert info["engine"] == engine and info["device"] == "cpu" and info["classes"] == classes
         manifest = load_bundle(tiny_bundle).manifest
         assert info["files"] == {k: v.model_dump() for k, v in manifest.files.items()}
-        assert info["scores"]["top_c"] == manifest.scores.top_c == 2
+        assert info["scores"]["delta_energy_top_c"] == manifest.scores.delta_energy_top_c == 2
+        assert [(c["name"], c["ok"]) for c in info["checks"]] == [("weights", False)]  # random micro CLIP: said
+
+
+async def test_the_default_bundle_says_what_it_knows_and_passes_its_checks() -> None:
+    from tests.server_process import DEFAULT_BUNDLE
+
+    async with serve(real_settings(DEFAULT_BUNDLE, "onnx")) as (client, _):
+        info = (await client.get("/model")).json()
+    assert "It knows only these 8 synthetic shapes" in info["description"]
+    checks = {c["name"]: c for c in info["checks"]}
+    assert checks["accuracy"]["ok"] and checks["gate"]["ok"] and checks["weights"]["ok"], checks
 
 
 @pytest.mark.parametrize("engine", ENGINES)

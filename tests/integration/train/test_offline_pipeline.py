@@ -53,7 +53,7 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     for method in ("zero-shot", "coop", "ebm"):
         run, bundle = str(tmp_path / "runs" / method), str(tmp_path / "bundles" / method)
         _ok(runner.invoke(app, ["train", "--data", str(data), "--method", method, "--out", run, "--bundle", bundle,
-                                "--de-top-c", "2", *ARCH, *FAST]))
+                                "--delta-energy-top-c", "2", *ARCH, *FAST]))
         _ok(runner.invoke(app, ["calibrate", "--bundle", str(tmp_path / "bundles" / method), "--data", str(data)]))
     specs = [f"{m}={tmp_path / 'bundles' / m}" for m in ("zero-shot", "coop", "ebm")]
     out = tmp_path / "results"
@@ -69,7 +69,7 @@ def test_train_calibrate_evaluate_from_the_command_line(tmp_path):
     assert set(ebm["at_threshold"]["ood_reject_rate_by_group"]["near"]) == {"ring", "spiral"}
     assert {p.name for p in out.glob("*.png")} == {"hist_delta_energy.png", "roc.png", "per_class.png"}
     manifest = load_bundle(tmp_path / "bundles" / "ebm").manifest
-    assert manifest.evaluation == ebm and manifest.scores.top_c == 2 and manifest.prompt["method"] == "ebm"
+    assert manifest.evaluation == ebm and manifest.scores.delta_energy_top_c == 2 and manifest.prompt["method"] == "ebm"
     assert manifest.onnx is not None  # the parity-checked ONNX file
 
 
@@ -86,10 +86,10 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     from dataclasses import replace
 
     from models.clip_loading import load_clip, register_architecture
-    from models.train.ablation import AblationConfig, run_ablation
     from models.train.data.folders import TaskPaths, load_task
     from models.train.selection import HOCVConfig, one_se_pick
     from models.train.trainer import LOSS_PARAMS, TrainConfig
+    from proxy.ablation import AblationConfig, run_ablation
 
     full = load_task(TaskPaths.from_root(make_task_dirs(tmp_path / "data")))
     # No test, OOD or covariate data at all: the search can only have used ID train and val.
@@ -103,7 +103,7 @@ def test_ablation_selects_on_validation_data_only(tmp_path):
     res = run_ablation(clip, task, base, tmp_path / "abl", acfg, progress=False)
     assert [(r["ebm_weight"], r["ce_on"]) for r in res.rows] == [(0.1, "edited"), (0.1, "original"),
                                                                 (1.0, "edited"), (1.0, "original")]
-    assert set(res.selected) == set(LOSS_PARAMS) and "temperature" in res.selected_score
+    assert set(res.selected) == set(LOSS_PARAMS) and "delta_energy_temperature" in res.selected_score
     assert sum(r["selected"] for r in res.rows) == 1
     # The pick is the 1-SE rule over every (loss, ΔEnergy) pair, recomputed here.
     assert res.selection is not None
@@ -139,3 +139,45 @@ def test_a_user_ood_val_set_selects_and_another_score_can_gate(tmp_path):
     assert all("at_own_threshold" in v for v in summary["scores"].values())
     bad = runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data), "--score", "odin"])
     assert bad.exit_code != 0 and "valid" in bad.output
+
+
+def test_a_local_checkpoint_trains_and_the_guard_says_the_model_learned_nothing(micro_clip, tmp_path, caplog):
+    """The real-CLIP path (--pretrained FILE) with a checkpoint of random weights, as no weights can be downloaded
+    here: it trains, names the weights, and every stage says plainly that the model is at chance."""
+    from safetensors.torch import save_file
+
+    from service.runtime import log_bundle_checks
+
+    ckpt = tmp_path / "open_clip_model.safetensors"
+    save_file({k: v.contiguous() for k, v in micro_clip.model.state_dict().items()}, str(ckpt))
+    data = make_task_dirs(tmp_path / "data")
+    arch = ["--model", MICRO_ARCH, "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--pretrained", str(ckpt)]
+    bundle = tmp_path / "bundle"
+    runner = CliRunner()
+    res = _ok(runner.invoke(app, ["train", "--data", str(data), "--method", "coop", "--out", str(tmp_path / "run"),
+                                  "--bundle", str(bundle), "--name", "clipart", "--version", "2.0.0", *arch, *FAST]))
+    assert f"check: CLIP weights: {ckpt}" in res.output and "random weights" not in res.output
+    assert "warning: validation accuracy" in res.output  # random images: nothing to learn
+    manifest = load_bundle(bundle).manifest
+    assert (manifest.name, manifest.version, manifest.architecture.pretrained) == ("clipart", "2.0.0", str(ckpt))
+    assert manifest.validation is not None and manifest.validation.images == 16
+    _ok(runner.invoke(app, ["calibrate", "--bundle", str(bundle), "--data", str(data)]))
+    res = _ok(runner.invoke(app, ["evaluate", "--data", str(data), "--bundle", f"coop={bundle}", "--out",
+                                  str(tmp_path / "results"), "--no-plots"]))
+    assert "warning: ID test accuracy" in res.output
+    manifest = load_bundle(bundle).manifest
+    with caplog.at_level("INFO", logger="service.runtime"):
+        log_bundle_checks(manifest)  # what `deltagate serve` logs at start, from the bundle's records
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("validation accuracy" in m for m in warned) and any("ID test accuracy" in m for m in warned)
+
+
+def test_random_weights_are_said_in_train_output_and_the_bundle(tmp_path):
+    data = make_task_dirs(tmp_path / "data")
+    bundle = tmp_path / "bundle"
+    res = _ok(CliRunner().invoke(app, ["train", "--data", str(data), "--method", "zero-shot", "--out",
+                                       str(tmp_path / "run"), "--bundle", str(bundle), *ARCH, *FAST]))
+    assert res.output.count("warning: the CLIP has random weights (--pretrained none)") == 2  # at start and end
+    from models.quality import bundle_checks
+
+    assert not bundle_checks(load_bundle(bundle).manifest)[0].ok  # the manifest keeps it: pretrained is null

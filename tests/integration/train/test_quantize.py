@@ -6,6 +6,8 @@ graphs on the same preprocessed images), not against the code's own bookkeeping.
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -76,6 +78,17 @@ def test_the_parity_record_matches_both_graphs_run_here(int8_bundle: tuple[Path,
     assert p.gate_flips is not None and 0 <= p.gate_flips <= p.images
     assert info.calibration is not None and bundle.manifest.calibration is not None
     assert p.thresholds == {"fp32": bundle.manifest.calibration.threshold, "int8": info.calibration.threshold}
+    # What engine=auto reads: gate decisions and the labels of the images both graphs accept, recomputed here.
+    ood32 = np.concatenate(d32) < bundle.manifest.calibration.threshold
+    ood8 = np.concatenate(d8) < info.calibration.threshold
+    assert p.gate_flips == int((ood32 != ood8).sum())
+    accepted = ~ood32 & ~ood8
+    assert p.accepted_images == int(accepted.sum()) > 0
+    assert p.accepted_label_agreement == pytest.approx(float(agree[accepted].mean()), abs=1e-6)
+    assert p.id_delta_energy_std == pytest.approx(float(d32[0].std()), rel=1e-5) and p.bundle_data is True
+    assert info.op_types == ["MatMul", "Gemm"]
+    assert info.speed is not None and set(info.speed.speedup) == {"1", "8"} and info.speed.rounds == 5
+    assert all(v > 0 for v in info.speed.speedup.values()) and set(info.speed.images_per_cpu_s) == {"fp32", "int8"}
 
 
 def test_the_int8_graph_has_its_own_threshold_on_id_val(int8_bundle: tuple[Path, Path]) -> None:
@@ -139,7 +152,7 @@ def test_export_cli_with_quantize_int8_and_fp16(tmp_path: Path) -> None:
 
     out, data = tmp_path / "b", _world(tmp_path / "world", per_class=2)
     args = ["export", "--out", str(out), "--classes", ",".join(MICRO_CLASSES), "--model", MICRO_ARCH,
-            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--data", str(data)]
+            "--arch-config", str(ASSETS / f"{MICRO_ARCH}.json"), "--pretrained", "none", "--data", str(data)]
     result = CliRunner().invoke(app, [*args, "--quantize", "int8", "--quantize", "fp16"])
     assert result.exit_code == 0, (result.output, repr(result.exception))
     manifest = load_bundle(out).manifest
@@ -148,3 +161,74 @@ def test_export_cli_with_quantize_int8_and_fp16(tmp_path: Path) -> None:
     assert "ID accuracy" in result.output and "AUROC near" in result.output and "fp16 graph" in result.output
     bad = CliRunner().invoke(app, [*args, "--quantize", "int4"])
     assert bad.exit_code != 0 and "choose int8 or fp16" in bad.output
+
+
+def _with_record(src: Path, dst: Path, **parity: object) -> Path:
+    """A copy of a bundle whose int8 parity record says ``parity`` (the manifest itself is not hashed)."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    manifest["int8"]["parity"].update(parity)
+    manifest["int8"]["speed"]["speedup"] = {"1": 2.0, "8": 2.0}  # the micro graph's own speed-up is no matter here
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    return dst
+
+
+async def _auto(path: Path, caplog: pytest.LogCaptureFixture) -> tuple[dict, str, str]:
+    """/model, the deltagate_model_info line and the start-up log of engine=auto on a bundle."""
+    with caplog.at_level(logging.INFO, logger="service.runtime"):
+        async with serve(dummy_settings(engine="auto", bundle_path=path, device="cpu")) as (client, _):
+            model = (await client.get("/model")).json()
+            assert (await client.post("/classify", files=files(noise_image(0)))).status_code == 200
+            metrics = (await client.get("/metrics")).text
+    info = next(line for line in metrics.splitlines() if line.startswith("deltagate_model_info{"))
+    log = "\n".join(r.getMessage() for r in caplog.records if r.name == "service.runtime")
+    return model, info, log
+
+
+async def test_auto_serves_the_int8_graph_when_its_parity_passes(int8_bundle: tuple[Path, Path], tmp_path: Path,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    path = _with_record(int8_bundle[0], tmp_path / "b", gate_flips=0, accepted_label_agreement=1.0,
+                        mean_abs_delta_energy_diff=0.0)
+    model, info, log = await _auto(path, caplog)
+    assert model["engine"] == "onnx-int8" and model["precision"] == "int8"
+    choice = model["engine_choice"]
+    assert choice["requested"] == "auto" and choice["reason"] == "int8_passed" and "faithful" in choice["detail"]
+    assert 'engine="onnx-int8"' in info and 'engine_reason="int8_passed"' in info and 'engine_requested="auto"' in info
+    assert "engine onnx-int8 (int8_passed): the int8 graph is faithful" in log
+
+
+async def test_auto_serves_float32_and_says_why_when_the_int8_parity_fails(
+        int8_bundle: tuple[Path, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    images = load_bundle(int8_bundle[0]).manifest.int8.parity.images  # type: ignore[union-attr]
+    path = _with_record(int8_bundle[0], tmp_path / "b", gate_flips=images // 2, accepted_label_agreement=1.0,
+                        mean_abs_delta_energy_diff=0.0)
+    model, info, log = await _auto(path, caplog)
+    assert model["engine"] == "onnx" and model["precision"] == "float32"
+    choice = model["engine_choice"]
+    assert choice["reason"] == "int8_parity_failed"
+    assert f"{images // 2} of {images} gate decisions flip" in choice["detail"]
+    assert [c["code"] for c in choice["checks"]] == ["parity_failed", "no_graph"]
+    assert 'engine="onnx"' in info and 'engine_reason="int8_parity_failed"' in info
+    assert "engine onnx (int8_parity_failed): model.onnx (float32) serves: the int8 graph is not faithful" in log
+
+
+async def test_auto_never_serves_int8_without_a_parity_record(int8_bundle: tuple[Path, Path], tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # A record written before the fields the rule reads (as an older deltagate wrote it).
+    path = _with_record(int8_bundle[0], tmp_path / "b", gate_flips=None, accepted_images=None,
+                        accepted_label_agreement=None, bundle_data=None)
+    model, info, _ = await _auto(path, caplog)
+    assert model["engine"] == "onnx" and model["engine_choice"]["reason"] == "int8_no_parity_record"
+    assert 'engine_reason="int8_no_parity_record"' in info
+
+
+def test_quantize_without_data_is_never_served_by_auto(tiny_bundle: Path, tmp_path: Path) -> None:
+    from service.engines import choose_engine
+
+    path = tmp_path / "b"
+    shutil.copytree(tiny_bundle, path)
+    result = CliRunner().invoke(app, ["quantize", "--bundle", str(path)])  # 64 drawings: no threshold, no record
+    assert result.exit_code == 0, (result.output, repr(result.exception))
+    assert "engine=auto does not serve it (no_threshold)" in result.output
+    choice = choose_engine("auto", load_bundle(path), "cpu")
+    assert (choice.engine, choice.reason) == ("onnx", "int8_no_threshold")

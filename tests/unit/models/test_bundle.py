@@ -30,7 +30,7 @@ def test_round_trip_matches_the_exported_module(tiny_bundle, micro_clip):
     b = load_bundle(tiny_bundle)
     m = b.manifest
     assert m.classes == MICRO_CLASSES and m.name == "micro-test" and m.schema_version == 1
-    assert m.scores.top_c == 2 and m.calibration is not None and m.onnx is not None
+    assert m.scores.delta_energy_top_c == 2 and m.calibration is not None and m.onnx is not None
     assert set(m.files) == {WEIGHTS_FILE, ONNX_FILE}
     assert m.preprocess == micro_clip.preprocess
     x = torch.randn(3, 3, 32, 32)
@@ -39,6 +39,25 @@ def test_round_trip_matches_the_exported_module(tiny_bundle, micro_clip):
     for a, o in zip(reloaded(x), original(x), strict=True):
         if a.ndim == 2:  # logits/probs do not depend on the score params
             torch.testing.assert_close(a, o)
+
+
+def test_a_manifest_with_the_old_score_names_still_loads(bundle_copy):
+    """Manifests written before the parameters were named after their score say top_c, temperature, reset,
+    reset_logit; they load as today's names, and the next write uses the new ones."""
+    path = bundle_copy / MANIFEST_FILE
+    doc = json.loads(path.read_text())
+    doc["scores"] = {"top_c": 3, "reset_logit": 0.5, "temperature": 100.0, "reset": "value", "energy_temperature": 2.0,
+                     "mcm_tau": 1.0}
+    path.write_text(json.dumps(doc))
+    s = load_bundle(bundle_copy).manifest.scores
+    assert (s.delta_energy_top_c, s.delta_energy_reset_logit, s.delta_energy_temperature) == (3, 0.5, 100.0)
+    assert s.energy_temperature == 2.0
+    update_manifest(bundle_copy, name="renamed")
+    assert json.loads(path.read_text())["scores"]["delta_energy_top_c"] == 3
+    doc["scores"] = {"top_c": 3, "delta_energy_top_c": 2}
+    path.write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="given twice"):
+        load_bundle(bundle_copy)
 
 
 def test_missing_directory(tmp_path):

@@ -19,7 +19,8 @@ def test_missing_pretrained_fails_fast_with_alternatives(tmp_path, monkeypatch):
         load_clip("ViT-B-32", "openai", cache_dir=str(tmp_path), network_timeout_s=3.0)
     assert time.monotonic() - start < 10.0
     msg = str(err.value)
-    assert "ViT-B-32/openai" in msg and "local checkpoint" in msg and "--cache-dir" in msg
+    assert "ViT-B-32/openai" in msg and "--pretrained /path/to/open_clip_model.safetensors" in msg
+    assert "--cache-dir" in msg and "\n" not in msg and "--pretrained none" not in msg  # never suggests random weights
 
 
 def test_hf_hub_offline_env_fails_fast(tmp_path, monkeypatch):

@@ -14,6 +14,8 @@ from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
     PreprocessConfig,
+    decode_and_preprocess,
+    decode_for_model,
     decode_image,
     preprocess_batch,
     preprocess_image,
@@ -159,6 +161,18 @@ def test_fast_decode_leaves_small_jpegs_and_other_formats_alone():
     assert decode_image(small, min_side=224).size == (600, 400)
     png = _png(Image.new("RGB", (3000, 2000)))
     assert decode_image(png, min_side=224).size == (3000, 2000)
+
+
+def test_decode_and_preprocess_is_the_fast_decode_policy_then_the_exact_preprocessing():
+    """The one function every caller runs: fast = a reduced decode to 2x the model's input size, else full size."""
+    data, cfg = _photo_jpeg(4000, 3000), PreprocessConfig(image_size=224)
+    assert decode_for_model(data, cfg, fast=True).size == decode_image(data, min_side=224).size == (1000, 750)
+    assert decode_for_model(data, cfg).size == (4000, 3000)
+    for fast in (False, True):
+        expected = preprocess_image(decode_image(data, min_side=224 if fast else None), cfg)
+        np.testing.assert_array_equal(decode_and_preprocess(data, cfg, fast=fast), expected)
+    with pytest.raises(ImageTooLargeError):
+        decode_and_preprocess(data, cfg, max_pixels=1000 * 1000, fast=True)  # the header check comes first
 
 
 @pytest.mark.parametrize("size", [(300, 200), (200, 300), (1, 50), (50, 1), (224, 224), (1000, 333)])

@@ -136,7 +136,7 @@ def test_delta_energy_top1_is_monotone_in_msp_with_negligible_reset():
 def test_id_scores_higher_means_more_in_distribution(name):
     confident = torch.tensor([[90.0, 10.0, 5.0, 0.0]])
     flat = torch.tensor([[20.0, 19.5, 19.0, 19.2]])
-    params = ScoreParams(top_c=1)
+    params = ScoreParams(delta_energy_top_c=1)
     assert id_score(name, confident, 100.0, params).item() > id_score(name, flat, 100.0, params).item()
 
 
@@ -169,11 +169,11 @@ def test_delta_energy_with_a_per_image_reset(logits, mode, c, t):
 
 def test_score_params_keep_each_score_apart_and_reject_bad_values():
     z = torch.tensor([[3.0, 1.0, 0.5]])
-    p = ScoreParams(temperature=10.0, energy_temperature=2.0)
+    p = ScoreParams(delta_energy_temperature=10.0, energy_temperature=2.0)
     np.testing.assert_allclose(id_score("energy", z, 1.0, p).numpy(), -energy(z, 2.0).numpy())
     np.testing.assert_allclose(id_score("delta_energy", z, 1.0, p).numpy(), delta_energy(z, temperature=10.0).numpy())
     with pytest.raises(ValueError, match="reset"):
-        ScoreParams(reset="max")  # type: ignore[arg-type]
+        ScoreParams(delta_energy_reset="max")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         ScoreParams(energy_temperature=0.0)
 
@@ -192,7 +192,7 @@ def test_gate_scores_follow_the_named_score(name):
 
     rng = np.random.default_rng(3)
     z = (rng.uniform(-0.3, 0.5, size=(8, 5)) * 20).astype(np.float32)
-    p = ScoreParams(top_c=2, temperature=4.0, energy_temperature=3.0, mcm_tau=0.1)
+    p = ScoreParams(delta_energy_top_c=2, delta_energy_temperature=4.0, energy_temperature=3.0, mcm_tau=0.1)
     outputs = {"logits": z, "delta_energy": delta_energy(torch.from_numpy(z), 2, 0.0, 4.0).numpy()}
     got = gate_scores(outputs, name, 20.0, p)
     np.testing.assert_allclose(got, id_score(name, torch.from_numpy(z), 20.0, p).numpy(), rtol=1e-5, atol=1e-5)

@@ -50,13 +50,12 @@ def test_settings_round_trip_through_the_environment(monkeypatch: pytest.MonkeyP
 
 
 def test_server_refuses_a_missing_bundle_before_starting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import uvicorn
-
     from models.errors import BundleError
     from service import server
+    from tests.service_support import forbid_server_start
 
-    monkeypatch.setattr(uvicorn, "run", lambda *a, **k: pytest.fail("server started"))
-    monkeypatch.setattr(server, "configure_logging", lambda level: None)  # keep pytest's log handlers
+    forbid_server_start(monkeypatch)
+    monkeypatch.setattr(server, "configure_logging", lambda *a: None)  # keep pytest's log handlers
     with pytest.raises(BundleError, match="manifest.json"):
         server.run(Settings(engine="onnx", bundle_path=tmp_path / "nope"))
 

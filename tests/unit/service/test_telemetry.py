@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from service.engines.dummy import dummy_bundle
-from service.telemetry import JsonFormatter, gate_score_buckets
+from service.telemetry import ConsoleFormatter, JsonFormatter, gate_score_buckets
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +22,14 @@ def test_json_formatter_writes_one_object_with_fields() -> None:
     entry = json.loads(line)
     assert entry["msg"] == "request" and entry["level"] == "info" and entry["request_id"] == "abc"
     assert entry["is_ood"] == [True]
+
+
+def test_console_formatter_writes_a_readable_line_with_fields() -> None:
+    record = logging.LogRecord("deltagate.access", logging.INFO, __file__, 1, "request", None, None)
+    record.fields = {"status": 200, "route": "/classify", "labels": ["star"]}
+    line = ConsoleFormatter().format(record)
+    assert "INFO" in line and "deltagate.access: request" in line
+    assert line.endswith('status=200 route=/classify labels=["star"]') and "\n" not in line
 
 
 def test_gate_score_buckets_hold_the_threshold_and_calibration_quantiles() -> None:

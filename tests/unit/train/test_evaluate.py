@@ -53,7 +53,7 @@ def _split() -> SplitLogits:
 
 def test_evaluate_logits_summary_and_threshold_rates():
     split = _split()
-    params = ScoreParams(top_c=2)
+    params = ScoreParams(delta_energy_top_c=2)
     calib = CalibrationRecord.from_scores(np.array([0.0, 0.5, 1.0, 1.5]), score="delta_energy")
     ev = evaluate_logits(split, 10.0, params, ["a", "b", "c"], calib)
     s = ev.summary
@@ -74,7 +74,7 @@ def test_evaluate_logits_summary_and_threshold_rates():
 def test_markdown_has_one_row_per_method_and_score():
     import re
 
-    ev = evaluate_logits(_split(), 10.0, ScoreParams(top_c=3), ["a", "b", "c"])
+    ev = evaluate_logits(_split(), 10.0, ScoreParams(delta_energy_top_c=3), ["a", "b", "c"])
     md = evaluation_markdown({"zero-shot": ev, "ebm": ev}, command="deltagate evaluate ...")
     assert "deltagate evaluate ..." in md
     rows = [line for line in md.splitlines() if re.match(r"^\| (zero-shot|ebm) +\|", line)]
@@ -89,11 +89,12 @@ def test_reference_rows_appear_only_when_the_parameters_differ_from_the_specific
     from models.train.evaluate import score_variants
 
     assert [k for k, _, _ in score_variants(ScoreParams())] == list(SCORE_NAMES)
-    assert [k for k, _, _ in score_variants(ScoreParams(temperature=20.0))] == [*SCORE_NAMES, "delta_energy@c=1,T=1"]
-    assert [k for k, _, _ in score_variants(ScoreParams(reset="min"))] == [*SCORE_NAMES, "delta_energy@c=1,T=1"]
+    with_default_row = [*SCORE_NAMES, "delta_energy@c=1,T=1"]
+    assert [k for k, _, _ in score_variants(ScoreParams(delta_energy_temperature=20.0))] == with_default_row
+    assert [k for k, _, _ in score_variants(ScoreParams(delta_energy_reset="min"))] == with_default_row
     keys = [k for k, _, _ in score_variants(ScoreParams(energy_temperature=20.0, mcm_tau=0.1))]
     assert keys == [*SCORE_NAMES, "energy@T=1", "mcm@tau=1"]
-    ev = evaluate_logits(_split(), 10.0, ScoreParams(temperature=20.0), ["a", "b", "c"])
+    ev = evaluate_logits(_split(), 10.0, ScoreParams(delta_energy_temperature=20.0), ["a", "b", "c"])
     # The reference row is the score with METHOD.md's defaults, computed independently here.
     from models.scores import delta_energy
 
@@ -105,7 +106,8 @@ def test_energy_and_delta_energy_use_their_own_temperatures():
     from models.scores import delta_energy, energy
 
     split = _split()
-    ev = evaluate_logits(split, 10.0, ScoreParams(temperature=5.0, energy_temperature=2.0), ["a", "b", "c"])
+    params = ScoreParams(delta_energy_temperature=5.0, energy_temperature=2.0)
+    ev = evaluate_logits(split, 10.0, params, ["a", "b", "c"])
     np.testing.assert_allclose(ev.id_scores["energy"], -energy(split.id_test, 2.0).numpy(), rtol=1e-6)
     np.testing.assert_allclose(ev.id_scores["delta_energy"], delta_energy(split.id_test, temperature=5.0).numpy(),
                                rtol=1e-6)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from models.errors import DataError
 from models.preprocess import PreprocessConfig
 from models.train.data.folders import (
     ImageFolderDataset,
@@ -54,7 +55,7 @@ def test_unreadable_images_are_skipped_and_counted(folder, caplog):
         loaded = load_images(scan_image_folder(folder), PRE)
     assert len(loaded.bad) == 1 and loaded.bad[0].name == "broken.png"
     assert loaded.pixels.shape == (15, 3, 16, 16) and loaded.labels.tolist().count(2) == 4
-    assert "skipped 1 unreadable image(s) of 16" in caplog.text
+    assert f"skipped 1 unreadable image(s) of 16: {folder / 'n01' / 'broken.png'}" in caplog.text
 
 
 def test_lazy_dataset_never_crashes_an_epoch(folder, caplog):
@@ -81,9 +82,11 @@ def test_class_names_file_plain_and_id_forms(folder, tmp_path):
     assert scan_image_folder(folder, ["a", "b", "c"]).class_names == ("a", "b", "c")
 
 
-def test_few_shot_is_seeded_and_gives_k_per_class_even_with_bad_files(folder):
+def test_few_shot_is_seeded_and_gives_k_per_class_even_with_bad_files(folder, caplog):
     index = scan_image_folder(folder)
-    a, b = few_shot(index, 4, seed=1), few_shot(index, 4, seed=1)
+    with caplog.at_level(logging.WARNING):
+        a, b = few_shot(index, 4, seed=1), few_shot(index, 4, seed=1)
+    assert f"passed over 1 unreadable image(s): {folder / 'n01' / 'broken.png'}" in caplog.text  # named
     assert a.paths == b.paths
     assert a.per_class() == {0: 4, 1: 4, 2: 4}  # n01 has 4 readable of 5 files: the broken one is passed over
     assert all(p.name != "broken.png" for p in a.paths)
@@ -132,7 +135,7 @@ def test_task_layout_from_root(tmp_path):
         "classes": ["kitty", "puppy"], "train": 4, "val": 4, "test": 4, "ood/far": 1, "covariate/sketch": 1,
     }
     make_image_folder(root / "id" / "val", {"bird": 1})
-    with pytest.raises(ValueError, match="val class folders"):
+    with pytest.raises(DataError, match="class folders differ from .*: val has bird that train lacks; val and train"):
         load_task(TaskPaths.from_root(root))
     with pytest.raises(FileNotFoundError, match="id/train"):
         TaskPaths.from_root(tmp_path / "nothing")

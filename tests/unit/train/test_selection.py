@@ -28,9 +28,11 @@ pytestmark = pytest.mark.unit
 
 def test_search_spaces_start_with_the_method_default_and_cover_the_protocol():
     de = score_space("delta_energy", 17.0, 8)
-    assert de[0] == {"temperature": 1.0, "top_c": 1, "reset": "value", "reset_logit": 0.0}
-    assert {p["temperature"] for p in de} == {1.0, 3.0, 10.0, 17.0, 30.0, 100.0}  # 1 .. the logit scale .. 100
-    assert {p["top_c"] for p in de} == {1, 2, 4, 8} and {p["reset"] for p in de} == {"value", "min", "mean"}
+    assert de[0] == {"delta_energy_temperature": 1.0, "delta_energy_top_c": 1, "delta_energy_reset": "value",
+                     "delta_energy_reset_logit": 0.0}
+    assert {p["delta_energy_temperature"] for p in de} == {1.0, 3.0, 10.0, 17.0, 30.0, 100.0}  # 1 .. logit scale .. 100
+    assert {p["delta_energy_top_c"] for p in de} == {1, 2, 4, 8}
+    assert {p["delta_energy_reset"] for p in de} == {"value", "min", "mean"}
     assert len(de) == 6 * 4 * 3
     assert score_space("energy", 100.0, 8)[0] == {"energy_temperature": 1.0}
     assert len(score_space("energy", 100.0, 8)) == 5  # the scale 100 is already in the grid
@@ -40,15 +42,16 @@ def test_search_spaces_start_with_the_method_default_and_cover_the_protocol():
 
 
 def test_changes_are_counted_from_the_method_defaults():
-    assert changed_from_default({"temperature": 1.0, "top_c": 1}) == 0
-    assert changed_from_default({"temperature": 30.0, "top_c": 2, "reset": "min"}) == 3
+    assert changed_from_default({"delta_energy_temperature": 1.0, "delta_energy_top_c": 1}) == 0
+    assert changed_from_default({"delta_energy_temperature": 30.0, "delta_energy_top_c": 2,
+                                 "delta_energy_reset": "min"}) == 3
     assert changed_from_default({"ebm_weight": 0.1, "ce_on": "edited"}, {"ebm_weight": 1.0, "ce_on": "edited"}) == 1
 
 
 def test_one_standard_error_rule_prefers_the_simplest_within_one_se():
-    best = Candidate({"temperature": 30.0}, [0.80, 0.84, 0.82, 0.86], changed=1)  # mean 0.83, SE ~0.013
-    close = Candidate({"temperature": 1.0}, [0.82, 0.82, 0.82, 0.82], changed=0)  # within one SE, default
-    far = Candidate({"temperature": 1.0, "top_c": 1}, [0.70, 0.70, 0.70, 0.70], changed=0)
+    best = Candidate({"delta_energy_temperature": 30.0}, [0.80, 0.84, 0.82, 0.86], changed=1)  # mean 0.83, SE ~0.013
+    close = Candidate({"delta_energy_temperature": 1.0}, [0.82, 0.82, 0.82, 0.82], changed=0)  # within one SE, default
+    far = Candidate({"delta_energy_temperature": 1.0, "delta_energy_top_c": 1}, [0.70, 0.70, 0.70, 0.70], changed=0)
     assert one_se_pick([best, close, far]) is close
     assert one_se_pick([best, far]) is best  # the default is more than one SE below
     assert one_se_pick([Candidate({}, [0.9], changed=2, se=0.0), Candidate({}, [0.95], changed=2, se=0.0)]).mean == 0.95
@@ -76,7 +79,7 @@ def _folds() -> list[FoldLogits]:
 
 def test_criterion_is_the_auroc_of_kept_vs_held_out_val_images():
     folds = _folds()
-    p = ScoreParams(temperature=3.0)
+    p = ScoreParams(delta_energy_temperature=3.0)
     got = criterion(folds, "delta_energy", p)
     want = [auroc(id_score("delta_energy", f.id_logits, 10.0, p).numpy(),
                   id_score("delta_energy", f.ood_logits, 10.0, p).numpy()) for f in folds]
@@ -86,7 +89,7 @@ def test_criterion_is_the_auroc_of_kept_vs_held_out_val_images():
     assert sel["energy"].chosen in sel["energy"].candidates
     merged = merge_selected(sel)
     assert merged.energy_temperature == sel["energy"].chosen.params["energy_temperature"]
-    assert merged.temperature == sel["delta_energy"].chosen.params["temperature"]
+    assert merged.delta_energy_temperature == sel["delta_energy"].chosen.params["delta_energy_temperature"]
     assert signal_check(sel["energy"].chosen.aurocs)["above_chance"]  # ID is clearly separable here
 
 

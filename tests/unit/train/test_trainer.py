@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from models.clip_loading import load_clip, register_architecture
+from models.errors import ResumeConflictError
 from models.preprocess import preprocess_batch
 from models.train.data.folders import TaskPaths, load_task
 from models.train.features import FeatureCache
@@ -70,8 +71,9 @@ def test_resume_equals_uninterrupted_training(clip, task, tmp_path, method):
 
 def test_resume_refuses_a_different_config(clip, task, tmp_path):
     _fit(clip, task, CFG, tmp_path / "run", stop_after=1)
-    with pytest.raises(ValueError, match="different TrainConfig"):
+    with pytest.raises(ResumeConflictError, match=r"\(lr 0\.\d+ -> 0\.5\).*--no-resume") as info:
         _fit(clip, task, replace(CFG, lr=0.5), tmp_path / "run", resume=True)
+    assert "\n" not in str(info.value) and "ebm_weight" not in str(info.value)  # only what differs
 
 
 def test_cached_features_give_the_logits_of_a_fresh_forward_pass(clip, task, tmp_path):

@@ -37,6 +37,7 @@ def _segment(r: int, dg_rate: float, dg_c1: float, condition: str = "quiet") -> 
         "systems": {
             "raw": {"batch1_p50_ms": 50.0, "images_per_s": 20.0, "int8_images_per_s": 40.0, "int8_speedup": 2.0},
             "deltagate": _level(dg_rate, 900.0, dg_c1),
+            "auto": _level(2 * dg_rate, 500.0, dg_c1),  # auto serving a graph twice as fast
             "plain": _level(18.0, 1000.0, 51.0),
             "litserve": _level(19.0, 950.0, 60.0),
         },
@@ -64,6 +65,12 @@ def test_verdict_per_round_against_the_best_peer_and_the_raw_engine() -> None:
     assert got["quiet: int8 / float32 raw images/s"]["verdict"] == "met"
     assert got["quiet: 503 p99 with the queue full (ms)"]["verdict"] == "met"
     assert got["quiet: errors + lost + mismatched (every system)"]["verdict"] == "met"
+    auto = got["quiet: auto images/s / best peer (small)"]
+    assert auto["per_round"] == pytest.approx([39.6 / 19, 38 / 19, 39.8 / 19], abs=1e-3) and auto["verdict"] == "met"
+    auto_raw = got["quiet: auto images/s / raw float32 engine (small)"]
+    assert auto_raw["per_round"] == pytest.approx([1.98, 1.9, 1.99]) and auto_raw["verdict"] == "met"
+    no_auto = CompareConfig(bundle=".", workloads=("small",), conditions=("quiet",), engines=("onnx",))  # type: ignore[arg-type]
+    assert not [t for t in _by_target(verdict(segs, no_auto)) if "auto" in t]
 
 
 def test_a_mismatch_anywhere_fails_the_errors_target() -> None:
@@ -82,9 +89,11 @@ def test_markdown_is_generated_from_the_report_alone() -> None:
     segs = [_segment(0, 20.0, 52.0)]
     report = {"command": "deltagate bench compare --bundle B", "started_at": "t", "wall_seconds": 1.0,
               "machine": {"usable_cpus": 2}, "segments": segs, "summary": summarize(segs, cfg),
-              "verdict": verdict(segs, cfg)}
+              "verdict": verdict(segs, cfg), "served": {
+                  "auto": {"engine": "onnx-int8", "precision": "int8", "reason": "int8_passed", "detail": "faster"}}}
     md = markdown_report(report)
     assert "`deltagate bench compare --bundle B`" in md and "| quiet: images/s / best peer (small)" in md
+    assert "- `auto` serves `onnx-int8` (int8; int8_passed): faster" in md
     assert "load average during the segments 1.00–2.00" in md
 
 
