@@ -29,7 +29,7 @@ ID_STYLES = ("flat", "outline", "shaded")
 
 
 def drawing(category: str, seed: int) -> bytes:
-    from models.train.data.render import render_objects, sample_object
+    from proxy.world.render import render_objects, sample_object
 
     rng = np.random.default_rng([seed, 17])
     img, _ = render_objects(rng, [sample_object(rng, category)], ID_STYLES[seed % 3], 64)
