@@ -146,7 +146,9 @@ def _png(img: Any) -> bytes:
 
 
 def id_drawing(category: str, seed: int) -> bytes:
-    """A flat drawing of the synthetic world at its 64 px, as the ID split draws them."""
+    """A flat drawing of the synthetic world at its 64 px, as the ID split draws them. The tests use drawings the
+    default bundle accepts with a margin (circle 1: ΔEnergy 2.65 against its threshold 2.13; like any ID image,
+    about 5 % of them are rejected by design, circle 4 among them since the rebuild with the text side)."""
     from proxy.world.render import render_objects, sample_object
 
     rng = np.random.default_rng([seed, 99])
@@ -222,7 +224,7 @@ def test_id_image_accepted_far_ood_rejected_and_charted(page: Any, default_serve
     page.get_by_role("button", name="Choose images…").focus()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")  # the picker opens from the keyboard
-    chooser.value.set_files([{"name": "circle.png", "mimeType": "image/png", "buffer": id_drawing("circle", 4)},
+    chooser.value.set_files([{"name": "circle.png", "mimeType": "image/png", "buffer": id_drawing("circle", 1)},
                              {"name": "waves.png", "mimeType": "image/png", "buffer": far_ood_texture("waves", 0)}])
     wait_done(page, 2)
     first, second = card(page, 1), card(page, 2)
@@ -252,7 +254,7 @@ def test_the_api_docs_render_from_the_service_alone(page: Any, default_server: L
 
 def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:
     page.goto(default_server.url)
-    image = base64.b64encode(id_drawing("circle", 4)).decode()
+    image = base64.b64encode(id_drawing("circle", 1)).decode()
     transfer = page.evaluate_handle(_DATA_TRANSFER, [image, "<b>dropped</b>.png"])  # names are text, not HTML
     page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
@@ -293,7 +295,7 @@ def test_the_chart_draws_the_quantile_summary_and_places_scores_about_the_thresh
     assert calibration is not None
     page.goto(default_server.url)
     page.locator("#model-body h3").wait_for()
-    upload(page, ("circle.png", id_drawing("circle", 4), "image/png"),
+    upload(page, ("circle.png", id_drawing("circle", 1), "image/png"),
            ("waves.png", far_ood_texture("waves", 0), "image/png"))
     wait_done(page, 2)
     # Bar heights ∝ the calibration mass of 32 equal-width bins over [min, max], computed here from the
@@ -327,7 +329,7 @@ def test_a_non_image_shows_the_services_message(page: Any, default_server: LiveS
 def test_screenshot_after_classifying(page: Any, default_server: LiveServer, tmp_path: Path) -> None:
     page.goto(default_server.url)
     page.locator("#model-body h3").wait_for(timeout=TIMEOUT_MS)
-    upload(page, ("circle.png", id_drawing("circle", 4), "image/png"),
+    upload(page, ("circle.png", id_drawing("circle", 1), "image/png"),
            ("star.png", id_drawing("star", 2), "image/png"),
            ("noise.png", far_ood_texture("noise", 1), "image/png"),
            ("waves.png", far_ood_texture("waves", 0), "image/png"))
