@@ -425,9 +425,11 @@ def test_ad_hoc_labels_and_a_named_set_from_the_picker(page: Any, label_set_serv
     assert "422 invalid_labels: labels 'octagon' and 'octagon' are duplicates" in card(page, 3).inner_text()
 
 
-def test_a_bundle_without_a_text_side_offers_its_classes_only(page: Any, default_server: LiveServer) -> None:
-    if default_server.runtime.label_sets is not None:
-        pytest.skip("the default bundle has a text side")
-    page.goto(default_server.url)
-    page.locator("#label-set-hint", has_text="label_sets_unavailable").wait_for()
-    assert page.locator("#label-set option[value='ad-hoc']").is_disabled()
+def test_a_bundle_without_a_text_side_offers_its_classes_only(page: Any, tiny_bundle: Path) -> None:
+    """A bundle exported before the text side (conftest's micro-CLIP bundle: the default one has a text side)."""
+    settings = dummy_settings(engine="onnx", bundle_path=tiny_bundle, device="cpu", max_wait_ms=5.0)
+    with LiveServer(settings) as server:
+        assert server.runtime.label_sets is None
+        page.goto(server.url)
+        page.locator("#label-set-hint", has_text="label_sets_unavailable").wait_for()
+        assert page.locator("#label-set option[value='ad-hoc']").is_disabled()
