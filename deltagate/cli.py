@@ -16,6 +16,7 @@ from deltagate.commands.bench import bench_app
 from deltagate.commands.classify import classify
 from deltagate.commands.data import data_app, pretrain_tiny
 from deltagate.commands.export import export, quantize
+from deltagate.commands.label_set import label_set_app
 from deltagate.commands.offline import ablate, calibrate, demo_app, evaluate, train
 from deltagate.commands.serve import serve
 from models.errors import DeltagateError
@@ -62,6 +63,7 @@ app.command()(calibrate)
 app.command()(evaluate)
 app.command()(ablate)
 app.add_typer(demo_app, name="demo")
+app.add_typer(label_set_app, name="label-set")
 
 
 def _settings_error_line(exc: Exception) -> str:

@@ -8,6 +8,10 @@ Layout::
       model.onnx            the scoring module exported to ONNX (optional but usual)
       model.int8.onnx       an int8 quantization of model.onnx (optional; ``deltagate export --quantize int8``)
       model.fp16.onnx       a float16 conversion of model.onnx (optional; ``deltagate export --quantize fp16``)
+      text.onnx             the text side (optional): token ids -> class embeddings, learned context inside
+      scores.onnx           (image features, class embeddings) -> the scoring module's outputs
+      tokenizer.json        CLIP's BPE tokenizer (Hugging Face ``tokenizers`` format)
+      label-sets/           named label sets (``deltagate label-set create``), not hashed: they change at run time
 
 Like open_clip shipping its config beside its weights and timm carrying its eval preprocessing,
 the manifest holds every number needed to use the weights: architecture config, preprocessing,
@@ -32,7 +36,8 @@ from models.calibration import CalibrationRecord
 from models.errors import BundleError
 from models.preprocess import PreprocessConfig
 from models.quality import ValidationRecord
-from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES, ScoreParams, renamed_legacy_keys
+from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoreParams, renamed_legacy_keys
+from models.tokenizer import TOKENIZER_FILE
 from models.version import DELTAGATE_VERSION
 
 if TYPE_CHECKING:  # torch and open_clip load only when a torch model is built: ONNX serving needs neither
@@ -47,6 +52,10 @@ __all__ = [
     "ONNX_FILE",
     "INT8_ONNX_FILE",
     "FP16_ONNX_FILE",
+    "TEXT_ONNX_FILE",
+    "SCORES_ONNX_FILE",
+    "TOKENIZER_FILE",
+    "LABEL_SETS_DIR",
     "FP16_DISABLED_OPTIMIZERS",
     "BundleError",
     "ArchitectureInfo",
@@ -55,6 +64,8 @@ __all__ = [
     "GraphSpeed",
     "Int8Info",
     "Fp16Info",
+    "AdHocRule",
+    "TextSideInfo",
     "FileEntry",
     "BundleManifest",
     "Bundle",
@@ -73,6 +84,9 @@ WEIGHTS_FILE = "weights.safetensors"
 ONNX_FILE = "model.onnx"
 INT8_ONNX_FILE = "model.int8.onnx"
 FP16_ONNX_FILE = "model.fp16.onnx"
+TEXT_ONNX_FILE = "text.onnx"
+SCORES_ONNX_FILE = "scores.onnx"
+LABEL_SETS_DIR = "label-sets"  # the bundle's own named label sets (DELTAGATE_LABEL_SETS_DIR overrides)
 # ONNX Runtime sessions of the float16 graph run without these graph optimizers. On x86-64 CPUs the NCHWc layout
 # pass dereferences a null kernel on the Cast(float16 -> float32) that ONNX Runtime inserts before a MatMul without
 # a float16 CPU kernel (microsoft/onnxruntime#28392): a float16 ViT crashes session creation (ORT 1.32). The pass
@@ -202,6 +216,67 @@ class Fp16Info(BaseModel):
     speed: GraphSpeed | None = None  # against model.onnx, on the provider that made the parity record
 
 
+class AdHocRule(BaseModel):
+    """The gate of a label set without examples: a threshold as a function of the number of labels K.
+
+    Fitted offline (``deltagate label-set fit-rule``, :mod:`models.train.label_rules`) on random subsets
+    of the bundle's own classes and their ID validation images: for each K of ``ks`` the gate scores of
+    ID images under many random K-label sets are pooled, and ``thresholds[i]`` is their ``1 - target_tpr``
+    quantile (``quantiles[i]``: the 101-point summary, for ``ood_p_value``). Between fitted K the values are
+    interpolated linearly in 1/K; above the largest fitted K the rule is not defined and an ad-hoc set that
+    large is refused (docs/label-sets.md).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    score: str = "delta_energy"  # the gate (the bundle's calibration.score)
+    target_tpr: float = Field(0.95, gt=0.0, le=1.0)
+    ks: list[int] = Field(min_length=1)  # fitted numbers of labels, increasing
+    thresholds: list[float]  # per K
+    quantiles: list[list[float]]  # per K: the gate score at levels 0, 0.01, ..., 1
+    subsets_per_k: int  # random label sets drawn per K
+    images: int  # ID validation images the scores came from
+    data: str  # which images (e.g. "id_val of runs/demo/world")
+    seed: int
+    measured: dict[str, Any] = Field(default_factory=dict)  # the rule's ID pass-rate error on held-out images
+
+    @model_validator(mode="after")
+    def _check(self) -> AdHocRule:
+        if sorted(set(self.ks)) != self.ks or self.ks[0] < 2:
+            raise ValueError("ks must be increasing, each >= 2")
+        if len(self.thresholds) != len(self.ks) or len(self.quantiles) != len(self.ks):
+            raise ValueError("one threshold and one quantile summary per K")
+        return self
+
+
+class TextSideInfo(BaseModel):
+    """The bundle's text side: label sets at request time (docs/label-sets.md).
+
+    ``text.onnx`` maps token ids to class embeddings (with the learned context when asked), ``scores.onnx``
+    maps image features and class embeddings to the scoring module's outputs, and ``model.onnx`` gives the
+    image features as its output ``features_output``. Each prompt mode has its own default rule.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    text_file: str = TEXT_ONNX_FILE
+    scores_file: str = SCORES_ONNX_FILE
+    tokenizer_file: str = TOKENIZER_FILE
+    features_output: str = FEATURES_NAME
+    context_length: int = Field(gt=3)
+    embed_dim: int = Field(gt=0)
+    n_ctx: int = Field(ge=0)  # learned context vectors in text.onnx (0: only zero-shot prompts)
+    learned_prefix: str | None = None  # the placeholder text before a name in a learned prompt (None: no context)
+    templates: list[str] = Field(min_length=1)  # zero-shot prompt templates
+    default_prompts: Literal["learned", "zero-shot"]
+    parity: dict[str, float] = Field(default_factory=dict)  # worst |onnx - torch| of embeddings, per check
+    rules: dict[str, AdHocRule] = Field(default_factory=dict)  # prompt mode -> default rule (ad-hoc sets)
+
+    @property
+    def prompt_modes(self) -> list[str]:
+        return ["learned", "zero-shot"] if self.n_ctx > 0 else ["zero-shot"]
+
+
 class FileEntry(BaseModel):
     """A file of the bundle with its content hash."""
 
@@ -234,6 +309,7 @@ class BundleManifest(BaseModel):
     onnx: OnnxInfo | None = None
     int8: Int8Info | None = None  # the int8 graph, when exported with --quantize int8
     fp16: Fp16Info | None = None  # the float16 graph, when exported with --quantize fp16
+    text: TextSideInfo | None = None  # the text side (label sets); None: fixed classes only
     files: dict[str, FileEntry]
 
     @field_validator("scores", mode="before")
@@ -376,6 +452,29 @@ class Bundle:
     def has_onnx(self) -> bool:
         return ONNX_FILE in self.manifest.files
 
+    @property
+    def has_text(self) -> bool:
+        """Whether the bundle serves label sets: a text side whose files are all listed."""
+        t = self.manifest.text
+        return t is not None and all(f in self.manifest.files for f in (t.text_file, t.scores_file, t.tokenizer_file))
+
+    def text_side(self) -> TextSideInfo:
+        """The text side. Raises BundleError if the bundle has none."""
+        if not self.has_text:
+            raise BundleError(f"{self.path}: bundle has no text side (label sets need a bundle exported by "
+                              "deltagate 0.1 or later with its text tower: re-export it)")
+        assert self.manifest.text is not None
+        return self.manifest.text
+
+    def fingerprint(self) -> str:
+        """SHA-256 over the hashes of the files a label set depends on (vision and text graphs, tokenizer,
+        weights): a label-set file records it, and a bundle with other files refuses the set."""
+        names = sorted(f for f in self.manifest.files if f not in (INT8_ONNX_FILE, FP16_ONNX_FILE))
+        h = hashlib.sha256()
+        for f in names:
+            h.update(f"{f}:{self.manifest.files[f].sha256}\n".encode())
+        return h.hexdigest()
+
     def build_scoring_module(self) -> ScoringModule:
         """The scoring module with the bundle's weights, float32, CPU, eval mode."""
         import torch
@@ -464,7 +563,8 @@ def load_bundle(path: str | Path, verify: bool = True) -> Bundle:
 def _file_entries(path: Path) -> dict[str, FileEntry]:
     return {
         f: FileEntry(sha256=sha256_file(path / f), size=(path / f).stat().st_size)
-        for f in (WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE, FP16_ONNX_FILE)
+        for f in (WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE, FP16_ONNX_FILE, TEXT_ONNX_FILE, SCORES_ONNX_FILE,
+                  TOKENIZER_FILE)
         if (path / f).is_file()
     }
 

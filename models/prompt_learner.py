@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from open_clip.transformer import text_global_pool
 from torch import nn
 
-__all__ = ["TextTower", "PromptLearner", "zero_shot_class_embeddings", "DEFAULT_TEMPLATES"]
+from models.prompts import DEFAULT_TEMPLATES, label_text, learned_prefix, learned_prompt, template_prompts
 
-DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
+__all__ = ["TextTower", "PromptLearner", "TextEmbedder", "zero_shot_class_embeddings", "DEFAULT_TEMPLATES"]
 
 
 class TextTower(nn.Module):
@@ -96,23 +96,23 @@ class PromptLearner(nn.Module):
     ) -> None:
         super().__init__()
         self.text = TextTower(clip_model)
-        self.classnames = [c.replace("_", " ") for c in classnames]
+        self.classnames = [label_text(c) for c in classnames]
+        prefix_text = learned_prefix(n_ctx, ctx_init)
         if ctx_init:
-            ctx_init = ctx_init.replace("_", " ").strip()
+            ctx_init = prefix_text
             init_tokens = tokenizer([ctx_init])  # (1, L)
             n_ctx = int((init_tokens[0] > 0).sum().item()) - 2  # minus SOS and EOS
             with torch.no_grad():
                 init_emb = self.text.token_embedding(init_tokens)  # (1, L, W)
             ctx = init_emb[0, 1 : 1 + n_ctx].clone()  # (n_ctx, W)
-            prefix_text = ctx_init
         else:
             ctx = torch.randn(n_ctx, self.text.width) * init_std  # (n_ctx, W)
-            prefix_text = " ".join(["X"] * n_ctx)
         self.n_ctx = n_ctx
         self.ctx_init = ctx_init
+        self.prefix_text = prefix_text  # the text graph of the bundle builds new prompts with it
         self.ctx = nn.Parameter(ctx)  # (n_ctx, W)
 
-        prompts = [f"{prefix_text} {name}." for name in self.classnames]
+        prompts = [learned_prompt(prefix_text, name) for name in self.classnames]
         tokens = tokenizer(prompts)  # (K, L)
         context_length = tokens.shape[1]
         longest = int((tokens > 0).sum(dim=1).max().item())
@@ -169,7 +169,56 @@ def zero_shot_class_embeddings(
     """
     out = []
     for name in classnames:
-        tokens = tokenizer([t.format(name.replace("_", " ")) for t in templates])  # (T, L)
+        tokens = tokenizer(template_prompts(templates, name))  # (T, L)
         feats = F.normalize(clip_model.encode_text(tokens), dim=-1)  # (T, D)
         out.append(F.normalize(feats.mean(dim=0), dim=-1))  # (D,)
     return torch.stack(out).float()  # (K, D)
+
+
+class TextEmbedder(nn.Module):
+    """Token ids -> class embeddings, with or without the learned context: the bundle's ``text.onnx``.
+
+    ``forward(input_ids (N, T, L), use_context (N,))``: each of the N labels has T prompts (the
+    zero-shot templates, or T = 1 learned prompt); a row with ``use_context = 1`` has its placeholder
+    tokens (positions 1..n_ctx) replaced by the learned context vectors, as :meth:`PromptLearner.forward`
+    concatenates them. The result is the normalised mean of the T normalised prompt embeddings
+    (:func:`zero_shot_class_embeddings`; for T = 1 just the normalised embedding), so a label set's
+    embeddings match the trained classes' baked ones.
+
+    Args:
+        clip_model: the open_clip model (its text tower, frozen).
+        ctx: (n_ctx, W) learned context vectors, or None (zero-shot prompts only).
+    """
+
+    ctx_full: torch.Tensor  # (L, W): the context at positions 1..n_ctx, zeros elsewhere
+    ctx_mask: torch.Tensor  # (L,): 1 at positions 1..n_ctx
+
+    def __init__(self, clip_model: nn.Module, ctx: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.text = TextTower(clip_model)
+        length = int(self.text.positional_embedding.shape[0])
+        self.n_ctx = 0 if ctx is None else int(ctx.shape[0])
+        if self.n_ctx + 3 > length:
+            raise ValueError(f"{self.n_ctx} context vectors leave no room for a label in {length} tokens")
+        ctx_full = torch.zeros(length, self.text.width)  # (L, W)
+        mask = torch.zeros(length)  # (L,)
+        if ctx is not None:
+            ctx_full[1 : 1 + self.n_ctx] = ctx.detach().float()
+            mask[1 : 1 + self.n_ctx] = 1.0
+        self.register_buffer("ctx_full", ctx_full)
+        self.register_buffer("ctx_mask", mask)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.ctx_mask.shape[0])
+
+    def forward(self, input_ids: torch.Tensor, use_context: torch.Tensor) -> torch.Tensor:
+        """Args: input_ids (N, T, L) int64, use_context (N,) float (0 or 1). Returns: (N, D) normalised."""
+        n, t, length = input_ids.shape
+        ids = input_ids.reshape(n * t, length)  # (NT, L)
+        emb = self.text.token_embedding(ids)  # (NT, L, W)
+        row = use_context.float().repeat_interleave(t)  # (NT,)
+        replace = (row[:, None] * self.ctx_mask[None, :]) > 0.5  # (NT, L)
+        emb = torch.where(replace[:, :, None], self.ctx_full[None].to(emb.dtype), emb)  # (NT, L, W)
+        feats = F.normalize(self.text(emb, ids), dim=-1).reshape(n, t, -1)  # (N, T, D)
+        return F.normalize(feats.mean(dim=1), dim=-1)  # (N, D)

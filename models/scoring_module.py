@@ -16,9 +16,35 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.scores import ScoreParams, cosine_logits, delta_energy, energy
-from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
+from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "ScoringModule"]
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "score_outputs"]
+
+
+def score_outputs(logits: torch.Tensor, p: ScoreParams) -> tuple[torch.Tensor, ...]:
+    """(B, K) logits -> (logits, probs, delta_energy, energy): the scoring module's outputs."""
+    probs = torch.softmax(logits, dim=-1)  # (B, K)
+    de = delta_energy(logits, p.delta_energy_top_c, p.delta_energy_reset_logit, p.delta_energy_temperature,
+                      p.delta_energy_reset)  # (B,)
+    en = energy(logits, p.energy_temperature)  # (B,)
+    return logits, probs, de, en
+
+
+class ScoreHead(nn.Module):
+    """The scoring head alone: (image features (B, D), class embeddings (K, D)) -> the four outputs.
+
+    Exported as a bundle's ``scores.onnx``: label sets (class embeddings made at request time or
+    stored in a label-set file) are scored by this graph, so their scores are the same definition
+    (:mod:`models.scores`) as the fixed classes'.
+    """
+
+    def __init__(self, logit_scale: float, score_params: ScoreParams | None = None) -> None:
+        super().__init__()
+        self.logit_scale = float(logit_scale)
+        self.score_params = score_params or ScoreParams()
+
+    def forward(self, features: torch.Tensor, class_embeddings: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return score_outputs(cosine_logits(features, class_embeddings, self.logit_scale), self.score_params)
 
 
 class ScoringModule(nn.Module):
@@ -45,6 +71,10 @@ class ScoringModule(nn.Module):
         self.register_buffer("class_embeddings", F.normalize(class_embeddings.detach().float(), dim=-1))
         self.logit_scale = float(logit_scale)
         self.score_params = score_params or ScoreParams()
+        # True: forward also returns the L2-normalised image features (B, D) as a fifth output, what a bundle
+        # with a text side exports as model.onnx's FEATURES_NAME and its torch engine runs (label sets are
+        # scored from them); the four fixed-class outputs are the same either way.
+        self.features_output = False
 
     @property
     def num_classes(self) -> int:
@@ -56,14 +86,12 @@ class ScoringModule(nn.Module):
 
     def scores_from_logits(self, logits: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """(B, K) logits -> (logits, probs, delta_energy, energy), the module's outputs."""
-        p = self.score_params
-        probs = torch.softmax(logits, dim=-1)  # (B, K)
-        de = delta_energy(logits, p.delta_energy_top_c, p.delta_energy_reset_logit, p.delta_energy_temperature,
-                          p.delta_energy_reset)  # (B,)
-        en = energy(logits, p.energy_temperature)  # (B,)
-        return logits, probs, de, en
+        return score_outputs(logits, self.score_params)
 
     def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Args: pixel_values (B, 3, H, W) normalised. Returns: logits (B, K), probs (B, K),
-        delta_energy (B,), energy (B,), all float32."""
-        return self.scores_from_logits(self.logits_from_features(self.visual(pixel_values)))
+        delta_energy (B,), energy (B,), all float32; and image_features (B, D) with ``features_output``."""
+        features = self.visual(pixel_values)  # (B, D)
+        outputs = self.scores_from_logits(self.logits_from_features(features))
+        return (*outputs, F.normalize(features.float(), dim=-1)) if self.features_output else outputs
+

@@ -14,13 +14,23 @@ from typing import TYPE_CHECKING, Any, Literal, get_args, get_type_hints
 if TYPE_CHECKING:
     import numpy as np
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "RESET_MODES", "ResetMode", "ScoreParams", "ScoreParamSpec",
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "TEXT_INPUT_NAMES", "TEXT_OUTPUT_NAME",
+           "SCORE_INPUT_NAMES", "RESET_MODES", "ResetMode", "ScoreParams", "ScoreParamSpec",
            "score_param_specs", "score_param_fields", "renamed_legacy_keys", "grid_values", "score_params_table",
            "LOGIT_SCALE",
            "NUM_CLASSES", "gate_scores"]
 
 INPUT_NAME = "pixel_values"  # (B, 3, H, W) float32, preprocessed with the bundle's config
 OUTPUT_NAMES: tuple[str, str, str, str] = ("logits", "probs", "delta_energy", "energy")
+# Bundles with a text side: model.onnx also gives the L2-normalised image features (B, D), so that
+# label sets are scored against them (scores.onnx) without a second vision forward.
+FEATURES_NAME = "image_features"
+# text.onnx: token ids (N, T, L) int64 and use_context (N,) float32 (1: the learned context replaces
+# the prompt's placeholder tokens) -> (N, D) L2-normalised text embeddings (mean over the T prompts).
+TEXT_INPUT_NAMES: tuple[str, str] = ("input_ids", "use_context")
+TEXT_OUTPUT_NAME = "text_embeddings"
+# scores.onnx: image features (B, D) and class embeddings (K, D) -> OUTPUT_NAMES (the scoring head).
+SCORE_INPUT_NAMES: tuple[str, str] = (FEATURES_NAME, "class_embeddings")
 
 
 ResetMode = Literal["value", "min", "mean"]

@@ -15,9 +15,10 @@ after an interruption continues instead of starting over):
    (EBM with the selected loss parameters);
 5. bundles, each with its own method's selected score parameters: EBM -> ``bundle_out`` (with ONNX,
    the shipped model), zero-shot and CoOp -> ``work/bundles`` (weights only; they exist to be compared);
-6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's int8 graph
-   (``deltagate quantize`` on the world: parity and speed records), kept only when ``engine=auto`` would
-   serve it (:mod:`models.graph_choice`), so that ``make serve`` gets it;
+6. calibration of every bundle's gate (ΔEnergy) on ID validation images; the shipped bundle's default rule
+   for label sets without examples, fitted on ID val and measured on ID test -> ``label_rules.json`` of the results;
+   the shipped bundle's int8 graph (``deltagate quantize`` on the world: parity and speed records), kept only when
+   ``engine=auto`` would serve it (:mod:`models.graph_choice`), so that ``make serve`` gets it;
 7. evaluation of the three bundles on ID test, OOD and covariate sets -> ``results/evaluation.{json,md}``,
    PNG plots, and each bundle's manifest;
 8. the feature-cache benchmark -> ``results/train_speed.json``.
@@ -39,6 +40,7 @@ from models.train.calibrate import calibrate_bundle
 from models.train.data.folders import TaskData, few_shot
 from models.train.evaluate import evaluate_bundles
 from models.train.features import FeatureCache
+from models.train.label_rules import fit_and_measure
 from models.train.plots import write_plots
 from models.train.report import write_evaluation
 from models.train.run_export import export_run
@@ -172,7 +174,8 @@ def build_demo(
     times["train_s"] = time.perf_counter() - t
     train_cfg = cfgs["ebm"]
     t = time.perf_counter()
-    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected)
+    bundles = _export_and_calibrate(clip, task, runs, Path(bundle_out), work / "bundles", cfg, selected, results,
+                                    command)
     times["export_calibrate_s"] = time.perf_counter() - t
     t = time.perf_counter()
     int8 = ship_int8(Path(bundle_out), task)  # the world's default split: the shipped bundle's classes
@@ -232,7 +235,8 @@ def demo_description(classes: Sequence[str]) -> str:
 
 
 def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path], shipped: Path, others: Path,
-                          cfg: DemoConfig, selected: dict[str, ArmSelection]) -> dict[str, Path]:
+                          cfg: DemoConfig, selected: dict[str, ArmSelection], results_dir: Path,
+                          command: str) -> dict[str, Path]:
     """Bundles of the three runs (EBM -> the shipped path with ONNX), each with its own selected score
     parameters and its ΔEnergy gate calibrated on ID val."""
     assert task.val is not None, "the demo world always has an ID val split"
@@ -246,6 +250,11 @@ def _export_and_calibrate(clip: LoadedClip, task: TaskData, runs: dict[str, Path
                    score_params=selected[method].params,
                    selection={"criterion": "hocv (docs/evidence/protocol.md §5)", "scores": sel["scores"]})
         calibrate_bundle(out, task.val)
+        if method == "ebm":  # the shipped bundle serves label sets: fit its default rule (docs/label-sets.md)
+            assert task.test is not None
+            report = fit_and_measure(out, task.val, task.test)
+            (results_dir / "label_rules.json").write_text(json.dumps({"command": command, **report}, indent=2) + "\n",
+                                                          encoding="utf-8")
         bundles[method] = out
     return bundles
 

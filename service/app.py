@@ -14,7 +14,7 @@ from service.connections import EVENT_KINDS, EVENTS, set_early_answer
 from service.errors import install_error_handlers
 from service.middleware import BodyBudget, BodyLimitsMiddleware
 from service.openapi import install_openapi
-from service.routes import classify, health, metrics, model, ui, v2
+from service.routes import classify, health, label_sets, metrics, model, ui, v2
 from service.runtime import Phase, Runtime
 from service.settings import Settings
 from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
@@ -75,7 +75,7 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     app.state.begin_drain = begin_drain
     install_error_handlers(app)
     install_openapi(app, settings)
-    routers = [module.router for module in (classify, health, model, metrics, v2)]
+    routers = [module.router for module in (classify, label_sets, health, model, metrics, v2)]
     if settings.ui:
         routers.append(ui.router)
     for router in routers:

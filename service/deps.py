@@ -8,11 +8,12 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from service.errors import UnauthorizedError
+from service.errors import ForbiddenError, UnauthorizedError
 from service.runtime import Runtime
 from service.settings import Settings
 
-__all__ = ["get_settings", "get_runtime", "require_api_key", "SettingsDep", "RuntimeDep", "ApiKeyDep"]
+__all__ = ["get_settings", "get_runtime", "require_api_key", "require_admin_key", "SettingsDep", "RuntimeDep",
+           "ApiKeyDep", "AdminKeyDep"]
 
 _bearer = HTTPBearer(auto_error=False, description="API key, when the service is configured with one.")
 
@@ -35,10 +36,25 @@ def require_api_key(
     """Check ``Authorization: Bearer <key>`` when an API key is configured (constant-time compare)."""
     if settings.api_key is None:
         return
-    expected = settings.api_key.get_secret_value().encode()
+    _check_bearer(settings.api_key.get_secret_value(), credentials, "API key")
+
+
+def require_admin_key(
+    settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
+) -> None:
+    """Check ``Authorization: Bearer <admin key>`` (constant-time); no admin key configured: 403, the
+    operation is off."""
+    if settings.admin_key is None:
+        raise ForbiddenError("creating label sets over HTTP is off: the service has no admin key "
+                             "(DELTAGATE_ADMIN_KEY); use `deltagate label-set create` or set one")
+    _check_bearer(settings.admin_key.get_secret_value(), credentials, "admin key")
+
+
+def _check_bearer(key: str, credentials: HTTPAuthorizationCredentials | None, what: str) -> None:
     given = credentials.credentials.encode() if credentials is not None else b""
-    if not hmac.compare_digest(given, expected):
-        raise UnauthorizedError("missing or invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    if not hmac.compare_digest(given, key.encode()):
+        raise UnauthorizedError(f"missing or invalid {what}", headers={"WWW-Authenticate": "Bearer"})
 
 
 ApiKeyDep = Annotated[None, Depends(require_api_key)]
+AdminKeyDep = Annotated[None, Depends(require_admin_key)]

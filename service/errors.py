@@ -36,6 +36,11 @@ __all__ = [
     "DeadlineError",
     "InferenceFailedError",
     "ClientGoneError",
+    "InvalidLabelsError",
+    "LabelSetsUnavailableError",
+    "LabelSetNotFoundError",
+    "ForbiddenError",
+    "LabelSetLimitError",
     "ModelNotFoundError",
     "validation_details",
     "V2_PREFIX",
@@ -120,6 +125,26 @@ class ClientGoneError(ServiceError):
     status, code = 499, "client_closed_request"
 
 
+class InvalidLabelsError(ServiceError):
+    status, code = 422, "invalid_labels"  # empty, duplicate, whitespace, too many or too long labels
+
+
+class LabelSetsUnavailableError(ServiceError):
+    # The bundle cannot answer a well-formed label-set request: no text side, no default rule for the prompt
+    # mode, or more ad-hoc labels than its rule covers (a state of the bundle, not a malformed request).
+    status, code = 409, "label_sets_unavailable"
+
+
+class LabelSetNotFoundError(ServiceError):
+    status, code = 404, "label_set_not_found"
+
+
+class ForbiddenError(ServiceError):
+    status, code = 403, "forbidden"  # e.g. creating label sets over HTTP with no admin key configured
+
+
+class LabelSetLimitError(ServiceError):
+    status, code = 409, "label_set_limit"  # max_label_sets named sets exist already
 # Characters of one echoed value (a location part, a message) in an error's details: a 1 MB JSON key
 # must not come back as a 1 MB error.
 _MAX_ECHO = 200
@@ -227,10 +252,25 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = {400: "bad_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed"}
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the first route of the path only; a path may have several
+        headers["Allow"] = ", ".join(_allowed_methods(request))
     return error_response(
         _request_id(request), exc.status_code, code.get(exc.status_code, "http_error"), str(exc.detail),
-        headers=dict(exc.headers or {}), path=_path(request),
+        headers=headers, path=_path(request),
     )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on this path (``GET /x`` and ``PUT /x`` are two routes)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches({**request.scope, "method": "GET"})
+        if match is not Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

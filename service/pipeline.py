@@ -27,6 +27,7 @@ from starlette.requests import ClientDisconnect
 from starlette.types import Receive
 
 from models.bundle import BundleManifest
+from models.calibration import CalibrationRecord
 from models.preprocess import (
     ImageDecodeError,
     ImageTooLargeError,
@@ -34,7 +35,7 @@ from models.preprocess import (
     ShapeLimits,
     decode_and_preprocess,
 )
-from models.scoring_spec import gate_scores
+from models.scoring_spec import FEATURES_NAME, gate_scores
 from service.batcher import Batcher, Row, Ticket
 from service.errors import (
     BadImageError,
@@ -49,14 +50,17 @@ from service.errors import (
 )
 from service.schemas import TOP_K, ClassifyJSONRequest, ImageErrorEntry, ImageResult, OnError, TopKEntry
 from service.settings import Settings
+from service.telemetry import BUNDLE_LABEL_SET
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
+    from service.label_sets import Vocabulary
     from service.runtime import Runtime
 
-__all__ = ["InputImage", "ReceivedBody", "receive_body", "receive_bytes", "parse_images", "check_image_count",
-           "json_value_bound", "MAX_JSON_CONTAINERS", "load_bounded_json", "resolve_top_k", "decode_images",
-           "run_batched", "postprocess", "Classified", "classify_images", "record_classified"]
+__all__ = ["InputImage", "ReceivedBody", "ClassifyBody", "receive_body", "receive_bytes", "parse_images",
+           "check_image_count", "json_value_bound", "MAX_JSON_CONTAINERS", "load_bounded_json", "resolve_top_k",
+           "decode_images", "run_batched", "postprocess", "score_results", "resolve_vocabulary", "Classified",
+           "classify_images", "record_classified"]
 
 _MULTIPART, _JSON = "multipart/form-data", "application/json"
 
@@ -74,6 +78,18 @@ class ReceivedBody:
     images: list[InputImage]  # the form's files (empty for JSON: parsed later, in the pool)
     top_k: int | None = None  # the form's top_k field
     json: bytes | None = None  # the JSON body, not parsed yet
+    labels: list[str] | None = None  # the form's ad-hoc labels (field 'labels', repeatable)
+    prompts: str | None = None  # the form's prompt mode of the labels
+
+
+@dataclass(frozen=True)
+class ClassifyBody:
+    """What a classify request's body holds, parsed: images, ``top_k``, ad-hoc labels and their prompt mode."""
+
+    images: list[InputImage]
+    top_k: int | None = None  # the body's top_k (the query parameter wins)
+    labels: list[str] | None = None  # ad-hoc labels (multipart field 'labels', repeatable; JSON "labels")
+    prompts: str | None = None  # their prompt mode (the query parameter wins)
 
 
 # --- stage 1: receive the body (no admission slot held) -----------------------------------------
@@ -120,21 +136,29 @@ def _body_cut_short() -> ClientGoneError:
 
 async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
     images: list[InputImage] = []
-    async with request.form() as form:  # closes the spooled upload files on exit
+    # Starlette refuses more than max_fields text fields (the labels) with a 400 before we see them.
+    async with request.form(max_fields=settings.max_labels + 16) as form:  # closes the spooled files on exit
         for value in form.getlist("file"):
             if not isinstance(value, UploadFile):
                 raise InvalidFieldError("field 'file' must be a file upload, not a text field")
             images.append(InputImage(await value.read(), value.filename))
         top_k = form.get("top_k")
+        labels = form.getlist("labels")
+        prompts = form.get("prompts")
         others = sorted({k for k, v in form.multi_items() if isinstance(v, UploadFile) and k != "file"})
     if not images and others:
         raise InvalidFieldError(
             f"no field 'file' in the form, but file field(s) {', '.join(repr(k) for k in others[:5])}: send each "
             "image as a field named 'file' (curl -F file=@image.png)", details=[{"loc": ["file"]}])
+    if any(not isinstance(v, str) for v in labels):
+        raise InvalidFieldError("field 'labels' must be text, not a file upload", details=[{"loc": ["labels"]}])
+    if prompts is not None and not isinstance(prompts, str):
+        raise InvalidFieldError("field 'prompts' must be text", details=[{"loc": ["prompts"]}])
+    texts = [str(v) for v in labels] or None
     if top_k is None:
-        return ReceivedBody(images)
+        return ReceivedBody(images, labels=texts, prompts=prompts)
     try:  # the JSON field's own type (schemas.TopK): one rule for both forms, never int() on raw text
-        return ReceivedBody(images, TOP_K.validate_python(top_k))
+        return ReceivedBody(images, TOP_K.validate_python(top_k), labels=texts, prompts=prompts)
     except ValidationError as exc:
         errors = [{**e, "loc": ["top_k", *e["loc"]]} for e in exc.errors(include_input=False)]
         details, message = validation_details(errors, settings.max_error_details)
@@ -142,10 +166,8 @@ async def _read_multipart(request: Request, settings: Settings) -> ReceivedBody:
 
 
 # --- stage 2: parse (admitted: one provisional image, then the request's count) -----------------
-async def parse_images(
-    body: ReceivedBody, settings: Settings, ticket: Ticket, pool: Executor
-) -> tuple[list[InputImage], int | None]:
-    """The images and optional body ``top_k``; the ticket grows to hold the images.
+async def parse_images(body: ReceivedBody, settings: Settings, ticket: Ticket, pool: Executor) -> ClassifyBody:
+    """The images, the optional body ``top_k`` and ad-hoc ``labels``; the ticket grows to hold the images.
 
     Args:
         body: what :func:`receive_body` read.
@@ -159,15 +181,16 @@ async def parse_images(
         InvalidBodyError: unparsable JSON.
         PayloadTooLargeError: more images than allowed.
     """
-    images, top_k = body.images, body.top_k
+    parsed = ClassifyBody(body.images, body.top_k, body.labels, body.prompts)
     if body.json is not None:
         loop = asyncio.get_running_loop()
-        images, top_k = await loop.run_in_executor(pool, _parse_json, body.json, settings)
+        parsed = await loop.run_in_executor(pool, _parse_json, body.json, settings)
+    images = parsed.images
     if not images:
         raise InvalidFieldError("no image in the request: send at least one")
     check_image_count(len(images), settings)
     ticket.grow(len(images))
-    return images, top_k
+    return parsed
 
 
 def check_image_count(count: int, settings: Settings) -> None:
@@ -180,23 +203,24 @@ def check_image_count(count: int, settings: Settings) -> None:
         raise PayloadTooLargeError(f"{count} images in one request; the limit is {settings.max_images_per_request}")
 
 
-# Arrays and objects a JSON body may open: a valid request has one object and one array; the slack
+# Arrays and objects a JSON body may open: a valid request has one object and one or two arrays; the slack
 # lets an invalid one (an unknown field holding a small object) reach validation and a 422 naming it.
 MAX_JSON_CONTAINERS = 8
 
 
-def json_value_bound(max_images: int) -> int:
-    """The most commas a valid JSON request of ``max_images`` images has (with some slack).
+def json_value_bound(max_images: int, max_labels: int = 0) -> int:
+    """The most commas a valid JSON request of ``max_images`` images and ``max_labels`` labels has (with slack).
 
-    A valid request is ``{"images": [...], "top_k": k}``: a comma between images, one in each
-    ``data:`` URL prefix and one before ``top_k``; base64 has no commas. In a container every element
+    A valid request is ``{"images": [...], "top_k": k, "labels": [...], "prompts": p}``: a comma between
+    images, one in each ``data:`` URL prefix, one before each other field and one between labels (a label
+    may hold one more); base64 has no commas. In a container every element
     (or key-value member) but the first follows a comma, so commas and container openings (``[``,
     ``{``) bound what any parser would build; both are counted in a C-speed pass over the bytes.
     """
-    return 2 * max_images + 8
+    return 2 * max_images + 2 * max_labels + 8
 
 
-def _parse_json(body: bytes, settings: Settings) -> tuple[list[InputImage], int | None]:
+def _parse_json(body: bytes, settings: Settings) -> ClassifyBody:
     """JSON + base64 -> images, in the decode pool (~0.1 s for a 32 MB body would stall the loop).
 
     The work is bounded before anything is built: the counts of commas (:func:`json_value_bound`,
@@ -206,9 +230,9 @@ def _parse_json(body: bytes, settings: Settings) -> tuple[list[InputImage], int 
     the array, raised RecursionError and ValueError: 500s and a 115 MB 422 before).
     """
     payload = load_bounded_json(
-        body, json_value_bound(settings.max_images_per_request), MAX_JSON_CONTAINERS,
-        f"a request of at most {settings.max_images_per_request} images", "a request is one object with one array "
-        "of images",
+        body, json_value_bound(settings.max_images_per_request, settings.max_labels), MAX_JSON_CONTAINERS,
+        f"a request of at most {settings.max_images_per_request} images and {settings.max_labels} labels",
+        "a request is one object with one array of images and one of labels",
     )
     if isinstance(payload, dict) and isinstance(payload.get("images"), list):  # before any base64 is decoded
         check_image_count(len(payload["images"]), settings)
@@ -217,7 +241,7 @@ def _parse_json(body: bytes, settings: Settings) -> tuple[list[InputImage], int 
     except ValidationError as exc:
         details, message = validation_details(exc.errors(include_input=False), settings.max_error_details)
         raise InvalidFieldError(message, details=details) from exc
-    return [InputImage(data) for data in parsed.images], parsed.top_k
+    return ClassifyBody([InputImage(data) for data in parsed.images], parsed.top_k, parsed.labels, parsed.prompts)
 
 
 def load_bounded_json(body: bytes, max_commas: int, max_containers: int, size: str, shape: str) -> Any:
@@ -358,34 +382,88 @@ def postprocess(
     rows: Sequence[Row], manifest: BundleManifest, top_k: int, filenames: Sequence[str | None],
     indexes: Sequence[int] | None = None,
 ) -> list[ImageResult]:
-    """Rows of engine outputs -> labelled results with the OOD decision and p-value.
+    """Rows of engine outputs -> labelled results with the OOD decision and p-value (the bundle's classes).
 
     ``indexes``: each row's image position in the request (default 0, 1, ...; other when some were skipped).
     """
     calib = manifest.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
-    batch = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "delta_energy")}
-    scores = gate_scores(batch, calib.score, manifest.logit_scale, manifest.scores)  # (N,): the bundle's gate
+    outputs = {name: np.stack([np.asarray(r.outputs[name]) for r in rows]) for name in ("logits", "probs",
+                                                                                        "delta_energy")}
+    return score_results(outputs, manifest.classes, calib, manifest, top_k, filenames, indexes)
+
+
+def score_results(
+    outputs: dict[str, np.ndarray], classes: Sequence[str], calib: CalibrationRecord, manifest: BundleManifest,
+    top_k: int, filenames: Sequence[str | None], indexes: Sequence[int] | None = None,
+) -> list[ImageResult]:
+    """Scores of N images over K classes -> results: the gate (the bundle's gate score against ``calib``),
+    the label, top-k and p-value. The bundle's classes and a label set's go through here alike.
+
+    Args:
+        outputs: ``logits`` (N, K), ``probs`` (N, K), ``delta_energy`` (N,).
+        classes: the K class names.
+        calib: the gate's calibration (the bundle's, a named set's or the default rule's).
+        manifest: the bundle (logit scale and score parameters of the gate score).
+        top_k: entries of each top-k list.
+        filenames: per image.
+        indexes: each image's position in the request (default 0, 1, ...; other when some were skipped).
+    """
+    scores = gate_scores(outputs, calib.score, manifest.logit_scale, manifest.scores)  # (N,): the bundle's gate
     flags, p_values = calib.is_ood(scores), calib.p_value(scores)  # (N,), (N,)
-    k = min(top_k, len(manifest.classes))
+    k = min(top_k, len(classes))
+    gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
     results = []
-    for i, row in enumerate(rows):
-        probs = row.outputs["probs"]  # (K,)
+    for i in range(len(scores)):
+        probs = outputs["probs"][i]  # (K,)
         order = np.argsort(-probs, kind="stable")[:k]  # (k,)
         best, score, ood = int(order[0]), float(scores[i]), bool(flags[i])
-        gate = "ΔEnergy" if calib.score == "delta_energy" else calib.score
         results.append(ImageResult(
             index=indexes[i] if indexes is not None else i, filename=filenames[i],
             decision="rejected_ood" if ood else "accepted",
-            label=manifest.classes[best], class_index=best, confidence=float(probs[best]),
-            top_k=[TopKEntry(label=manifest.classes[j], class_index=int(j), probability=float(probs[j]))
-                   for j in order],
-            delta_energy=float(row.outputs["delta_energy"]), gate_score_name=calib.score, gate_score=score,
+            label=classes[best], class_index=best, confidence=float(probs[best]),
+            top_k=[TopKEntry(label=classes[j], class_index=int(j), probability=float(probs[j])) for j in order],
+            delta_energy=float(outputs["delta_energy"][i]), gate_score_name=calib.score, gate_score=score,
             threshold=calib.threshold, is_ood=ood, ood_p_value=float(p_values[i]),
             message=(f"rejected as out-of-distribution: {gate} {score:.4g} is below the threshold "
                      f"{calib.threshold:.4g}; the label is given for audit only") if ood else None,
         ))
     return results
+
+
+# --- the classes: the bundle's, a named label set's or ad-hoc labels' ----------------------------
+async def resolve_vocabulary(runtime: Runtime, label_set: str | None, labels: Sequence[str] | None,
+                             prompts: str | None, deadline: float) -> Vocabulary | None:
+    """The classes a request is answered with: None for the bundle's own, else a named set's or the ad-hoc
+    labels' (docs/label-sets.md). ``POST /classify`` and the Open Inference Protocol's infer both ask here.
+
+    New ad-hoc labels wait for the text graph in the pool: that wait counts against ``deadline``.
+
+    Raises:
+        InvalidFieldError: ``label_set`` and ``labels`` together, or ``prompts`` without ad-hoc labels (422).
+        ServiceError: :meth:`Runtime.require_label_sets`' and :class:`service.label_sets.LabelSets`' refusals
+            (no text side 409, unknown set 404, invalid labels 422).
+        DeadlineError: the labels were not embedded by ``deadline`` (504).
+    """
+    if label_set is not None and labels is not None:
+        raise InvalidFieldError("give either label_set (a named set) or labels (ad-hoc), not both",
+                                details=[{"loc": ["query", "label_set"]}, {"loc": ["body", "labels"]}])
+    if label_set is None and labels is None:
+        if prompts is not None:
+            raise InvalidFieldError("prompts applies to ad-hoc labels only", details=[{"loc": ["prompts"]}])
+        return None
+    sets = runtime.require_label_sets()
+    if label_set is not None:
+        if prompts is not None:
+            raise InvalidFieldError("a named label set has its own prompt mode: do not send prompts with it",
+                                    details=[{"loc": ["prompts"]}])
+        return sets.named(label_set)
+    assert labels is not None
+    try:
+        return await asyncio.wait_for(sets.ad_hoc(labels, prompts, runtime.pool),
+                                      max(deadline - time.monotonic(), 0.0))
+    except TimeoutError as exc:
+        raise DeadlineError("the labels were not embedded within the request timeout") from exc
 
 
 # --- the stages together -------------------------------------------------------------------------
@@ -396,18 +474,18 @@ class Classified:
     results: list[ImageResult]
     errors: list[ImageErrorEntry]
     rows: list[Row]  # the engine rows behind the results (their batch sizes are logged)
-
-    @property
-    def probabilities(self) -> np.ndarray:
-        """(N, K) float32: each classified image's softmax over the classes, in the order of ``results``."""
-        return np.stack([np.asarray(r.outputs["probs"], np.float32) for r in self.rows])
+    probabilities: np.ndarray  # (N, K) float32: each result's softmax over ``classes``, in the order of results
+    classes: list[str]  # the K classes answered with (the bundle's, or the label set's)
+    vocabulary: Vocabulary | None = None  # the label set answered with (None: the bundle's classes)
 
 
 async def classify_images(
     runtime: Runtime, batcher: Batcher, ticket: Ticket, images: Sequence[InputImage], top_k: int,
     on_error: OnError, deadline: float, receive: Receive | None = None, first_index: int = 0,
+    vocabulary: Vocabulary | None = None,
 ) -> Classified:
-    """Decode → batch and forward → postprocess: what ``POST /classify`` and ``deltagate classify`` both run.
+    """Decode → batch and forward → postprocess: what ``POST /classify``, the Open Inference Protocol's infer
+    and ``deltagate classify`` all run.
 
     Args:
         runtime: the ready runtime (settings, decode pool, device input, model).
@@ -420,27 +498,42 @@ async def classify_images(
         deadline: ``time.monotonic()`` by which the answers must be in.
         receive: the request's ASGI ``receive``, to stop waiting when the client leaves (None: no client).
         first_index: the index of ``images[0]`` in the results and errors (a caller classifying in parts).
+        vocabulary: a label set (:func:`resolve_vocabulary`): its scores come from the batch's image features
+            and the set's embeddings; None: the bundle's classes.
 
     Raises:
         ServiceError: an image :func:`decode_images` could not decode (``fail`` only), and :func:`run_batched`'s.
     """
     model = runtime.model
     assert model is not None
-    s = runtime.settings
-    outcomes = await decode_images(images, model.manifest.preprocess, s.max_image_pixels, runtime.pool,
+    s, manifest = runtime.settings, model.manifest
+    classes = list(manifest.classes) if vocabulary is None else vocabulary.labels
+    outcomes = await decode_images(images, manifest.preprocess, s.max_image_pixels, runtime.pool,
                                    s.fast_decode, runtime.device_input, runtime.shape_limits, first_index)
     failed = [o for o in outcomes if isinstance(o, ServiceError)]
     if failed and on_error == "fail":
         raise failed[0]
     good = [i for i, o in enumerate(outcomes) if not isinstance(o, ServiceError)]
-    rows, results = [], []
+    rows: list[Row] = []
+    results: list[ImageResult] = []
+    probabilities = np.zeros((0, len(classes)), np.float32)
     if good:
         rows = await run_batched(receive, batcher, ticket, [outcomes[i] for i in good], deadline)
-        results = postprocess(rows, model.manifest, top_k, [images[i].filename for i in good],
-                              [first_index + i for i in good])
+        filenames, indexes = [images[i].filename for i in good], [first_index + i for i in good]
+        if vocabulary is None:
+            results = postprocess(rows, manifest, top_k, filenames, indexes)
+            probabilities = np.stack([np.asarray(r.outputs["probs"], np.float32) for r in rows])
+        else:
+            sets = runtime.require_label_sets()
+            features = np.stack([r.outputs[FEATURES_NAME] for r in rows])  # (N, D)
+            outputs = await asyncio.get_running_loop().run_in_executor(runtime.pool, sets.score, vocabulary,
+                                                                       features)
+            results = score_results(outputs, vocabulary.labels, vocabulary.calibration, manifest, top_k,
+                                    filenames, indexes)
+            probabilities = np.asarray(outputs["probs"], np.float32)
     errors = [ImageErrorEntry(index=e.details["index"], filename=e.details["filename"], status=e.status, code=e.code,
                               message=e.message) for e in failed]
-    return Classified(results, errors, rows)
+    return Classified(results, errors, rows, probabilities, classes, vocabulary)
 
 
 # --- stage 5: record -----------------------------------------------------------------------------
@@ -453,10 +546,12 @@ def record_classified(runtime: Runtime, log_fields: dict[str, Any], num_images: 
         num_images: images in the request (classified or not).
         out: what :func:`classify_images` answered.
     """
-    results = out.results
-    runtime.metrics.observe_images([r.label for r in results], [r.gate_score for r in results],
+    results, vocab = out.results, out.vocabulary
+    metric_set = runtime.label_sets.metric_label(vocab) if runtime.label_sets is not None else BUNDLE_LABEL_SET
+    runtime.metrics.observe_images(metric_set, [r.label for r in results], [r.gate_score for r in results],
                                    [r.delta_energy for r in results], [r.is_ood for r in results])
     runtime.metrics.observe_image_errors([e.code for e in out.errors])
     log_fields.update({"images": num_images, "batch_sizes": [r.batch_size for r in out.rows],
                        "labels": [r.label for r in results], "is_ood": [r.is_ood for r in results],
+                       "label_set": vocab.label_set if vocab is not None else None,
                        **({"failed": [e.index for e in out.errors]} if out.errors else {})})

@@ -31,6 +31,7 @@ from service.telemetry import ServiceMetrics
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput
+    from service.label_sets import LabelSets
 
 __all__ = ["Phase", "LoadedModel", "Runtime", "load_models", "check_bundle", "check_device", "log_bundle_checks",
            "shape_limits"]
@@ -125,6 +126,15 @@ def load_models(settings: Settings, plan: ThreadPlan) -> list[LoadedModel]:
     return models
 
 
+def load_label_sets(bundle: Bundle, settings: Settings, plan: ThreadPlan) -> LabelSets | None:
+    """The text side of a bundle that has one (label sets, ad-hoc labels); None for fixed classes only."""
+    if not bundle.has_text:
+        return None
+    from service.label_sets import LabelSets
+
+    return LabelSets(bundle, settings, plan.intra_op_threads)
+
+
 def check_device(settings: Settings) -> None:
     """Before the server starts: with ``device=cuda``, load one engine instance to prove it runs on CUDA.
 
@@ -204,6 +214,7 @@ class Runtime:
         self.instances: list[LoadedModel] = []
         self.batcher: Batcher | None = None
         self.device_input: DeviceInput | None = None  # JPEG decode + preprocessing on the engine's device
+        self.label_sets: LabelSets | None = None  # the text side (bundles that have one): label sets, ad-hoc labels
         self.shape_limits: ShapeLimits | None = None  # per-image aspect-ratio and resized-size limits, once loaded
         # Decode pool: its queue is bounded by admission (at most max_queue_size images in flight).
         self.pool = ThreadPoolExecutor(self.plan.decode_workers, thread_name_prefix="deltagate-pre",
@@ -234,6 +245,7 @@ class Runtime:
         try:
             # In a niced thread: the engines' own threads (intra-op pools) inherit its priority.
             models, graphs = await run_niced(s.compute_nice, self._load_and_warm_up)
+            label_sets = await run_niced(s.compute_nice, load_label_sets, models[0].bundle, s, plan)
             shape = shape_limits(s, models[0].manifest)
         except Exception as exc:
             self.phase, self.error = Phase.FAILED, f"{type(exc).__name__}: {exc}"
@@ -251,6 +263,7 @@ class Runtime:
         )
         self.batcher.start()
         self.instances = models
+        self.label_sets = label_sets
         facts = self.engine_facts()
         self.metrics.bind_model(models[0].manifest, facts)
         self.metrics.ready.set(1)
@@ -301,3 +314,13 @@ class Runtime:
             headers = {"Retry-After": str(self.settings.retry_after_s)}
             raise NotReadyError(f"the model is not ready (state: {self.phase.value})", headers=headers)
         return self.model, self.batcher
+
+    def require_label_sets(self) -> LabelSets:
+        """The text side, or 422 when the bundle has none (call after :meth:`require_ready`)."""
+        if self.label_sets is None:
+            from service.errors import LabelSetsUnavailableError
+
+            raise LabelSetsUnavailableError(
+                "this bundle serves its own classes only: it has no text side for label sets (re-export it with "
+                "this deltagate version; docs/label-sets.md)")
+        return self.label_sets

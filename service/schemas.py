@@ -26,6 +26,9 @@ __all__ = [
     "OnError",
     "ImageErrorEntry",
     "ClassifyResponse",
+    "LabelSetSummary",
+    "LabelSetInfo",
+    "LabelSetList",
     "ErrorBody",
     "ErrorResponse",
     "HealthResponse",
@@ -89,6 +92,12 @@ TopK = Annotated[int, Field(ge=1)]
 TOP_K: TypeAdapter[int] = TypeAdapter(TopK)
 
 
+# What a label must look like (service.label_sets checks it; the schema says as much as a JSON Schema can:
+# labels that read the same after cleaning, or whose prompt does not fit the text context, are refused too).
+LABEL_PATTERN = r"^[^\s\x00-\x1f\x7f](?:[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f])?$"
+LABEL_ITEM_SCHEMA: dict[str, Any] = {"type": "string", "minLength": 1, "pattern": LABEL_PATTERN}
+
+
 def _json_integer(value: Any) -> Any:
     """A JSON Schema integer is a number without a fraction (3, 3.0); pydantic's lax mode would also take the
     string "3" and true, which the schema calls invalid (a form field is text: :data:`TOP_K` parses it)."""
@@ -115,6 +124,16 @@ class ClassifyJSONRequest(BaseModel):
     top_k: JsonTopK | None = Field(
         None,
         description="Entries in each top_k list (default: setting); the query parameter wins if both are given.",
+    )
+    labels: list[Annotated[str, WithJsonSchema(LABEL_ITEM_SCHEMA)]] | None = Field(
+        None, min_length=2, json_schema_extra={"uniqueItems": True},
+        description="Ad-hoc labels: classify against these instead of the bundle's classes (zero-shot, gated "
+        "by the bundle's default rule; calibrated: false). Not together with the label_set query parameter.",
+        examples=[["octagon", "pentagon", "hexagon"]],
+    )
+    prompts: Literal["learned", "zero-shot"] | None = Field(
+        None, description="Prompt mode of ad-hoc labels (default: the bundle's); the query parameter wins if both "
+        "are given.",
     )
 
 
@@ -169,6 +188,15 @@ class ImageErrorEntry(BaseModel):
 class ClassifyResponse(BaseModel):
     model: ModelRef
     request_id: str
+    label_set: str | None = Field(
+        None, description="The classes answered with: null for the bundle's own, a named label set's name, or "
+        "'ad-hoc' for the request's labels."
+    )
+    calibrated: bool = Field(
+        True, description="Whether the threshold was calibrated on ID images of these classes: true for the "
+        "bundle's classes and for a named set made with examples; false for ad-hoc labels and named sets without "
+        "examples (the bundle's default rule for K labels)."
+    )
     num_images: int = Field(description="Images in the request (classified or not).")
     num_rejected_ood: int = Field(description="How many images were rejected as out-of-distribution.")
     results: list[ImageResult] = Field(description="One per classified image, in request order (see its index).")
@@ -176,6 +204,42 @@ class ClassifyResponse(BaseModel):
         default_factory=list,
         description="With on_error=skip: one per image that could not be classified, in request order; "
         "always empty with on_error=fail (such a request fails as a whole).",
+    )
+
+
+class LabelSetSummary(BaseModel):
+    """A named label set as ``GET /label-sets`` lists it."""
+
+    name: str
+    labels: list[str]
+    num_labels: int
+    prompts: str
+    calibrated: bool
+    threshold: float
+    target_tpr: float
+    gate_score_name: str
+    created_at: str
+    source: str
+
+
+class LabelSetInfo(LabelSetSummary):
+    """One named label set in full (``GET /label-sets/{name}``, ``PUT /label-sets/{name}``)."""
+
+    calibration: dict[str, Any] = Field(description="The gate's calibration record (without its quantile summary).")
+    examples: dict[str, int] = Field(description="Example images per label the threshold was fitted on.")
+    bundle: dict[str, str] = Field(description="The bundle the set was made for (name, version, fingerprint).")
+    sha256: str
+
+
+class LabelSetList(BaseModel):
+    label_sets: list[LabelSetSummary]
+    not_loaded: dict[str, str] = Field(description="Files in the directory that are not served, and why.")
+    directory: str
+    prompt_modes: list[str] = Field(description="Prompt modes of the bundle's text side.")
+    default_prompts: str
+    rule_label_counts: dict[str, list[int]] = Field(
+        description="Per prompt mode: the fewest and most labels the default rule covers (ad-hoc sets, sets "
+        "without examples)."
     )
 
 

@@ -202,6 +202,39 @@ class Settings(BaseSettings):
     )
     ui: bool = Field(True, description="Serve the try-it page at / (false: / answers 404).")
 
+    # --- label sets (docs/label-sets.md) -------------------------------------------------------
+    label_sets_dir: Path | None = Field(
+        None, description="Directory of named label sets (one JSON file each); None = the bundle's label-sets/."
+    )
+    label_sets_poll_s: float = Field(
+        2.0, ge=0.0, le=3600.0, description="How often each worker looks for new or changed label-set files "
+        "(seconds; 0 = on every request); an unknown name is always looked up on disk before a 404."
+    )
+    admin_key: SecretStr | None = Field(
+        None, description="If set, PUT /label-sets/{name} needs 'Authorization: Bearer <admin key>'; unset: "
+        "creating label sets over HTTP is off (403)."
+    )
+    max_label_sets: int = Field(64, ge=1, le=10_000, description="Named label sets a server loads and accepts (PUT of "
+                                "a new name beyond: 409).")
+    max_labels: int = Field(256, ge=2, le=4096, description="Labels per label set, named or ad hoc (422 beyond).")
+    max_label_chars: int = Field(100, ge=1, le=1000, description="Characters per label (422 beyond).")
+    label_cache_size: int = Field(
+        4096, ge=0, description="Ad-hoc label embeddings kept per worker (LRU, keyed by label text and prompt mode)."
+    )
+    max_label_set_examples: int = Field(
+        2048, ge=1, le=100_000, description="Example images of one PUT /label-sets/{name}, all labels together "
+        "(413 beyond); the body limit (max_body_bytes) applies too."
+    )
+    max_example_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Bytes of one example image (413 beyond).")
+    label_set_timeout_s: float = Field(
+        600.0, gt=0.0, description="Deadline of a PUT /label-sets/{name} with examples (they go through the "
+        "batches chunk by chunk, waiting for room in the in-flight budget); past it: 504 or 503."
+    )
+    metrics_label_sets: int = Field(
+        16, ge=0, le=1000, description="Named label sets with their own value of the metrics' label_set label (the "
+        "first ones used); later ones count as 'other', ad-hoc labels as 'ad-hoc'."
+    )
+
     @model_validator(mode="after")
     def _limits_that_can_work(self) -> Settings:
         if self.max_queue_size < self.max_batch_size:

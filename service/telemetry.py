@@ -24,6 +24,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
+from models.label_sets import AD_HOC
 from models.log_noise import quiet_third_party_logs
 
 __all__ = [
@@ -46,6 +47,8 @@ DELTA_ENERGY_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 # traffic matches its share of the ID calibration scores.
 DRIFT_LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
 _PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
+BUNDLE_LABEL_SET = "bundle"  # the label_set label of requests answered with the bundle's own classes
+_POOLED_LABEL_SETS = frozenset({AD_HOC, "other"})  # no per-class series: their label text is unbounded
 
 
 class ServiceMetrics:
@@ -93,12 +96,16 @@ class ServiceMetrics:
             "deltagate_inference_duration_seconds", "Forward pass time per batch.",
             buckets=LATENCY_BUCKETS, registry=r,
         )
+        # label_set: "bundle" (the bundle's classes), a named set (the first metrics_label_sets ones a worker
+        # answers with), "other" (later named sets) or "ad-hoc"; the last two count under predicted_class
+        # "(other)" / "(ad-hoc)", so request-time label text never becomes a label value.
         self.images = Counter(
-            "deltagate_images_classified", "Images classified, by predicted class.", ["predicted_class"], registry=r
+            "deltagate_images_classified", "Images classified, by label set and predicted class.",
+            ["label_set", "predicted_class"], registry=r,
         )
         self.ood_flags = Counter(
-            "deltagate_ood_flags", "Images flagged out-of-distribution, by predicted class.",
-            ["predicted_class"], registry=r,
+            "deltagate_ood_flags", "Images flagged out-of-distribution, by label set and predicted class.",
+            ["label_set", "predicted_class"], registry=r,
         )
         self.image_errors = Counter(
             "deltagate_image_errors", "Images of answered requests that could not be classified (on_error=skip), "
@@ -119,8 +126,8 @@ class ServiceMetrics:
         """Create the model-dependent metrics once the bundle is known."""
         self.model_info.set({"name": manifest.name, "version": manifest.version, **engine_facts})
         for cls in manifest.classes:  # export zeros for every class, so rates exist from the start
-            self.images.labels(predicted_class=cls)
-            self.ood_flags.labels(predicted_class=cls)
+            self.images.labels(label_set=BUNDLE_LABEL_SET, predicted_class=cls)
+            self.ood_flags.labels(label_set=BUNDLE_LABEL_SET, predicted_class=cls)
         if self.gate_score is None:
             gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
             self.gate_score = Histogram(
@@ -159,13 +166,18 @@ class ServiceMetrics:
         for code in codes:
             self.image_errors.labels(code=code).inc()
 
-    def observe_images(self, labels: Sequence[str], gate_scores: Sequence[float], delta_energies: Sequence[float],
-                       is_ood: Sequence[bool]) -> None:
+    def observe_images(self, label_set: str, labels: Sequence[str], gate_scores: Sequence[float],
+                       delta_energies: Sequence[float], is_ood: Sequence[bool]) -> None:
+        """One request's results. The gate-score histograms observe the bundle's classes only: their buckets
+        are the bundle's calibration, and a label set's scores (another K, another threshold) would move the
+        drift alerts that read them."""
+        per_class = label_set not in _POOLED_LABEL_SETS
         for label, score, de, ood in zip(labels, gate_scores, delta_energies, is_ood, strict=True):
-            self.images.labels(predicted_class=label).inc()
+            cls = label if per_class else f"({label_set})"
+            self.images.labels(label_set=label_set, predicted_class=cls).inc()
             if ood:
-                self.ood_flags.labels(predicted_class=label).inc()
-            if self.gate_score is not None and self.delta_energy is not None:
+                self.ood_flags.labels(label_set=label_set, predicted_class=cls).inc()
+            if label_set == BUNDLE_LABEL_SET and self.gate_score is not None and self.delta_energy is not None:
                 self.gate_score.observe(score)
                 self.delta_energy.observe(de)
 

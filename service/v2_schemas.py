@@ -124,6 +124,16 @@ class InferParameters(BaseModel):
     binary_data_output: StrictBool | None = Field(
         None, description="Binary tensor data extension: every output as binary data, unless the output says "
         "otherwise.")
+    # Label sets (docs/label-sets.md). The protocol's parameter values are strings, numbers or booleans, so
+    # ad-hoc labels travel as one comma-separated string, as in `deltagate label-set create --labels a,b,c`.
+    label_set: StrictStr | None = Field(
+        None, min_length=1, description="Classify against this named label set (GET /label-sets) instead of the "
+        "bundle's classes, as POST /classify?label_set=NAME does.")
+    labels: StrictStr | None = Field(
+        None, min_length=1, description="Ad-hoc labels, comma-separated ('octagon,pentagon,hexagon'): classify "
+        "against these (gated by the bundle's default rule; calibrated: false). Not together with label_set.")
+    prompts: Literal["learned", "zero-shot"] | None = Field(
+        None, description="Prompt mode of ad-hoc labels (default: the bundle's).")
 
 
 class BinaryInputParameters(BaseModel):
@@ -237,6 +247,8 @@ class InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = Field(None, description="The request's id, if it had one.")
-    parameters: dict[str, str | float] = Field(description="gate_score_name and threshold: is_ood is gate_score "
-                                               "< threshold.")
+    parameters: dict[str, str | bool | float] = Field(
+        description="gate_score_name and threshold: is_ood is gate_score < threshold; with a label set (request "
+        "parameter label_set or labels) also label_set (its name, or 'ad-hoc') and calibrated (false: the bundle's "
+        "default rule for K labels), and the threshold is the set's.")
     outputs: list[ResponseOutput]

@@ -44,10 +44,11 @@ MAX_V2_CONTAINERS = 8 + 2 * len(OUTPUTS) + 2
 _NUMPY = {"FP32": "<f4", "INT64": "<i8"}
 
 
-def v2_comma_bound(max_images: int) -> int:
-    """The most commas a valid v2 JSON request of ``max_images`` images has (with slack): two per image (between
-    elements, and in a data: URL prefix), four per requested output, and the request's own fields."""
-    return 2 * max_images + 4 * len(OUTPUTS) + 16
+def v2_comma_bound(max_images: int, max_labels: int = 0) -> int:
+    """The most commas a valid v2 JSON request of ``max_images`` images and ``max_labels`` ad-hoc labels has (with
+    slack): two per image (between elements, and in a data: URL prefix), four per requested output, two per
+    label (between labels in the ``labels`` parameter, and one a label may hold), and the request's own fields."""
+    return 2 * max_images + 4 * len(OUTPUTS) + 2 * max_labels + 16
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,9 @@ class InferCall:
     top_k: int | None
     outputs: list[Requested]
     request_id: str | None
+    label_set: str | None = None  # the parameter label_set: a named set
+    labels: list[str] | None = None  # the parameter labels, split at its commas: ad-hoc labels
+    prompts: str | None = None  # their prompt mode
 
 
 @dataclass(frozen=True)
@@ -141,7 +145,7 @@ def _precheck_counts(payload: Any, settings: Settings) -> None:
 
 
 def parse_infer_request(body: bytes, json_length: int | None, model_name: str, settings: Settings) -> InferCall:
-    """A v2 inference request -> the images, ``top_k`` and outputs it asks for.
+    """A v2 inference request -> the images, ``top_k``, outputs and label set (parameters) it asks for.
 
     Args:
         body: the request body.
@@ -155,8 +159,10 @@ def parse_infer_request(body: bytes, json_length: int | None, model_name: str, s
         InvalidBodyError: anything else the protocol or this model refuses (400).
     """
     header, binary = (body, b"") if json_length is None else (body[:json_length], body[json_length:])
-    payload = load_bounded_json(header, v2_comma_bound(settings.max_images_per_request), MAX_V2_CONTAINERS,
-                                f"a request of at most {settings.max_images_per_request} images",
+    payload = load_bounded_json(header, v2_comma_bound(settings.max_images_per_request, settings.max_labels),
+                                MAX_V2_CONTAINERS,
+                                f"a request of at most {settings.max_images_per_request} images and "
+                                f"{settings.max_labels} labels",
                                 "a request is one object with one input and its requested outputs")
     _precheck_counts(payload, settings)
     model = JsonInferRequest if json_length is None else BinaryInferRequest
@@ -190,7 +196,11 @@ def parse_infer_request(body: bytes, json_length: int | None, model_name: str, s
                          getattr(o.parameters, "classification", None) or 0) for o in asked]
     if request.outputs is None:
         outputs = [Requested(name, binary_default) for name in OUTPUTS]
-    return InferCall([InputImage(d) for d in data], params.top_k if params else None, outputs, request.id)
+    if params is None:
+        return InferCall([InputImage(d) for d in data], None, outputs, request.id)
+    labels = params.labels.split(",") if params.labels is not None else None  # checked as /classify's labels
+    return InferCall([InputImage(d) for d in data], params.top_k, outputs, request.id, params.label_set, labels,
+                     params.prompts)
 
 
 def tensor_metadata(num_classes: int) -> tuple[list[TensorMetadata], list[TensorMetadata]]:

@@ -54,3 +54,40 @@ def tiny_bundle(tmp_path_factory, micro_clip) -> Path:
         calibration=calib,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def text_bundle(tmp_path_factory, micro_clip) -> Path:
+    """A micro-CLIP bundle with a text side: 4 classes baked from a (random) learned context, calibrated, and
+    a default rule per prompt mode fitted on drawings (labels assigned in turn: a plumbing check, not a model)."""
+    import numpy as np
+
+    from models.bundle import ArchitectureInfo, load_bundle, update_manifest
+    from models.calibration import CalibrationRecord
+    from models.label_set_create import VisionFeatures
+    from models.preprocess import preprocess_batch
+    from models.prompt_learner import PromptLearner
+    from models.scores import ScoreParams
+    from models.train.export import export_bundle, parity_images, scoring_module_from_clip
+    from models.train.label_rules import LabelledFeatures, fit_adhoc_rule
+    from models.train.text_export import export_text_side
+
+    out = tmp_path_factory.mktemp("bundles") / "micro-text"
+    torch.manual_seed(1)
+    learner = PromptLearner(micro_clip.model, micro_clip.tokenizer, MICRO_CLASSES, n_ctx=4)
+    module = scoring_module_from_clip(micro_clip, MICRO_CLASSES, learner.bake(), ScoreParams(delta_energy_top_c=1))
+    export_bundle(out, module, name="micro-text", version="0.0.1",
+                  architecture=ArchitectureInfo(model_name=MICRO_ARCH, open_clip_config=micro_clip.config),
+                  preprocess=micro_clip.preprocess, classes=MICRO_CLASSES, prompt={"method": "coop", "n_ctx": 4})
+    export_text_side(out, micro_clip, ctx=learner.ctx.detach(), learned_prefix=learner.prefix_text,
+                     baked_mode="learned")
+    pixels = preprocess_batch(parity_images(64, seed=1), micro_clip.preprocess)
+    with torch.no_grad():
+        calib = CalibrationRecord.from_scores(module(torch.from_numpy(pixels))[2].numpy())
+    bundle = update_manifest(out, calibration=calib)
+    data = LabelledFeatures(VisionFeatures(bundle)(pixels), np.arange(64) % 4, tuple(MICRO_CLASSES), "drawings")
+    rules = {mode: fit_adhoc_rule(bundle, data, mode, subsets_per_k=20) for mode in ("learned", "zero-shot")}
+    text = load_bundle(out).manifest.text
+    assert text is not None
+    update_manifest(out, text=text.model_copy(update={"rules": rules}))
+    return out

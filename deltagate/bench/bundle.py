@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ CALIBRATION_SEED = 1  # drawings of the threshold; the parity drawings use seed 
 
 
 def make_bench_bundle(out: Path, model: str = "ViT-B-32", *, onnx: bool = True, int8: bool = True,
-                      fp16: bool = False, seed: int = 0) -> Bundle:
+                      fp16: bool = False, text: bool = True, seed: int = 0) -> Bundle:
     """Export ``model`` with random weights and a bench-only threshold, with the graphs asked for.
 
     Args:
@@ -42,6 +43,8 @@ def make_bench_bundle(out: Path, model: str = "ViT-B-32", *, onnx: bool = True, 
         onnx: also export ``model.onnx`` (False: weights only, for the torch engine).
         int8: also write the int8 graph (dynamic quantization) with its own bench-only threshold.
         fp16: also write the float16 graph (engine onnx-fp16), which keeps the float32 threshold.
+        text: with ``onnx``, also the text side (label sets), with a bench-only default rule fitted on the
+            64 drawings labelled in turn (it sets a threshold per K; with random weights it means nothing else).
         seed: torch seed of the random weights.
 
     Returns:
@@ -69,10 +72,27 @@ def make_bench_bundle(out: Path, model: str = "ViT-B-32", *, onnx: bool = True, 
         architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=None),
         config=ExportConfig(onnx=onnx), calibration=CalibrationRecord.from_scores(scores, split=BENCH_SPLIT),
     )
+    if onnx and text:
+        bundle = _add_text_side(out, loaded, drawings)
     if int8 or fp16:
         bundle = _add_graphs(out, loaded.preprocess, drawings, int8, fp16)
     logger.info("bench bundle %s ready", out)
     return bundle
+
+
+def _add_text_side(out: Path, loaded: Any, drawings: np.ndarray) -> Bundle:
+    """The text side (one template, as the class embeddings) and a bench-only default rule per K."""
+    from models.bundle import update_manifest
+    from models.label_set_create import VisionFeatures
+    from models.train.label_rules import LabelledFeatures, fit_adhoc_rule
+    from models.train.text_export import export_text_side
+
+    bundle = export_text_side(out, loaded, templates=("a photo of a {}.",), baked_mode="zero-shot")
+    labels = np.arange(len(drawings)) % len(BENCH_CLASSES)  # (64,)
+    data = LabelledFeatures(VisionFeatures(bundle)(drawings), labels, BENCH_CLASSES, BENCH_SPLIT)
+    rule = fit_adhoc_rule(bundle, data, "zero-shot", subsets_per_k=20)
+    assert bundle.manifest.text is not None
+    return update_manifest(out, text=bundle.manifest.text.model_copy(update={"rules": {"zero-shot": rule}}))
 
 
 def _add_graphs(out: Path, preprocess: PreprocessConfig, threshold_images: np.ndarray, int8: bool,

@@ -92,6 +92,8 @@ class Payload:
     filename: str = "bench.png"
     content_type: str = "image/png"
     expected_label: str | None = None
+    path: str = "/classify"  # e.g. "/classify?label_set=NAME"
+    fields: tuple[tuple[str, str], ...] = ()  # more multipart text fields, e.g. (("labels", "cat"), ...)
 
 
 MISMATCH = "200-mismatch"  # outcome of a 200 whose label is not the expected one (or is missing)
@@ -139,7 +141,9 @@ async def _client_loop(client: httpx.AsyncClient, payloads: Sequence[Payload], f
         files = {"file": (payload.filename, payload.data, payload.content_type)}
         t0 = time.perf_counter()
         try:
-            response = await client.post("/classify", files=files)
+            response = await client.post(payload.path, files=files,
+                                         data={k: [v for f, v in payload.fields if f == k]
+                                               for k, _ in payload.fields} or None)
             outcome = _outcome(response, payload)
         except httpx.HTTPError as exc:
             outcome = type(exc).__name__

@@ -265,3 +265,46 @@ def markdown(
     md = markdown_report(json.loads(report.read_text(encoding="utf-8")))
     report.with_suffix(".md").write_text(md, encoding="utf-8")
     typer.echo(md)
+
+
+@bench_app.command("label-sets")
+def label_sets(
+    ctx: typer.Context,
+    bundle: Annotated[Path, typer.Option(help="Bundle with a text side (e.g. `deltagate bench bundle --out B`).")],
+    engine: EngineName = "onnx",
+    rounds: Annotated[int, typer.Option(min=1, help="Interleaved rounds (fixed, named, ad-hoc; order rotated).")] = 5,
+    seconds: Seconds = 5.0,
+    concurrency: Annotated[int, typer.Option(min=1, help="Closed-loop clients.")] = 8,
+    ks: Annotated[str, typer.Option(help="Label counts of the text-forward timing.")] = "2,10,50",
+    max_batch_size: Annotated[int, typer.Option(help="Service max_batch_size.")] = 8,
+    image_size: ImageSize = "320x240",
+    ports: Annotated[str | None, typer.Option(help="Port range for the server, LOW-HIGH [OS picks].")] = None,
+    out: Out = None,
+) -> None:
+    """What label sets cost: ms per label of a new ad-hoc set, and images/s of a named / cached ad-hoc set
+    against the bundle's fixed classes on one server, in interleaved rounds (target: named >= 0.97 x fixed)."""
+    import tempfile
+
+    from deltagate.bench.label_sets import TARGET_NAMED_RATIO, label_sets_report
+    from service.settings import Settings
+
+    with tempfile.TemporaryDirectory(prefix="deltagate-bench-sets-") as sets_dir:
+        settings = Settings(bundle_path=bundle, engine=engine, device="cpu", max_batch_size=max_batch_size,
+                            max_queue_size=max(256, concurrency), log_level="warning", label_sets_dir=Path(sets_dir))
+        report = label_sets_report(command_line(ctx), settings, rounds=rounds, seconds=seconds,
+                                   concurrency=concurrency, ks=_ints(ks), image_size=_size(image_size),
+                                   port_range=_port_range(ports))
+    for k, v in report["text_forward"]["per_k"].items():
+        typer.echo(f"text forward, {k} new labels: {v['median_ms']} ms ({v['median_ms_per_label']} ms per label)")
+    first = report["first_request"]
+    typer.echo(f"first request with a new ad-hoc set of {first['k']} labels - the cached one: median "
+               f"{first['median_first_minus_cached_ms']} ms ({first['median_ms_per_label']} ms per label)")
+    for key, v in report["added_cost"].items():
+        if key.startswith("batch_"):
+            typer.echo(f"scores.onnx, {key.replace('_', ' ')}, K={report['added_cost']['k']}: {v['scores_onnx_ms']} ms "
+                       f"against a {v['forward_ms']} ms forward ({100 * v['scores_share_of_forward']:.3f} %)")
+    for cond, r in report["ratios_to_fixed"].items():
+        typer.echo(f"images/s {cond} / fixed classes: median {r['median']} (rounds: {r['per_round']})")
+    v = report["verdict"]
+    typer.echo(f"named / fixed >= {TARGET_NAMED_RATIO}: {'met' if v['met'] else 'MISSED'}; errors: {v['errors']}")
+    _finish(report, out)

@@ -49,6 +49,8 @@ def export(
     name: Annotated[str | None, typer.Option(help="Model name in the manifest (default: the directory name).")] = None,
     version: Annotated[str, typer.Option(help="Model version in the manifest.")] = "0.1.0",
     onnx: Annotated[bool, typer.Option(help="Also export and check model.onnx.")] = True,
+    text: Annotated[bool, typer.Option(help="With ONNX: also the text side (text.onnx, scores.onnx, tokenizer.json) "
+                                            "for label sets at request time.")] = True,
     seed: Annotated[int, typer.Option(help="Seed for random initialisation.")] = 0,
     quantize: Annotated[
         list[str] | None,
@@ -75,6 +77,10 @@ def export(
         architecture=ArchitectureInfo(model_name=model, open_clip_config=loaded.config, pretrained=loaded.pretrained),
         prompt={"method": "zero-shot", "templates": list(templates)}, config=ExportConfig(onnx=onnx),
     )
+    if onnx and text:
+        from models.train.text_export import export_text_side
+
+        bundle = export_text_side(out, loaded, templates=templates, baked_mode="zero-shot")
     files = ", ".join(f"{k} ({v.size / 1e6:.1f} MB)" for k, v in bundle.manifest.files.items())
     typer.echo(f"wrote bundle {bundle.path}: {len(names)} classes; {files}")
     if bundle.manifest.onnx is not None:

@@ -6,9 +6,10 @@ preprocessed images in the same call and fails when they differ beyond the state
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,9 @@ from models.bundle import (
     FP16_ONNX_FILE,
     INT8_ONNX_FILE,
     ONNX_FILE,
+    SCORES_ONNX_FILE,
+    TEXT_ONNX_FILE,
+    TOKENIZER_FILE,
     ArchitectureInfo,
     Bundle,
     OnnxInfo,
@@ -31,7 +35,7 @@ from models.clip_loading import LoadedClip
 from models.preprocess import PreprocessConfig, preprocess_batch
 from models.prompt_learner import DEFAULT_TEMPLATES, zero_shot_class_embeddings
 from models.scores import ScoreParams
-from models.scoring_module import INPUT_NAME, OUTPUT_NAMES, ScoringModule
+from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScoringModule
 
 __all__ = [
     "ExportConfig",
@@ -63,8 +67,13 @@ class OnnxParityError(RuntimeError):
     """ONNX Runtime and PyTorch disagree beyond the tolerance."""
 
 
+# model.onnx's outputs: the scoring module's four, then the normalised image features (label sets score them).
+GRAPH_OUTPUT_NAMES: tuple[str, ...] = (*OUTPUT_NAMES, FEATURES_NAME)
+
+
 def export_onnx(module: ScoringModule, path: Path, image_size: int, opset: int = 18) -> None:
-    """Export the scoring module to ONNX with a dynamic batch axis.
+    """Export the scoring module to ONNX with a dynamic batch axis, with the image features as a fifth output
+    (``ScoringModule.features_output``).
 
     Args:
         module: the module (CPU, float32).
@@ -75,20 +84,30 @@ def export_onnx(module: ScoringModule, path: Path, image_size: int, opset: int =
     module = module.eval().float().cpu()
     example = torch.randn(2, 3, image_size, image_size)  # (2, 3, H, W); 2 keeps the batch axis symbolic
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with warnings.catch_warnings(), torch.no_grad():
+    with warnings.catch_warnings(), torch.no_grad(), _features_output(module, True):
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
             (example,),
             str(path),
             input_names=[INPUT_NAME],
-            output_names=list(OUTPUT_NAMES),
+            output_names=list(GRAPH_OUTPUT_NAMES),
             dynamic_shapes={"pixel_values": {0: batch}},
             opset_version=opset,
             dynamo=True,
             external_data=False,
             verbose=False,
         )
+
+
+@contextlib.contextmanager
+def _features_output(module: ScoringModule, on: bool) -> Iterator[None]:
+    before = module.features_output
+    module.features_output = on
+    try:
+        yield
+    finally:
+        module.features_output = before
 
 
 def parity_images(n: int, seed: int = 0, size: int = 96) -> list[Image.Image]:
@@ -116,18 +135,22 @@ def check_onnx_parity(
 ) -> dict[str, float]:
     """Run both engines on the same batches; raise if any output differs beyond tolerance.
 
+    Every output of the graph is checked: the scoring module's four and, where the graph has it, the image
+    features (against the module with ``features_output`` on).
+
     Returns:
         Worst absolute difference per output name.
     """
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    worst = dict.fromkeys(OUTPUT_NAMES, 0.0)
+    names = [o.name for o in session.get_outputs()]
+    worst = dict.fromkeys(names, 0.0)
     for x in batches:
-        with torch.no_grad():
+        with torch.no_grad(), _features_output(module, FEATURES_NAME in names):
             ref = [t.numpy() for t in module(torch.from_numpy(x))]
-        got = session.run(list(OUTPUT_NAMES), {INPUT_NAME: x})
-        for name, r, g in zip(OUTPUT_NAMES, ref, got, strict=True):
+        got = session.run(names, {INPUT_NAME: x})
+        for name, r, g in zip(names, ref, got, strict=True):
             if r.shape != g.shape:
                 raise OnnxParityError(f"{name}: ONNX shape {g.shape} != PyTorch {r.shape} at batch {x.shape[0]}")
             worst[name] = max(worst[name], float(np.abs(r - g).max()))
@@ -197,6 +220,8 @@ def export_bundle(
     (out / ONNX_FILE).unlink(missing_ok=True)
     (out / INT8_ONNX_FILE).unlink(missing_ok=True)  # an int8 graph of an earlier export would be stale
     (out / FP16_ONNX_FILE).unlink(missing_ok=True)  # so would a float16 one
+    for stale in (TEXT_ONNX_FILE, SCORES_ONNX_FILE, TOKENIZER_FILE):  # and a text side (export_text_side)
+        (out / stale).unlink(missing_ok=True)
     bundle = save_bundle(
         out, module, name=name, version=version, architecture=architecture, preprocess=preprocess,
         classes=list(classes), prompt=prompt or {}, **manifest_fields,
@@ -215,7 +240,7 @@ def export_bundle(
         raise
     logger.info("ONNX parity OK: %s", {k: f"{v:.2g}" for k, v in worst.items()})
     info = OnnxInfo(
-        opset=cfg.opset, parity_atol=cfg.atol, parity_max_abs_diff=worst,
+        opset=cfg.opset, output_names=list(GRAPH_OUTPUT_NAMES), parity_atol=cfg.atol, parity_max_abs_diff=worst,
         parity_batch_sizes=list(cfg.parity_batch_sizes),
     )
     return update_manifest(out, onnx=info)

@@ -15,10 +15,12 @@ from typing import Any
 
 from models.bundle import ArchitectureInfo, Bundle
 from models.clip_loading import LoadedClip, load_clip
+from models.prompts import learned_prefix
 from models.quality import ValidationRecord
 from models.scores import ScoreParams
 from models.scoring_module import ScoringModule
 from models.train.export import ExportConfig, export_bundle, scoring_module_from_clip
+from models.train.text_export import export_text_side
 from models.train.trainer import PROMPT_FILE, TrainConfig
 
 __all__ = ["RunInfo", "module_from_run", "export_run"]
@@ -42,7 +44,9 @@ class RunInfo:
                 raise FileNotFoundError(f"{self.path / name} missing: not a finished training run")
         self.run: dict[str, Any] = json.loads((self.path / "run.json").read_text(encoding="utf-8"))
         self.config = TrainConfig.from_dict(json.loads((self.path / "train_config.json").read_text(encoding="utf-8")))
-        self.class_embeddings = load_file(str(self.path / PROMPT_FILE))["class_embeddings"]  # (K, D)
+        tensors = load_file(str(self.path / PROMPT_FILE))
+        self.class_embeddings = tensors["class_embeddings"]  # (K, D)
+        self.ctx = tensors.get("ctx")  # (n_ctx, W) learned context (CoOp / EBM), None for zero-shot
         history = self.path / "history.json"
         self.history: list[dict[str, Any]] = (
             json.loads(history.read_text(encoding="utf-8")) if history.is_file() else [])
@@ -87,6 +91,7 @@ def export_run(
     onnx: bool = True,
     score_params: ScoreParams | None = None,
     selection: dict[str, Any] | None = None,
+    text: bool = True,
 ) -> Bundle:
     """Write the bundle of a training run (weights, ONNX checked against PyTorch, manifest).
 
@@ -100,6 +105,7 @@ def export_run(
         onnx: also write ``model.onnx``.
         score_params: the bundle's score parameters (default: METHOD.md's).
         selection: how they were selected (stored in the manifest's ``prompt`` record).
+        text: with ``onnx``, also write the text side (label sets; the run's learned context inside).
 
     Returns:
         The bundle (not yet calibrated: run ``calibrate`` next).
@@ -120,5 +126,12 @@ def export_run(
         preprocess=clip.preprocess, prompt=prompt, config=ExportConfig(onnx=onnx), description=description,
         validation=run.validation,
     )
+    if onnx and text:
+        learned = cfg.method != "zero-shot" and run.ctx is not None
+        bundle = export_text_side(
+            out, clip, ctx=run.ctx if learned else None,
+            learned_prefix=learned_prefix(cfg.n_ctx, cfg.ctx_init) if learned else None,
+            templates=list(cfg.templates), baked_mode="learned" if learned else "zero-shot",
+        )
     logger.info("exported %s run %s to %s", cfg.method, run.path, bundle.path)
     return bundle

@@ -16,14 +16,15 @@ import numpy as np
 
 from models.bundle import Bundle
 from models.errors import DeltagateError
-from models.scoring_spec import OUTPUT_NAMES
+from models.scoring_spec import FEATURES_NAME, OUTPUT_NAMES
 from service.settings import DeviceName
 
 __all__ = ["Engine", "EngineError", "EngineOutputs", "EngineThreads", "check_outputs"]
 
 logger = logging.getLogger(__name__)
 
-# name -> array: logits (B, K), probs (B, K), delta_energy (B,), energy (B,)
+# name -> array: logits (B, K), probs (B, K), delta_energy (B,), energy (B,); and image_features (B, D) when
+# the bundle has a text side (label sets are scored from them)
 EngineOutputs = dict[str, np.ndarray]
 
 
@@ -102,13 +103,16 @@ def check_outputs(outputs: EngineOutputs, batch_size: int, num_classes: int) -> 
         The outputs as float32 arrays.
 
     Raises:
-        EngineError: a name is missing or a shape is wrong.
+        EngineError: a name is missing or a shape is wrong (the image features, when given, must be (B, D)).
     """
     missing = [n for n in OUTPUT_NAMES if n not in outputs]
     if missing:
         raise EngineError(f"engine outputs lack {missing}")
     expected = {"logits": (batch_size, num_classes), "probs": (batch_size, num_classes),
                 "delta_energy": (batch_size,), "energy": (batch_size,)}
+    if FEATURES_NAME in outputs:
+        dims = np.shape(outputs[FEATURES_NAME])
+        expected[FEATURES_NAME] = (batch_size, dims[1] if len(dims) == 2 else -1)  # (B, D), any D
     checked = {}
     for name, shape in expected.items():
         arr = np.asarray(outputs[name], dtype=np.float32)

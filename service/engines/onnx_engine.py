@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from models.bundle import Bundle
-from models.scoring_spec import INPUT_NAME, OUTPUT_NAMES
+from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 
@@ -35,6 +35,7 @@ class OnnxEngine(Engine):
     def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
         super().__init__(bundle, device, threads)
         self._session = None
+        self._outputs: list[str] = list(OUTPUT_NAMES)  # and the image features when the graph has them
 
     def _providers(self) -> list[str]:
         import onnxruntime as ort
@@ -72,6 +73,7 @@ class OnnxEngine(Engine):
         if _CUDA_EP in providers and not on_cuda:
             logger.warning("%s is installed but failed to initialise: running on the CPU", _CUDA_EP)
         self._session = session
+        self._outputs = list(OUTPUT_NAMES) + ([FEATURES_NAME] if FEATURES_NAME in names else [])
         self.device = "cuda:0" if on_cuda else "cpu"
 
     def _options(self) -> Any:  # an ort.SessionOptions (onnxruntime ships no type stubs)
@@ -91,8 +93,8 @@ class OnnxEngine(Engine):
         if self._session is None:
             raise EngineError("engine used before load()")
         feed = {INPUT_NAME: np.ascontiguousarray(pixel_values, dtype=np.float32)}  # (B, 3, H, W)
-        values = self._session.run(list(OUTPUT_NAMES), feed)
-        return dict(zip(OUTPUT_NAMES, values, strict=True))
+        values = self._session.run(self._outputs, feed)
+        return dict(zip(self._outputs, values, strict=True))
 
     def close(self) -> None:
         self._session = None

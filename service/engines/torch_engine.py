@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.scoring_module import OUTPUT_NAMES, ScoringModule
+from models.scoring_module import FEATURES_NAME, OUTPUT_NAMES, ScoringModule
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 
@@ -43,6 +43,7 @@ class TorchEngine(Engine):
     def __init__(self, bundle: Bundle, device: DeviceName = "auto", threads: EngineThreads | None = None) -> None:
         super().__init__(bundle, device, threads)
         self._module: ScoringModule | None = None
+        self._outputs: list[str] = list(OUTPUT_NAMES)
         self._torch_device = torch.device("cpu")
         self._dtype = torch.float32
         self._graphed: BucketedForward | None = None  # CUDA graphs per bucket (enable_cuda_graphs)
@@ -59,7 +60,9 @@ class TorchEngine(Engine):
         module = self.bundle.build_scoring_module().eval()
         module.visual.to(self._torch_device, dtype=self._dtype)
         module.class_embeddings = module.class_embeddings.to(self._torch_device)  # stays float32
+        module.features_output = self.bundle.has_text  # label sets are scored from the image features
         self._module = module
+        self._outputs = list(OUTPUT_NAMES) + ([FEATURES_NAME] if self.bundle.has_text else [])
         self.device = str(self._torch_device)
         self.providers = [f"torch:{self.device}"]
         self.precision = "float16" if use_cuda else "float32"
@@ -94,7 +97,7 @@ class TorchEngine(Engine):
             x = x.contiguous(memory_format=torch.channels_last)  # NHWC convolution kernels for the patch embedding
         with torch.inference_mode():
             outputs = self._graphed(x) if self._graphed is not None else self._module(x)
-        return {name: t.float().cpu().numpy() for name, t in zip(OUTPUT_NAMES, outputs, strict=True)}
+        return {name: t.float().cpu().numpy() for name, t in zip(self._outputs, outputs, strict=True)}
 
     def describe(self) -> dict[str, str]:
         buckets = self._graphed.captured if self._graphed is not None else []

@@ -23,8 +23,9 @@ from fastapi.responses import JSONResponse, Response
 from models.bundle import BundleManifest
 from models.version import DELTAGATE_VERSION
 from service.deps import ApiKeyDep, RuntimeDep
-from service.errors import ModelNotFoundError, UnsupportedMediaTypeError
-from service.pipeline import classify_images, receive_bytes, record_classified, resolve_top_k
+from service.errors import InvalidBodyError, ModelNotFoundError, ServiceError, UnsupportedMediaTypeError
+from service.label_sets import Vocabulary
+from service.pipeline import classify_images, receive_bytes, record_classified, resolve_top_k, resolve_vocabulary
 from service.runtime import Phase, Runtime
 from service.v2_schemas import (
     EXTENSIONS,
@@ -37,7 +38,14 @@ from service.v2_schemas import (
     ServerReadyResponse,
     V2ErrorResponse,
 )
-from service.v2_tensors import HEADER_LENGTH, encode_response, header_length, output_tensors, parse_infer_request
+from service.v2_tensors import (
+    HEADER_LENGTH,
+    InferCall,
+    encode_response,
+    header_length,
+    output_tensors,
+    parse_infer_request,
+)
 from service.v2_tensors import tensor_metadata as tensor_metadata_of
 
 __all__ = ["router", "INFER_PATHS", "PLATFORM", "infer_route"]
@@ -64,13 +72,16 @@ def _errors(texts: dict[int, str]) -> dict[int | str, dict[str, Any]]:
 
 
 _NOT_FOUND = {404: "No model of that name or version is served."}
+_LABEL_SETS = {404: "No model of that name or version is served, or no label set of the parameter label_set's name.",
+               409: "Label sets are unavailable on this bundle: no text side, no default rule for the prompt mode, "
+                    "or more ad-hoc labels than the rule covers."}
 _NOT_READY = {503: "The model is not ready (loading, failed or stopping); see Retry-After."}
 _INFER_ERRORS = _errors({
     400: "A request the protocol or this model refuses (an unknown input, output, parameter or field, a shape that "
          "does not match the data, malformed binary data or JSON), or an image that does not decode (not an "
          "image, truncated, unsupported, too elongated).",
     401: "Missing or wrong API key (only when one is configured).",
-    **_NOT_FOUND,
+    **_LABEL_SETS,
     408: "The body did not arrive within the body read timeout (the connection is closed).",
     413: "Body or number of images over the limit, or an image's pixel count before or after resizing.",
     415: "Content type neither application/json nor application/octet-stream (or none), or a compressed body.",
@@ -216,6 +227,20 @@ async def infer_version(request: Request, runtime: RuntimeDep, _auth: ApiKeyDep,
     return await _infer(request, runtime, model_name, model_version)
 
 
+async def _vocabulary(runtime: Runtime, call: InferCall, deadline: float) -> Vocabulary | None:
+    """The request's label set (parameters ``label_set``, ``labels``, ``prompts``), as ``/classify`` resolves it.
+
+    A refusal keeps ``/classify``'s status (404 unknown set, 409 a bundle without a text side), except that
+    a malformed request is the protocol's 400 (``/classify`` says 422), as every other refusal of a v2 request.
+    """
+    try:
+        return await resolve_vocabulary(runtime, call.label_set, call.labels, call.prompts, deadline)
+    except ServiceError as exc:
+        if exc.status == 422:
+            raise InvalidBodyError(exc.message, details=exc.details) from exc
+        raise
+
+
 async def _infer(request: Request, runtime: Runtime, model_name: str, model_version: str | None) -> Response:
     _, batcher = runtime.require_ready()
     # First, as /classify does (and the connection level's early answer, routes.classify): a spent budget is
@@ -233,14 +258,17 @@ async def _infer(request: Request, runtime: Runtime, model_name: str, model_vers
         del body  # the images hold what is needed of it
         ticket.grow(len(call.images))
         k = resolve_top_k(None, call.top_k, s.default_top_k)
-        out = await classify_images(runtime, batcher, ticket, call.images, k, "fail", deadline, request.receive)
+        vocab = await _vocabulary(runtime, call, deadline)
+        out = await classify_images(runtime, batcher, ticket, call.images, k, "fail", deadline, request.receive,
+                                    vocabulary=vocab)
     record_classified(runtime, state.log_fields, len(call.images), out)
-    tensors = output_tensors(out.results, out.probabilities, manifest.classes, call.outputs)
-    calib = manifest.calibration
+    tensors = output_tensors(out.results, out.probabilities, out.classes, call.outputs)
+    calib = manifest.calibration if vocab is None else vocab.calibration
     assert calib is not None  # the runtime refuses bundles without calibration
+    label_set = {} if vocab is None else {"label_set": vocab.label_set, "calibrated": vocab.calibrated}
     head = {"model_name": manifest.name, "model_version": manifest.version,
             **({"id": call.request_id} if call.request_id is not None else {}),
-            "parameters": {"gate_score_name": calib.score, "threshold": calib.threshold}}
+            "parameters": {"gate_score_name": calib.score, "threshold": calib.threshold, **label_set}}
     content, json_length = encode_response(head, tensors, [o.binary for o in call.outputs])
     if json_length is None:
         return Response(content, media_type=_JSON)

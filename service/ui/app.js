@@ -10,6 +10,7 @@
 
   let apiKey = "";
   let model = null; // the /model response once loaded
+  let labelSets = null; // the GET /label-sets response (null: not loaded or the bundle has no text side)
   let modelRetry = null; // timer of a /model retry after a 503
   const items = []; // one per image: {n, file, url, state, result, error, li}
   const queue = [];
@@ -79,6 +80,57 @@
     model = await response.json();
     renderModel(model);
     renderChart();
+    loadLabelSets();
+  }
+
+  // ---- label sets: the picker's named sets (GET /label-sets) -------------------------------------
+  async function loadLabelSets() {
+    const picker = $("label-set");
+    const hint = $("label-set-hint");
+    let response;
+    try {
+      response = await fetch("label-sets", { headers: authHeaders() });
+    } catch (e) {
+      hint.textContent = `label sets: network error: ${e.message}`;
+      return;
+    }
+    if (!response.ok) {
+      labelSets = null;
+      hint.textContent = (await describeError(response)).text;
+      for (const opt of Array.from(picker.options)) opt.disabled = opt.value !== "";
+      picker.value = "";
+      onPickerChange();
+      return;
+    }
+    labelSets = await response.json();
+    const chosen = picker.value;
+    const named = labelSets.label_sets.map((ls) => el("option", { value: `set:${ls.name}` },
+      `${ls.name} (${ls.num_labels} labels${ls.calibrated ? ", calibrated" : ""})`));
+    picker.replaceChildren(picker.options[0], picker.options[1], ...named);
+    for (const opt of Array.from(picker.options)) opt.disabled = false;
+    picker.value = Array.from(picker.options).some((o) => o.value === chosen) ? chosen : "";
+    const counts = labelSets.rule_label_counts[labelSets.default_prompts];
+    hint.textContent = `${labelSets.label_sets.length} named set(s); ad-hoc labels: ${counts ? `${counts[0]} to ${counts[1]}`
+      : "no default rule"} (${labelSets.default_prompts} prompts).`;
+    onPickerChange();
+  }
+
+  function onPickerChange() {
+    $("labels").disabled = $("label-set").value !== "ad-hoc";
+  }
+
+  // The request's classes: {query, labels, name} from the picker and the labels box.
+  function chosenClasses() {
+    const v = $("label-set").value;
+    if (v === "ad-hoc") {
+      const labels = $("labels").value.split(/[\n,]/).map((s) => s.trim()).filter((s) => s.length);
+      return { query: "", labels, name: "ad-hoc" };
+    }
+    if (v.startsWith("set:")) {
+      const name = v.slice(4);
+      return { query: `label_set=${encodeURIComponent(name)}`, labels: [], name };
+    }
+    return { query: "", labels: [], name: null };
   }
 
   function showModelError(text) {
@@ -178,12 +230,23 @@
   async function classify(item) {
     const body = new FormData();
     body.append("file", item.file, item.file.name);
+    const classes = chosenClasses();
+    if (classes.name === "ad-hoc" && !classes.labels.length) {
+      item.error = "type the labels to classify against in the Labels box (at least two)";
+      item.state = "error";
+      return;
+    }
+    for (const label of classes.labels) body.append("labels", label);
     const k = parseInt($("top-k").value, 10);
-    const url = Number.isInteger(k) && k >= 1 ? `classify?top_k=${k}` : "classify";
+    const query = [Number.isInteger(k) && k >= 1 ? `top_k=${k}` : "", classes.query].filter((q) => q).join("&");
+    const url = query ? `classify?${query}` : "classify";
     try {
       const response = await fetch(url, { method: "POST", body, headers: authHeaders() });
       if (response.ok) {
-        item.result = (await response.json()).results[0];
+        const answer = await response.json();
+        item.result = answer.results[0];
+        item.labelSet = answer.label_set;
+        item.calibrated = answer.calibrated;
         item.state = "done";
       } else {
         item.error = (await describeError(response)).text;
@@ -215,16 +278,19 @@
     const parts = [head];
     if (item.state === "pending") parts.push(el("p", { class: "decision" }, "classifying…"));
     if (item.state === "error") parts.push(el("p", { class: "decision" }, "error"), el("p", { class: "error" }, item.error));
-    if (item.state === "done") parts.push(...renderResult(r));
+    if (item.state === "done") parts.push(...renderResult(r, item));
     li.replaceChildren(thumb, el("div", { class: "body" }, ...parts));
   }
 
-  function renderResult(r) {
+  function renderResult(r, item) {
     const margin = r.delta_energy - r.threshold;
     const verdict = r.is_ood ? "rejected" : "accepted";
+    const classes = item.labelSet === null || item.labelSet === undefined ? "the bundle's"
+      : item.labelSet === "ad-hoc" ? "ad-hoc labels" : `label set ${item.labelSet}`;
     const out = [
       el("p", { class: "decision" }, el("strong", {}, verdict), r.is_ood ? " · out of distribution" : ""),
       el("dl", { class: "facts" },
+        ...row("Classes", classes, item.calibrated ? "" : " · threshold not calibrated (default rule)"),
         ...row("Label", el("strong", {}, r.label), r.is_ood ? " (not trusted)" : ""),
         ...row("Confidence", pct(r.confidence)),
         ...row("ΔEnergy", `${num(r.delta_energy)} (threshold ${num(r.threshold)}, ${margin >= 0 ? "+" : ""}${num(margin)})`),
@@ -291,7 +357,8 @@
     const vmin = values[0];
     const vmax = values[values.length - 1];
     const span = Math.max(vmax - vmin, 1e-6);
-    const scored = items.filter((i) => i.state === "done");
+    // Only the bundle's classes share its calibration and threshold; a label set's images are on their cards.
+    const scored = items.filter((i) => i.state === "done" && (i.labelSet === null || i.labelSet === undefined));
     // Domain: the calibration range and the images' scores, at most 2 spans either side (beyond: edge arrows).
     let lo = Math.min(vmin, model.threshold, ...scored.map((i) => i.result.delta_energy));
     let hi = Math.max(vmax, model.threshold, ...scored.map((i) => i.result.delta_energy));
@@ -390,6 +457,7 @@
     });
     $("controls").addEventListener("submit", (e) => { e.preventDefault(); applyKey(true); });
     $("api-key").addEventListener("change", () => applyKey(false));
+    $("label-set").addEventListener("change", onPickerChange);
     let resizeTimer = null;
     window.addEventListener("resize", () => { clearTimeout(resizeTimer); resizeTimer = setTimeout(renderChart, 100); });
     renderChart();

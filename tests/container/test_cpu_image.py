@@ -42,7 +42,7 @@ REQUEST_ID = "container-parity-0001"
 def parity_files() -> list[tuple[str, tuple[str, bytes, str]]]:
     """In-distribution drawings, far-OOD textures, noise, a JPEG and an odd size: both decisions."""
     drawing = np.asarray(Image.open(io.BytesIO(id_drawing("star", 3))).convert("RGB"))
-    named = [("circle.png", id_drawing("circle", 4), "image/png"),
+    named = [("circle.png", id_drawing("circle", 1), "image/png"),
              ("square.png", id_drawing("square", 1), "image/png"),
              ("star.jpg", encode(drawing, "JPEG"), "image/jpeg"),
              ("waves.png", far_ood_texture("waves", 0), "image/png"),

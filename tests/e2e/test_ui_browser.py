@@ -198,7 +198,7 @@ def test_id_image_accepted_far_ood_rejected_and_charted(page: Any, default_serve
     page.get_by_role("button", name="Choose images…").focus()
     with page.expect_file_chooser() as chooser:
         page.keyboard.press("Enter")  # the picker opens from the keyboard
-    chooser.value.set_files([{"name": "circle.png", "mimeType": "image/png", "buffer": id_drawing("circle", 4)},
+    chooser.value.set_files([{"name": "circle.png", "mimeType": "image/png", "buffer": id_drawing("circle", 1)},
                              {"name": "waves.png", "mimeType": "image/png", "buffer": far_ood_texture("waves", 0)}])
     wait_done(page, 2)
     first, second = card(page, 1), card(page, 2)
@@ -228,7 +228,7 @@ def test_the_api_docs_render_from_the_service_alone(page: Any, default_server: L
 
 def test_dropped_and_pasted_images_are_classified(page: Any, default_server: LiveServer) -> None:
     page.goto(default_server.url)
-    image = base64.b64encode(id_drawing("circle", 4)).decode()
+    image = base64.b64encode(id_drawing("circle", 1)).decode()
     transfer = page.evaluate_handle(_DATA_TRANSFER, [image, "<b>dropped</b>.png"])  # names are text, not HTML
     page.dispatch_event("#drop-zone", "dragover", {"dataTransfer": transfer})
     page.dispatch_event("#drop-zone", "drop", {"dataTransfer": transfer})
@@ -269,7 +269,7 @@ def test_the_chart_draws_the_quantile_summary_and_places_scores_about_the_thresh
     assert calibration is not None
     page.goto(default_server.url)
     page.locator("#model-body h3").wait_for()
-    upload(page, ("circle.png", id_drawing("circle", 4), "image/png"),
+    upload(page, ("circle.png", id_drawing("circle", 1), "image/png"),
            ("waves.png", far_ood_texture("waves", 0), "image/png"))
     wait_done(page, 2)
     # Bar heights ∝ the calibration mass of 32 equal-width bins over [min, max], computed here from the
@@ -303,7 +303,7 @@ def test_a_non_image_shows_the_services_message(page: Any, default_server: LiveS
 def test_screenshot_after_classifying(page: Any, default_server: LiveServer, tmp_path: Path) -> None:
     page.goto(default_server.url)
     page.locator("#model-body h3").wait_for(timeout=TIMEOUT_MS)
-    upload(page, ("circle.png", id_drawing("circle", 4), "image/png"),
+    upload(page, ("circle.png", id_drawing("circle", 1), "image/png"),
            ("star.png", id_drawing("star", 2), "image/png"),
            ("noise.png", far_ood_texture("noise", 1), "image/png"),
            ("waves.png", far_ood_texture("waves", 0), "image/png"))
@@ -355,3 +355,55 @@ def test_413_and_503_with_retry_after_are_shown_as_the_service_says(page: Any, k
     text = card(page, 4).inner_text()
     assert "503 overloaded:" in text and "(Retry-After: 7 s)" in text
     assert [card(page, n).get_attribute("data-decision") for n in (2, 3)] == ["accepted", "accepted"]
+
+
+@pytest.fixture(scope="module")
+def label_set_server(text_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A bundle with a text side and one named label set (made offline, as `deltagate label-set create` does)."""
+    from models.label_set_create import create_label_set
+
+    sets = tmp_path_factory.mktemp("label-sets")
+    create_label_set(text_bundle, "pets", ["cat", "dog", "bird"], out_dir=sets)
+    settings = dummy_settings(engine="onnx", bundle_path=text_bundle, device="cpu", label_sets_dir=sets)
+    with LiveServer(settings) as server:
+        yield server
+
+
+def test_ad_hoc_labels_and_a_named_set_from_the_picker(page: Any, label_set_server: LiveServer) -> None:
+    page.goto(label_set_server.url)
+    picker = page.get_by_label("Classify against")
+    page.locator("#label-set option[value='set:pets']").wait_for(state="attached")
+    assert "pets (3 labels)" in page.locator("#label-set").inner_text()
+    assert page.get_by_label("Labels").is_disabled()  # only for ad-hoc labels
+
+    picker.select_option("ad-hoc")
+    page.get_by_label("Labels").fill("octagon, pentagon\nhexagon")
+    upload(page, ("a.png", noise_image(0), "image/png"))
+    wait_done(page, 1)
+    facts = card(page, 1).locator(".facts").inner_text()
+    assert "ad-hoc labels" in facts and "not calibrated" in facts
+    assert any(label in facts for label in ("octagon", "pentagon", "hexagon"))
+    assert card(page, 1).locator(".topk tr").count() == 3
+
+    picker.select_option("set:pets")
+    upload(page, ("b.png", noise_image(1), "image/png"))
+    wait_done(page, 2)
+    facts = card(page, 2).locator(".facts").inner_text()
+    assert "label set pets" in facts and any(label in facts for label in ("cat", "dog", "bird"))
+    assert page.locator("#chart .marker").count() == 0  # label sets are not placed on the bundle's chart
+
+    picker.select_option("ad-hoc")
+    page.get_by_label("Labels").fill("octagon, octagon")
+    upload(page, ("c.png", noise_image(2), "image/png"))
+    wait_done(page, 3)
+    assert "422 invalid_labels: labels 'octagon' and 'octagon' are duplicates" in card(page, 3).inner_text()
+
+
+def test_a_bundle_without_a_text_side_offers_its_classes_only(page: Any, tiny_bundle: Path) -> None:
+    """A bundle exported before the text side (conftest's micro-CLIP bundle: the default one has a text side)."""
+    settings = dummy_settings(engine="onnx", bundle_path=tiny_bundle, device="cpu", max_wait_ms=5.0)
+    with LiveServer(settings) as server:
+        assert server.runtime.label_sets is None
+        page.goto(server.url)
+        page.locator("#label-set-hint", has_text="label_sets_unavailable").wait_for()
+        assert page.locator("#label-set option[value='ad-hoc']").is_disabled()

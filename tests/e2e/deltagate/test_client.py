@@ -37,7 +37,8 @@ IMAGES = [drawn_shape(kind) for kind in SHAPES]
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     # float32 ONNX: batch composition changes its ΔEnergy by rounding only (the int8 graph's activation
     # scales follow the batch), so answers in parts compare with answers in one request.
-    env = {"DELTAGATE_LOG_LEVEL": "warning", "DELTAGATE_ENGINE": "onnx", "DELTAGATE_MAX_IMAGES_PER_REQUEST": "4"}
+    env = {"DELTAGATE_LOG_LEVEL": "warning", "DELTAGATE_ENGINE": "onnx", "DELTAGATE_MAX_IMAGES_PER_REQUEST": "4",
+           "DELTAGATE_ADMIN_KEY": "k", "DELTAGATE_LABEL_SETS_DIR": str(tmp_path_factory.mktemp("sets"))}
     with serving(tmp_path_factory.mktemp("client") / "server.log", env) as running:
         yield running
 
@@ -73,6 +74,28 @@ def test_the_client_classifies_in_parts_as_classify_does(server: ServerProcess, 
     for got, want in zip(answer, expected, strict=True):
         assert (got.label, got.is_ood) == (want["label"], want["is_ood"])
         assert got.delta_energy == pytest.approx(want["delta_energy"], abs=1e-4)
+
+
+def test_the_client_passes_label_sets(server: ServerProcess) -> None:
+    """Ad-hoc labels and a named set (made by PUT, no examples) through the client, in parts of 4 images, as
+    /classify answers them in one request each."""
+    shapes = ["octagon", "pentagon", "hexagon"]
+    put = httpx.put(f"{server.url}/label-sets/client-shapes", files=[("labels", (None, s)) for s in SHAPES[:4]],
+                    headers={"Authorization": "Bearer k"}, timeout=60)
+    assert put.status_code in (200, 201), put.text
+    with Client(server.url, timeout=30) as client:
+        ad_hoc = client.classify(IMAGES, labels=shapes, prompts="zero-shot")
+        named = client.classify(IMAGES, label_set="client-shapes")
+    for answer, fields, query, set_name in (
+        (ad_hoc, {"labels": shapes, "prompts": "zero-shot"}, "", "ad-hoc"),
+        (named, None, "?label_set=client-shapes", "client-shapes"),
+    ):
+        expected = [r for part in (IMAGES[:4], IMAGES[4:]) for r in httpx.post(
+            f"{server.url}/classify{query}", files=[("file", im) for im in part], data=fields,
+            timeout=30).json()["results"]]
+        assert (answer.label_set, answer.calibrated, len(answer.request_ids)) == (set_name, False, 2)
+        assert [(r.label, r.is_ood) for r in answer] == [(r["label"], r["is_ood"]) for r in expected]
+        assert [r.delta_energy for r in answer] == pytest.approx([r["delta_energy"] for r in expected], abs=1e-4)
 
 
 def test_the_async_client_and_on_error(server: ServerProcess) -> None:

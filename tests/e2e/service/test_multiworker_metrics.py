@@ -78,3 +78,27 @@ def test_counters_from_two_workers_sum_up_in_one_scrape(tmp_path: Path) -> None:
     assert server.proc.returncode in (0, -15)  # SIGTERM: graceful (uvicorn re-raises the signal)
     assert not list(metrics_dir.glob("gauge_live*.db")), "exited workers must drop their live gauges"
     assert list(metrics_dir.glob("counter_*.db")), "counters are kept (totals never go back)"
+
+
+def test_a_label_set_put_to_one_worker_is_answered_by_every_worker(tmp_path: Path, text_bundle: Path) -> None:
+    """--workers 2: PUT /label-sets lands on one worker; classify with it on fresh connections until both workers
+    have answered it (each looks at the directory before a 404)."""
+    sets = tmp_path / "sets"
+    env = {"DELTAGATE_BUNDLE_PATH": str(text_bundle), "DELTAGATE_LABEL_SETS_DIR": str(sets),
+           "DELTAGATE_ADMIN_KEY": "k", "DELTAGATE_LABEL_SETS_POLL_S": "60"}
+    with serving(tmp_path / "server.log", env, ("--workers", "2")) as server:
+        wait_until_workers_ready(server, 2)
+        body = [("labels", (None, "cat")), ("labels", (None, "dog"))]
+        r = httpx.put(f"{server.url}/label-sets/pets", files=body, headers={"Authorization": "Bearer k"}, timeout=30)
+        assert r.status_code == 201, r.text
+        files = [("file", ("a.png", class_image(1), "image/png"))]
+        answered: Counter[int] = Counter()
+        for _ in range(60):
+            r = httpx.post(f"{server.url}/classify?label_set=pets", files=files, timeout=30.0)
+            assert r.status_code == 200 and r.json()["results"][0]["label"] in ("cat", "dog"), r.text
+            time.sleep(0.02)
+            answered = Counter(e["pid"] for e in server.log_lines() if e.get("logger") == "deltagate.access"
+                               and e.get("label_set") == "pets")
+            if len(answered) == 2:
+                break
+        assert len(answered) == 2, answered

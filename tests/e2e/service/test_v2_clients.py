@@ -32,14 +32,17 @@ IMAGES = [drawn_shape(kind) for kind in SHAPES]
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     log = tmp_path_factory.mktemp("v2") / "server.log"
-    with serving(log, {"DELTAGATE_LOG_LEVEL": "warning"}) as running:
+    env = {"DELTAGATE_LOG_LEVEL": "warning", "DELTAGATE_ADMIN_KEY": "k",  # label sets in a directory of the test's
+           "DELTAGATE_LABEL_SETS_DIR": str(tmp_path_factory.mktemp("sets"))}
+    with serving(log, env) as running:
         yield running
 
 
-def classify(server: ServerProcess, images: list[bytes]) -> list[dict[str, Any]]:
-    """POST /classify's results for these images, in one request."""
-    r = httpx.post(f"{server.url}/classify", files=[("file", (f"{i}.png", im)) for i, im in enumerate(images)],
-                   timeout=30)
+def classify(server: ServerProcess, images: list[bytes], query: str = "",
+             labels: list[str] | None = None) -> list[dict[str, Any]]:
+    """POST /classify's results for these images, in one request (``query``: e.g. ``?label_set=NAME``)."""
+    r = httpx.post(f"{server.url}/classify{query}", files=[("file", (f"{i}.png", im)) for i, im in enumerate(images)],
+                   data={"labels": labels} if labels else None, timeout=30)
     assert r.status_code == 200, r.text
     return list(r.json()["results"])
 
@@ -176,3 +179,34 @@ def test_v2_traffic_counts_in_the_service_metrics(server: ServerProcess) -> None
     assert images_classified() == before + len(IMAGES)
     metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
     assert 'route="/v2/models/{model_name}/infer"' in metrics
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+def test_tritonclient_label_sets_as_classify(server: ServerProcess, binary: bool) -> None:
+    """Request parameters select the classes: ad-hoc labels (comma-separated) and a named set (made by PUT) give
+    tritonclient what /classify?label_set= and labels give: label, ΔEnergy, OOD flag and the set's threshold."""
+    shapes = ["octagon", "pentagon", "hexagon"]
+    put = httpx.put(f"{server.url}/label-sets/v2-shapes", files=[("labels", (None, s)) for s in SHAPES[:4]],
+                    headers={"Authorization": "Bearer k"}, timeout=60)
+    assert put.status_code in (200, 201), put.text
+    client = tritonclient_http.InferenceServerClient(server.url.removeprefix("http://"))
+    try:
+        for parameters, expected in (
+            ({"labels": ",".join(shapes)}, classify(server, IMAGES, labels=shapes)),
+            ({"label_set": "v2-shapes"}, classify(server, IMAGES, "?label_set=v2-shapes")),
+        ):
+            outputs = [tritonclient_http.InferRequestedOutput(name, binary_data=binary)
+                       for name in ("label", "delta_energy", "is_ood", "probabilities")]
+            result = client.infer(MODEL, [triton_input(IMAGES, binary)], outputs=outputs, parameters=parameters)
+            assert_same(expected, result.as_numpy("label"), result.as_numpy("delta_energy"),
+                        result.as_numpy("is_ood"))
+            head = result.get_response()["parameters"]
+            assert head["threshold"] == pytest.approx(expected[0]["threshold"]) and head["calibrated"] is False
+            assert head["label_set"] == parameters.get("label_set", "ad-hoc")
+            k = len(shapes) if "labels" in parameters else 4  # the set's classes
+            assert result.as_numpy("probabilities").shape == (len(IMAGES), k)
+        with pytest.raises(tritonclient_http.InferenceServerException) as unknown:
+            client.infer(MODEL, [triton_input(IMAGES[:1], binary)], parameters={"label_set": "no-such-set"})
+        assert unknown.value.status() == "404" and "no-such-set" in unknown.value.message()
+    finally:
+        client.close()

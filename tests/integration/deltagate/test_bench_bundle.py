@@ -11,7 +11,15 @@ import pytest
 
 from deltagate.bench import gpu
 from deltagate.bench.bundle import BENCH_SPLIT, make_bench_bundle
-from models.bundle import FP16_ONNX_FILE, INT8_ONNX_FILE, ONNX_FILE, WEIGHTS_FILE
+from models.bundle import (
+    FP16_ONNX_FILE,
+    INT8_ONNX_FILE,
+    ONNX_FILE,
+    SCORES_ONNX_FILE,
+    TEXT_ONNX_FILE,
+    TOKENIZER_FILE,
+    WEIGHTS_FILE,
+)
 from tests.conftest import ASSETS, MICRO_ARCH
 
 pytestmark = pytest.mark.integration
@@ -28,7 +36,10 @@ def test_every_graph_with_its_threshold(bench_bundle: Path) -> None:
     from models.bundle import load_bundle
 
     m = load_bundle(bench_bundle).manifest
-    assert set(m.files) == {WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE, FP16_ONNX_FILE}
+    assert set(m.files) == {WEIGHTS_FILE, ONNX_FILE, INT8_ONNX_FILE, FP16_ONNX_FILE, TEXT_ONNX_FILE, SCORES_ONNX_FILE,
+                            TOKENIZER_FILE}
+    assert m.text is not None and m.text.rules["zero-shot"].data == BENCH_SPLIT  # a bench-only default rule
+    assert m.text.rules["zero-shot"].ks == list(range(2, 11))
     assert m.calibration is not None and m.calibration.split == BENCH_SPLIT and m.calibration.n == 64
     assert m.int8 is not None and m.int8.calibration is not None and m.int8.calibration.split == BENCH_SPLIT
     assert m.fp16 is not None and m.fp16.parity.images == 64 and m.fp16.parity.gate_flips is not None
@@ -91,3 +102,30 @@ def test_the_onnx_fp16_phase_says_what_it_lacks(micro_clip, bench_bundle: Path, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "onnxscript" else real(name))
     assert gpu._fp16_blocker("cpu", None) == "the float16 graph needs onnxscript, not installed here"
     assert gpu._fp16_blocker("cpu", bench_bundle) is None  # nothing to export
+
+
+def test_the_int8_and_float16_graphs_keep_the_features_output(bench_bundle: Path) -> None:
+    import onnx
+
+    for graph in (INT8_ONNX_FILE, FP16_ONNX_FILE):
+        outputs = onnx.load(str(bench_bundle / graph)).graph.output
+        assert [o.name for o in outputs][-1] == "image_features", graph
+        assert outputs[-1].type.tensor_type.elem_type == onnx.TensorProto.FLOAT  # float32 out, as model.onnx
+
+
+def test_bench_label_sets_measures_every_condition(bench_bundle: Path, tmp_path: Path) -> None:
+    from deltagate.bench.label_sets import label_sets_report
+    from service.settings import Settings
+
+    settings = Settings(bundle_path=bench_bundle, engine="onnx", device="cpu", max_batch_size=4,
+                        log_level="warning", label_sets_dir=tmp_path / "sets")
+    report = label_sets_report("test", settings, rounds=2, seconds=0.3, concurrency=2, ks=(2, 3), warmup_s=0.2,
+                               image_size=(64, 48))
+    assert set(report["text_forward"]["per_k"]) == {"2", "3"}
+    assert report["first_request"]["k"] == 3 and len(report["first_request"]["first_minus_cached_ms"]) == 2
+    conditions = [(row["round"], row["condition"]) for row in report["throughput"]]
+    assert conditions == [(0, "fixed"), (0, "named"), (0, "ad-hoc"), (1, "named"), (1, "ad-hoc"), (1, "fixed")]
+    assert report["verdict"]["errors"] == 0 and all(row["requests_per_s"] > 0 for row in report["throughput"])
+    assert len(report["ratios_to_fixed"]["named"]["per_round"]) == 2
+    added = report["added_cost"]
+    assert added["k"] == 10 and 0 < added["batch_1"]["scores_onnx_ms"] and 0 < added["batch_8"]["forward_ms"]

@@ -9,7 +9,7 @@ import torch
 
 from models.bundle import ArchitectureInfo, load_bundle
 from models.preprocess import preprocess_batch
-from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
+from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
 from models.train.export import (
     ExportConfig,
     OnnxParityError,
@@ -49,7 +49,7 @@ def test_onnx_graph_has_symbolic_batch_axis(tiny_bundle):
     session = ort.InferenceSession(str(load_bundle(tiny_bundle).onnx_path), providers=["CPUExecutionProvider"])
     (inp,) = session.get_inputs()
     assert inp.name == INPUT_NAME and isinstance(inp.shape[0], str) and inp.shape[1:] == [3, 32, 32]
-    assert [o.name for o in session.get_outputs()] == list(OUTPUT_NAMES)
+    assert [o.name for o in session.get_outputs()] == [*OUTPUT_NAMES, FEATURES_NAME]  # features: label sets
 
 
 def test_parity_check_catches_a_mismatch(tiny_bundle):

@@ -21,7 +21,7 @@ async def test_metrics_appear_and_count() -> None:
     async with serve(dummy_settings(warmup=False)) as (client, _):
         before = samples((await client.get("/metrics")).text)
         assert before[("deltagate_ready", ())] == 1.0
-        assert before[("deltagate_ood_flags_total", (("predicted_class", "class_0"),))] == 0.0
+        assert before[("deltagate_ood_flags_total", (("label_set", "bundle"), ("predicted_class", "class_0")))] == 0.0
         await client.post("/classify", files=files(class_image(1), uniform_image()))
         await client.post("/classify", files=files(b"not an image"))
         await client.post("/classify", content=b"{}", headers={"content-length": str(10**9),
@@ -35,7 +35,7 @@ async def test_metrics_appear_and_count() -> None:
     assert m[("deltagate_http_request_duration_seconds_count", ok)] == 1.0
     early = (("method", "POST"), ("route", "/classify"), ("status", "413"))  # refused before routing
     assert m[("deltagate_http_requests_total", early)] == 1.0
-    assert m[("deltagate_images_classified_total", (("predicted_class", "class_1"),))] == 1.0
+    assert m[("deltagate_images_classified_total", (("label_set", "bundle"), ("predicted_class", "class_1")))] == 1.0
     assert sum(v for (n, _), v in m.items() if n == "deltagate_ood_flags_total") == 1.0
     assert m[("deltagate_delta_energy_count", ())] == 2.0
     assert m[("deltagate_batch_size_images_count", ())] >= 1.0 and m[("deltagate_batch_size_images_sum", ())] == 2.0

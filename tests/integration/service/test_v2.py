@@ -257,6 +257,6 @@ async def test_v2_requests_are_metered_and_logged_like_classify(caplog: pytest.L
         metrics = (await client.get("/metrics")).text
     assert 'deltagate_http_requests_total{method="POST",route="/v2/models/{model_name}/infer",status="200"} 1.0' \
         in metrics
-    assert 'deltagate_ood_flags_total{predicted_class="class_2"}' in metrics
+    assert 'deltagate_ood_flags_total{label_set="bundle",predicted_class="class_2"}' in metrics
     line = next(r for r in caplog.records if getattr(r, "fields", {}).get("route") == "/v2/models/{model_name}/infer")
     assert line.fields["images"] == 3 and line.fields["is_ood"] == [False, False, True]  # type: ignore[attr-defined]

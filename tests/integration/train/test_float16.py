@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from deltagate.cli import app
 from models.bundle import FP16_DISABLED_OPTIMIZERS, FP16_ONNX_FILE, BundleError, load_bundle
 from models.preprocess import preprocess_batch
-from models.scoring_module import INPUT_NAME
+from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 from models.train.export import parity_images
 from service.engines import EngineError, create_engine
 from tests.conftest import MICRO_CLASSES
@@ -46,7 +46,7 @@ def _argmax_and_delta(path: Path, pixels: np.ndarray, fp16: bool) -> tuple[np.nd
     # the float16 graph without the NCHWc pass, which crashes on a float16 ViT (FP16_DISABLED_OPTIMIZERS)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"],
                                    disabled_optimizers=list(FP16_DISABLED_OPTIMIZERS) if fp16 else [])
-    logits, _, delta, _ = session.run(None, {INPUT_NAME: pixels})
+    logits, _, delta, _ = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
     return logits.argmax(-1), delta
 
 

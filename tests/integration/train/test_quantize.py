@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from deltagate.cli import app
 from models.bundle import INT8_ONNX_FILE, BundleError, load_bundle
 from models.preprocess import preprocess_batch
-from models.scoring_module import INPUT_NAME
+from models.scoring_module import INPUT_NAME, OUTPUT_NAMES
 from service.engines import EngineError, create_engine
 from tests.conftest import MICRO_CLASSES
 from tests.service_support import dummy_settings, files, noise_image, serve
@@ -46,7 +46,7 @@ def int8_bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 
 def _argmax_and_delta(path: Path, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    logits, _, delta, _ = session.run(None, {INPUT_NAME: pixels})
+    logits, _, delta, _ = session.run(list(OUTPUT_NAMES), {INPUT_NAME: pixels})
     return logits.argmax(-1), delta
 
 

@@ -184,3 +184,22 @@ def test_the_private_builders_signature_is_checked_before_it_is_called(monkeypat
     monkeypatch.setattr(open_clip.model, "_build_vision_tower", moved_on)
     with pytest.raises(TypeError, match="is not"):
         _private_vision_tower_builder()
+
+
+def test_the_default_manifest_names_no_path_of_the_machine_that_built_it() -> None:
+    """Records of the shipped bundle (the int8 parity's and the default rules' data, ...) say where their data
+    came from relative to the repository or in words, never as an absolute path of a build machine."""
+    manifest = Path(__file__).resolve().parents[3] / "bundles" / "default" / MANIFEST_FILE
+
+    def strings(value: object) -> list[str]:
+        if isinstance(value, dict):
+            return [s for v in value.values() for s in strings(v)]
+        if isinstance(value, list):
+            return [s for v in value for s in strings(v)]
+        return [value] if isinstance(value, str) else []
+
+    found = strings(json.loads(manifest.read_text(encoding="utf-8")))
+    assert any("runs/demo/world" in s for s in found)  # the records do name their data
+    absolute = [s for s in found if s.startswith(("/", "~")) or any(m in s for m in (" /", "(/", "/tmp/", "/home/",
+                                                                                    "/work/", "/root/"))]
+    assert not absolute, absolute

@@ -60,7 +60,7 @@ def test_the_gate_histogram_observes_the_bundles_gate_score_not_always_delta_ene
         "calibration": CalibrationRecord.from_scores(np.linspace(10.0, 20.0, 101), score="max_logit")})
     metrics = ServiceMetrics(8)
     metrics.bind_model(manifest, {"engine": "dummy"})
-    metrics.observe_images(["class_0", "class_1"], gate_scores=[15.0, 30.0], delta_energies=[0.2, 3.0],
+    metrics.observe_images("bundle", ["class_0", "class_1"], gate_scores=[15.0, 30.0], delta_energies=[0.2, 3.0],
                            is_ood=[False, False])
     buckets: dict[str, dict[float, float]] = {"deltagate_gate_score": {}, "deltagate_delta_energy": {}}
     for family in text_string_to_metric_families(metrics.exposition().decode()):
