@@ -14,11 +14,11 @@ from uvicorn._types import ASGI3Application, HTTPScope
 from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
 from service.errors import NotReadyError, OverloadedError, error_body
+from service.middleware import request_id_of
 from service.pipeline import classify_images, parse_images, receive_body, record_classified, resolve_top_k
 from service.routes import v2
 from service.runtime import Phase, Runtime
 from service.schemas import ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
-from service.telemetry import request_id_of
 
 router = APIRouter(tags=["classify"])
 

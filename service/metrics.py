@@ -1,43 +1,27 @@
-"""Telemetry: Prometheus metrics, JSON log lines, and the per-request middleware.
+"""Prometheus metrics: their definitions, and recording into them.
 
 Metrics live in a registry owned by the app (not prometheus-client's global one), so several apps
 in one process (tests) do not collide. With ``workers > 1`` the server runs prometheus-client's
 multiprocess mode: every worker writes its values to files in one directory, and a scrape of any
 worker reads all of them (:meth:`ServiceMetrics.exposition`), so counters and histograms add up
-over the workers; gauges say in their ``multiprocess_mode`` how they combine.
+over the workers; gauges say in their ``multiprocess_mode`` how they combine. The per-request
+metrics are recorded by :class:`service.middleware.RequestTelemetryMiddleware`; log lines are
+configured in :mod:`service.logs`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, multiprocess, values
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
-from models.log_noise import quiet_third_party_logs
 
-__all__ = [
-    "ServiceMetrics",
-    "JsonFormatter",
-    "ConsoleFormatter",
-    "configure_logging",
-    "RequestTelemetryMiddleware",
-    "mark_dead_processes",
-    "request_id_of",
-]
-
-logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("deltagate.access")
+__all__ = ["ServiceMetrics", "mark_dead_processes", "gate_score_buckets"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Coarse fixed ΔEnergy bounds (ΔEnergy >= 0 for the default reset logit; CLIP logits are ~100 x cosine).
@@ -45,7 +29,6 @@ DELTA_ENERGY_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Calibration quantile levels added as bucket bounds: with no drift, each bucket's share of live
 # traffic matches its share of the ID calibration scores.
 DRIFT_LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-_PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ServiceMetrics:
@@ -221,126 +204,3 @@ def gate_score_buckets(manifest: BundleManifest) -> list[float]:
         bounds.add(calib.threshold)
         bounds.update(np.interp(DRIFT_LEVELS, calib.quantile_levels, calib.quantile_values).tolist())
     return sorted({round(float(b), 6) for b in bounds})  # rounding can merge the threshold with a quantile
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line; ``extra={"fields": {...}}`` adds fields.
-
-    Hand-written (a dozen lines) rather than adding python-json-logger as a dependency.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "pid": record.process,  # tells the workers apart when workers > 1
-        }
-        entry.update(getattr(record, "fields", None) or {})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-class ConsoleFormatter(logging.Formatter):
-    """A readable line per record for a person at a terminal: time, level, logger, message, then the
-    ``fields`` as ``key=value`` (``DELTAGATE_LOG_FORMAT=console``; JSON stays the default for machines)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "fields", None) or {}
-        extra = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v}"
-                         for k, v in fields.items())
-        return f"{line} {extra}" if extra else line
-
-
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Log lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it).
-
-    Args:
-        level: debug, info, warning or error; third-party noise is quiet below debug
-            (:func:`models.log_noise.quiet_third_party_logs`).
-        fmt: ``json`` (one JSON object per line, the default) or ``console`` (readable lines).
-    """
-    handler = logging.StreamHandler()
-    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True
-    quiet_third_party_logs(level)
-
-
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-
-
-def request_id_of(scope: Scope) -> str:
-    """The request's id: its ``X-Request-ID`` when well-formed, else a new one."""
-    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-
-
-class RequestTelemetryMiddleware:
-    """Per request: a request id (``X-Request-ID``), latency and status metrics, one JSON log line.
-
-    Routes add fields to the log line through ``request.state.log_fields`` (a dict). Only metadata
-    is logged: never headers (API key), never bodies (image bytes). The route label is the matched
-    path template, so metric cardinality stays bounded.
-
-    Args:
-        app: the wrapped ASGI app.
-        metrics: where to record.
-        known_paths: the app's route paths, to label requests answered before routing (e.g. an
-            early 413) by their path rather than "unmatched".
-        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
-                 known_prefixes: frozenset[str] = frozenset()) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.known_paths = known_paths
-        self.known_prefixes = known_prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = request_id_of(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"], state["log_fields"] = request_id, {}
-        state["started_at"] = time.monotonic()  # the request's deadline counts from here
-        status = 500  # if the app fails before starting a response
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        start = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            self._record(scope, request_id, status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None)
-        if route is None:
-            path = scope["path"]
-            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
-            route = path if path in self.known_paths else next(mounted, "unmatched")
-        self.metrics.observe_request(route, scope["method"], status, seconds)
-        fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
-                  "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}
-        level = logging.DEBUG if route in _PROBE_ROUTES else logging.INFO
-        access_logger.log(level, "request", extra={"fields": fields})

@@ -1,35 +1,14 @@
-"""JSON log lines and the gate score histogram bounds."""
+"""The Prometheus metrics: the gate score histogram's bounds and what it observes, multiprocess mode."""
 
 from __future__ import annotations
-
-import json
-import logging
 
 import numpy as np
 import pytest
 
 from service.engines.dummy import dummy_bundle
-from service.telemetry import ConsoleFormatter, JsonFormatter, gate_score_buckets
+from service.metrics import gate_score_buckets
 
 pytestmark = pytest.mark.unit
-
-
-def test_json_formatter_writes_one_object_with_fields() -> None:
-    record = logging.LogRecord("deltagate.access", logging.INFO, __file__, 1, "request", None, None)
-    record.fields = {"request_id": "abc", "latency_ms": 1.5, "is_ood": [True]}
-    line = JsonFormatter().format(record)
-    assert "\n" not in line
-    entry = json.loads(line)
-    assert entry["msg"] == "request" and entry["level"] == "info" and entry["request_id"] == "abc"
-    assert entry["is_ood"] == [True]
-
-
-def test_console_formatter_writes_a_readable_line_with_fields() -> None:
-    record = logging.LogRecord("deltagate.access", logging.INFO, __file__, 1, "request", None, None)
-    record.fields = {"status": 200, "route": "/classify", "labels": ["star"]}
-    line = ConsoleFormatter().format(record)
-    assert "INFO" in line and "deltagate.access: request" in line
-    assert line.endswith('status=200 route=/classify labels=["star"]') and "\n" not in line
 
 
 def test_gate_score_buckets_hold_the_threshold_and_calibration_quantiles() -> None:
@@ -44,7 +23,7 @@ def test_gate_score_buckets_hold_the_threshold_and_calibration_quantiles() -> No
 
 
 def test_multiprocess_metrics_refuse_a_process_without_the_env_variable(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from service.telemetry import ServiceMetrics
+    from service.metrics import ServiceMetrics
 
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         ServiceMetrics(8, multiprocess_dir=tmp_path)  # this test process imported prometheus_client without it
@@ -54,7 +33,7 @@ def test_the_gate_histogram_observes_the_bundles_gate_score_not_always_delta_ene
     from prometheus_client.parser import text_string_to_metric_families
 
     from models.calibration import CalibrationRecord
-    from service.telemetry import DELTA_ENERGY_GRID, ServiceMetrics
+    from service.metrics import DELTA_ENERGY_GRID, ServiceMetrics
 
     manifest = dummy_bundle(2).manifest.model_copy(update={
         "calibration": CalibrationRecord.from_scores(np.linspace(10.0, 20.0, 101), score="max_logit")})
