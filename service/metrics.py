@@ -96,7 +96,7 @@ class ServiceMetrics:
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
         # buckets depend on the bundle: see bind_model
         self.gate_score: Histogram | None = None
-        self.delta_energy: Histogram | None = None
+        self.delta_energy: Histogram | None = None  # only when the gate score is not ΔEnergy itself
 
     def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
         """Create the model-dependent metrics once the bundle is known."""
@@ -105,17 +105,19 @@ class ServiceMetrics:
             self.images.labels(predicted_class=cls)
             self.ood_flags.labels(predicted_class=cls)
         if self.gate_score is None:
-            gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
             self.gate_score = Histogram(
                 "deltagate_gate_score", "The bundle's gate score of classified images (is_ood = below the "
                 "threshold; higher = more in-distribution).", buckets=gate_score_buckets(manifest),
                 registry=self.registry,
             )
-            self.delta_energy = Histogram(
-                "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution).",
-                buckets=gate_score_buckets(manifest) if gated_on_delta_energy else DELTA_ENERGY_GRID,
-                registry=self.registry,
-            )
+            # With the default gate the gate score is ΔEnergy: a second histogram would record the same values.
+            gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
+            if not gated_on_delta_energy:
+                self.delta_energy = Histogram(
+                    "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution); "
+                    "exported only when the gate score is another score.", buckets=DELTA_ENERGY_GRID,
+                    registry=self.registry,
+                )
 
     def exposition(self) -> bytes:
         """The scrape body: this process's registry, or every worker's files in multiprocess mode."""
@@ -148,8 +150,9 @@ class ServiceMetrics:
             self.images.labels(predicted_class=label).inc()
             if ood:
                 self.ood_flags.labels(predicted_class=label).inc()
-            if self.gate_score is not None and self.delta_energy is not None:
+            if self.gate_score is not None:
                 self.gate_score.observe(score)
+            if self.delta_energy is not None:
                 self.delta_energy.observe(de)
 
 
@@ -195,8 +198,8 @@ def gate_score_buckets(manifest: BundleManifest) -> list[float]:
     """Bounds of the gate score histogram: the threshold and the calibration quantiles (for drift:
     with no drift each bucket's share of traffic matches calibration), and the coarse ΔEnergy grid.
 
-    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``
-    uses these bounds too when that score is ΔEnergy, else the grid alone.
+    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``,
+    exported only when that score is not ΔEnergy, has the grid alone.
     """
     bounds = set(DELTA_ENERGY_GRID)
     calib = manifest.calibration
