@@ -35,7 +35,8 @@ from models.preprocess import (
     decode_and_preprocess,
 )
 from models.scoring_spec import gate_scores
-from service.batcher import Batcher, Row, Ticket
+from service.admission import Ticket
+from service.batcher import Batcher, Row
 from service.errors import (
     BadImageError,
     ClientGoneError,
