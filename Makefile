@@ -31,10 +31,13 @@ install-dev: $(VENV)/.installed-dev
 # runs as root; elsewhere it says what is missing, and the tests that need it skip outside CI).
 # chromium: the UI's browser tests (tests/e2e/test_ui_browser.py).
 # prometheus: its promtool checks and unit-tests the alert rules (tests/unit/deploy/test_alerts.py).
+# podman, runc, debootstrap: the images built and run on a real engine (tests/container, marker
+# `container`): podman with runc (deploy/containers/containers.conf says why not its default
+# crun), debootstrap for the stand-in base image where no image registry can be reached.
 # kubectl (kustomize rendering of deploy/k8s, tests/unit/deploy/test_k8s.py) comes with this
 # project's machines (no Debian package has a recent enough kustomize); the target says when it
 # is missing.
-SYSTEM_PACKAGES ?= chromium prometheus
+SYSTEM_PACKAGES ?= chromium prometheus podman runc debootstrap
 
 system-deps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null \

@@ -1,21 +1,27 @@
-"""Estimate what each image's Python environment weighs, without a Docker engine.
+"""Image sizes and time to ready, measured on the engine (podman), for docs/deployment.md.
 
-An image is its base (``python:3.11-slim-bookworm``, not measured here: no Docker engine) plus the
-virtualenv the Dockerfile builds plus the bundle. This installs each image's dependency set into a
-fresh virtualenv and sums the files of its ``site-packages`` (``du``-style, apparent sizes), so
-the numbers are estimates of the venv layer only:
+Each image is built from its Dockerfile with ``--build-arg PYTHON_IMAGE=<base>`` only, where the
+base is ``python:3.11-slim-bookworm`` if the engine's store has it, else the Debian stand-in
+(deploy/containers/standin.py). Measured:
 
-- ``slim``: docker/Dockerfile.cpu, the core dependencies without torch, torchvision, open_clip;
-- ``torch-cpu``: docker/Dockerfile.cpu-torch, the same plus torch's CPU wheel, torchvision and
-  open_clip. PyTorch's CPU index cannot be reached here, so the CPU torch wheel is the one this
-  machine's wheel cache holds (``--torch-cpu-wheel``; its version is recorded);
-- ``cuda-torch``: torch 2.14.1 from PyPI with its CUDA 13 wheels (nvidia-*, triton), measured on an
-  existing install of those wheels (``--cuda-venv``) instead of downloading ~5 GB again;
-  onnxruntime-gpu is not included.
+- ``size_mb``: the image as the engine stores it (all layers, uncompressed; MB = 10^6 bytes, as
+  podman prints), and ``added_mb``: what the Dockerfile adds on top of the base, which does not
+  depend on which base it was;
+- ``contents``: what the image's own files weigh, read with ``du`` inside it: the virtualenv,
+  its largest packages, the bundle;
+- ``build_s``: the build's wall time; ``--fresh`` builds without the layer cache, as a new machine
+  does (downloads included), else a cached build is reused and not timed;
+- ``ready_s``: from ``podman run`` (hardened as compose runs it) to the first 200 of ``/readyz``,
+  in ``--rounds`` rounds (median, min, max). Only for images that can start here: the CUDA image
+  needs a GPU (``DELTAGATE_DEVICE=cuda`` refuses to start without one).
 
-Usage::
+``--image cuda`` / ``cpu-torch`` are heavy (the CUDA image is gigabytes): they are built only when
+named, and removed after measuring unless ``--keep``. A build that cannot finish here (a wheel
+index that cannot be reached) is recorded with its reason and the time it took to fail.
 
-    python -m deploy.image_sizes --out results/image_sizes.json
+    python -m deploy.image_sizes --image cpu --fresh --out results/image_sizes.json
+    python -m deploy.image_sizes --image cuda --image cpu-torch --fresh --merge --out results/image_sizes.json
+    python -m deploy.image_sizes --table results/image_sizes.json --docs   # the table, into docs/deployment.md
 """
 
 from __future__ import annotations
@@ -23,114 +29,174 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import platform
 import re
-import subprocess
+import statistics
 import sys
 import tempfile
-import tomllib
+import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-TORCH_FAMILY = ("torch", "torchvision", "open_clip_torch", "open-clip-torch")
-# Dependencies of torch, torchvision, open_clip and timm other than torch itself.
-TORCH_RUNTIME_DEPS = ("sympy", "networkx", "jinja2", "fsspec", "filelock", "typing-extensions", "regex", "ftfy",
-                      "huggingface_hub", "pyyaml")
-CUDA_PACKAGES = ("torch", "torchvision", "nvidia", "triton")  # site-packages dirs of the PyPI CUDA install
+from deltagate.server_process import free_port
+from deploy.containers.engine import ROOT, Podman, PodmanError, ensure_image, run_container
+from deploy.containers.standin import PYTHON_IMAGE, python_base
+from models.markdown import markdown_table
+
+__all__ = ["IMAGES", "measure", "sizes_table", "docs_table", "write_docs", "main"]
 
 logger = logging.getLogger("deltagate.deploy.image_sizes")
 
-
-def core_dependencies() -> list[str]:
-    """pyproject's core dependencies and, if present, its ``torch`` extra."""
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    return list(project["dependencies"]) + list(project.get("optional-dependencies", {}).get("torch", []))
-
-
-def requirement_name(req: str) -> str:
-    return re.split(r"[\s\[<>=!~;]", req, maxsplit=1)[0].lower().replace("_", "-")
+IMAGES = {"cpu": "docker/Dockerfile.cpu", "cpu-torch": "docker/Dockerfile.cpu-torch", "cuda": "docker/Dockerfile.cuda"}
+STARTS_HERE = {"cpu", "cpu-torch"}  # the CUDA image needs a GPU to start
+MB = 1e6
+TOP_PACKAGES = 4
 
 
-def tree_bytes(path: Path) -> int:
-    """Apparent size of every regular file under ``path``."""
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file() and not f.is_symlink())
+def _mb(size: float) -> float:
+    return round(size / MB, 1)
 
 
-def site_packages(venv: Path) -> Path:
-    (sp,) = venv.glob("lib/python*/site-packages")
-    return sp
+def contents(podman: Podman, ref: str, top: int = TOP_PACKAGES) -> dict[str, Any]:
+    """What the image's own files weigh (apparent sizes, ``du`` inside it): the virtualenv, its
+    ``top`` largest packages, and the bundle."""
+    script = ("du -sk --apparent-size /opt/venv /app/bundles/default; "
+              "du -sk --apparent-size /opt/venv/lib/python3*/site-packages/*")
+    out = podman("run", "--rm", "--network", "none", "--entrypoint", "sh", ref, "-c", script).stdout
+    sizes = {path: int(kib) * 1024 for kib, path in (line.split(maxsplit=1) for line in out.splitlines())}
+    packages = sorted(((size, Path(path).name) for path, size in sizes.items() if "/site-packages/" in path),
+                      reverse=True)[:top]
+    return {"venv_mb": _mb(sizes["/opt/venv"]), "bundle_mb": _mb(sizes["/app/bundles/default"]),
+            "largest_packages_mb": {name: _mb(size) for size, name in packages}}
 
 
-def pip(venv: Path, *args: str) -> None:
-    cmd = [str(venv / "bin/python"), "-m", "pip", "install", "--quiet", "--no-compile", *args]
-    logger.info("$ %s", " ".join(cmd))
-    subprocess.run(cmd, check=True)
+def time_to_ready(podman: Podman, tag: str, rounds: int) -> dict[str, Any]:
+    samples = []
+    for i in range(rounds):
+        started = time.monotonic()
+        with run_container(podman, tag, name=f"deltagate-measure-{i}", port=free_port()):
+            samples.append(round(time.monotonic() - started, 2))
+    return {"median": statistics.median(samples), "min": min(samples), "max": max(samples), "rounds": samples}
 
 
-def venv_size(venv: Path) -> dict[str, Any]:
-    """Total site-packages size without pip/setuptools (the images' venvs carry them too, small)."""
-    sp = site_packages(venv)
-    tooling = sum(tree_bytes(p) for p in sp.iterdir() if p.name.startswith(("pip", "setuptools", "_distutils")))
-    largest = sorted(((tree_bytes(p), p.name) for p in sp.iterdir() if p.is_dir()), reverse=True)[:8]
-    return {"site_packages_mib": round((tree_bytes(sp) - tooling) / 2**20, 1),
-            "largest_mib": {name: round(size / 2**20, 1) for size, name in largest}}
+def measure(podman: Podman, name: str, base: str, rounds: int, fresh: bool, keep: bool, log: Path) -> dict[str, Any]:
+    dockerfile = ROOT / IMAGES[name]
+    result: dict[str, Any] = {"dockerfile": IMAGES[name]}
+    started = time.monotonic()
+    heavy = name != "cpu"  # gigabytes: no intermediate images left behind, and removed after unless kept
+    result["load_avg_at_start"] = round(os.getloadavg()[0], 1)  # the machine is shared: how busy it was
+    try:
+        tag, build_s = ensure_image(podman, dockerfile, f"localhost/deltagate-measure/{name}",
+                                    {"PYTHON_IMAGE": base}, log_path=log, fresh=fresh, keep_layers=not heavy)
+    except PodmanError as exc:
+        tail = [line for line in str(exc).splitlines() if line.strip()][-6:]
+        return {**result, "built": False, "failed_after_s": round(time.monotonic() - started, 1), "error": tail}
+    result.update(built=True, build_s=None if build_s is None else round(build_s, 1), fresh=fresh,
+                  size_mb=_mb(podman.image_size(tag)), added_mb=_mb(podman.image_size(tag) - podman.image_size(base)),
+                  contents=contents(podman, tag))
+    if name in STARTS_HERE:
+        result["ready_s"] = time_to_ready(podman, tag, rounds)
+    else:
+        result["ready_s"] = None
+        result["not_started"] = "needs a GPU (DELTAGATE_DEVICE=cuda refuses to start without one)"
+    if heavy and not keep:
+        podman("rmi", tag, check=False)
+    return result
 
 
-def build(name: str, torch_wheel: Path | None, work: Path) -> dict[str, Any]:
-    venv = work / name
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    deps = core_dependencies()
-    slim = [d for d in deps if requirement_name(d) not in TORCH_FAMILY]
-    if name == "slim":
-        pip(venv, *slim)
-        return venv_size(venv)
-    assert torch_wheel is not None
-    pip(venv, "--no-deps", str(torch_wheel))
-    # torchvision, open_clip and timm pin or require torch: --no-deps keeps the CPU torch (their
-    # resolver would otherwise fetch the CUDA torch from PyPI); their other dependencies follow.
-    family = [d for d in deps if requirement_name(d) in TORCH_FAMILY and requirement_name(d) != "torch"]
-    pip(venv, "--no-deps", *family, "timm")
-    pip(venv, *slim, *TORCH_RUNTIME_DEPS)
-    installed = subprocess.run([str(venv / "bin/python"), "-c", "import torch; print(torch.__version__)"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    if "+cpu" not in installed:
-        raise RuntimeError(f"torch was replaced by {installed}: the estimate would not be the CPU image")
-    return {**venv_size(venv), "torch": installed}
+def sizes_table(results: dict[str, Any]) -> str:
+    """The docs' table of measured images (docs/deployment.md, between the image-sizes markers)."""
+    rows = []
+    for name in [n for n in IMAGES if n in results["images"]]:
+        image = results["images"][name]
+        label = f"`deltagate:{name}`"
+        if not image.get("built"):
+            rows.append([label, "not built", "—", "—", "—", f"build failed after {image['failed_after_s']} s"])
+            continue
+        ready = image.get("ready_s")
+        if ready:
+            ready_text = f"{ready['median']} s (min {ready['min']}, max {ready['max']}, {len(ready['rounds'])} runs)"
+        else:
+            ready_text = f"not started: {image.get('not_started', '')}"
+        build = "cached" if image["build_s"] is None else f"{image['build_s']} s"
+        if image["build_s"] is not None and image.get("fresh"):
+            load = image.get("load_avg_at_start")
+            build += f" (no cache; load average {load})" if load is not None else " (no cache)"
+        inside = image["contents"]
+        parts = ", ".join(f"{name} {mb}" for name, mb in inside["largest_packages_mb"].items())
+        rows.append([label, f"{image['size_mb']} MB", f"{image['added_mb']} MB", build, ready_text,
+                     f"venv {inside['venv_mb']} MB ({parts}); bundle {inside['bundle_mb']} MB"])
+    return markdown_table(["image", "size", "added to the base", "build", "time to ready (median)",
+                           "inside (MB, apparent)"], rows)
 
 
-def cuda_install(venv: Path) -> dict[str, Any]:
-    sp = site_packages(venv)
-    parts = {p: round(tree_bytes(sp / p) / 2**20, 1) for p in CUDA_PACKAGES if (sp / p).is_dir()}
-    import importlib.metadata as md
+DOCS = ROOT / "docs/deployment.md"
+MARKERS = ("<!-- image-sizes:start -->\n", "\n<!-- image-sizes:end -->")
+MARKED = re.compile(re.escape(MARKERS[0]) + r"(.*?)" + re.escape(MARKERS[1]), re.DOTALL)
 
-    versions = {d: md.version(d) for d in ("torch", "torchvision")}
-    return {"measured_in": str(venv), "versions": versions, "parts_mib": parts,
-            "torch_cuda_mib": round(sum(parts.values()), 1)}
+
+def docs_table(doc: str) -> str:
+    """The table between the image-sizes markers of ``doc``."""
+    found = MARKED.search(doc)
+    if found is None:
+        raise ValueError("no image-sizes markers (<!-- image-sizes:start --> ... end -->) in the docs")
+    return found.group(1)
+
+
+def write_docs(results: dict[str, Any], path: Path = DOCS) -> None:
+    """Put :func:`sizes_table` of ``results`` between the markers of docs/deployment.md."""
+    doc = path.read_text(encoding="utf-8")
+    docs_table(doc)  # the markers are there
+    table = f"{MARKERS[0]}{sizes_table(results)}{MARKERS[1]}"
+    path.write_text(MARKED.sub(lambda _: table, doc, count=1), encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    cached = sorted(Path("/opt/wheels").glob("torch-*+cpu-*.whl"))
-    parser.add_argument("--torch-cpu-wheel", type=Path, default=cached[-1] if cached else None,
-                        help="a CPU torch wheel (default: the newest in /opt/wheels)")
-    parser.add_argument("--cuda-venv", type=Path, default=Path(sys.prefix))
+    parser.add_argument("--image", action="append", choices=sorted(IMAGES), help="default: cpu")
+    parser.add_argument("--rounds", type=int, default=5, help="starts per image for time to ready")
+    parser.add_argument("--fresh", action="store_true", help="build without the layer cache (and time it)")
+    parser.add_argument("--keep", action="store_true", help="keep the heavy images after measuring")
+    parser.add_argument("--merge", action="store_true", help="update --out's images instead of replacing the file")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--table", type=Path, default=None, help="print the Markdown table of this JSON and exit")
+    parser.add_argument("--docs", action="store_true", help="also write the table into docs/deployment.md")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result: dict[str, Any] = {
-        "command": "python -m deploy.image_sizes " + " ".join(sys.argv[1:] if argv is None else argv),
-        "note": "venv layer only (site-packages), not the base image; estimates",
-    }
+    if args.table:
+        table_of = json.loads(args.table.read_text(encoding="utf-8"))
+        print(sizes_table(table_of))  # noqa: T201
+        if args.docs:
+            write_docs(table_of)
+        return 0
+    podman = Podman()
+    version = podman("version", "--format", "{{.Client.Version}}").stdout.strip()
     with tempfile.TemporaryDirectory(prefix="deltagate-sizes-") as tmp:
-        result["slim"] = build("slim", None, Path(tmp))
-        if args.torch_cpu_wheel and args.torch_cpu_wheel.is_file():
-            result["torch-cpu"] = build("torch-cpu", args.torch_cpu_wheel, Path(tmp))
-    result["cuda-torch"] = cuda_install(args.cuda_venv)
+        log = Path(tmp) / "build.log"
+        base = python_base(podman, log_path=log)
+        previous = json.loads(args.out.read_text(encoding="utf-8")) if args.merge and args.out and args.out.exists() \
+            else {"images": {}}
+        command = "python -m deploy.image_sizes " + " ".join(sys.argv[1:] if argv is None else argv)
+        result: dict[str, Any] = {
+            "engine": f"podman {version} ({platform.machine()}, {len(os.sched_getaffinity(0))} CPUs)",
+            "base": {"image": base, "size_mb": _mb(podman.image_size(base)),
+                     "stand_in_for": PYTHON_IMAGE if "standin" in base else None},
+            "note": "MB = 10^6 bytes, uncompressed as the engine stores them; `added_mb` does not depend on the base",
+            "images": dict(previous.get("images", {})),
+        }
+        for name in args.image or ["cpu"]:
+            logger.info("measuring %s", name)
+            measured = measure(podman, name, base, args.rounds, args.fresh, args.keep, log)
+            result["images"][name] = {"command": command, **measured}
+            logger.info("%s", json.dumps(result["images"][name], indent=2))
     text = json.dumps(result, indent=2)
-    logger.info("%s", text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
+    print(sizes_table(result))  # noqa: T201
+    if args.docs:
+        write_docs(result)
     return 0
 
 

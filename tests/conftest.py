@@ -12,6 +12,17 @@ MICRO_ARCH = "micro-clip"  # tests/assets/micro-clip.json: a 2-layer ViT, 32 px,
 MICRO_CLASSES = ["circle", "square", "triangle", "star"]
 
 
+def pytest_report_header(config: pytest.Config) -> str | None:
+    """Say at the start whether the container tests (tests/container) will run, and if not why."""
+    if config.getoption("markexpr", "") == "not container":
+        return None
+    from deploy.containers.engine import unavailable_reason
+
+    reason = unavailable_reason()
+    return "containers: podman runs here (tests/container run)" if reason is None else \
+        f"containers: tests/container skip: {reason}"
+
+
 @pytest.fixture(scope="session")
 def micro_clip():
     """A randomly initialised micro CLIP (seeded) with its config, preprocessing and tokenizer."""

@@ -6,7 +6,7 @@ import asyncio
 import base64
 import io
 import threading
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -94,6 +94,65 @@ def noise_image(seed: int, size: tuple[int, int] = (48, 40)) -> bytes:
     rng = np.random.default_rng(seed)
     return encode(rng.integers(0, 256, (*size, 3), dtype=np.uint8))
 
+
+def id_drawing(category: str, seed: int) -> bytes:
+    """A flat drawing of the synthetic world at its 64 px, as the ID split draws them."""
+    from proxy.world.render import render_objects, sample_object
+
+    rng = np.random.default_rng([seed, 99])
+    img, _ = render_objects(rng, [sample_object(rng, category)], "flat", 64)
+    return encode(np.asarray(img.convert("RGB")))
+
+
+def far_ood_texture(kind: str, seed: int) -> bytes:
+    """A texture with no object (far OOD: the default bundle rejects every far-OOD test image)."""
+    from proxy.world.render import render_texture
+
+    img, _ = render_texture(np.random.default_rng([seed, 98]), kind, 64)
+    return encode(np.asarray(img.convert("RGB")))
+
+
+# The drain of the SIGTERM tests: longer than one /classify takes on a loaded 2-core machine, so every
+# client meets a 503 before the listener closes. With a drain shorter than a request (the default
+# 1 s under load), a client whose request was answered after the drain sends its next one just as
+# uvicorn shuts down, and uvicorn closes a connection whose request it has not read yet: reset.
+DRAIN_COVERING_LOAD_S = 5.0
+
+
+def classify_until_refused(url: str, stop: threading.Event) -> Counter[str]:
+    """One client of a SIGTERM-under-load test: ``/classify`` (4 images, a new connection each) until
+    ``stop`` or its first refusal. Outcomes: "200", "refused: 503" (the drain), "refused: connect"
+    (the listener closed); "DROPPED: ..." or "BAD: ..." is a lost or wrong answer."""
+    outcomes: Counter[str] = Counter()
+    images = [("file", (f"{i}.png", noise_image(i, (96, 96)), "image/png")) for i in range(4)]
+    while not stop.is_set():
+        try:
+            with httpx.Client(timeout=60.0) as client:  # fresh connection: no idle keep-alive to race
+                r = client.post(f"{url}/classify", files=images)
+        except httpx.ConnectError:
+            outcomes["refused: connect"] += 1  # never accepted: the listener is closed
+            return outcomes
+        except httpx.HTTPError as exc:
+            outcomes[f"DROPPED: {type(exc).__name__}"] += 1
+            return outcomes
+        if r.status_code == 200 and r.json().get("num_images") == len(images):
+            outcomes["200"] += 1
+            continue
+        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
+        if r.status_code == 503 and body.get("error", {}).get("code") == "not_ready" and "retry-after" in r.headers:
+            outcomes["refused: 503"] += 1
+        else:
+            outcomes[f"BAD: {r.status_code}"] += 1
+        return outcomes
+    return outcomes
+
+
+def assert_nothing_lost(outcomes: Counter[str], clients: int) -> None:
+    """The SIGTERM verdict over :func:`classify_until_refused`'s outcomes of ``clients`` clients."""
+    assert not [k for k in outcomes if k.startswith(("DROPPED", "BAD"))], outcomes
+    assert outcomes["200"] >= clients, outcomes  # there was load
+    assert outcomes["refused: 503"] + outcomes["refused: connect"] == clients, outcomes  # every client ended
+    assert outcomes["refused: 503"] > 0, outcomes  # the drain answered, rather than the kernel resetting
 
 def drawn_shape(kind: str, size: int = 64) -> bytes:
     """A red shape on a pale background, drawn with PIL: the default bundle (the synthetic world's 8 shapes)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import os
 import shutil
 import socket
@@ -40,7 +39,7 @@ from service import engines
 from service.app import create_app
 from service.runtime import Runtime
 from service.settings import Settings
-from tests.service_support import TEST_ENGINE, class_image, dummy_settings, noise_image
+from tests.service_support import TEST_ENGINE, class_image, dummy_settings, far_ood_texture, id_drawing, noise_image
 
 pytestmark = pytest.mark.e2e
 
@@ -139,29 +138,6 @@ def keyed_server() -> Iterator[LiveServer]:
 
 
 # --- images -------------------------------------------------------------------------------------
-def _png(img: Any) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, "PNG")
-    return buf.getvalue()
-
-
-def id_drawing(category: str, seed: int) -> bytes:
-    """A flat drawing of the synthetic world at its 64 px, as the ID split draws them."""
-    from proxy.world.render import render_objects, sample_object
-
-    rng = np.random.default_rng([seed, 99])
-    img, _ = render_objects(rng, [sample_object(rng, category)], "flat", 64)
-    return _png(img)
-
-
-def far_ood_texture(kind: str, seed: int) -> bytes:
-    """A texture with no object (far OOD: the default bundle rejects every far-OOD test image)."""
-    from proxy.world.render import render_texture
-
-    img, _ = render_texture(np.random.default_rng([seed, 98]), kind, 64)
-    return _png(img)
-
-
 def upload(page: Any, *named: tuple[str, bytes, str]) -> None:
     """Give files to the page's file input, as picking them in the dialog does."""
     page.set_input_files("#file-input", [{"name": n, "mimeType": t, "buffer": b} for n, b, t in named])

@@ -15,10 +15,12 @@ import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from deploy.containers.engine import dockerignore_allowlist
 from service.app import create_app
 from service.engines.dummy import dummy_bundle
 from service.metrics import ServiceMetrics
@@ -143,8 +145,7 @@ def test_dockerfile_healthcheck_probes_readiness(flavour: str, routes: set[str])
 
 @pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
 def test_dockerfile_copies_only_what_dockerignore_lets_through(flavour: str) -> None:
-    allowed = {line[1:].rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")}
+    allowed = set(dockerignore_allowlist(ROOT))
     stage_args = dict.fromkeys(["BUNDLE_DIR"], "bundles/default")
     for keyword, args in dockerfile_instructions(DOCKERFILES[flavour]):
         if keyword != "COPY" or "--from=" in args:
@@ -241,10 +242,57 @@ def test_slim_image_installs_no_torch_and_guards_it() -> None:
     text = DOCKERFILES["cpu"].read_text(encoding="utf-8")
     runs = " && ".join(a for k, a in dockerfile_instructions(DOCKERFILES["cpu"]) if k == "RUN")
     installs = [c.strip() for c in runs.split("&&") if "pip install" in c]
-    assert installs == ["pip install ."], installs  # the core install only: no torch, no extra
+    # the core install only: the core requirements (no extra named), then the project without deps
+    assert installs == ["pip install -r requirements.txt", "pip install --no-deps ."], installs
+    assert "python pyproject_deps.py pyproject.toml > requirements.txt" in runs
     assert "slim image must not contain" in text  # ... and the build fails if torch came anyway
     assert env_of(runtime_stage(DOCKERFILES["cpu"]))["DELTAGATE_ENGINE"] == "onnx"
     assert env_of(runtime_stage(DOCKERFILES["cpu-torch"]))["DELTAGATE_ENGINE"] == "torch"
+
+
+@pytest.mark.parametrize("flavour", sorted(DOCKERFILES))
+def test_dependencies_are_installed_before_the_code_is_copied(flavour: str) -> None:
+    """Cache-friendly layers: a code change rebuilds the project's layer, not the dependencies'."""
+    build = dockerfile_instructions(DOCKERFILES[flavour])
+    build = build[: max(i for i, (k, _) in enumerate(build) if k == "FROM")]  # the build stage
+    deps = next(i for i, (k, a) in enumerate(build) if k == "RUN" and "pip install -r requirements.txt" in a)
+    code = [i for i, (k, a) in enumerate(build) if k == "COPY" and a.split()[0] in {"models", "service", "deltagate"}]
+    copied_before = [a for k, a in build[:deps] if k == "COPY"]
+    assert copied_before == ["pyproject.toml docker/pyproject_deps.py ./"], copied_before
+    assert code and min(code) > deps
+    project = [a for k, a in build if k == "RUN" and "pip install --no-deps ." in a]
+    assert len(project) == 1
+
+
+def test_pyproject_deps_lists_the_core_and_expands_extras() -> None:
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        from pyproject_deps import requirements
+    finally:
+        sys.path.remove(str(ROOT / "docker"))
+    project = pyproject()["project"]
+    core = project["dependencies"]
+    assert requirements(ROOT / "pyproject.toml", []) == core
+    train = requirements(ROOT / "pyproject.toml", ["train"])  # "deltagate[torch]" inside it is expanded
+    assert train[: len(core)] == core
+    assert set(project["optional-dependencies"]["torch"]) <= set(train)
+    assert not [r for r in train if r.startswith(project["name"] + "[")]
+    assert len(train) == len(set(train))
+    with pytest.raises(SystemExit, match="no extra 'nope'"):
+        requirements(ROOT / "pyproject.toml", ["nope"])
+
+
+def test_docs_image_table_is_the_measured_one() -> None:
+    from deploy.image_sizes import DOCS, docs_table, sizes_table
+
+    results = json.loads((ROOT / "results/image_sizes.json").read_text(encoding="utf-8"))
+    assert docs_table(DOCS.read_text(encoding="utf-8")) == sizes_table(results), (
+        "docs/deployment.md's image table is stale: "
+        "python -m deploy.image_sizes --table results/image_sizes.json --docs")
+    assert {"cpu", "cuda", "cpu-torch"} <= set(results["images"])
+    for image in results["images"].values():  # each number says which command produced it
+        assert image["command"].startswith("python -m deploy.image_sizes ")
+    assert results["images"]["cpu"]["built"] and results["images"]["cpu"]["ready_s"]["rounds"]
 
 
 def test_torch_images_pin_the_project_torch() -> None:
@@ -292,12 +340,129 @@ def test_dockerfiles_pass_hadolint() -> None:
 
     tool = Path(sys.executable).with_name("hadolint")
     hadolint = str(tool) if tool.exists() else require_tool("hadolint")
-    proc = subprocess.run([hadolint, *map(str, DOCKERFILES.values())], capture_output=True, text=True,
+    standins = sorted((ROOT / "deploy/containers").glob("*.Containerfile"))  # the test suite's stand-in images
+    proc = subprocess.run([hadolint, *map(str, [*DOCKERFILES.values(), *standins])], capture_output=True, text=True,
                           timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 # --- Grafana ------------------------------------------------------------------------------------
+# Grafana is not in Debian and is not run (tests/container runs the service and Prometheus): its
+# files are checked against Grafana 11.1's schema instead. Provisioning: the fields of Grafana's
+# provisioning file format, apiVersion 1 (its pkg/services/provisioning types; docs
+# "Provision Grafana", v11.1), unknown fields refused. Dashboard: grafana-foundation-sdk's models
+# generated from Grafana 11.1's schema, a round trip that must keep every field and value.
+class _GrafanaFile(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Datasource(_GrafanaFile):
+    name: str
+    type: str
+    access: Literal["proxy", "direct"] = "proxy"
+    orgId: int = 1
+    orgName: str = ""
+    uid: str = ""
+    url: str = ""
+    user: str = ""
+    database: str = ""
+    basicAuth: bool = False
+    basicAuthUser: str = ""
+    withCredentials: bool = False
+    isDefault: bool = False
+    correlations: list[dict[str, Any]] = []
+    jsonData: dict[str, Any] = {}
+    secureJsonData: dict[str, str] = {}
+    version: int = 0
+    editable: bool = False
+
+
+class _DeleteDatasource(_GrafanaFile):
+    name: str
+    orgId: int = 1
+    orgName: str = ""
+
+
+class _DatasourcesFile(_GrafanaFile):
+    apiVersion: Literal[1]
+    datasources: list[_Datasource] = []
+    deleteDatasources: list[_DeleteDatasource] = []
+
+
+class _FileProviderOptions(_GrafanaFile):
+    path: str
+    foldersFromFilesStructure: bool = False
+
+
+class _DashboardProvider(_GrafanaFile):
+    name: str
+    type: Literal["file"] = "file"
+    orgId: int = 1
+    folder: str = ""
+    folderUid: str = ""
+    editable: bool = False
+    disableDeletion: bool = False
+    updateIntervalSeconds: int = 10
+    allowUiUpdates: bool = False
+    options: _FileProviderOptions
+
+
+class _DashboardsFile(_GrafanaFile):
+    apiVersion: Literal[1]
+    providers: list[_DashboardProvider]
+
+
+@pytest.mark.parametrize(("path", "schema"), [
+    ("provisioning/datasources/prometheus.yml", _DatasourcesFile),
+    ("provisioning/dashboards/deltagate.yml", _DashboardsFile),
+])
+def test_grafana_provisioning_files_match_grafanas_format(path: str, schema: type[BaseModel]) -> None:
+    schema.model_validate(load_yaml(GRAFANA / path))
+
+
+def test_grafana_provisioning_schema_refuses_what_grafana_would_not_read() -> None:
+    good = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")
+    for bad in ({**good, "datasource": good["datasources"]},  # a misspelt key
+                {**good, "datasources": [{**good["datasources"][0], "isDefault": "yes"}]}):  # a wrong type
+        with pytest.raises(ValidationError):
+            _DatasourcesFile.model_validate(bad)
+
+
+def _lost_in_round_trip(source: Any, parsed: Any, path: str = "") -> list[str]:
+    """Where ``parsed`` (the model's JSON) dropped or changed what ``source`` says; defaults it
+    added are fine."""
+    lost: list[str] = []
+    if isinstance(source, dict) and isinstance(parsed, dict):
+        for key, value in source.items():
+            where = f"{path}/{key}"
+            lost += [f"{where}: dropped"] if key not in parsed else _lost_in_round_trip(value, parsed[key], where)
+        return lost
+    if isinstance(source, list) and isinstance(parsed, list) and len(source) == len(parsed):
+        for i, (a, b) in enumerate(zip(source, parsed, strict=True)):
+            lost += _lost_in_round_trip(a, b, f"{path}[{i}]")
+        return lost
+    return [] if source == parsed else [f"{path}: {source!r} became {parsed!r}"]
+
+
+def test_dashboard_round_trips_through_grafana_11_1_models() -> None:
+    pytest.importorskip("grafana_foundation_sdk")
+    from grafana_foundation_sdk.cog import plugins, runtime
+    from grafana_foundation_sdk.cog.encoder import JSONEncoder
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    plugins.register_default_plugins()  # every panel type's options and each datasource's query schema
+    source = dashboard()
+    unknown_types = {p["type"] for p in source["panels"]} - {
+        p["type"] for p in source["panels"] if runtime.panelcfg_config(p["type"]) is not None}
+    assert not unknown_types, f"panel types Grafana 11.1 does not ship: {unknown_types}"
+    parsed = json.loads(json.dumps(Dashboard.from_json(source), cls=JSONEncoder))
+    assert not _lost_in_round_trip(source, parsed)
+    broken = json.loads(json.dumps(source))
+    broken["panels"][0]["gridpos"] = broken["panels"][0].pop("gridPos")  # what the check exists for
+    reparsed = json.loads(json.dumps(Dashboard.from_json(broken), cls=JSONEncoder))
+    assert _lost_in_round_trip(broken, reparsed) == ["/panels[0]/gridpos: dropped"]
+
+
 def test_grafana_datasource_points_at_compose_prometheus(compose: dict[str, Any]) -> None:
     datasources = load_yaml(GRAFANA / "provisioning/datasources/prometheus.yml")["datasources"]
     (ds,) = [d for d in datasources if d["type"] == "prometheus"]

@@ -17,59 +17,31 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.server_process import DEFAULT_BUNDLE, serving
-from tests.service_support import noise_image
+from tests.service_support import DRAIN_COVERING_LOAD_S, assert_nothing_lost, classify_until_refused
 
 pytestmark = pytest.mark.e2e
 
 CLIENTS = 8
 LOAD_BEFORE_SIGTERM_S = 3.0
-
-
-def client_loop(url: str, stop: threading.Event) -> Counter[str]:
-    outcomes: Counter[str] = Counter()
-    images = [("file", (f"{i}.png", noise_image(i, (96, 96)), "image/png")) for i in range(4)]
-    while not stop.is_set():
-        try:
-            with httpx.Client(timeout=60.0) as client:  # fresh connection: no idle keep-alive to race
-                r = client.post(f"{url}/classify", files=images)
-        except httpx.ConnectError:
-            outcomes["refused: connect"] += 1  # never accepted: the listener is closed
-            return outcomes
-        except httpx.HTTPError as exc:
-            outcomes[f"DROPPED: {type(exc).__name__}"] += 1
-            return outcomes
-        if r.status_code == 200 and r.json().get("num_images") == len(images):
-            outcomes["200"] += 1
-            continue
-        body = r.json() if r.headers.get("content-type", "").startswith("application/json") else {}
-        if r.status_code == 503 and body.get("error", {}).get("code") == "not_ready" and "retry-after" in r.headers:
-            outcomes["refused: 503"] += 1
-        else:
-            outcomes[f"BAD: {r.status_code}"] += 1
-        return outcomes
-    return outcomes
+DRAIN_S = DRAIN_COVERING_LOAD_S
 
 
 def test_sigterm_during_load_loses_no_accepted_request(tmp_path: Path) -> None:
     env = {"DELTAGATE_BUNDLE_PATH": str(DEFAULT_BUNDLE), "DELTAGATE_LOG_LEVEL": "info",
-           "DELTAGATE_DRAIN_S": "1.0"}
+           "DELTAGATE_DRAIN_S": str(DRAIN_S)}
     stop = threading.Event()
     with serving(tmp_path / "server.log", env) as server:
         with ThreadPoolExecutor(CLIENTS) as pool:
-            futures = [pool.submit(client_loop, server.url, stop) for _ in range(CLIENTS)]
+            futures = [pool.submit(classify_until_refused, server.url, stop) for _ in range(CLIENTS)]
             time.sleep(LOAD_BEFORE_SIGTERM_S)
             server.proc.terminate()  # SIGTERM with requests in flight
             status = server.proc.wait(60)
             stop.set()
             outcomes = sum((f.result() for f in futures), Counter())
-    assert not [k for k in outcomes if k.startswith(("DROPPED", "BAD"))], outcomes
-    assert outcomes["200"] >= CLIENTS, outcomes  # there was load
-    assert outcomes["refused: 503"] + outcomes["refused: connect"] == CLIENTS, outcomes  # every client ended
-    assert outcomes["refused: 503"] > 0, outcomes  # the drain answered, rather than the kernel resetting
+    assert_nothing_lost(outcomes, CLIENTS)
     assert status == -15, server.log_path.read_text()[-3000:]  # graceful, then the re-raised SIGTERM
     logged = {e.get("msg") for e in server.log_lines()}
     assert {"draining", "stopped"} <= logged, logged

@@ -32,13 +32,18 @@ def require_tool(name: str) -> str:
     pytest.skip(message + " (required when CI is set)")
 
 
-def render_overlay(overlay: str) -> list[dict[str, Any]]:
-    """``kubectl kustomize deploy/k8s/overlays/<overlay>`` as a list of resources."""
+def render_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """``kubectl kustomize <directory>`` as a list of resources."""
     kubectl = require_tool("kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(ROOT / "deploy/k8s/overlays" / overlay)],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run([kubectl, "kustomize", str(directory)], capture_output=True, text=True, timeout=60,
+                          check=False)
     assert proc.returncode == 0, proc.stderr
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def render_overlay(overlay: str) -> list[dict[str, Any]]:
+    """``kubectl kustomize deploy/k8s/overlays/<overlay>`` as a list of resources."""
+    return render_kustomization(ROOT / "deploy/k8s/overlays" / overlay)
 
 
 @pytest.fixture(scope="session", params=OVERLAYS)

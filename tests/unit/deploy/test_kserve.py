@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from service.settings import Settings
-from tests.unit.deploy.conftest import ROOT, require_tool, yaml
+from tests.unit.deploy.conftest import ROOT, render_kustomization, render_overlay, require_tool, yaml
 
 pytestmark = pytest.mark.unit
 
@@ -66,17 +66,9 @@ def schema_errors(kind: str, value: Any, where: str = "") -> list[str]:
     return []
 
 
-def rendered() -> list[dict[str, Any]]:
-    kubectl = require_tool("kubectl")
-    proc = subprocess.run([kubectl, "kustomize", str(KSERVE_DIR)], capture_output=True, text=True, timeout=60,
-                          check=False)
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
-
-
 @pytest.fixture(scope="module")
 def resources() -> list[dict[str, Any]]:
-    return rendered()
+    return render_kustomization(KSERVE_DIR)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +138,12 @@ def test_the_predictor_agrees_with_the_service(isvc: dict[str, Any]) -> None:
     annotations = isvc["metadata"]["annotations"]
     assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
     assert annotations["prometheus.kserve.io/port"] == str(settings.port)
+
+
+def test_the_predictor_runs_the_slim_cpu_image(isvc: dict[str, Any]) -> None:
+    """The image compose builds from docker/Dockerfile.cpu and the CPU overlay runs (tests/container plays both)."""
+    (container,) = isvc["spec"]["predictor"]["containers"]
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text(encoding="utf-8"))["services"]["deltagate"]
+    assert compose["build"]["dockerfile"] == "docker/Dockerfile.cpu"
+    (deployment,) = [r for r in render_overlay("cpu") if r["kind"] == "Deployment"]
+    assert container["image"] == compose["image"] == deployment["spec"]["template"]["spec"]["containers"][0]["image"]
