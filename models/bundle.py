@@ -17,11 +17,14 @@ Like open_clip shipping its config beside its weights and timm carrying its eval
 the manifest holds every number needed to use the weights: architecture config, preprocessing,
 class names, score parameters, the calibrated threshold with its statistics, an evaluation
 summary and SHA-256 hashes of every file.
+
+This module is the format only (manifest schema, reading, writing, hashing) and imports neither
+torch nor open_clip: the ONNX service loads bundles with it. The torch module is rebuilt from a
+bundle by :func:`models.scoring_module.load_scoring_module`.
 """
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -40,9 +43,7 @@ from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, ScorePa
 from models.tokenizer import TOKENIZER_FILE
 from models.version import DELTAGATE_VERSION
 
-if TYPE_CHECKING:  # torch and open_clip load only when a torch model is built: ONNX serving needs neither
-    import torch
-
+if TYPE_CHECKING:  # torch loads only when weights are written (save_bundle): ONNX serving needs none of it
     from models.scoring_module import ScoringModule
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
     "load_bundle",
     "save_bundle",
     "update_manifest",
-    "build_vision_tower",
     "sha256_file",
 ]
 
@@ -329,67 +329,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def build_vision_tower(arch: ArchitectureInfo) -> torch.nn.Module:
-    """Construct the (randomly initialised) vision tower described by ``arch``.
-
-    open_clip has no public "vision tower only" constructor. The fast path is
-    ``open_clip.model._build_vision_tower``, the private function its own ``CLIP`` and
-    ``CustomTextCLIP`` call, which skips building (and discarding) the text tower; ``open_clip_torch``
-    is pinned below 4 for it. Should a release move or change it, the public path builds the whole
-    model class open_clip's factory would pick and keeps its ``visual``: the same module, only slower
-    to construct (tested in ``tests/unit/models/test_bundle.py``).
-    """
-    cfg = copy.deepcopy(arch.open_clip_config)
-    vision_cfg = dict(cfg["vision_cfg"])
-    vision_cfg["timm_model_pretrained"] = False  # weights come from the bundle, never a download
-    quick_gelu = bool(cfg.get("quick_gelu", False))
-    try:
-        builder = _private_vision_tower_builder()
-    except (ImportError, TypeError) as exc:  # moved, renamed, or a changed signature
-        logger.warning("open_clip's _build_vision_tower is unusable (%s): building the full model for its "
-                       "vision tower", exc)
-        return _vision_tower_of_full_model(cfg, vision_cfg, quick_gelu)
-    tower: torch.nn.Module = builder(cfg["embed_dim"], vision_cfg, quick_gelu, None)
-    return tower
-
-
-_PRIVATE_BUILDER_PARAMS = ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"]  # open_clip 3.x
-
-
-def _private_vision_tower_builder() -> Any:
-    """open_clip's private ``_build_vision_tower``, checked against the signature it is called with.
-
-    Raises:
-        ImportError: open_clip no longer has it.
-        TypeError: its parameters changed (checked here, so that a real configuration error raised
-            while building is never mistaken for an API change).
-    """
-    import inspect
-
-    from open_clip.model import _build_vision_tower
-
-    params = list(inspect.signature(_build_vision_tower).parameters)
-    if params[:len(_PRIVATE_BUILDER_PARAMS)] != _PRIVATE_BUILDER_PARAMS:
-        raise TypeError(f"_build_vision_tower{inspect.signature(_build_vision_tower)} is not "
-                        f"({', '.join(_PRIVATE_BUILDER_PARAMS)}, ...)")
-    return _build_vision_tower
-
-
-def _vision_tower_of_full_model(cfg: dict[str, Any], vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
-    """The public path of :func:`build_vision_tower`: the CLIP class open_clip's factory would pick.
-
-    It builds the text tower too (then drops it); for a Hugging Face text tower (``hf_model_name`` in
-    ``text_cfg``) that needs ``transformers`` and the model's config, which the fast path never does.
-    """
-    import open_clip
-
-    kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}  # the model config, as create_model passes it
-    model_class = open_clip.CustomTextCLIP if cfg.get("custom_text", False) else open_clip.CLIP
-    model = model_class(**{**kwargs, "vision_cfg": vision_cfg, "quick_gelu": quick_gelu})
-    visual: torch.nn.Module = model.visual
-    return visual
-
-
 @dataclass
 class Bundle:
     """A loaded (validated) bundle directory."""
@@ -474,27 +413,6 @@ class Bundle:
         for f in names:
             h.update(f"{f}:{self.manifest.files[f].sha256}\n".encode())
         return h.hexdigest()
-
-    def build_scoring_module(self) -> ScoringModule:
-        """The scoring module with the bundle's weights, float32, CPU, eval mode."""
-        import torch
-        from safetensors.torch import load_file
-
-        from models.scoring_module import ScoringModule
-
-        m = self.manifest
-        visual = build_vision_tower(m.architecture)
-        module = ScoringModule(visual, torch.zeros(len(m.classes), m.architecture.open_clip_config["embed_dim"]),
-                               m.logit_scale, m.scores)
-        try:
-            state = load_file(str(self.weights_path))
-        except Exception as exc:  # safetensors raises several error types for a damaged file
-            raise BundleError(f"{self.weights_path}: cannot read weights: {exc}") from exc
-        try:
-            module.load_state_dict(state, strict=True)
-        except RuntimeError as exc:
-            raise BundleError(f"{self.weights_path}: weights do not match the manifest's architecture: {exc}") from exc
-        return module.eval()
 
 
 @dataclass

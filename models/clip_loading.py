@@ -14,6 +14,7 @@ Random weights are only ever built when asked for (``pretrained=None`` / ``"none
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import os
 import socket
@@ -36,6 +37,7 @@ __all__ = [
     "register_architecture",
     "model_config",
     "load_clip",
+    "build_vision_tower",
 ]
 
 logger = logging.getLogger(__name__)
@@ -217,3 +219,61 @@ def load_clip(
 
 def _as_int(size: Any) -> int:
     return int(size[0]) if isinstance(size, list | tuple) else int(size)
+
+
+def build_vision_tower(open_clip_config: dict[str, Any]) -> torch.nn.Module:
+    """Construct the (randomly initialised) vision tower of an open_clip model config (a bundle's
+    ``architecture.open_clip_config``; its weights come from the bundle).
+
+    open_clip has no public "vision tower only" constructor. The fast path is
+    ``open_clip.model._build_vision_tower``, the private function its own ``CLIP`` and
+    ``CustomTextCLIP`` call, which skips building (and discarding) the text tower; ``open_clip_torch``
+    is pinned below 4 for it. Should a release move or change it, the public path builds the whole
+    model class open_clip's factory would pick and keeps its ``visual``: the same module, only slower
+    to construct (tested in ``tests/unit/models/test_clip_loading.py``).
+    """
+    cfg = copy.deepcopy(open_clip_config)
+    vision_cfg = dict(cfg["vision_cfg"])
+    vision_cfg["timm_model_pretrained"] = False  # weights come from the bundle, never a download
+    quick_gelu = bool(cfg.get("quick_gelu", False))
+    try:
+        builder = _private_vision_tower_builder()
+    except (ImportError, TypeError) as exc:  # moved, renamed, or a changed signature
+        logger.warning("open_clip's _build_vision_tower is unusable (%s): building the full model for its "
+                       "vision tower", exc)
+        return _vision_tower_of_full_model(cfg, vision_cfg, quick_gelu)
+    tower: torch.nn.Module = builder(cfg["embed_dim"], vision_cfg, quick_gelu, None)
+    return tower
+
+
+_PRIVATE_BUILDER_PARAMS = ["embed_dim", "vision_cfg", "quick_gelu", "cast_dtype"]  # open_clip 3.x
+
+
+def _private_vision_tower_builder() -> Any:
+    """open_clip's private ``_build_vision_tower``, checked against the signature it is called with.
+
+    Raises:
+        ImportError: open_clip no longer has it.
+        TypeError: its parameters changed (checked here, so that a real configuration error raised
+            while building is never mistaken for an API change).
+    """
+    from open_clip.model import _build_vision_tower
+
+    params = list(inspect.signature(_build_vision_tower).parameters)
+    if params[:len(_PRIVATE_BUILDER_PARAMS)] != _PRIVATE_BUILDER_PARAMS:
+        raise TypeError(f"_build_vision_tower{inspect.signature(_build_vision_tower)} is not "
+                        f"({', '.join(_PRIVATE_BUILDER_PARAMS)}, ...)")
+    return _build_vision_tower
+
+
+def _vision_tower_of_full_model(cfg: dict[str, Any], vision_cfg: dict[str, Any], quick_gelu: bool) -> torch.nn.Module:
+    """The public path of :func:`build_vision_tower`: the CLIP class open_clip's factory would pick.
+
+    It builds the text tower too (then drops it); for a Hugging Face text tower (``hf_model_name`` in
+    ``text_cfg``) that needs ``transformers`` and the model's config, which the fast path never does.
+    """
+    kwargs = {k: v for k, v in cfg.items() if k != "custom_text"}  # the model config, as create_model passes it
+    model_class = open_clip.CustomTextCLIP if cfg.get("custom_text", False) else open_clip.CLIP
+    model = model_class(**{**kwargs, "vision_cfg": vision_cfg, "quick_gelu": quick_gelu})
+    visual: torch.nn.Module = model.visual
+    return visual

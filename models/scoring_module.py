@@ -11,14 +11,21 @@ from the ``logits`` output by :func:`models.scoring_spec.gate_scores` with the b
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.errors import BundleError
 from models.scores import ScoreParams, cosine_logits, delta_energy, energy
 from models.scoring_spec import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES  # torch-free names, re-exported here
 
-__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "score_outputs"]
+if TYPE_CHECKING:
+    from models.bundle import Bundle
+
+__all__ = ["INPUT_NAME", "OUTPUT_NAMES", "FEATURES_NAME", "ScoringModule", "ScoreHead", "score_outputs",
+           "load_scoring_module"]
 
 
 def score_outputs(logits: torch.Tensor, p: ScoreParams) -> tuple[torch.Tensor, ...]:
@@ -94,4 +101,30 @@ class ScoringModule(nn.Module):
         features = self.visual(pixel_values)  # (B, D)
         outputs = self.scores_from_logits(self.logits_from_features(features))
         return (*outputs, F.normalize(features.float(), dim=-1)) if self.features_output else outputs
+
+
+
+def load_scoring_module(bundle: Bundle) -> ScoringModule:
+    """The scoring module of a bundle, with its weights: float32, CPU, eval mode.
+
+    Raises:
+        BundleError: the weights file cannot be read or does not match the manifest's architecture.
+    """
+    from safetensors.torch import load_file
+
+    from models.clip_loading import build_vision_tower  # open_clip: only when a torch module is built
+
+    m = bundle.manifest
+    visual = build_vision_tower(m.architecture.open_clip_config)
+    module = ScoringModule(visual, torch.zeros(len(m.classes), m.architecture.open_clip_config["embed_dim"]),
+                           m.logit_scale, m.scores)
+    try:
+        state = load_file(str(bundle.weights_path))
+    except Exception as exc:  # safetensors raises several error types for a damaged file
+        raise BundleError(f"{bundle.weights_path}: cannot read weights: {exc}") from exc
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise BundleError(f"{bundle.weights_path}: weights do not match the manifest's architecture: {exc}") from exc
+    return module.eval()
 

@@ -1,1 +1,1 @@
-"""deltagate service: FastAPI app, dynamic batcher, inference engines, telemetry."""
+"""deltagate service: FastAPI app, dynamic batcher, inference engines, metrics, logs and middleware."""

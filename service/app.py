@@ -12,12 +12,12 @@ from fastapi_offline import FastAPIOffline
 from models.version import DELTAGATE_VERSION
 from service.connections import EVENT_KINDS, EVENTS, set_early_answer
 from service.errors import install_error_handlers
-from service.middleware import BodyBudget, BodyLimitsMiddleware
+from service.metrics import ServiceMetrics
+from service.middleware import BodyBudget, BodyLimitsMiddleware, RequestTelemetryMiddleware
 from service.openapi import install_openapi
 from service.routes import classify, health, label_sets, metrics, model, ui, v2
 from service.runtime import Phase, Runtime
 from service.settings import Settings
-from service.telemetry import RequestTelemetryMiddleware, ServiceMetrics
 
 __all__ = ["create_app", "DOCS_ASSETS"]
 

@@ -4,8 +4,8 @@ Admission: a request is refused at once (:meth:`Batcher.check_room`) if the budg
 before its body is read; it reserves its images (:meth:`Batcher.admit`) once its body has
 arrived, so a slow sender never holds any of the budget while its body trickles in. The budget
 ``max_queue_size`` counts every image admitted and not yet in a forward (being parsed, decoded or
-queued). Over it, :class:`~service.errors.OverloadedError` (503) comes back at once and nothing of
-the request is decoded.
+queued); :class:`service.admission.Admission` owns that count. Over it,
+:class:`~service.errors.OverloadedError` (503) comes back at once and nothing of the request is decoded.
 
 Batching: one worker task per engine instance, each with its own inference thread, all fed from
 one queue. An idle instance takes whatever is waiting at once (up to ``max_batch_size``); images
@@ -31,15 +31,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
+from service.admission import Admission, Ticket
 from service.engines.base import EngineOutputs
-from service.errors import DeadlineError, InferenceFailedError, NotReadyError, OverloadedError
+from service.errors import DeadlineError, InferenceFailedError, NotReadyError
 
-__all__ = ["Batcher", "Row", "Ticket"]
+__all__ = ["Batcher", "Row"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,40 +60,6 @@ class _Pending:
     enqueued_at: float  # loop.time()
     deadline: float  # loop.time() after which the image is not worth a forward
     queued: bool = field(default=True)  # still counted in the queue depth
-
-
-class Ticket:
-    """A request's admitted images: counted in the budget until they are queued or it is released.
-
-    Use as a context manager; whatever is still held at exit is released (e.g. a request whose
-    body turned out to be invalid).
-    """
-
-    def __init__(self, batcher: Batcher, held: int) -> None:
-        self._batcher = batcher
-        self.held = held
-
-    def grow(self, total: int) -> None:
-        """Hold ``total`` images instead of the provisional count (once the body is read).
-
-        Raises:
-            OverloadedError: the budget cannot take the extra images; the ticket keeps what it held.
-        """
-        if total > self.held:
-            self._batcher._reserve(total - self.held)
-            self.held = total
-
-    def release(self) -> None:
-        self._batcher._unreserve(self.held)
-        self.held = 0
-
-    def __enter__(self) -> Ticket:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.release()
 
 
 def _stack_numpy(pixels: list[np.ndarray], rows: int) -> np.ndarray:
@@ -140,14 +106,11 @@ class Batcher:
         self._instances = list(instances)
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_s
-        self.max_queue_size = max_queue_size
+        self.admission = Admission(max_queue_size, on_change=on_depth)
         self._buckets = sorted(pad_buckets) if pad_buckets else None
         self._on_batch = on_batch or (lambda size, seconds: None)
-        self._on_depth = on_depth or (lambda depth: None)
         self._stack = stack or _stack_numpy
         self._queue: deque[_Pending] = deque()
-        self._queued = 0  # queued images whose futures are not done
-        self._reserved = 0  # admitted images not queued yet (body being parsed, images being decoded)
         self._wakeup = asyncio.Event()
         self._collecting = asyncio.Lock()  # one idle instance gathers a batch at a time
         self._executors = [
@@ -161,12 +124,12 @@ class Batcher:
     @property
     def depth(self) -> int:
         """Images admitted and not yet in a forward (reserved + queued)."""
-        return self._reserved + self._queued
+        return self.admission.depth
 
     @property
     def queued(self) -> int:
         """Images decoded and waiting for a forward (the part of :attr:`depth` past decoding)."""
-        return self._queued
+        return self.admission.queued
 
     def _running(self) -> list[concurrent.futures.Future[tuple[EngineOutputs, float]]]:
         """Forwards still inside an engine (a cancelled request does not stop its thread)."""
@@ -194,7 +157,7 @@ class Batcher:
         """
         if self._closing:
             raise NotReadyError("the service is shutting down")
-        self._check_fits(images)
+        self.admission.check(images)
 
     def admit(self, images: int = 1) -> Ticket:
         """Reserve room for a request's images before any of its CPU work is done (parsing, decoding).
@@ -206,26 +169,8 @@ class Batcher:
             NotReadyError: shutting down.
             OverloadedError: the budget is spent.
         """
-        self.check_room(images)
-        self._reserve(images)
-        return Ticket(self, images)
-
-    def _check_fits(self, n: int) -> None:
-        if self.depth + n > self.max_queue_size:
-            raise OverloadedError(
-                f"overloaded: {self.depth}/{self.max_queue_size} images in flight, {n} more do not fit; retry later"
-            )
-
-    def _reserve(self, n: int) -> None:
-        """Hold ``n`` more images (admitted requests may still grow while shutting down)."""
-        self._check_fits(n)
-        self._reserved += n
-        self._on_depth(self.depth)
-
-    def _unreserve(self, n: int) -> None:
-        if n:
-            self._reserved -= n
-            self._on_depth(self.depth)
+        self.check_room(images)  # new requests only: an admitted one's ticket may still grow while shutting down
+        return self.admission.admit(images)
 
     # --- queueing ---------------------------------------------------------------------------------
     def submit(
@@ -260,10 +205,7 @@ class Batcher:
             item.future.add_done_callback(functools.partial(self._on_done, item))
             self._queue.append(item)
             futures.append(item.future)
-        ticket.held -= n  # reserved -> queued, with no await in between
-        self._reserved -= n
-        self._queued += n
-        self._on_depth(self.depth)
+        ticket.queue(n)  # reserved -> queued, with no await in between
         self._wakeup.set()
         return futures
 
@@ -274,8 +216,7 @@ class Batcher:
         """Take an image out of the depth count (idempotent)."""
         if item.queued:
             item.queued = False
-            self._queued -= 1
-            self._on_depth(self.depth)
+            self.admission.leave_queue()
 
     def _pop_live(self, now: float) -> _Pending | None:
         """The next image still worth a forward; drops cancelled and expired ones."""

@@ -46,8 +46,8 @@ from service.errors import (
     LabelSetNotFoundError,
     LabelSetsUnavailableError,
 )
+from service.metrics import BUNDLE_LABEL_SET
 from service.settings import Settings
-from service.telemetry import BUNDLE_LABEL_SET
 
 __all__ = ["Vocabulary", "LoadedSet", "LabelSetStore", "LabelSets", "label_sets_directory"]
 

@@ -1,7 +1,11 @@
-"""ASGI middleware: the request body's limits, enforced while the body is received.
+"""ASGI middleware: per-request telemetry, and the request body's limits.
 
-Three bounds, all checked in the ASGI ``receive`` the app reads its body through, so they hold
-whatever route reads a body and however it reads it (multipart streaming, JSON bytes):
+:class:`RequestTelemetryMiddleware` (outermost) gives each request its id (``X-Request-ID``), records
+its latency and status in :mod:`service.metrics` and writes its access log line.
+
+:class:`BodyLimitsMiddleware` enforces the request body's limits while the body is received. Three
+bounds, all checked in the ASGI ``receive`` the app reads its body through, so they hold whatever
+route reads a body and however it reads it (multipart streaming, JSON bytes):
 
 * **size** (``max_body_bytes``, 413): a declared ``Content-Length`` over the limit is answered at
   once, without reading the body; a chunked body is counted as it streams.
@@ -20,16 +24,23 @@ carries ``Connection: close``: the rest of the body is never read.
 from __future__ import annotations
 
 import asyncio
+import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import BodyTimeoutError, OverloadedError, PayloadTooLargeError, error_response
+from service.metrics import ServiceMetrics
 
-__all__ = ["BodyBudget", "BodyLimitsMiddleware"]
+__all__ = ["BodyBudget", "BodyLimitsMiddleware", "RequestTelemetryMiddleware", "request_id_of"]
+
+access_logger = logging.getLogger("deltagate.access")
 
 _CLOSE = {"Connection": "close"}
+_PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class BodyBudget:
@@ -125,3 +136,71 @@ class BodyLimitsMiddleware:
             await self.app(scope, limited_receive, send)
         finally:
             self.budget.give(received)
+
+
+_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The request's id: its ``X-Request-ID`` when well-formed, else a new one."""
+    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
+
+
+class RequestTelemetryMiddleware:
+    """Per request: a request id (``X-Request-ID``), latency and status metrics, one JSON log line.
+
+    Routes add fields to the log line through ``request.state.log_fields`` (a dict). Only metadata
+    is logged: never headers (API key), never bodies (image bytes). The route label is the matched
+    path template, so metric cardinality stays bounded.
+
+    Args:
+        app: the wrapped ASGI app.
+        metrics: where to record.
+        known_paths: the app's route paths, to label requests answered before routing (e.g. an
+            early 413) by their path rather than "unmatched".
+        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
+    """
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
+                 known_prefixes: frozenset[str] = frozenset()) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.known_paths = known_paths
+        self.known_prefixes = known_prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_of(scope)
+        state = scope.setdefault("state", {})
+        state["request_id"], state["log_fields"] = request_id, {}
+        state["started_at"] = time.monotonic()  # the request's deadline counts from here
+        status = 500  # if the app fails before starting a response
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        start = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            self._record(scope, request_id, status, time.perf_counter() - start)
+
+    def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
+        route = getattr(scope.get("route"), "path", None)
+        if route is None:
+            path = scope["path"]
+            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
+            route = path if path in self.known_paths else next(mounted, "unmatched")
+        self.metrics.observe_request(route, scope["method"], status, seconds)
+        fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
+                  "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}
+        level = logging.DEBUG if route in _PROBE_ROUTES else logging.INFO
+        access_logger.log(level, "request", extra={"fields": fields})

@@ -36,7 +36,8 @@ from models.preprocess import (
     decode_and_preprocess,
 )
 from models.scoring_spec import FEATURES_NAME, gate_scores
-from service.batcher import Batcher, Row, Ticket
+from service.admission import Ticket
+from service.batcher import Batcher, Row
 from service.errors import (
     BadImageError,
     ClientGoneError,
@@ -48,9 +49,9 @@ from service.errors import (
     UnsupportedMediaTypeError,
     validation_details,
 )
+from service.metrics import BUNDLE_LABEL_SET
 from service.schemas import TOP_K, ClassifyJSONRequest, ImageErrorEntry, ImageResult, OnError, TopKEntry
 from service.settings import Settings
-from service.telemetry import BUNDLE_LABEL_SET
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput

@@ -25,9 +25,9 @@ from service.batcher import Batcher
 from service.engines import Engine, EngineChoice, EngineThreads, check_outputs, choose_engine, create_engine
 from service.engines.dummy import dummy_bundle
 from service.errors import NotReadyError
+from service.metrics import ServiceMetrics
 from service.priority import lowered_priority, run_niced
 from service.settings import Settings, ThreadPlan
-from service.telemetry import ServiceMetrics
 
 if TYPE_CHECKING:
     from service.device_input import DeviceInput

@@ -33,10 +33,10 @@ from fastapi import FastAPI
 from models.bundle import MANIFEST_FILE, BundleError
 from service.app import create_app
 from service.connections import ConnectionLimits, ServiceConfig, connection_cap
+from service.logs import configure_logging
 from service.runtime import check_bundle
 from service.settings import Settings
 from service.supervision import DrainingServer, Supervisor, register_worker_drain
-from service.telemetry import configure_logging
 
 __all__ = ["run", "settings_to_env", "EXIT_LOAD_FAILED", "LOAD_FAILED_MARKER"]
 

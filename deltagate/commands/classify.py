@@ -79,9 +79,9 @@ def _chunks(files: Sequence[Path], size: int) -> Iterator[tuple[int, Sequence[Pa
 async def _classify_files(settings: Settings, files: Sequence[Path], top_k: int,
                           on_batch: Callable[[Classified], None]) -> None:
     from models.errors import BundleError
+    from service.metrics import ServiceMetrics
     from service.pipeline import classify_images
     from service.runtime import Phase, Runtime
-    from service.telemetry import ServiceMetrics
 
     runtime = Runtime(settings, ServiceMetrics(settings.max_batch_size))
     await runtime.start()

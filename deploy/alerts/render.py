@@ -37,8 +37,8 @@ if str(ROOT) not in sys.path:  # run as a script from anywhere
 
 from deploy.capacity.bench import DEFAULT_BENCH, load_bench, p99_bound_s  # noqa: E402
 from models.bundle import BundleManifest, load_bundle  # noqa: E402
+from service.metrics import gate_score_buckets  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from service.telemetry import gate_score_buckets  # noqa: E402
 
 logger = logging.getLogger("deltagate.deploy.alerts")
 

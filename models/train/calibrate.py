@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 from models.bundle import load_bundle, update_manifest
 from models.calibration import CalibrationRecord
 from models.scores import id_score
+from models.scoring_module import load_scoring_module
 from models.train.data.folders import FolderIndex, ImageFolderDataset, collate_skip_bad
 
 __all__ = ["bundle_scores", "calibrate_bundle"]
@@ -42,7 +43,7 @@ def bundle_scores(
         (N,) float64 scores.
     """
     bundle = load_bundle(bundle_dir)
-    module = bundle.build_scoring_module().to(device)
+    module = load_scoring_module(bundle).to(device)
     loader = DataLoader(ImageFolderDataset(index, bundle.manifest.preprocess), batch_size=batch_size,
                         collate_fn=collate_skip_bad)
     out: list[np.ndarray] = []

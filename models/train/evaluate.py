@@ -35,7 +35,7 @@ from models.bundle import Bundle, load_bundle, update_manifest
 from models.calibration import CalibrationRecord
 from models.errors import DataError
 from models.scores import SCORE_NAMES, ScoreParams, id_score
-from models.scoring_module import ScoringModule
+from models.scoring_module import ScoringModule, load_scoring_module
 from models.scoring_spec import score_param_fields
 from models.train.data.folders import FolderIndex, TaskData
 from models.train.features import FeatureCache
@@ -279,7 +279,7 @@ def evaluate_bundles(
     for method, path in bundles.items():
         bundle = load_bundle(path)
         _check_classes(bundle, task)
-        module = bundle.build_scoring_module()
+        module = load_scoring_module(bundle)
         m = bundle.manifest
         cache = FeatureCache(cache_dir, module.visual, {"model_name": m.architecture.model_name,
                                                         "config": m.architecture.open_clip_config}, m.preprocess)

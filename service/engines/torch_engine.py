@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from models.bundle import Bundle
-from models.scoring_module import FEATURES_NAME, OUTPUT_NAMES, ScoringModule
+from models.scoring_module import FEATURES_NAME, OUTPUT_NAMES, ScoringModule, load_scoring_module
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads
 from service.settings import DeviceName
 
@@ -57,7 +57,7 @@ class TorchEngine(Engine):
             torch.set_num_threads(self.threads.intra_op)  # process-global: see the class docstring
         self._torch_device = torch.device("cuda:0" if use_cuda else "cpu")
         self._dtype = torch.float16 if use_cuda else torch.float32
-        module = self.bundle.build_scoring_module().eval()
+        module = load_scoring_module(self.bundle).eval()
         module.visual.to(self._torch_device, dtype=self._dtype)
         module.class_embeddings = module.class_embeddings.to(self._torch_device)  # stays float32
         module.features_output = self.bundle.has_text  # label sets are scored from the image features

@@ -19,6 +19,7 @@ from uvicorn._types import ASGI3Application, HTTPScope
 from service.connections import EVENTS, EarlyAnswer
 from service.deps import ApiKeyDep, RuntimeDep
 from service.errors import NotReadyError, OverloadedError, error_body
+from service.middleware import request_id_of
 from service.pipeline import (
     classify_images,
     parse_images,
@@ -30,7 +31,6 @@ from service.pipeline import (
 from service.routes import v2
 from service.runtime import Phase, Runtime
 from service.schemas import LABEL_ITEM_SCHEMA, ClassifyJSONRequest, ClassifyResponse, ErrorResponse, ModelRef, OnError
-from service.telemetry import request_id_of
 
 router = APIRouter(tags=["classify"])
 

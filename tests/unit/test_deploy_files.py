@@ -23,8 +23,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from deploy.containers.engine import dockerignore_allowlist
 from service.app import create_app
 from service.engines.dummy import dummy_bundle
+from service.metrics import ServiceMetrics
 from service.settings import Settings
-from service.telemetry import ServiceMetrics
 
 yaml = pytest.importorskip("yaml")  # PyYAML: present through the dev dependencies (huggingface_hub)
 
@@ -505,7 +505,7 @@ def test_dashboard_queries_only_metrics_the_service_exports(exported_metric_name
     exprs = [t["expr"] for p in dashboard()["panels"] for t in p["targets"]]
     used = {name for e in exprs for name in re.findall(r"\bdeltagate_[a-z_]+\b", e)}
     assert used, "the dashboard queries no deltagate metric"
-    assert not used - exported_metric_names, f"not exported by service.telemetry: {used - exported_metric_names}"
+    assert not used - exported_metric_names, f"not exported by service.metrics: {used - exported_metric_names}"
 
 
 def test_dashboard_covers_the_required_views() -> None:

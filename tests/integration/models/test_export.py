@@ -9,7 +9,7 @@ import torch
 
 from models.bundle import ArchitectureInfo, load_bundle
 from models.preprocess import preprocess_batch
-from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES
+from models.scoring_module import FEATURES_NAME, INPUT_NAME, OUTPUT_NAMES, load_scoring_module
 from models.train.export import (
     ExportConfig,
     OnnxParityError,
@@ -26,7 +26,7 @@ ATOL = 1e-3  # on every output; logits are cosines x logit_scale
 
 def _assert_parity(bundle_dir, batch_sizes):
     bundle = load_bundle(bundle_dir)
-    module = bundle.build_scoring_module()
+    module = load_scoring_module(bundle)
     session = ort.InferenceSession(str(bundle.onnx_path), providers=["CPUExecutionProvider"])
     pool = parity_images(max(batch_sizes), seed=7)
     for b in batch_sizes:
@@ -54,7 +54,7 @@ def test_onnx_graph_has_symbolic_batch_axis(tiny_bundle):
 
 def test_parity_check_catches_a_mismatch(tiny_bundle):
     bundle = load_bundle(tiny_bundle)
-    other = bundle.build_scoring_module()
+    other = load_scoring_module(bundle)
     other.class_embeddings.copy_(torch.roll(other.class_embeddings, 1, dims=0))
     x = preprocess_batch(parity_images(2), bundle.manifest.preprocess)
     with pytest.raises(OnnxParityError, match="logits"):

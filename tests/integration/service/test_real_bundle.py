@@ -18,6 +18,7 @@ import torch
 
 from models.bundle import load_bundle
 from models.preprocess import decode_image, preprocess_batch
+from models.scoring_module import load_scoring_module
 from tests.service_support import b64, class_image, dummy_settings, encode, files, noise_image, serve
 
 pytestmark = pytest.mark.integration
@@ -43,7 +44,7 @@ test_images.__test__ = False  # type: ignore[attr-defined]  # a helper, not a te
 
 def offline_scores(bundle: Path, images: list[bytes]) -> dict[str, np.ndarray]:
     b = load_bundle(bundle)
-    module = b.build_scoring_module()
+    module = load_scoring_module(b)
     batch = preprocess_batch([decode_image(im) for im in images], b.manifest.preprocess)  # (N, 3, H, W)
     with torch.no_grad():
         logits, probs, de, _ = module(torch.from_numpy(batch))

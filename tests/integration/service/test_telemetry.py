@@ -37,7 +37,8 @@ async def test_metrics_appear_and_count() -> None:
     assert m[("deltagate_http_requests_total", early)] == 1.0
     assert m[("deltagate_images_classified_total", (("label_set", "bundle"), ("predicted_class", "class_1")))] == 1.0
     assert sum(v for (n, _), v in m.items() if n == "deltagate_ood_flags_total") == 1.0
-    assert m[("deltagate_delta_energy_count", ())] == 2.0
+    assert m[("deltagate_gate_score_count", ())] == 2.0
+    assert not any(n.startswith("deltagate_delta_energy") for n, _ in m)  # the default gate: ΔEnergy is the gate score
     assert m[("deltagate_batch_size_images_count", ())] >= 1.0 and m[("deltagate_batch_size_images_sum", ())] == 2.0
     assert m[("deltagate_inference_duration_seconds_count", ())] >= 1.0
     assert m[("deltagate_queue_depth_images", ())] == 0.0

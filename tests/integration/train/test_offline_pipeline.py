@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from deltagate.cli import app
 from models.bundle import load_bundle
 from models.preprocess import preprocess_batch
+from models.scoring_module import load_scoring_module
 from models.train.calibrate import calibrate_bundle
 from models.train.data.folders import scan_image_folder
 from tests.conftest import ASSETS, MICRO_ARCH
@@ -37,7 +38,7 @@ def test_calibrate_writes_the_validation_quantile_into_the_bundle(tiny_bundle, t
     record = calibrate_bundle(bundle, index, target_tpr=0.9)
     # Independently: the module's own ΔEnergy output on the preprocessed images, 10% quantile.
     loaded = load_bundle(bundle)
-    module = loaded.build_scoring_module()
+    module = load_scoring_module(loaded)
     pixels = preprocess_batch([Image.open(p) for p in index.paths], loaded.manifest.preprocess)
     with torch.no_grad():
         de = module(torch.from_numpy(pixels))[2].numpy()

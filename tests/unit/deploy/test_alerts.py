@@ -10,7 +10,7 @@ import pytest
 
 from deploy.alerts.render import OUTPUTS, render
 from service.engines.dummy import dummy_bundle
-from service.telemetry import ServiceMetrics
+from service.metrics import ServiceMetrics
 from tests.unit.deploy.conftest import ROOT, require_tool, yaml
 
 pytestmark = pytest.mark.unit

@@ -20,8 +20,8 @@ import pytest
 
 from deploy.capacity.bench import hpa_targets, load_bench
 from service.app import create_app
+from service.metrics import ServiceMetrics
 from service.settings import Settings
-from service.telemetry import ServiceMetrics
 from tests.unit.deploy.conftest import ROOT, render_overlay, require_tool, yaml
 
 pytestmark = pytest.mark.unit

@@ -1,13 +1,22 @@
-"""CLIP loading: really tries the network (nothing mocked) and fails fast without it."""
+"""CLIP loading: really tries the network (nothing mocked) and fails fast without it; a bundle's vision
+tower is the same module whether open_clip's private builder is usable or not."""
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
-from models.clip_loading import PretrainedUnavailableError, UnknownModelError, load_clip, model_config
+from models.clip_loading import (
+    PretrainedUnavailableError,
+    UnknownModelError,
+    build_vision_tower,
+    load_clip,
+    model_config,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -84,3 +93,45 @@ def test_cached_weights_splits_an_hf_hub_tag_into_repo_and_file(tmp_path, tag, f
     if tag == "org/repo/sub/weights.bin":
         (snapshot / "open_clip_model.safetensors").unlink()  # only the named file can be what is found
     assert _cached_weights({"hf_hub": tag}, str(tmp_path)) is found
+
+
+_TINY_VIT = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "patch_size": 8, "layers": 2, "width": 64},
+             "text_cfg": {"context_length": 16, "vocab_size": 1000, "width": 32, "heads": 2, "layers": 1}}
+
+
+@pytest.mark.parametrize("config", ["tiny-clip", "vit"])
+def test_vision_tower_is_the_same_module_when_open_clips_private_builder_is_unusable(config, monkeypatch, caplog):
+    import models.clip_loading
+
+    tiny_clip = Path(__file__).parents[3] / "models" / "archs" / "tiny-clip.json"
+    cfg = json.loads(tiny_clip.read_text()) if config == "tiny-clip" else _TINY_VIT
+    torch.manual_seed(0)
+    fast = build_vision_tower(cfg).eval()
+
+    def changed_signature():  # what the check says of a release that changed the private builder
+        raise TypeError("_build_vision_tower(embed_dim, vision_cfg, cast_dtype) is not (...)")
+
+    monkeypatch.setattr(models.clip_loading, "_private_vision_tower_builder", changed_signature)
+    public = build_vision_tower(cfg).eval()
+    assert "building the full model" in caplog.text
+    assert {k: v.shape for k, v in public.state_dict().items()} == {k: v.shape for k, v in fast.state_dict().items()}
+    public.load_state_dict(fast.state_dict(), strict=True)
+    size = cfg["vision_cfg"]["image_size"]
+    x = torch.randn(2, 3, size, size)  # (B, 3, H, W)
+    with torch.no_grad():
+        torch.testing.assert_close(public(x), fast(x))
+
+
+def test_the_private_builders_signature_is_checked_before_it_is_called(monkeypatch):
+    import open_clip.model
+
+    from models.clip_loading import _private_vision_tower_builder
+
+    assert _private_vision_tower_builder() is open_clip.model._build_vision_tower  # open_clip 3.x: usable
+
+    def moved_on(embed_dim, vision_cfg, cast_dtype=None):  # quick_gelu gone: calling it would misbind
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(open_clip.model, "_build_vision_tower", moved_on)
+    with pytest.raises(TypeError, match="is not"):
+        _private_vision_tower_builder()

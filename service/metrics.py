@@ -1,44 +1,28 @@
-"""Telemetry: Prometheus metrics, JSON log lines, and the per-request middleware.
+"""Prometheus metrics: their definitions, and recording into them.
 
 Metrics live in a registry owned by the app (not prometheus-client's global one), so several apps
 in one process (tests) do not collide. With ``workers > 1`` the server runs prometheus-client's
 multiprocess mode: every worker writes its values to files in one directory, and a scrape of any
 worker reads all of them (:meth:`ServiceMetrics.exposition`), so counters and histograms add up
-over the workers; gauges say in their ``multiprocess_mode`` how they combine.
+over the workers; gauges say in their ``multiprocess_mode`` how they combine. The per-request
+metrics are recorded by :class:`service.middleware.RequestTelemetryMiddleware`; log lines are
+configured in :mod:`service.logs`.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import re
-import time
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest, multiprocess, values
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.bundle import BundleManifest
 from models.label_sets import AD_HOC
-from models.log_noise import quiet_third_party_logs
 
-__all__ = [
-    "ServiceMetrics",
-    "JsonFormatter",
-    "ConsoleFormatter",
-    "configure_logging",
-    "RequestTelemetryMiddleware",
-    "mark_dead_processes",
-    "request_id_of",
-]
-
-logger = logging.getLogger(__name__)
-access_logger = logging.getLogger("deltagate.access")
+__all__ = ["ServiceMetrics", "mark_dead_processes", "gate_score_buckets"]
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 # Coarse fixed ΔEnergy bounds (ΔEnergy >= 0 for the default reset logit; CLIP logits are ~100 x cosine).
@@ -46,7 +30,6 @@ DELTA_ENERGY_GRID = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 # Calibration quantile levels added as bucket bounds: with no drift, each bucket's share of live
 # traffic matches its share of the ID calibration scores.
 DRIFT_LEVELS = (0.01, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99)
-_PROBE_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 BUNDLE_LABEL_SET = "bundle"  # the label_set label of requests answered with the bundle's own classes
 _POOLED_LABEL_SETS = frozenset({AD_HOC, "other"})  # no per-class series: their label text is unbounded
 
@@ -120,7 +103,7 @@ class ServiceMetrics:
         self.model_info = _ModelInfo(r, multiprocess_dir is not None)
         # buckets depend on the bundle: see bind_model
         self.gate_score: Histogram | None = None
-        self.delta_energy: Histogram | None = None
+        self.delta_energy: Histogram | None = None  # only when the gate score is not ΔEnergy itself
 
     def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
         """Create the model-dependent metrics once the bundle is known."""
@@ -129,17 +112,19 @@ class ServiceMetrics:
             self.images.labels(label_set=BUNDLE_LABEL_SET, predicted_class=cls)
             self.ood_flags.labels(label_set=BUNDLE_LABEL_SET, predicted_class=cls)
         if self.gate_score is None:
-            gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
             self.gate_score = Histogram(
                 "deltagate_gate_score", "The bundle's gate score of classified images (is_ood = below the "
                 "threshold; higher = more in-distribution).", buckets=gate_score_buckets(manifest),
                 registry=self.registry,
             )
-            self.delta_energy = Histogram(
-                "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution).",
-                buckets=gate_score_buckets(manifest) if gated_on_delta_energy else DELTA_ENERGY_GRID,
-                registry=self.registry,
-            )
+            # With the default gate the gate score is ΔEnergy: a second histogram would record the same values.
+            gated_on_delta_energy = manifest.calibration is None or manifest.calibration.score == "delta_energy"
+            if not gated_on_delta_energy:
+                self.delta_energy = Histogram(
+                    "deltagate_delta_energy", "ΔEnergy of classified images (higher = more in-distribution); "
+                    "exported only when the gate score is another score.", buckets=DELTA_ENERGY_GRID,
+                    registry=self.registry,
+                )
 
     def exposition(self) -> bytes:
         """The scrape body: this process's registry, or every worker's files in multiprocess mode."""
@@ -177,8 +162,11 @@ class ServiceMetrics:
             self.images.labels(label_set=label_set, predicted_class=cls).inc()
             if ood:
                 self.ood_flags.labels(label_set=label_set, predicted_class=cls).inc()
-            if label_set == BUNDLE_LABEL_SET and self.gate_score is not None and self.delta_energy is not None:
+            if label_set != BUNDLE_LABEL_SET:
+                continue
+            if self.gate_score is not None:
                 self.gate_score.observe(score)
+            if self.delta_energy is not None:
                 self.delta_energy.observe(de)
 
 
@@ -224,8 +212,8 @@ def gate_score_buckets(manifest: BundleManifest) -> list[float]:
     """Bounds of the gate score histogram: the threshold and the calibration quantiles (for drift:
     with no drift each bucket's share of traffic matches calibration), and the coarse ΔEnergy grid.
 
-    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``
-    uses these bounds too when that score is ΔEnergy, else the grid alone.
+    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``,
+    exported only when that score is not ΔEnergy, has the grid alone.
     """
     bounds = set(DELTA_ENERGY_GRID)
     calib = manifest.calibration
@@ -233,126 +221,3 @@ def gate_score_buckets(manifest: BundleManifest) -> list[float]:
         bounds.add(calib.threshold)
         bounds.update(np.interp(DRIFT_LEVELS, calib.quantile_levels, calib.quantile_values).tolist())
     return sorted({round(float(b), 6) for b in bounds})  # rounding can merge the threshold with a quantile
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line; ``extra={"fields": {...}}`` adds fields.
-
-    Hand-written (a dozen lines) rather than adding python-json-logger as a dependency.
-    """
-
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}",
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-            "pid": record.process,  # tells the workers apart when workers > 1
-        }
-        entry.update(getattr(record, "fields", None) or {})
-        if record.exc_info:
-            entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
-
-
-class ConsoleFormatter(logging.Formatter):
-    """A readable line per record for a person at a terminal: time, level, logger, message, then the
-    ``fields`` as ``key=value`` (``DELTAGATE_LOG_FORMAT=console``; JSON stays the default for machines)."""
-
-    def __init__(self) -> None:
-        super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%H:%M:%S")
-
-    def format(self, record: logging.LogRecord) -> str:
-        line = super().format(record)
-        fields = getattr(record, "fields", None) or {}
-        extra = " ".join(f"{k}={json.dumps(v, default=str, ensure_ascii=False) if not isinstance(v, str) else v}"
-                         for k, v in fields.items())
-        return f"{line} {extra}" if extra else line
-
-
-def configure_logging(level: str = "info", fmt: str = "json") -> None:
-    """Log lines on stderr for the root logger and uvicorn's loggers (access log off: ours replaces it).
-
-    Args:
-        level: debug, info, warning or error; third-party noise is quiet below debug
-            (:func:`models.log_noise.quiet_third_party_logs`).
-        fmt: ``json`` (one JSON object per line, the default) or ``console`` (readable lines).
-    """
-    handler = logging.StreamHandler()
-    handler.setFormatter(ConsoleFormatter() if fmt == "console" else JsonFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for name in ("uvicorn", "uvicorn.error"):
-        logging.getLogger(name).handlers[:] = []
-        logging.getLogger(name).propagate = True
-    logging.getLogger("uvicorn.access").disabled = True
-    quiet_third_party_logs(level)
-
-
-_REQUEST_ID_OK = re.compile(r"^[A-Za-z0-9._\-]{1,64}$")
-
-
-def request_id_of(scope: Scope) -> str:
-    """The request's id: its ``X-Request-ID`` when well-formed, else a new one."""
-    incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-    return incoming if _REQUEST_ID_OK.match(incoming) else uuid.uuid4().hex
-
-
-class RequestTelemetryMiddleware:
-    """Per request: a request id (``X-Request-ID``), latency and status metrics, one JSON log line.
-
-    Routes add fields to the log line through ``request.state.log_fields`` (a dict). Only metadata
-    is logged: never headers (API key), never bodies (image bytes). The route label is the matched
-    path template, so metric cardinality stays bounded.
-
-    Args:
-        app: the wrapped ASGI app.
-        metrics: where to record.
-        known_paths: the app's route paths, to label requests answered before routing (e.g. an
-            early 413) by their path rather than "unmatched".
-        known_prefixes: mounted folders (the API docs' assets): a file under one is labelled by the folder.
-    """
-
-    def __init__(self, app: ASGIApp, metrics: ServiceMetrics, known_paths: frozenset[str] = frozenset(),
-                 known_prefixes: frozenset[str] = frozenset()) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.known_paths = known_paths
-        self.known_prefixes = known_prefixes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        request_id = request_id_of(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"], state["log_fields"] = request_id, {}
-        state["started_at"] = time.monotonic()  # the request's deadline counts from here
-        status = 500  # if the app fails before starting a response
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
-            await send(message)
-
-        start = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            self._record(scope, request_id, status, time.perf_counter() - start)
-
-    def _record(self, scope: Scope, request_id: str, status: int, seconds: float) -> None:
-        route = getattr(scope.get("route"), "path", None)
-        if route is None:
-            path = scope["path"]
-            mounted = (p for p in self.known_prefixes if path.startswith(p + "/"))
-            route = path if path in self.known_paths else next(mounted, "unmatched")
-        self.metrics.observe_request(route, scope["method"], status, seconds)
-        fields = {"request_id": request_id, "method": scope["method"], "route": route, "status": status,
-                  "latency_ms": round(seconds * 1000.0, 2), **scope["state"].get("log_fields", {})}
-        level = logging.DEBUG if route in _PROBE_ROUTES else logging.INFO
-        access_logger.log(level, "request", extra={"fields": fields})
