@@ -13,6 +13,7 @@ Run: ``python -m proxy.label_set_evidence --world runs/demo/world`` (writes
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import sys
@@ -196,7 +197,7 @@ def render_table(doc: Mapping[str, Any]) -> str:
     lines += [markdown_table(["endpoint", "difference", "verdict"],
                              [[r["endpoint"], _fmt_ci(r), r["verdict"]] for r in agg["q2_learned_vs_zero_shot"]]), "",
               "**Q3** ID pass-rate error (target 0.95; points)", ""]
-    lines += [markdown_table(["prompts", "threshold", "mean |error|", "mean signed error", "sets within ±2",
+    lines += [markdown_table(["prompts", "threshold", "mean abs error", "mean signed error", "sets within ±2",
                               "verdict"],
                              [[r["mode"], "default rule" if r["threshold"] == "rule" else f"{r['threshold']}/label",
                                _fmt_ci(r, pct=True), _fmt_ci(r["signed"], pct=True), f"{r['sets_within']:.2f}",
@@ -224,6 +225,7 @@ def run(bundle_path: Path, world: Path, out: Path, command: str) -> dict[str, An
         for mode in MODES}} for i, labels in enumerate(sets)]
     doc = {"command": command, "protocol": "docs/evidence/protocol-label-sets.md",
            "bundle": {"path": str(bundle_path), "fingerprint": bundle.fingerprint()}, "world": str(world),
+           "world_json_sha256": hashlib.sha256((world / "world.json").read_bytes()).hexdigest(),
            "gate": gate, "config": {k: list(v) if isinstance(v, tuple) else v for k, v in PROTOCOL.items()},
            "new_categories": new, "images": {"test_per_category": {c: len(v) for c, v in test.items()},
                                              "val_per_category": {c: len(v) for c, v in val.items()},
@@ -243,6 +245,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--out", type=Path, default=Path("results/evidence-label-sets"))
     args = p.parse_args(argv)
     command = "python -m proxy.label_set_evidence " + shlex.join(sys.argv[1:] if argv is None else list(argv))
+    command = command.rstrip()
     doc = run(args.bundle, args.world, args.out, command)
     sys.stdout.write(render_table(doc))
 
