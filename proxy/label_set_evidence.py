@@ -160,7 +160,9 @@ def aggregate(per_set: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             lo, hi = ci["ci95"]
             word = "within ±2 points" if hi < tol else "outside ±2 points" if lo > tol else "inconclusive"
             q3.append({"mode": mode, "threshold": src, **ci, "signed": t_interval(signed),
-                       "sets_within": float(np.mean(np.asarray(abs_err) <= tol)), "verdict": word})
+                       "sets_within": float(np.mean(np.asarray(abs_err) <= tol)),
+                       "draws_within": None if src == "rule" else float(np.mean(
+                           [s["modes"][mode]["draws_within"][src] for s in per_set])), "verdict": word})
     levels = {mode: {"id_accuracy": t_interval([s["modes"][mode]["id_accuracy"] for s in per_set]),
                      **{f"{k}_auroc_{sc}": t_interval([s["modes"][mode][f"{k}_auroc"][sc] for s in per_set])
                         for k in ("near", "far") for sc in PROTOCOL["scores"]},
@@ -198,10 +200,11 @@ def render_table(doc: Mapping[str, Any]) -> str:
                              [[r["endpoint"], _fmt_ci(r), r["verdict"]] for r in agg["q2_learned_vs_zero_shot"]]), "",
               "**Q3** ID pass-rate error (target 0.95; points)", ""]
     lines += [markdown_table(["prompts", "threshold", "mean abs error", "mean signed error", "sets within ±2",
-                              "verdict"],
+                              "draws within ±2", "verdict"],
                              [[r["mode"], "default rule" if r["threshold"] == "rule" else f"{r['threshold']}/label",
                                _fmt_ci(r, pct=True), _fmt_ci(r["signed"], pct=True), f"{r['sets_within']:.2f}",
-                               r["verdict"]] for r in agg["q3_pass_rate_error"]])]
+                               "-" if r["draws_within"] is None else f"{r['draws_within']:.2f}", r["verdict"]]
+                              for r in agg["q3_pass_rate_error"]])]
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,7 @@ def _mode(acc: float, near_de: float, near_other: float, far: float, err: float)
         "far_auroc": dict.fromkeys(PROTOCOL["scores"], far),
         "pass_error": dict.fromkeys(srcs, -err),
         "pass_abs_error": dict.fromkeys(srcs, err),
+        "draws_within": dict.fromkeys(srcs[1:], float(err <= PROTOCOL["tolerance"])),
     }
 
 
@@ -49,6 +50,7 @@ def test_aggregate_means_and_verdicts() -> None:
     assert q3[("learned", "rule")]["sets_within"] == 1.0
     assert q3[("zero-shot", "5")]["verdict"] == "outside ±2 points"
     assert q3[("zero-shot", "5")]["signed"]["mean"] < 0
+    assert q3[("zero-shot", "5")]["draws_within"] == 0.0 and q3[("learned", "5")]["draws_within"] == 1.0
     assert "learned helps" in render_table({"command": "x", "aggregate": agg})
 
 
