@@ -50,3 +50,21 @@ def render_overlay(overlay: str) -> list[dict[str, Any]]:
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[dict[str, Any]]]:
     """(overlay name, its rendered resources), once per overlay."""
     return request.param, render_overlay(request.param)
+
+
+def validate_builtin_kinds(resources: list[dict[str, Any]], path: Path) -> str:
+    """Write ``resources`` to ``path`` and check them with ``kubernetes-validate --strict``; its stdout.
+
+    Built-in kinds only: the tool has no schema for custom resources (KServe's, the Prometheus operator's).
+    """
+    import sys
+
+    path.write_text(yaml.safe_dump_all(resources), encoding="utf-8")
+    tool = Path(sys.executable).with_name("kubernetes-validate")
+    if not tool.exists():
+        tool = Path(require_tool("kubernetes-validate"))
+    proc = subprocess.run([str(tool), "--strict", "--no-warn", str(path)], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout
+

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +20,7 @@ from deploy.capacity.bench import hpa_targets, load_bench
 from service.app import create_app
 from service.metrics import ServiceMetrics
 from service.settings import Settings
-from tests.unit.deploy.conftest import ROOT, render_overlay, require_tool, yaml
+from tests.unit.deploy.conftest import ROOT, render_overlay, validate_builtin_kinds, yaml
 
 pytestmark = pytest.mark.unit
 
@@ -57,15 +55,8 @@ Rendered = tuple[str, list[dict[str, Any]]]
 def test_builtin_kinds_pass_strict_schema_validation(rendered: Rendered, tmp_path: Path) -> None:
     overlay, resources = rendered
     builtin = [r for r in resources if r["kind"] not in CRD_KINDS]
-    path = tmp_path / f"{overlay}.yaml"
-    path.write_text(yaml.safe_dump_all(builtin), encoding="utf-8")
-    tool = Path(sys.executable).with_name("kubernetes-validate")
-    if not tool.exists():
-        tool = Path(require_tool("kubernetes-validate"))
-    proc = subprocess.run([str(tool), "--strict", "--no-warn", str(path)], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("passed") == len(builtin), proc.stdout
+    stdout = validate_builtin_kinds(builtin, tmp_path / f"{overlay}.yaml")
+    assert stdout.count("passed") == len(builtin), stdout
 
 
 def test_prometheus_operator_resources_match_their_crds(rendered: tuple[str, list[dict[str, Any]]]) -> None:

@@ -10,15 +10,19 @@ against the CRD; a test below checks that the validator does fail on such mistak
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from service.settings import Settings
-from tests.unit.deploy.conftest import ROOT, render_kustomization, render_overlay, require_tool, yaml
+from tests.unit.deploy.conftest import (
+    ROOT,
+    render_kustomization,
+    render_overlay,
+    validate_builtin_kinds,
+    yaml,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -107,14 +111,7 @@ def test_the_validator_refuses_what_kserve_would(isvc: dict[str, Any], path: tup
 def test_the_namespace_passes_strict_kubernetes_validation(resources: list[dict[str, Any]], tmp_path: Path) -> None:
     builtin = [r for r in resources if r["kind"] != "InferenceService"]
     assert [r["kind"] for r in builtin] == ["Namespace"]
-    path = tmp_path / "kserve.yaml"
-    path.write_text(yaml.safe_dump_all(builtin), encoding="utf-8")
-    tool = Path(sys.executable).with_name("kubernetes-validate")
-    if not tool.exists():
-        tool = Path(require_tool("kubernetes-validate"))
-    proc = subprocess.run([str(tool), "--strict", "--no-warn", str(path)], capture_output=True, text=True,
-                          timeout=120, check=False)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    validate_builtin_kinds(builtin, tmp_path / "kserve.yaml")
 
 
 def test_the_predictor_agrees_with_the_service(isvc: dict[str, Any]) -> None:
