@@ -1,4 +1,10 @@
-"""FastAPI dependencies: settings, runtime and the optional API key, as typed aliases."""
+"""FastAPI dependencies: settings, runtime and the optional API key, as typed aliases.
+
+They are all ``async def``: none of them blocks, and FastAPI runs a plain ``def`` dependency in its
+thread pool, one hand-off per dependency per request. Under load each hand-off waits for a pool
+thread to get a core, and starting a new pool thread blocks the event loop until it runs, which
+every answer waits for, 503s and health checks included (issue 16).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +24,11 @@ __all__ = ["get_settings", "get_runtime", "require_api_key", "require_admin_key"
 _bearer = HTTPBearer(auto_error=False, description="API key, when the service is configured with one.")
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
     return request.app.state.runtime
 
 
@@ -30,7 +36,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
 
 
-def require_api_key(
+async def require_api_key(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Check ``Authorization: Bearer <key>`` when an API key is configured (constant-time compare)."""
@@ -39,7 +45,7 @@ def require_api_key(
     _check_bearer(settings.api_key.get_secret_value(), credentials, "API key")
 
 
-def require_admin_key(
+async def require_admin_key(
     settings: SettingsDep, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> None:
     """Check ``Authorization: Bearer <admin key>`` (constant-time); no admin key configured: 403, the

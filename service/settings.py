@@ -121,6 +121,11 @@ class Settings(BaseSettings):
         "pool) over the event loop's thread (Linux), so that 503s and health checks are answered while they hold "
         "every core; 0 = same priority.",
     )
+    gc_freeze: bool = Field(
+        True, description="Once the model is loaded and warmed up, move everything alive into the garbage "
+        "collector's permanent generation (gc.freeze), so that a full collection under load walks only the objects "
+        "made since, not the model's and libraries' (it holds the event loop while it runs).",
+    )
     spin_wait: bool = Field(
         False, description="Let ONNX Runtime's idle threads spin (lower latency on dedicated cores, "
         "burns CPU a noisy neighbour or the decode threads need)."

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,15 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     reason = unavailable_reason()
     return "containers: podman runs here (tests/container run)" if reason is None else \
         f"containers: tests/container skip: {reason}"
+
+
+@pytest.fixture(autouse=True)
+def _unfrozen_heap() -> Iterator[None]:
+    """Give the garbage collector back what a test's app froze at readiness (``gc_freeze``): in a
+    server process the frozen heap lives as long as the process, in the test process the next tests
+    would otherwise never collect the cycles of every app started before them."""
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

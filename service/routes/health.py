@@ -13,7 +13,7 @@ router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
-def healthz(runtime: RuntimeDep) -> JSONResponse:
+async def healthz(runtime: RuntimeDep) -> JSONResponse:
     """Liveness: the process answers (503 only if the bundle failed to load, so it gets restarted)."""
     if runtime.phase is Phase.FAILED:
         return JSONResponse(HealthResponse(status="failed", error=runtime.error).model_dump(), status_code=503)
@@ -21,7 +21,7 @@ def healthz(runtime: RuntimeDep) -> JSONResponse:
 
 
 @router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
-def readyz(runtime: RuntimeDep) -> JSONResponse:
+async def readyz(runtime: RuntimeDep) -> JSONResponse:
     """Readiness: 200 once the bundle is loaded and warmed up, 503 before (and while stopping)."""
     body = ReadyResponse(status=runtime.phase.value, error=runtime.error)
     return JSONResponse(body.model_dump(), status_code=200 if runtime.phase is Phase.READY else 503)

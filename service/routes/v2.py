@@ -126,14 +126,14 @@ def _served(runtime: Runtime, model_name: str, model_version: str | None) -> Bun
 
 # --- health and metadata --------------------------------------------------------------------------------
 @router.get("/v2", response_model=ServerMetadataResponse)
-def server_metadata() -> ServerMetadataResponse:
+async def server_metadata() -> ServerMetadataResponse:
     """Server metadata: name, version and the protocol extensions served."""
     return ServerMetadataResponse(name="deltagate", version=DELTAGATE_VERSION, extensions=EXTENSIONS)
 
 
 @router.get("/v2/health/live", response_model=ServerLiveResponse,
             responses={503: {"model": ServerLiveResponse, "description": "The bundle failed to load."}})
-def server_live(runtime: RuntimeDep) -> JSONResponse:
+async def server_live(runtime: RuntimeDep) -> JSONResponse:
     """Liveness (as /healthz): false only when the bundle failed to load."""
     live = runtime.phase is not Phase.FAILED
     return JSONResponse(ServerLiveResponse(live=live).model_dump(), status_code=200 if live else 503)
@@ -141,7 +141,7 @@ def server_live(runtime: RuntimeDep) -> JSONResponse:
 
 @router.get("/v2/health/ready", response_model=ServerReadyResponse,
             responses={503: {"model": ServerReadyResponse, "description": "Loading, failed or stopping."}})
-def server_ready(runtime: RuntimeDep) -> JSONResponse:
+async def server_ready(runtime: RuntimeDep) -> JSONResponse:
     """Readiness (as /readyz): true once the model is loaded and warmed up."""
     ready = runtime.phase is Phase.READY
     return _ready_response(ServerReadyResponse(ready=ready).model_dump(), ready, runtime)
@@ -166,14 +166,14 @@ def _model_ready(runtime: Runtime, model_name: str, model_version: str | None) -
 
 
 @router.get("/v2/models/{model_name}/ready", response_model=ModelReadyResponse, responses=_READY_RESPONSES)
-def model_ready(runtime: RuntimeDep, model_name: ModelName) -> JSONResponse:
+async def model_ready(runtime: RuntimeDep, model_name: ModelName) -> JSONResponse:
     """Model readiness: true once it is loaded and warmed up (404: not the model served)."""
     return _model_ready(runtime, model_name, None)
 
 
 @router.get("/v2/models/{model_name}/versions/{model_version}/ready", response_model=ModelReadyResponse,
             responses=_READY_RESPONSES)
-def model_version_ready(runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion) -> JSONResponse:
+async def model_version_ready(runtime: RuntimeDep, model_name: ModelName, model_version: ModelVersion) -> JSONResponse:
     """Model readiness of one version (404: not the model or version served)."""
     return _model_ready(runtime, model_name, model_version)
 

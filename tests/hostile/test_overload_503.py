@@ -9,11 +9,18 @@ docs/benchmarks.md); what CI checks here is the mechanism, on a real server with
   inherits the priority of the thread that created the session) runs ``compute_nice`` below the
   event loop's thread, which keeps the process's priority;
 * a request that finds the budget spent is answered 503 before its body is sent at all, by the
-  connection level (no FastAPI routing or middleware on the 503 path).
+  connection level (no FastAPI routing or middleware on the 503 path);
+* the event loop does not wait for other threads on the hot routes: no dependency or endpoint of
+  /classify, the health probes and the v2 inference routes is a plain ``def`` (FastAPI would run it
+  in its thread pool, and starting a pool thread blocks the loop until the new thread gets a core);
+* the heap is frozen once the model is ready, so a full garbage collection does not walk the
+  model's objects while the loop waits (``gc_freeze``).
 """
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
 import threading
 from collections.abc import Iterator
@@ -21,10 +28,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 
+from service.app import create_app
+from service.routes import classify, health, v2
 from tests.hostile.support_net import connect, logged_total, read_response, status_of
 from tests.server_process import DEFAULT_BUNDLE, ServerProcess, serving
-from tests.service_support import noise_image
+from tests.service_support import dummy_settings, noise_image, running
 
 pytestmark = pytest.mark.hostile
 
@@ -112,3 +123,40 @@ def test_a_spent_budget_is_answered_503_before_the_body_is_sent(server: ServerPr
     assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "overloaded"
     assert b"retry-after:" in answer.lower()
     assert early >= 1, server.log_tail(6000)  # 503s answered by the connection level, before the app
+
+
+HOT_ROUTES = {("POST", "/classify"), ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v2/health/live"),
+              ("GET", "/v2/health/ready"), ("GET", "/v2/models/{model_name}/ready"),
+              ("POST", "/v2/models/{model_name}/infer"),
+              ("POST", "/v2/models/{model_name}/versions/{model_version}/infer")}
+
+
+def _sync_calls(dependant: Dependant) -> list[str]:
+    """Names of the plain (thread-pool) callables in a route's dependency tree, the endpoint included."""
+    found = []
+    call = dependant.call
+    # a dependency is a coroutine function, or an instance with an async __call__ (HTTPBearer)
+    if call is not None and not (inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(type(call).__call__)):
+        found.append(getattr(call, "__qualname__", repr(call)))
+    for sub in dependant.dependencies:
+        found += _sync_calls(sub)
+    return found
+
+
+def test_hot_routes_run_on_the_event_loop_without_thread_hand_offs() -> None:
+    routers = [classify.router, health.router, v2.router]  # those the app includes (service.app)
+    routes = {(method, r.path): r for router in routers for r in router.routes if isinstance(r, APIRoute)
+              for method in r.methods}
+    assert HOT_ROUTES <= set(routes), HOT_ROUTES - set(routes)
+    sync = {f"{m} {p}": _sync_calls(routes[(m, p)].dependant) for m, p in sorted(HOT_ROUTES)}
+    assert not any(sync.values()), sync
+
+
+async def test_the_heap_is_frozen_once_the_model_is_ready() -> None:
+    gc.unfreeze()
+    async with running(create_app(dummy_settings(gc_freeze=False))) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        assert gc.get_freeze_count() == 0
+    async with running(create_app(dummy_settings())) as client:
+        assert (await client.get("/readyz")).status_code == 200
+        assert gc.get_freeze_count() > 0  # everything alive at readiness, the app and its model included
