@@ -263,15 +263,16 @@ def _overload(server: ServerProcess, workload: Workload, cfg: CompareConfig) -> 
     ``overload_clients`` fillers keep the small queue full (waiting 2 ms after each 503); a probe in
     its own process sends one request every 20 ms; its 503s' latency (client side) is the target's number.
     """
-    fill, probe = probe_while_full(server.url, workload.payloads, cfg.overload_clients, cfg.overload_seconds,
-                                   cfg.warmup_s, timeout_s=cfg.request_timeout_s)
+    run = probe_while_full(server.url, workload.payloads, cfg.overload_clients, cfg.overload_seconds,
+                           cfg.warmup_s, timeout_s=cfg.request_timeout_s)
+    fill, probe = run.fill, run.probe
     refused = latency_stats([t1 - t0 for t0, t1, o in probe if o == "503"])
     fill_refused = latency_stats([t1 - t0 for t0, t1, o in fill if o == "503"])
     counts, fill_counts = _outcomes(probe), _outcomes(fill)
     bad = {k: _bad(counts)[k] + _bad(fill_counts)[k] for k in ("errors", "lost", "mismatched")}
     return {"clients": cfg.overload_clients, "queue": cfg.overload_queue, "status_counts": counts,
             "refused_p50_ms": refused.p50_ms, "refused_p99_ms": refused.p99_ms, "refused_n": refused.n,
-            "filler_status_counts": fill_counts, "filler_refused_p99_ms": fill_refused.p99_ms, **bad}
+            "filler_status_counts": fill_counts, "filler_refused_p99_ms": fill_refused.p99_ms, **run.facts(), **bad}
 
 
 def _measured(system: str, workload: str, cfg: CompareConfig) -> bool:
@@ -584,6 +585,6 @@ def markdown_report(report: dict[str, Any]) -> str:
     if over:
         lines += ["", "### Full queue: 48 fillers keep a queue of 8 full; a probe every 20 ms (latency client side)",
                   "", _table(over, ("round", "workload", "condition", "status_counts", "refused_p50_ms",
-                                    "refused_p99_ms", "filler_status_counts", "filler_refused_p99_ms", "errors",
-                                    "lost", "mismatched"))]
+                                    "refused_p99_ms", "filler_status_counts", "filler_refused_p99_ms",
+                                    "probe_loop_lag_p99_ms", "errors", "lost", "mismatched"))]
     return "\n".join(lines) + "\n"

@@ -25,7 +25,7 @@ from deltagate.bench.report import LatencyStats, latency_stats
 
 __all__ = [
     "synthetic_image", "synthetic_png", "Payload", "LoadResult",
-    "run_load", "load_log", "probe_while_full", "summarize_load", "batch_counters",
+    "run_load", "load_log", "probe_while_full", "ProbeRun", "PROBE_AUTOGROUP_NICE", "summarize_load", "batch_counters",
 ]
 
 logger = logging.getLogger(__name__)
@@ -196,18 +196,36 @@ async def _fill(url: str, payloads: Sequence[Payload], fillers: int, backoff_503
     return log
 
 
+PROBE_AUTOGROUP_NICE = -10  # the probe's session weight where allowed (deltagate.bench.probe: why)
+
+
+@dataclass(frozen=True)
+class ProbeRun:
+    """What :func:`probe_while_full` saw: both logs, and the probe's own delay."""
+
+    fill: list[tuple[float, float, str]]  # the fillers' (start, end, outcome)
+    probe: list[tuple[float, float, str]]  # the probe's (0, seconds, outcome)
+    loop_lag_ms: list[float]  # how late each 1 ms tick of the probe's loop ran
+    autogroup_nice: int | None  # the probe session's weight as set, None if it could not be
+
+    def facts(self) -> dict[str, Any]:
+        """The probe's own delay for a report: its loop's lag (p99, max) and its session weight."""
+        lag = np.asarray(self.loop_lag_ms or [float("nan")])
+        return {"probe_loop_lag_p99_ms": round(float(np.percentile(lag, 99)), 2),
+                "probe_loop_lag_max_ms": round(float(lag.max()), 2), "probe_autogroup_nice": self.autogroup_nice}
+
+
 def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, seconds: float, warmup_s: float = 1.0,
                      backoff_503_s: float = 0.002, interval_s: float = 0.02, timeout_s: float = 60.0,
-                     ) -> tuple[list[tuple[float, float, str]], list[tuple[float, float, str]]]:
+                     probe_autogroup_nice: int | None = PROBE_AUTOGROUP_NICE) -> ProbeRun:
     """Keep a server's queue full with ``fillers`` closed-loop clients and time a probe's requests.
 
     The fillers wait ``backoff_503_s`` after each 503 (so the refusals do not turn into a storm),
     which keeps the queue topped up as forwards free it. The probe (:mod:`deltagate.bench.probe`)
-    runs in its own process, one request every ``interval_s`` after ``warmup_s``, so its timings
-    do not wait for the fillers' event loop.
-
-    Returns:
-        The fillers' and the probe's (start, end, outcome) logs (the probe's starts are 0).
+    runs in its own process and session, one request every ``interval_s`` after ``warmup_s``, so
+    its timings do not wait for the fillers' event loop; its session runs at
+    ``probe_autogroup_nice`` where the machine allows (None: left as it is), and it reports its
+    own loop's lag, so that a report shows how much of a latency was the probe's.
     """
     payload = payloads[0]
     with tempfile.NamedTemporaryFile(suffix=".img") as image:
@@ -215,7 +233,8 @@ def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, second
         image.flush()
         argv = [sys.executable, "-m", "deltagate.bench.probe", url, image.name, "--seconds", str(seconds),
                 "--interval", str(interval_s), "--timeout", str(timeout_s), "--delay", str(warmup_s),
-                *(["--expect", payload.expected_label] if payload.expected_label else [])]
+                *(["--expect", payload.expected_label] if payload.expected_label else []),
+                *(["--autogroup-nice", str(probe_autogroup_nice)] if probe_autogroup_nice is not None else [])]
         # Its own session: where the kernel groups scheduling by session (sched_autogroup, the
         # default of most distributions), a probe in the fillers' session would queue for the CPU
         # behind their event loop, and its timings would be the fillers' rather than the server's.
@@ -225,8 +244,9 @@ def probe_while_full(url: str, payloads: Sequence[Payload], fillers: int, second
         out, err = proc.communicate(timeout=timeout_s + seconds)
     if proc.returncode != 0:
         raise RuntimeError(f"probe failed ({proc.returncode}): {err.decode(errors='replace')[-2000:]}")
-    probe = [(0.0, float(r["seconds"]), str(r["outcome"])) for r in json.loads(out)]
-    return fill, probe
+    result = json.loads(out)
+    probe = [(0.0, float(r["seconds"]), str(r["outcome"])) for r in result["requests"]]
+    return ProbeRun(fill, probe, [float(x) for x in result["loop_lag_ms"]], result["autogroup_nice"])
 
 
 def run_load(url: str, payloads: bytes | Sequence[Payload], concurrency: int, seconds: float, warmup_s: float = 2.0,

@@ -12,6 +12,12 @@ by side for the whole run:
 * a *saturation* server (``max_queue_size`` 256): images/s with 16 closed-loop clients, so that
   the price of a lower priority, if any, shows as lost throughput.
 
+With ``gc_freeze_ablation``, the last ``compute_nice`` value is also measured with the heap left
+unfrozen (variant ``nice<N>-nofreeze``, ``gc_freeze`` off), so a report shows what the freeze
+buys. The probe (:mod:`deltagate.bench.probe`) runs at ``probe_autogroup_nice`` where allowed and
+reports its own loop lag per measurement (``probe_loop_lag_*``), the part of its latency that
+was the probe's own.
+
 Rounds interleave the values in a rotated order, in each condition (``quiet``; ``neighbour``: a
 one-core busy loop), and record the load average before and after every measurement: the machine
 is shared, and a number means little without it. Medians over rounds; ratios within a round.
@@ -29,7 +35,7 @@ from typing import Any
 
 from deltagate.bench.compare import make_workload, neighbour
 from deltagate.bench.engine import load_engine
-from deltagate.bench.http import probe_while_full, run_load
+from deltagate.bench.http import PROBE_AUTOGROUP_NICE, probe_while_full, run_load
 from deltagate.bench.report import latency_stats, machine_info
 from deltagate.server_process import ServerProcess, deltagate_server
 from service.settings import Settings
@@ -59,6 +65,10 @@ class OverloadConfig:
     max_batch_size: int = 8
     images: int = 8
     port_range: tuple[int, int] | None = None
+    gc_freeze_ablation: bool = False  # also the last nice value with gc_freeze off ("nice<N>-nofreeze")
+    probe_autogroup_nice: int = PROBE_AUTOGROUP_NICE  # the probe session's weight where allowed (0: as others)
+
+NOFREEZE = "-nofreeze"
 
 
 def _loadavg() -> list[float]:
@@ -66,7 +76,18 @@ def _loadavg() -> list[float]:
 
 
 def _variants(cfg: OverloadConfig) -> list[str]:
-    return [*(["baseline"] if cfg.baseline is not None else []), *(f"nice{n}" for n in cfg.nice_values)]
+    return [*(["baseline"] if cfg.baseline is not None else []), *(f"nice{n}" for n in cfg.nice_values),
+            *([f"nice{cfg.nice_values[-1]}{NOFREEZE}"] if cfg.gc_freeze_ablation else [])]
+
+
+def _overrides(variant: str) -> dict[str, Any]:
+    """The settings a variant changes: compute_nice (and gc_freeze off for a "-nofreeze" one)."""
+    if variant == "baseline":
+        # the baseline's settings may predate compute_nice: settings_to_env passes it on, and an
+        # older checkout ignores unknown DELTAGATE_* variables (extra="ignore")
+        return {}
+    nice = variant.removeprefix("nice").removesuffix(NOFREEZE)
+    return {"compute_nice": int(nice), **({"gc_freeze": False} if variant.endswith(NOFREEZE) else {})}
 
 
 def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[str, str], ServerProcess]:
@@ -75,9 +96,7 @@ def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[str, str], Ser
     servers = {}
     for variant in _variants(cfg):
         pythonpath = str(cfg.baseline) if variant == "baseline" else None
-        # the baseline's settings may predate compute_nice: settings_to_env passes it on, and an
-        # older checkout ignores unknown DELTAGATE_* variables (extra="ignore")
-        nice = {} if variant == "baseline" else {"compute_nice": int(variant.removeprefix("nice"))}
+        nice = _overrides(variant)
         full = base.model_copy(update={**nice, "max_queue_size": cfg.queue, "max_images_per_request": 1})
         servers[(variant, "overload")] = deltagate_server(full, pythonpath=pythonpath, port_range=cfg.port_range,
                                                           name=f"overload-{variant}")
@@ -94,8 +113,9 @@ def _servers(cfg: OverloadConfig, stack: ExitStack) -> dict[tuple[str, str], Ser
 def _measure(servers: dict[tuple[str, str], ServerProcess], variant: str, workload: Any,
              cfg: OverloadConfig) -> dict[str, Any]:
     before = _loadavg()
-    fill, probe = probe_while_full(servers[(variant, "overload")].url, workload.payloads, cfg.clients,
-                                   cfg.probe_seconds, cfg.warmup_s)
+    run = probe_while_full(servers[(variant, "overload")].url, workload.payloads, cfg.clients, cfg.probe_seconds,
+                           cfg.warmup_s, probe_autogroup_nice=cfg.probe_autogroup_nice)
+    fill, probe = run.fill, run.probe
     refused = latency_stats([t1 - t0 for t0, t1, o in probe if o == "503"])
     probe_counts = {o: sum(1 for *_, x in probe if x == o) for o in sorted({o for *_, o in probe})}
     fill_counts = {o: sum(1 for *_, x in fill if x == o) for o in sorted({o for *_, o in fill})}
@@ -103,7 +123,7 @@ def _measure(servers: dict[tuple[str, str], ServerProcess], variant: str, worklo
     load = run_load(servers[(variant, "saturation")].url, workload.payloads, cfg.concurrency, cfg.seconds, cfg.warmup_s)
     return {"variant": variant, "refused_p50_ms": refused.p50_ms, "refused_p99_ms": refused.p99_ms,
             "refused_max_ms": refused.max_ms, "refused_n": refused.n, "probe_status_counts": probe_counts,
-            "filler_status_counts": fill_counts, "images_per_s": load.requests_per_s,
+            "filler_status_counts": fill_counts, **run.facts(), "images_per_s": load.requests_per_s,
             "saturation_status_counts": load.status_counts, "saturation_p99_ms": load.latency.p99_ms,
             "load_average_before": before, "load_average_between": between, "load_average_after": _loadavg()}
 
@@ -125,6 +145,8 @@ def _summary(rounds: list[dict[str, Any]], cfg: OverloadConfig) -> dict[str, Any
                 f"images_per_s_ratio_to_{ref}_median": round(statistics.median(ratio), 3),
                 f"images_per_s_ratio_to_{ref}_rounds": [round(x, 3) for x in ratio],
                 "rounds_meeting_503_p99_target": f"{sum(1 for x in p99 if x <= MAX_503_P99_MS)}/{len(p99)}",
+                "probe_loop_lag_p99_ms_rounds": [r[v]["probe_loop_lag_p99_ms"] for r in rows],
+                "probe_loop_lag_max_ms_rounds": [r[v]["probe_loop_lag_max_ms"] for r in rows],
                 "load_average_1min_rounds": [r[v]["load_average_before"][0] for r in rows],
             }
         out[condition] = per

@@ -232,6 +232,11 @@ def overload(
     seconds: Annotated[float, typer.Option(help="Probe seconds with the budget full, per value and round.")] = 4.0,
     baseline: Annotated[Path | None, typer.Option(help="Another checkout's service as a variant.")] = None,
     ports: Annotated[str | None, typer.Option(help="Port range for the servers, LOW-HIGH [OS picks].")] = None,
+    gc_freeze_ablation: Annotated[bool, typer.Option(
+        help="Also measure the last --nice value with gc_freeze off (variant nice<N>-nofreeze).")] = False,
+    probe_autogroup_nice: Annotated[int, typer.Option(
+        min=-20, max=19, help="Scheduling weight of the probe's session where allowed (negative: root or "
+        "CAP_SYS_NICE; 0: the same as every session); the report says what was applied.")] = -10,
 ) -> None:
     """503 latency with the admission budget full, and throughput at saturation, per compute_nice (issue 16)."""
     import json
@@ -245,7 +250,8 @@ def overload(
         raise typer.BadParameter(f"expected comma-separated integers, got {nice!r}") from exc
     cfg = OverloadConfig(bundle=bundle, nice_values=nice_values, rounds=rounds,
                          conditions=_names(conditions, ("quiet", "neighbour"), "conditions"), probe_seconds=seconds,
-                         baseline=baseline, port_range=_port_range(ports))
+                         baseline=baseline, port_range=_port_range(ports), gc_freeze_ablation=gc_freeze_ablation,
+                         probe_autogroup_nice=probe_autogroup_nice)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the servers are stopped
     report = overload_report(command_line(ctx), cfg)
     write_report(report, out)
