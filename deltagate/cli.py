@@ -19,7 +19,7 @@ from deltagate.commands.export import export, quantize
 from deltagate.commands.label_set import label_set_app
 from deltagate.commands.offline import ablate, calibrate, demo_app, evaluate, train
 from deltagate.commands.serve import serve
-from models.errors import DeltagateError
+from models.errors import DeltagateError, missing_module_message
 from models.log_noise import quiet_third_party_logs
 
 app = typer.Typer(
@@ -99,8 +99,10 @@ def cli_main() -> None:
 
     User errors are click's usage errors (unknown option values, values out of range, missing
     options), the model side's :class:`DeltagateError` (bundles, data layouts, resume conflicts,
-    weights that cannot be had, engines that cannot run where asked), a missing file, and invalid
-    settings from flags or ``DELTAGATE_*`` variables. typer would print usage errors as a framed
+    weights that cannot be had, engines that cannot run where asked), a missing file, invalid
+    settings from flags or ``DELTAGATE_*`` variables, and an optional part this install lacks (an
+    extra, or the research package ``proxy`` that the service images leave out: the line says what
+    installs it; :func:`models.errors.missing_module_message`). typer would print usage errors as a framed
     box after the usage text; here they get the same one-line form as the rest.
     """
     from pydantic import ValidationError
@@ -117,6 +119,11 @@ def cli_main() -> None:
         raise SystemExit(1) from None
     except (DeltagateError, FileNotFoundError) as exc:
         _fail(str(exc))
+    except ModuleNotFoundError as exc:  # an optional part this install lacks (an extra, the research package)
+        message = missing_module_message(exc.name, "this command")
+        if message is None:  # not an optional part: a bug, whose traceback is worth seeing
+            raise
+        _fail(message)
     except ValidationError as exc:
         _fail(_settings_error_line(exc))
     if isinstance(status, int) and status:  # typer.Exit(code) returns its code when not standalone

@@ -319,6 +319,16 @@ class BundleManifest(BaseModel):
         ``top_c``, ``temperature``, ``reset`` and ``reset_logit`` (:func:`models.scoring_spec.renamed_legacy_keys`)."""
         return renamed_legacy_keys(data) if isinstance(data, dict) else data
 
+    def graph_calibrations(self) -> list[CalibrationRecord]:
+        """Every gate calibration the bundle's graphs carry, on its gate score: the float32 graph's
+        (``calibration``; the float16 graph serves with it too) and the int8 graph's own, when present.
+        Read it on the manifest as stored (:attr:`Bundle.stored_manifest`): a graph's view replaces
+        ``calibration`` with that graph's."""
+        if self.calibration is None:
+            return []
+        int8 = self.int8.calibration if self.int8 is not None else None
+        return [self.calibration, *([int8] if int8 is not None and int8.score == self.calibration.score else [])]
+
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex SHA-256 of a file, read in chunks."""
@@ -346,6 +356,12 @@ class Bundle:
         if ONNX_FILE not in self.manifest.files:
             raise BundleError(f"{self.path}: bundle has no {ONNX_FILE} (export it with `deltagate export`)")
         return self.path / ONNX_FILE
+
+    @property
+    def stored_manifest(self) -> BundleManifest:
+        """The manifest as the bundle stores it; differs from ``manifest`` in a graph's view
+        (:meth:`int8_variant`), whose ``calibration`` is that graph's."""
+        return self.manifest
 
     @overload
     def _graph_info(self, tag: Literal["int8"]) -> Int8Info: ...
@@ -376,7 +392,8 @@ class Bundle:
         info = self._graph_info("int8")
         if info.calibration is None:
             raise BundleError(f"{self.path}: the int8 graph has no calibrated threshold (quantize with ID val data)")
-        return _GraphBundle(self.path, self.manifest.model_copy(update={"calibration": info.calibration}), info.file)
+        view = self.manifest.model_copy(update={"calibration": info.calibration})
+        return _GraphBundle(self.path, view, info.file, self.stored_manifest)
 
     def fp16_variant(self) -> Bundle:
         """This bundle as served by its float16 graph: ``onnx_path`` is the float16 file, with the float32
@@ -385,7 +402,7 @@ class Bundle:
         Raises:
             BundleError: no float16 graph.
         """
-        return _GraphBundle(self.path, self.manifest, self._graph_info("fp16").file)
+        return _GraphBundle(self.path, self.manifest, self._graph_info("fp16").file, self.stored_manifest)
 
     @property
     def has_onnx(self) -> bool:
@@ -420,10 +437,15 @@ class _GraphBundle(Bundle):
     """The bundle served by another of its graphs (:meth:`Bundle.int8_variant`, :meth:`Bundle.fp16_variant`)."""
 
     graph_file: str
+    stored: BundleManifest  # the manifest as stored (the float32 graph's calibration included)
 
     @property
     def onnx_path(self) -> Path:
         return self.path / self.graph_file
+
+    @property
+    def stored_manifest(self) -> BundleManifest:
+        return self.stored
 
 
 def _read_manifest(path: Path) -> BundleManifest:

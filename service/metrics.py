@@ -106,7 +106,13 @@ class ServiceMetrics:
         self.delta_energy: Histogram | None = None  # only when the gate score is not ΔEnergy itself
 
     def bind_model(self, manifest: BundleManifest, engine_facts: dict[str, str]) -> None:
-        """Create the model-dependent metrics once the bundle is known."""
+        """Create the model-dependent metrics once the bundle is known.
+
+        Args:
+            manifest: the bundle's manifest as stored (:attr:`~models.bundle.Bundle.stored_manifest`, not a
+                graph's view): the gate histogram's bounds hold every graph's calibration (:func:`gate_score_buckets`).
+            engine_facts: the ``deltagate_model_info`` labels of the engine that serves.
+        """
         self.model_info.set({"name": manifest.name, "version": manifest.version, **engine_facts})
         for cls in manifest.classes:  # export zeros for every class, so rates exist from the start
             self.images.labels(label_set=BUNDLE_LABEL_SET, predicted_class=cls)
@@ -212,12 +218,16 @@ def gate_score_buckets(manifest: BundleManifest) -> list[float]:
     """Bounds of the gate score histogram: the threshold and the calibration quantiles (for drift:
     with no drift each bucket's share of traffic matches calibration), and the coarse ΔEnergy grid.
 
-    The calibration is of the bundle's gate score (``calibration.score``); ``deltagate_delta_energy``,
-    exported only when that score is not ΔEnergy, has the grid alone.
+    The calibrations are of the bundle's gate score (``calibration.score``), of every graph the bundle
+    carries (:meth:`~models.bundle.BundleManifest.graph_calibrations`: float32 and the int8 graph's
+    own), so the bounds are the same whichever graph serves (``engine=auto`` serves int8 on the CPU,
+    the images run ``onnx``): the alert rules (deploy/alerts) select buckets by these bounds, pods on
+    different engines can be summed, and the served graph's threshold and median are always among
+    them. ``manifest`` is the manifest as stored (:attr:`~models.bundle.Bundle.stored_manifest`).
+    ``deltagate_delta_energy``, exported only when the gate score is not ΔEnergy, has the grid alone.
     """
     bounds = set(DELTA_ENERGY_GRID)
-    calib = manifest.calibration
-    if calib is not None:
+    for calib in manifest.graph_calibrations():
         bounds.add(calib.threshold)
         bounds.update(np.interp(DRIFT_LEVELS, calib.quantile_levels, calib.quantile_values).tolist())
     return sorted({round(float(b), 6) for b in bounds})  # rounding can merge the threshold with a quantile

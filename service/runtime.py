@@ -282,7 +282,7 @@ class Runtime:
         self.instances = models
         self.label_sets = label_sets
         facts = self.engine_facts()
-        self.metrics.bind_model(models[0].manifest, facts)
+        self.metrics.bind_model(models[0].bundle.stored_manifest, facts)  # every graph's bounds: gate_score_buckets
         if s.gc_freeze:
             freeze_heap()
         self.metrics.ready.set(1)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.bundle import Bundle
+from models.errors import missing_module_message
 from models.graph_choice import CPU_PROVIDER, CUDA_PROVIDER, GraphCheck, check_graphs
 from service.engines.base import Engine, EngineError, EngineOutputs, EngineThreads, check_outputs
 from service.settings import DeviceName
@@ -110,10 +111,8 @@ def engine_class(name: str) -> type[Engine]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise EngineError(
-            f"engine {name!r} needs {exc.name or 'a missing package'}, which is not installed "
-            "(the torch and dummy engines need the 'torch' extra: pip install 'deltagate[torch]')"
-        ) from exc
+        message = missing_module_message(exc.name, f"engine {name!r}")
+        raise EngineError(message or f"engine {name!r} cannot be imported: {exc}") from exc
     cls: type[Engine] = getattr(module, class_name)
     return cls
 

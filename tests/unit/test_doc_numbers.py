@@ -92,7 +92,7 @@ def test_alerts_page_quotes_the_default_bundles_rendered_numbers() -> None:
     from deploy.alerts.render import bundle_values
     from deploy.capacity.bench import DEFAULT_BENCH, p99_bound_s
 
-    values = bundle_values(load_bundle(DEFAULT_BUNDLE, verify=False).manifest)
+    values = bundle_values(load_bundle(DEFAULT_BUNDLE, verify=False))
     page = _doc("docs/alerts.md")
     assert f"threshold {values['threshold']:.6f}" in page
     assert f"calibration median {values['median']:.6f}" in page

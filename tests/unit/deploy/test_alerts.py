@@ -8,9 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from deploy.alerts.render import OUTPUTS, render
+from deploy.alerts.render import DEPLOYED_ENGINE, OUTPUTS, bundle_values, render
+from models.bundle import load_bundle
 from service.engines.dummy import dummy_bundle
 from service.metrics import ServiceMetrics
+from tests.service_support import dummy_settings, serve
 from tests.unit.deploy.conftest import ROOT, require_tool, yaml
 
 pytestmark = pytest.mark.unit
@@ -42,6 +44,50 @@ def test_committed_rules_are_rendered_from_the_default_bundle(rendered: dict[str
     for key, text in rendered.items():
         committed = (ROOT / OUTPUTS[key]).read_text(encoding="utf-8")
         assert committed == text, f"{OUTPUTS[key]} is stale: run `python -m deploy.alerts.render`"
+
+
+def selected_buckets(text: str) -> set[str]:
+    """The gate histogram buckets the rules select, by ``le``."""
+    return set(re.findall(r'deltagate_gate_score_bucket\{le="([^"]+)"\}', text))
+
+
+@pytest.mark.parametrize("engine", ["auto", DEPLOYED_ENGINE])
+async def test_the_served_gate_histogram_has_every_bucket_the_rules_select(engine: str) -> None:
+    """`deltagate serve` (engine=auto: the int8 graph, its own threshold) and the deployments (onnx: float32)
+    both expose the buckets the shipped rules select, so the drift rules never go silent for want of a series."""
+    if not (BUNDLE / "manifest.json").is_file():
+        pytest.skip("bundles/default is not built")
+    settings = dummy_settings(engine=engine, bundle_path=BUNDLE, device="cpu", warmup=False)
+    async with serve(settings) as (client, _):
+        scrape = (await client.get("/metrics")).text
+        served = (await client.get("/model")).json()
+    assert engine != "auto" or served["engine"] == "onnx-int8", served["engine"]  # the case this test is about
+    exposed = selected_buckets(scrape)
+    wanted = selected_buckets(ALERTS.read_text(encoding="utf-8"))
+    assert wanted and wanted <= exposed, (served["engine"], sorted(wanted - exposed), sorted(exposed))
+    threshold = round(float(served["threshold"]), 6)
+    assert any(abs(float(le) - threshold) < 1e-9 for le in exposed), (threshold, sorted(exposed))
+
+
+# Every place that sets the engine of a service that loads the shipped rules (compose, the images, k8s).
+DEPLOYMENT_FILES = [ROOT / "docker-compose.yml", *sorted(ROOT.glob("docker/Dockerfile.*")),
+                    *sorted((ROOT / "deploy/k8s").rglob("*.yaml"))]
+_ENGINE_SETTING = re.compile(r"DELTAGATE_ENGINE(?:\s*[:=]\s*|\s*\n\s*value:\s*)([\w-]+)")
+
+
+def test_every_deployment_serves_the_graph_the_rules_were_rendered_for() -> None:
+    """The committed rules hold the threshold, median and expected split of the graph each deployment's engine
+    serves (the engine's own view of the bundle: onnx-int8 would gate with the int8 graph's threshold)."""
+    if not (BUNDLE / "manifest.json").is_file():
+        pytest.skip("bundles/default is not built")
+    engines = {m for f in DEPLOYMENT_FILES for m in _ENGINE_SETTING.findall(f.read_text(encoding="utf-8"))}
+    assert {DEPLOYED_ENGINE, "torch"} <= engines, engines  # the scan finds the CPU and the GPU services
+    assert "auto" not in engines, "a deployment runs engine=auto: render for its device (--engine auto --device ...)"
+    text, bundle = ALERTS.read_text(encoding="utf-8"), load_bundle(BUNDLE, verify=False)
+    for engine in sorted(engines):
+        values = bundle_values(bundle, engine, "cpu")  # the device decides nothing for an engine named explicitly
+        assert f'le="{values["threshold_le"]}"' in text and f'le="{values["median_le"]}"' in text, engine
+        assert f"- {values['expected_below_median']})" in text, engine
 
 
 def test_promtool_accepts_the_rules_and_their_tests_pass() -> None:

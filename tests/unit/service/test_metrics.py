@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from models.bundle import load_bundle
 from models.calibration import CalibrationRecord
 from service.engines.dummy import dummy_bundle
 from service.metrics import DELTA_ENERGY_GRID, ServiceMetrics, gate_score_buckets
+from tests.server_process import DEFAULT_BUNDLE
 
 pytestmark = pytest.mark.unit
 
@@ -22,6 +24,21 @@ def test_gate_score_buckets_hold_the_threshold_and_calibration_quantiles() -> No
     assert round(calib.threshold, 6) in buckets
     median = float(np.interp(0.5, calib.quantile_levels, calib.quantile_values))
     assert round(median, 6) in buckets
+
+
+def test_the_bounds_are_every_graphs_whichever_graph_serves() -> None:
+    """The default bundle's int8 graph has its own threshold: an int8 server's histogram holds it and the float32
+    graph's bounds (the shipped alert rules select those), the same bounds as a float32 server's."""
+    bundle = load_bundle(DEFAULT_BUNDLE, verify=False)
+    int8 = bundle.int8_variant()
+    fp32_calib, int8_calib = bundle.manifest.calibration, int8.manifest.calibration
+    assert fp32_calib is not None and int8_calib is not None and fp32_calib.threshold != int8_calib.threshold
+    assert int8.stored_manifest is bundle.manifest  # the view keeps the manifest as stored
+    buckets = gate_score_buckets(int8.stored_manifest)
+    assert buckets == gate_score_buckets(bundle.stored_manifest)
+    for calib in (fp32_calib, int8_calib):
+        median = float(np.interp(0.5, calib.quantile_levels, calib.quantile_values))
+        assert {round(calib.threshold, 6), round(median, 6)} <= set(buckets)
 
 
 def test_multiprocess_metrics_refuse_a_process_without_the_env_variable(tmp_path) -> None:  # type: ignore[no-untyped-def]
