@@ -143,16 +143,18 @@ class DrainingServer(uvicorn.Server):
 
     async def _drain_then_stop(self, sig: int) -> None:
         """On the event loop: 503 for ``drain_s``, then no new connections, ``SETTLE_S``, then uvicorn's shutdown."""
-        orphaned = _orphaned.is_set() or (self._parent_pid is not None and os.getppid() != self._parent_pid)
-        drain_s = 0.0 if orphaned else self._drain_s
-        if drain_s > 0:
-            self._begin_drain()
-        logger.info("draining", extra={"fields": {"signal": sig, "drain_s": drain_s, "orphaned": orphaned}})
-        await asyncio.sleep(drain_s)
-        listeners = [sock for server in getattr(self, "servers", []) for sock in (server.sockets or [])]
-        if stop_new_connections(listeners):
-            await asyncio.sleep(SETTLE_S)
-        self.should_exit = True
+        try:
+            orphaned = _orphaned.is_set() or (self._parent_pid is not None and os.getppid() != self._parent_pid)
+            drain_s = 0.0 if orphaned else self._drain_s
+            if drain_s > 0:
+                self._begin_drain()
+            logger.info("draining", extra={"fields": {"signal": sig, "drain_s": drain_s, "orphaned": orphaned}})
+            await asyncio.sleep(drain_s)
+            listeners = [sock for server in getattr(self, "servers", []) for sock in (server.sockets or [])]
+            if stop_new_connections(listeners):
+                await asyncio.sleep(SETTLE_S)
+        finally:
+            self.should_exit = True  # a task's error is only reported when it is collected: stop whatever happened
 
 
 class WorkerProcess(multiprocess.Process):
