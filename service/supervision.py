@@ -17,10 +17,20 @@
 
 A worker that is SIGKILLed loses its in-flight requests (their connections are reset by the
 kernel); the supervisor replaces it, and the other workers keep serving. That is the only loss.
+
+**Signal handlers only record the signal.** A Python signal handler runs in the main thread between
+two bytecodes of whatever it was doing, which in a serving process is often a metric update inside
+prometheus-client's lock (one non-reentrant lock over every value in multiprocess mode, i.e. with
+``--workers N``). A handler that itself set a metric (the drain's readiness gauge), logged or
+started a thread waited for a lock its own thread held: the worker hung for good, ignored every
+later SIGTERM (it was "already stopping"), and its supervisor waited on it until SIGKILL. So
+:meth:`DrainingServer.handle_exit` sets a flag, and the event loop starts the drain on its next
+tick (every 0.1 s), where taking locks is safe.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import logging
 import os
@@ -111,31 +121,40 @@ class DrainingServer(uvicorn.Server):
         self._begin_drain = begin_drain
         self._drain_s = drain_s
         self._parent_pid = parent_pid
-        self._stopping = False
+        self._stop_signal: int | None = None  # set by the signal handler; the drain starts on the next tick
+        self._drain: asyncio.Task[None] | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # In signal context: only flags and list appends here, no lock, log line or thread (module docstring).
         if self.should_exit or not self.started:
             super().handle_exit(sig, frame)  # not serving yet, or a second SIGINT: uvicorn's own (force) exit
             return
-        if self._stopping:
+        if self._stop_signal is not None:
             if sig == signal.SIGINT:  # Ctrl+C twice: skip what is left of the drain
                 super().handle_exit(sig, frame)
             return  # a repeated SIGTERM (e.g. to the process group, then from the supervisor) changes nothing
-        self._stopping = True
         self._captured_signals.append(sig)  # uvicorn re-raises it after the shutdown, as without a drain
-        orphaned = _orphaned.is_set() or (self._parent_pid is not None and os.getppid() != self._parent_pid)
-        drain_s = 0.0 if orphaned else self._drain_s
-        if drain_s > 0:
-            self._begin_drain()
-        logger.info("draining", extra={"fields": {"signal": sig, "drain_s": drain_s, "orphaned": orphaned}})
-        threading.Thread(target=self._stop_after, args=(drain_s,), name="deltagate-drain", daemon=True).start()
+        self._stop_signal = sig
 
-    def _stop_after(self, drain_s: float) -> None:
-        time.sleep(drain_s)
-        listeners = [sock for server in getattr(self, "servers", []) for sock in (server.sockets or [])]
-        if stop_new_connections(listeners):
-            time.sleep(SETTLE_S)
-        self.should_exit = True
+    async def on_tick(self, counter: int) -> bool:
+        if self._stop_signal is not None and self._drain is None and not self.should_exit:
+            self._drain = asyncio.get_running_loop().create_task(self._drain_then_stop(self._stop_signal))
+        return await super().on_tick(counter)
+
+    async def _drain_then_stop(self, sig: int) -> None:
+        """On the event loop: 503 for ``drain_s``, then no new connections, ``SETTLE_S``, then uvicorn's shutdown."""
+        try:
+            orphaned = _orphaned.is_set() or (self._parent_pid is not None and os.getppid() != self._parent_pid)
+            drain_s = 0.0 if orphaned else self._drain_s
+            if drain_s > 0:
+                self._begin_drain()
+            logger.info("draining", extra={"fields": {"signal": sig, "drain_s": drain_s, "orphaned": orphaned}})
+            await asyncio.sleep(drain_s)
+            listeners = [sock for server in getattr(self, "servers", []) for sock in (server.sockets or [])]
+            if stop_new_connections(listeners):
+                await asyncio.sleep(SETTLE_S)
+        finally:
+            self.should_exit = True  # a task's error is only reported when it is collected: stop whatever happened
 
 
 class WorkerProcess(multiprocess.Process):

@@ -33,6 +33,7 @@ from tests.service_support import noise_image
 pytestmark = pytest.mark.hostile
 
 WORKERS = 2
+CLIENTS = 6  # concurrent clients of the SIGTERM test
 
 
 def alive(pid: int) -> bool:
@@ -87,26 +88,33 @@ def test_a_killed_worker_is_replaced_and_workers_die_with_a_killed_supervisor(tm
         server.stop()
 
 
-def client_loop(url: str, stop: threading.Event) -> Counter[str]:
-    """New connections, one request each, until refused (the endpoint is gone) or told to stop."""
+def client_loop(url: str, stop: threading.Event, served: threading.Semaphore) -> Counter[str]:
+    """New connections, one request each, until refused (the endpoint is gone) or told to stop;
+    ``served`` is released once, at this client's first 200.
+
+    One client (and one TLS context, ~30 ms of CPU that a loaded machine stretches) per loop, not
+    per request; no keep-alive, so every request still opens a connection of its own.
+    """
     outcomes: Counter[str] = Counter()
     files = [("file", ("a.png", noise_image(0, (32, 32)), "image/png"))]
-    while not stop.is_set():
-        try:
-            with httpx.Client(timeout=30.0) as client:
+    with httpx.Client(timeout=30.0, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        while not stop.is_set():
+            try:
                 r = client.post(f"{url}/classify", files=files)
-        except httpx.ConnectError:
-            outcomes["refused"] += 1
-            return outcomes
-        except httpx.HTTPError as exc:  # reset, half answer, timeout after the request was sent
-            outcomes[f"DROPPED: {type(exc).__name__}"] += 1
-            return outcomes
-        if r.status_code == 200:
-            outcomes["200"] += 1
-        elif r.status_code == 503 and "retry-after" in r.headers:
-            outcomes["503"] += 1
-        else:
-            outcomes[f"BAD: {r.status_code}"] += 1
+            except httpx.ConnectError:
+                outcomes["refused"] += 1
+                return outcomes
+            except httpx.HTTPError as exc:  # reset, half answer, timeout after the request was sent
+                outcomes[f"DROPPED: {type(exc).__name__}"] += 1
+                return outcomes
+            if r.status_code == 200:
+                if not outcomes["200"]:
+                    served.release()
+                outcomes["200"] += 1
+            elif r.status_code == 503 and "retry-after" in r.headers:
+                outcomes["503"] += 1
+            else:
+                outcomes[f"BAD: {r.status_code}"] += 1
     return outcomes
 
 
@@ -117,22 +125,27 @@ def client_loop(url: str, stop: threading.Event) -> Counter[str]:
 def test_sigterm_with_workers_answers_or_refuses_and_never_resets(
         tmp_path: Path, send: Callable[[ServerProcess], None]) -> None:
     server = start_workers(tmp_path, DELTAGATE_DRAIN_S="1.0")
-    stop = threading.Event()
+    stop, served = threading.Event(), threading.Semaphore(0)
     try:
         worker_pids(server)
-        with ThreadPoolExecutor(6) as pool:
-            futures = [pool.submit(client_loop, server.url, stop) for _ in range(6)]
-            time.sleep(1.0)
-            send(server)
-            status = server.proc.wait(60)
-            stop.set()
+        with ThreadPoolExecutor(CLIENTS) as pool:
+            futures = [pool.submit(client_loop, server.url, stop, served) for _ in range(CLIENTS)]
+            try:
+                # SIGTERM once every client has been served, not after a fixed second: on a loaded
+                # machine the clients' first requests could still be on their way, and all met the drain
+                end = time.monotonic() + 60.0
+                for _ in range(CLIENTS):
+                    assert served.acquire(timeout=max(0.0, end - time.monotonic())), server.log_tail()
+                send(server)
+                status = server.proc.wait(60)
+            finally:
+                stop.set()  # before the pool waits for the clients
             outcomes = sum((f.result() for f in futures), Counter())
     finally:
-        stop.set()
         server.stop()
     assert not [k for k in outcomes if k.startswith(("DROPPED", "BAD"))], outcomes
     assert outcomes["200"] > 0 and outcomes["503"] > 0, outcomes  # served, then drained
-    assert outcomes["refused"] == 6, outcomes  # every client ended at a closed port
+    assert outcomes["refused"] == CLIENTS, outcomes  # every client ended at a closed port
     assert status in (0, -signal.SIGTERM), server.log_tail()
     draining = {e["pid"] for e in server.log_lines() if e.get("msg") == "draining"}
     assert len(draining) == WORKERS, server.log_tail()
