@@ -96,3 +96,32 @@ def test_the_stand_in_recipe_keeps_the_dockerfiles_clean() -> None:
         text = dockerfile.read_text(encoding="utf-8")
         assert "ca-certificates.crt" not in text and "/etc/pip.conf" not in text and "standin" not in text
     assert "/etc/pip.conf" in Path(standin.__file__).read_text(encoding="utf-8")
+
+
+def test_pruning_an_old_tag_also_removes_the_untagged_images_of_its_build(tmp_path: Path) -> None:
+    """Each build leaves its builder stage untagged (~0.5 GB, labelled with the build key): when a
+    tag is pruned, so is that; the tag kept, the newest ones and the recent ones stay."""
+    import json
+    import time
+
+    now = time.time()
+    old = now - engine.PRUNE_AFTER_S - 60
+    images = [{"Created": int(old - i), "Names": [f"localhost/x/cpu:key{i}"]} for i in range(engine.KEEP_TAGS + 2)]
+    images.append({"Created": int(now), "Names": ["localhost/x/cpu:fresh"]})
+    calls = tmp_path / "calls"
+    fake = tmp_path / "podman"
+    fake.write_text("#!/bin/sh\n"
+                    f"echo \"$*\" >> {calls}\n"
+                    f"if [ \"$1\" = images ]; then cat {tmp_path / 'images.json'}; fi\n")
+    fake.chmod(0o755)
+    (tmp_path / "images.json").write_text(json.dumps(images))
+
+    engine._prune_old_tags(engine.Podman(binary=str(fake)), "localhost/x/cpu", keep="localhost/x/cpu:key4")
+
+    made = calls.read_text().splitlines()
+    removed = sorted(line.split()[-1] for line in made if line.startswith("rmi "))
+    pruned = sorted(line.split("=")[-1] for line in made if line.startswith("image prune"))
+    # Newest KEEP_TAGS (fresh, key0, key1) stay; key4 is the one in use; key2 and key3 go, with their builds.
+    assert removed == ["localhost/x/cpu:key2", "localhost/x/cpu:key3"]
+    assert pruned == ["key2", "key3"]
+    assert all("--force" in line for line in made if line.startswith("image prune"))
