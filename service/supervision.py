@@ -14,6 +14,9 @@
   leaves no orphan holding the port. On its own
   SIGTERM the supervisor signals the workers and closes its copy of the listening socket, so the
   socket closes with the last worker's listener instead of queueing connections nobody accepts.
+  It waits for its workers until :func:`stop_deadline_s` (drain + settle + graceful shutdown +
+  ``STOP_MARGIN_S``), then SIGKILLs a worker still alive, with an error logged: a hung worker
+  cannot keep the supervisor (and the port) forever.
 
 A worker that is SIGKILLed loses its in-flight requests (their connections are reset by the
 kernel); the supervisor replaces it, and the other workers keep serving. That is the only loss.
@@ -48,7 +51,7 @@ import uvicorn
 from uvicorn.supervisors import multiprocess
 
 __all__ = ["DrainingServer", "Supervisor", "WorkerProcess", "stop_new_connections", "die_with_parent",
-           "register_worker_drain", "SETTLE_S", "PARENT_DEATH_SIGNAL"]
+           "register_worker_drain", "stop_deadline_s", "SETTLE_S", "STOP_MARGIN_S", "PARENT_DEATH_SIGNAL"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,3 +232,27 @@ class Supervisor(multiprocess.Multiprocess):
         super().terminate_all()  # SIGTERM: each worker drains
         for sock in self.sockets:  # the workers hold their own copies; ours would outlive their listeners
             sock.close()
+
+    def join_all(self) -> None:
+        """Wait for the workers, but not forever: a worker still alive :func:`stop_deadline_s` after
+        the SIGTERM (hung: its own stop is bounded by the drain, the settle phase and the graceful
+        shutdown) is SIGKILLed, with an error logged (uvicorn's own join has no deadline)."""
+        deadline = time.monotonic() + stop_deadline_s(self.config)
+        for worker in self.processes:
+            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if worker.process.is_alive():
+                logger.error("worker did not stop in time; killed", extra={"fields": {
+                    "pid": worker.pid, "deadline_s": stop_deadline_s(self.config)}})
+                worker.kill()
+                worker.process.join()
+
+
+# What a worker's stop may take beyond its drain, settle phase and graceful shutdown: the app's
+# lifespan shutdown (closing the engine) and the interpreter's exit.
+STOP_MARGIN_S = 10.0
+
+
+def stop_deadline_s(config: uvicorn.Config) -> float:
+    """Seconds from SIGTERM within which a healthy worker has exited (:meth:`Supervisor.join_all`)."""
+    graceful = config.timeout_graceful_shutdown or 0
+    return float(getattr(config, "drain_s", 0.0)) + SETTLE_S + graceful + STOP_MARGIN_S

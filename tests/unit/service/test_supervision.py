@@ -9,13 +9,19 @@ lock forever (the hang of tests/hostile/test_supervision.py under load).
 from __future__ import annotations
 
 import asyncio
+import logging
+import multiprocessing
+import os
 import signal
 import threading
+import time
 from typing import Any
 
+import pytest
 import uvicorn
 
-from service.supervision import DrainingServer
+from service import supervision
+from service.supervision import DrainingServer, Supervisor
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:  # never called: no socket is served
@@ -65,3 +71,62 @@ async def test_a_repeated_sigterm_changes_nothing_and_a_second_sigint_skips_the_
     assert drains == ["drain"] and not await server.on_tick(2)  # one drain, still serving its 503s
     server.handle_exit(signal.SIGINT, None)  # Ctrl+C during the drain: stop now
     assert await server.on_tick(3)
+
+
+def _stop_on_sigterm(ready: Any) -> None:
+    signal.signal(signal.SIGTERM, lambda *_: os._exit(0))
+    ready.set()
+    while True:
+        time.sleep(0.05)
+
+
+def _ignore_sigterm(ready: Any) -> None:  # a worker hung in its stop (e.g. on a lock), as the supervisor sees it
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    ready.set()
+    while True:
+        time.sleep(0.05)
+
+
+class _Worker:
+    """What Supervisor.join_all uses of uvicorn's worker: ``process``, ``pid``, ``kill``."""
+
+    def __init__(self, target: Any) -> None:
+        context = multiprocessing.get_context("fork")
+        ready = context.Event()
+        self.process = context.Process(target=target, args=(ready,), daemon=True)
+        self.process.start()
+        assert ready.wait(30), "the worker did not start"  # its SIGTERM handler is set
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def kill(self) -> None:
+        self.process.kill()
+
+
+def test_the_supervisor_kills_a_worker_that_does_not_stop_by_the_deadline(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(supervision, "STOP_MARGIN_S", 0.5)
+    config = uvicorn.Config(_app, timeout_graceful_shutdown=1)
+    config.drain_s = 0.2  # type: ignore[attr-defined]  # as service.server's ServiceConfig
+    deadline = supervision.stop_deadline_s(config)
+    assert deadline == pytest.approx(0.2 + supervision.SETTLE_S + 1 + 0.5)
+    supervisor = Supervisor.__new__(Supervisor)  # not __init__: it would take over this process's signals
+    supervisor.config = config
+    healthy, hung = _Worker(_stop_on_sigterm), _Worker(_ignore_sigterm)
+    supervisor.processes = [hung, healthy]  # type: ignore[list-item]
+    try:
+        for worker in supervisor.processes:
+            os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
+        started = time.monotonic()
+        with caplog.at_level(logging.ERROR, logger="service.supervision"):
+            supervisor.join_all()
+        took = time.monotonic() - started
+    finally:
+        for started_worker in (healthy, hung):
+            started_worker.process.kill()
+    assert deadline - 0.1 <= took < deadline + 2.0
+    assert hung.process.exitcode == -signal.SIGKILL
+    assert healthy.process.exitcode == 0
+    assert [r.message for r in caplog.records] == ["worker did not stop in time; killed"]
