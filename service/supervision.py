@@ -14,9 +14,9 @@
   leaves no orphan holding the port. On its own
   SIGTERM the supervisor signals the workers and closes its copy of the listening socket, so the
   socket closes with the last worker's listener instead of queueing connections nobody accepts.
-  It waits for its workers until :func:`stop_deadline_s` (drain + settle + graceful shutdown +
-  ``STOP_MARGIN_S``), then SIGKILLs a worker still alive, with an error logged: a hung worker
-  cannot keep the supervisor (and the port) forever.
+  It waits for a signalled worker (on a stop, or a SIGHUP restart) until :func:`stop_deadline_s`
+  after the signal (drain + settle + graceful shutdown + ``STOP_MARGIN_S``), then SIGKILLs it, with
+  an error logged: a hung worker cannot keep the supervisor (and the port) forever.
 
 A worker that is SIGKILLed loses its in-flight requests (their connections are reset by the
 kernel); the supervisor replaces it, and the other workers keep serving. That is the only loss.
@@ -165,7 +165,26 @@ class WorkerProcess(multiprocess.Process):
 
     def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
         self.parent_pid = os.getpid()  # set in the supervisor, pickled to the worker
+        self.stop_by: float | None = None  # monotonic deadline of its stop, from the SIGTERM on
         super().__init__(config, sockets)
+
+    def terminate(self) -> None:
+        if self.process.exitcode is None and self.stop_by is None:
+            self.stop_by = time.monotonic() + stop_deadline_s(self.config)
+        super().terminate()
+
+    def join(self) -> None:
+        """Wait for the worker, but not past :func:`stop_deadline_s` after its SIGTERM: a worker still
+        alive then is hung (its own stop is bounded by the drain, the settle phase and the graceful
+        shutdown) and is SIGKILLed, with an error logged. uvicorn's join has no deadline, so one hung
+        worker held the supervisor (on a stop or a SIGHUP restart) and the port forever."""
+        if self.stop_by is not None:
+            self.process.join(timeout=max(0.0, self.stop_by - time.monotonic()))
+            if self.process.is_alive():
+                logger.error("worker did not stop in time; killed", extra={"fields": {
+                    "pid": self.pid, "deadline_s": stop_deadline_s(self.config)}})
+                self.kill()
+        self.process.join()
 
     def target(self, sockets: list[socket.socket] | None = None) -> None:  # pragma: no cover (in the child)
         die_with_parent(self.parent_pid)
@@ -233,19 +252,6 @@ class Supervisor(multiprocess.Multiprocess):
         for sock in self.sockets:  # the workers hold their own copies; ours would outlive their listeners
             sock.close()
 
-    def join_all(self) -> None:
-        """Wait for the workers, but not forever: a worker still alive :func:`stop_deadline_s` after
-        the SIGTERM (hung: its own stop is bounded by the drain, the settle phase and the graceful
-        shutdown) is SIGKILLed, with an error logged (uvicorn's own join has no deadline)."""
-        deadline = time.monotonic() + stop_deadline_s(self.config)
-        for worker in self.processes:
-            worker.process.join(timeout=max(0.0, deadline - time.monotonic()))
-            if worker.process.is_alive():
-                logger.error("worker did not stop in time; killed", extra={"fields": {
-                    "pid": worker.pid, "deadline_s": stop_deadline_s(self.config)}})
-                worker.kill()
-                worker.process.join()
-
 
 # What a worker's stop may take beyond its drain, settle phase and graceful shutdown: the app's
 # lifespan shutdown (closing the engine) and the interpreter's exit.
@@ -253,6 +259,6 @@ STOP_MARGIN_S = 10.0
 
 
 def stop_deadline_s(config: uvicorn.Config) -> float:
-    """Seconds from SIGTERM within which a healthy worker has exited (:meth:`Supervisor.join_all`)."""
+    """Seconds from SIGTERM within which a healthy worker has exited (:meth:`WorkerProcess.join`)."""
     graceful = config.timeout_graceful_shutdown or 0
     return float(getattr(config, "drain_s", 0.0)) + SETTLE_S + graceful + STOP_MARGIN_S

@@ -21,7 +21,7 @@ import pytest
 import uvicorn
 
 from service import supervision
-from service.supervision import DrainingServer, Supervisor
+from service.supervision import DrainingServer, WorkerProcess
 
 
 async def _app(scope: Any, receive: Any, send: Any) -> None:  # never called: no socket is served
@@ -87,45 +87,38 @@ def _ignore_sigterm(ready: Any) -> None:  # a worker hung in its stop (e.g. on a
         time.sleep(0.05)
 
 
-class _Worker:
-    """What Supervisor.join_all uses of uvicorn's worker: ``process``, ``pid``, ``kill``."""
-
-    def __init__(self, target: Any) -> None:
-        context = multiprocessing.get_context("fork")
-        ready = context.Event()
-        self.process = context.Process(target=target, args=(ready,), daemon=True)
-        self.process.start()
-        assert ready.wait(30), "the worker did not start"  # its SIGTERM handler is set
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-    def kill(self) -> None:
-        self.process.kill()
+def _worker(config: uvicorn.Config, target: Any) -> WorkerProcess:
+    """A WorkerProcess around a forked stand-in (what runs in it is the target, not a server)."""
+    worker = WorkerProcess(config, [])
+    context = multiprocessing.get_context("fork")
+    ready = context.Event()
+    worker.process = context.Process(target=target, args=(ready,), daemon=True)  # type: ignore[assignment]
+    worker.process.start()
+    assert ready.wait(30), "the stand-in did not start"  # its SIGTERM handler is set
+    return worker
 
 
 def test_the_supervisor_kills_a_worker_that_does_not_stop_by_the_deadline(
         monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """uvicorn terminates every worker, then joins each (on a stop; one by one on a SIGHUP restart):
+    a hung one is SIGKILLed once its deadline, counted from its SIGTERM, has passed."""
     monkeypatch.setattr(supervision, "STOP_MARGIN_S", 0.5)
     config = uvicorn.Config(_app, timeout_graceful_shutdown=1)
     config.drain_s = 0.2  # type: ignore[attr-defined]  # as service.server's ServiceConfig
     deadline = supervision.stop_deadline_s(config)
     assert deadline == pytest.approx(0.2 + supervision.SETTLE_S + 1 + 0.5)
-    supervisor = Supervisor.__new__(Supervisor)  # not __init__: it would take over this process's signals
-    supervisor.config = config
-    healthy, hung = _Worker(_stop_on_sigterm), _Worker(_ignore_sigterm)
-    supervisor.processes = [hung, healthy]  # type: ignore[list-item]
+    hung, healthy = _worker(config, _ignore_sigterm), _worker(config, _stop_on_sigterm)
     try:
-        for worker in supervisor.processes:
-            os.kill(worker.pid, signal.SIGTERM)  # type: ignore[arg-type]
         started = time.monotonic()
+        for worker in (hung, healthy):
+            worker.terminate()
         with caplog.at_level(logging.ERROR, logger="service.supervision"):
-            supervisor.join_all()
+            for worker in (hung, healthy):
+                worker.join()
         took = time.monotonic() - started
     finally:
-        for started_worker in (healthy, hung):
-            started_worker.process.kill()
+        for worker in (hung, healthy):
+            worker.process.kill()
     assert deadline - 0.1 <= took < deadline + 2.0
     assert hung.process.exitcode == -signal.SIGKILL
     assert healthy.process.exitcode == 0
