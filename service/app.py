@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None, on_load_failure: Callable[[str]
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         runtime.begin_start().add_done_callback(_after_start)  # ready when load and warm-up are done
         yield
+        EVENTS.flush(asyncio.get_running_loop())  # the connections are closed: no more events to wait for
         await runtime.stop()  # the server has stopped accepting and waited for in-flight requests
         runtime.metrics.close()
 

@@ -24,6 +24,14 @@ protocol (the one the service runs, ``http="httptools"``) and adds:
   :func:`service.routes.classify.early_overload_answer`) may answer it in place of the app, so a
   refusal costs the event loop no routing, middleware or body read.
 
+* **Shutdown grace** (``SHUTDOWN_GRACE_S``): uvicorn's graceful shutdown closes at once every
+  connection with no request in progress, which drops a request that a client has connected for
+  and not yet sent (or is still sending the headers of): it meets a closed connection and cannot
+  tell whether the server saw it. A connection that has not begun its first request, or is in the
+  middle of a request's headers, gets ``SHUTDOWN_GRACE_S`` for its request to arrive; the request
+  is answered (503 while draining) with ``Connection: close``. Idle keep-alive connections close at
+  once, as before, and whatever is still silent when the grace ends is closed.
+
 Every protocol-level answer (408, 431, the cap's 503) is written with ``Connection: close``; the
 connection then *lingers* (its write side shut, whatever arrives read and discarded for
 ``LINGER_S``), so a client that is still sending reads the answer instead of a reset. At most
@@ -57,7 +65,7 @@ from service.settings import Settings
 
 __all__ = ["ConnectionLimits", "ServiceConfig", "GuardedHttpProtocol", "EVENTS", "EVENT_KINDS", "connection_cap",
            "set_early_answer", "EarlyAnswer",
-           "raise_open_file_limit", "FD_RESERVE", "LINGER_S", "MAX_LINGERING"]
+           "raise_open_file_limit", "FD_RESERVE", "LINGER_S", "MAX_LINGERING", "SHUTDOWN_GRACE_S"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +75,9 @@ _MAX_DISCARD = 1 << 20  # bytes discarded while lingering before the connection 
 # Descriptors the process needs besides its connections: the listener, epoll, eventfds, pipes to
 # the supervisor, log and metric files, model files while loading (measured: ~30 when serving).
 FD_RESERVE = 64
+# At shutdown: how long an accepted connection that has not sent its request yet may take to send it
+# (a client sends its request as soon as it is connected, one round trip later).
+SHUTDOWN_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -153,6 +164,8 @@ class _Events:
         "silent_timeout": "connections closed: nothing sent within header_timeout_s",
         "headers_too_large": "requests refused: headers over max_header_bytes (answered 431)",
         "overloaded": "requests refused before the app: admission budget spent (answered 503)",
+        "shutdown_closed": "connections closed at shutdown: no complete request headers within SHUTDOWN_GRACE_S "
+        "(answered 503 if part of a request came)",
     }
 
     def record(self, kind: str, loop: asyncio.AbstractEventLoop, **fields: Any) -> None:
@@ -171,6 +184,13 @@ class _Events:
         self._flush.pop(kind, None)
         if self._unlogged[kind]:
             self._log(kind, loop.time(), fields)
+
+    def flush(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Log every count not logged yet: at shutdown, the rest of a burst would wait for a timer
+        that never fires (the app's lifespan calls this once the connections are closed)."""
+        for kind, handle in list(self._flush.items()):
+            handle.cancel()
+            self._log_rest(kind, loop, {})
 
     def _log(self, kind: str, now: float, fields: dict[str, Any]) -> None:
         level = logging.INFO if kind == "silent_timeout" else logging.WARNING
@@ -221,6 +241,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._message_ended = False  # a request ended within the read being parsed (pipelining)
         self._answered = False  # a protocol-level answer is written: the rest is discarded
         self._discarded = 0
+        self._begun = False  # a request has begun on this connection
+        self._shutting_down = False  # the server's shutdown began while a request was still to come
 
     # --- connection ----------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -259,6 +281,7 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._answered:
             return
         super().on_message_begin()
+        self._begun = True
         self._awaiting_headers = True
         self._header_bytes = 0
         if self._header_deadline is None:  # a first request keeps the deadline armed at connect
@@ -282,6 +305,8 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self._headers_too_large()
             return
         super().on_headers_complete()
+        if self._shutting_down and self.cycle is not None:
+            self.cycle.keep_alive = False  # answered with Connection: close, then closed
 
     def on_body(self, body: bytes) -> None:
         if not self._answered:
@@ -298,6 +323,27 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         for early in _early_answer:
             app = early(cycle.scope) or app
         super()._start_asgi_task(cycle, app)
+
+    # --- shutdown ---------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """uvicorn's graceful shutdown, except for a request still to come (module docstring)."""
+        request_to_come = not self._begun or self._awaiting_headers  # else idle keep-alive, or in progress
+        if self._answered or self.transport.is_closing() or not request_to_come:
+            super().shutdown()  # idle keep-alive: closed; a request in progress: answered, then closed
+            return
+        self._shutting_down = True
+        self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
+
+    def _shutdown_grace_over(self) -> None:
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return  # closed already, or its request came and is being answered (then closed)
+        EVENTS.record("shutdown_closed", self.loop, shutdown_grace_s=SHUTDOWN_GRACE_S)
+        if self._awaiting_headers:  # part of a request came: it is told, not dropped
+            self._answer(503, "not_ready", "the service is shutting down; retry on another instance",
+                         ((b"retry-after", str(self.limits.retry_after_s).encode()),))
+            return
+        self.connections.discard(self)
+        self.transport.close()
 
     # --- the limits --------------------------------------------------------------------------------
     def _arm_header_deadline(self) -> None:

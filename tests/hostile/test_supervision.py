@@ -10,6 +10,7 @@ requests; the supervisor replaces it (docs/operations.md).
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -25,8 +26,9 @@ import httpx
 import pytest
 
 from deltagate.server_process import LOCALHOST
+from service.connections import SHUTDOWN_GRACE_S
 from service.supervision import stop_new_connections
-from tests.hostile.support_net import DUMMY_ENV
+from tests.hostile.support_net import DUMMY_ENV, connect, raw_request, read_until_closed, status_of
 from tests.server_process import ServerProcess, start_server
 from tests.service_support import noise_image
 
@@ -180,3 +182,36 @@ def test_stopping_new_connections_keeps_the_queue_and_turns_new_ones_into_refusa
         assert "new" not in outcome, outcome  # its SYN was dropped: still connecting
     late.join(10.0)  # the listener is closed now: the SYN's retry meets a closed port
     assert outcome == {"new": "ConnectionRefusedError"}, outcome
+
+
+def test_a_connection_whose_request_comes_after_the_shutdown_began_is_answered(tmp_path: Path) -> None:
+    """uvicorn's shutdown closed every connection without a request in progress at once: a client that
+    had connected and was about to send (or was sending its headers) met a closed connection, with no
+    way to tell whether its request was seen. Now such a connection gets SHUTDOWN_GRACE_S: a request
+    sent then is answered (with Connection: close), headers still unfinished when it ends get a 503,
+    and a connection that stays silent is closed when it ends; the stop still completes."""
+    server = start_server(tmp_path / "server.log", {**DUMMY_ENV, "DELTAGATE_DRAIN_S": "0.3"})
+    try:
+        server.wait_ready()
+        sends, partial, silent = (connect(server.url) for _ in range(3))
+        server.proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + 30
+        while not any(e.get("msg") == "Shutting down" for e in server.log_lines()):  # uvicorn's, before it
+            assert time.monotonic() < end and server.proc.poll() is None, server.log_tail()  # closes connections
+            time.sleep(0.01)
+        shutdown_seen = time.monotonic()
+        sends.sendall(raw_request("/healthz"))
+        partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
+        answered, cut, closed = (read_until_closed(sock, shutdown_seen, SHUTDOWN_GRACE_S + 10.0)
+                                 for sock in (sends, partial, silent))
+        assert server.proc.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal once stopped
+    finally:
+        server.stop()
+    assert answered.how == "eof" and status_of(answered.data) == 200, answered
+    assert b"connection: close" in answered.data.lower(), answered
+    assert cut.how in ("eof", "reset") and status_of(cut.data) == 503, cut
+    assert json.loads(cut.data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "not_ready", cut
+    assert closed.how == "eof" and closed.data == b"", closed
+    assert SHUTDOWN_GRACE_S - 0.5 <= closed.seconds <= SHUTDOWN_GRACE_S + 6.0, closed  # the grace closed it
+    assert any(e.get("event") == "shutdown_closed" and e.get("total") == 2 for e in server.log_lines()), \
+        server.log_tail()
