@@ -335,8 +335,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
 
     def _shutdown_grace_over(self) -> None:
-        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
-            return  # closed already, or its request came and is being answered (then closed)
+        if self._answered or self.transport.is_closing() or (
+                self.cycle is not None and not self.cycle.response_complete):
+            return  # answered or closed already, or its request came and is being answered (then closed)
         EVENTS.record("shutdown_closed", self.loop, shutdown_grace_s=SHUTDOWN_GRACE_S)
         if self._awaiting_headers:  # part of a request came: it is told, not dropped
             self._answer(503, "not_ready", "the service is shutting down; retry on another instance",
