@@ -24,13 +24,16 @@ protocol (the one the service runs, ``http="httptools"``) and adds:
   :func:`service.routes.classify.early_overload_answer`) may answer it in place of the app, so a
   refusal costs the event loop no routing, middleware or body read.
 
-* **Shutdown grace** (``SHUTDOWN_GRACE_S``): uvicorn's graceful shutdown closes at once every
+* **Shutdown grace** (``shutdown_grace_s``): uvicorn's graceful shutdown closes at once every
   connection with no request in progress, which drops a request that a client has connected for
   and not yet sent (or is still sending the headers of): it meets a closed connection and cannot
   tell whether the server saw it. A connection that has not begun its first request, or is in the
-  middle of a request's headers, gets ``SHUTDOWN_GRACE_S`` for its request to arrive; the request
-  is answered (503 while draining) with ``Connection: close``. Idle keep-alive connections close at
-  once, as before, and whatever is still silent when the grace ends is closed.
+  middle of a request's headers, with no response under way, gets ``shutdown_grace_s`` for its
+  request to arrive; the request is answered (503 while draining) with ``Connection: close``;
+  headers still unfinished when the grace ends get 503, a silent connection is closed. Idle
+  keep-alive connections close at once, as before, and so does a connection whose response is
+  under way once that response is sent (a request pipelined behind it is not waited for). The
+  grace runs within uvicorn's ``graceful_shutdown_s``, which cuts it short if it is shorter.
 
 Every protocol-level answer (408, 431, the cap's 503) is written with ``Connection: close``; the
 connection then *lingers* (its write side shut, whatever arrives read and discarded for
@@ -65,7 +68,7 @@ from service.settings import Settings
 
 __all__ = ["ConnectionLimits", "ServiceConfig", "GuardedHttpProtocol", "EVENTS", "EVENT_KINDS", "connection_cap",
            "set_early_answer", "EarlyAnswer",
-           "raise_open_file_limit", "FD_RESERVE", "LINGER_S", "MAX_LINGERING", "SHUTDOWN_GRACE_S"]
+           "raise_open_file_limit", "FD_RESERVE", "LINGER_S", "MAX_LINGERING"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,9 +78,6 @@ _MAX_DISCARD = 1 << 20  # bytes discarded while lingering before the connection 
 # Descriptors the process needs besides its connections: the listener, epoll, eventfds, pipes to
 # the supervisor, log and metric files, model files while loading (measured: ~30 when serving).
 FD_RESERVE = 64
-# At shutdown: how long an accepted connection that has not sent its request yet may take to send it
-# (a client sends its request as soon as it is connected, one round trip later).
-SHUTDOWN_GRACE_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,15 @@ class ConnectionLimits:
     max_header_bytes: int = 32 * 1024
     max_connections: int = 2048
     retry_after_s: int = 1
+    # At shutdown: how long an accepted connection whose request has not come yet may take to send it
+    # (a client sends its request one round trip after connecting; a preconnecting proxy never does).
+    shutdown_grace_s: float = 2.0
 
     @classmethod
     def from_settings(cls, settings: Settings, max_connections: int | None = None) -> ConnectionLimits:
         """The settings' limits; ``max_connections`` overrides the setting (the fd-limited cap)."""
         return cls(settings.header_timeout_s, settings.max_header_bytes,
-                   max_connections or settings.max_connections, settings.retry_after_s)
+                   max_connections or settings.max_connections, settings.retry_after_s, settings.shutdown_grace_s)
 
 
 def raise_open_file_limit(wanted: int) -> int:
@@ -164,7 +167,7 @@ class _Events:
         "silent_timeout": "connections closed: nothing sent within header_timeout_s",
         "headers_too_large": "requests refused: headers over max_header_bytes (answered 431)",
         "overloaded": "requests refused before the app: admission budget spent (answered 503)",
-        "shutdown_closed": "connections closed at shutdown: no complete request headers within SHUTDOWN_GRACE_S "
+        "shutdown_closed": "connections closed at shutdown: no complete request headers within shutdown_grace_s "
         "(answered 503 if part of a request came)",
     }
 
@@ -327,18 +330,21 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     # --- shutdown ---------------------------------------------------------------------------------
     def shutdown(self) -> None:
         """uvicorn's graceful shutdown, except for a request still to come (module docstring)."""
-        request_to_come = not self._begun or self._awaiting_headers  # else idle keep-alive, or in progress
-        if self._answered or self.transport.is_closing() or not request_to_come:
-            super().shutdown()  # idle keep-alive: closed; a request in progress: answered, then closed
+        # (A connection answered at the connection level is no longer among the server's connections:
+        # it is not asked; it lingers, or the process's exit closes it.)
+        no_response_under_way = self.cycle is None or self.cycle.response_complete
+        request_to_come = no_response_under_way and (not self._begun or self._awaiting_headers)
+        if not request_to_come or self.transport.is_closing() or self.limits.shutdown_grace_s <= 0:
+            super().shutdown()  # idle keep-alive: closed; a response under way: sent, then closed
             return
         self._shutting_down = True
-        self.loop.call_later(SHUTDOWN_GRACE_S, self._shutdown_grace_over)
+        self.loop.call_later(self.limits.shutdown_grace_s, self._shutdown_grace_over)
 
     def _shutdown_grace_over(self) -> None:
         if self._answered or self.transport.is_closing() or (
                 self.cycle is not None and not self.cycle.response_complete):
             return  # answered or closed already, or its request came and is being answered (then closed)
-        EVENTS.record("shutdown_closed", self.loop, shutdown_grace_s=SHUTDOWN_GRACE_S)
+        EVENTS.record("shutdown_closed", self.loop, shutdown_grace_s=self.limits.shutdown_grace_s)
         if self._awaiting_headers:  # part of a request came: it is told, not dropped
             self._answer(503, "not_ready", "the service is shutting down; retry on another instance",
                          ((b"retry-after", str(self.limits.retry_after_s).encode()),))

@@ -190,6 +190,10 @@ class Settings(BaseSettings):
         "json", description="Log lines: json (one object per line, for log collectors) or console (readable)."
     )
     graceful_shutdown_s: float = Field(30.0, ge=0.0, description="Time in-flight requests get on stop.")
+    shutdown_grace_s: float = Field(
+        2.0, ge=0.0, le=60.0, description="On stop, the time a connection accepted before it, whose request has not "
+        "come yet, gets for that request (answered, then closed); within graceful_shutdown_s. 0: closed at once.",
+    )
     drain_s: float = Field(
         1.0, ge=0.0, description="On SIGTERM (every worker): seconds of answering new requests 503 while still "
         "listening, before new connections are stopped and the graceful shutdown; clients are told to go elsewhere "

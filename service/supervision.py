@@ -254,7 +254,9 @@ class Supervisor(multiprocess.Multiprocess):
 
 
 # What a worker's stop may take beyond its drain, settle phase and graceful shutdown: the app's
-# lifespan shutdown (closing the engine) and the interpreter's exit.
+# lifespan shutdown and the interpreter's exit. At uvicorn's graceful deadline the requests still in
+# progress are cancelled, which frees their admission, so the batcher then waits only for the
+# forwards already running (seconds on a CPU, for the models served here) before the engines close.
 STOP_MARGIN_S = 10.0
 
 

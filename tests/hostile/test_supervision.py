@@ -26,7 +26,6 @@ import httpx
 import pytest
 
 from deltagate.server_process import LOCALHOST
-from service.connections import SHUTDOWN_GRACE_S
 from service.supervision import SETTLE_S, stop_new_connections
 from tests.hostile.support_net import DUMMY_ENV, connect, raw_request, read_until_closed, status_of
 from tests.server_process import ServerProcess, start_server
@@ -187,10 +186,12 @@ def test_stopping_new_connections_keeps_the_queue_and_turns_new_ones_into_refusa
 def test_a_connection_whose_request_comes_after_the_shutdown_began_is_answered(tmp_path: Path) -> None:
     """uvicorn's shutdown closed every connection without a request in progress at once: a client that
     had connected and was about to send (or was sending its headers) met a closed connection, with no
-    way to tell whether its request was seen. Now such a connection gets SHUTDOWN_GRACE_S: a request
+    way to tell whether its request was seen. Now such a connection gets shutdown_grace_s: a request
     sent then is answered (with Connection: close), headers still unfinished when it ends get a 503,
     and a connection that stays silent is closed when it ends; the stop still completes."""
-    server = start_server(tmp_path / "server.log", {**DUMMY_ENV, "DELTAGATE_DRAIN_S": "0.3"})
+    grace_s = 5.0  # the time the test has to see the shutdown begin and send (default 2 s)
+    server = start_server(tmp_path / "server.log", {**DUMMY_ENV, "DELTAGATE_DRAIN_S": "0.3",
+                                                    "DELTAGATE_SHUTDOWN_GRACE_S": str(grace_s)})
     try:
         server.wait_ready()
         sends, partial, silent = (connect(server.url) for _ in range(3))
@@ -202,7 +203,7 @@ def test_a_connection_whose_request_comes_after_the_shutdown_began_is_answered(t
             time.sleep(0.01)
         sends.sendall(raw_request("/healthz"))
         partial.sendall(b"GET /healthz HTTP/1.1\r\nHost: test\r\n")
-        answered, cut, closed = (read_until_closed(sock, signalled, SHUTDOWN_GRACE_S + 20.0)
+        answered, cut, closed = (read_until_closed(sock, signalled, grace_s + 20.0)
                                  for sock in (sends, partial, silent))
         assert server.proc.wait(60) == -signal.SIGTERM  # uvicorn re-raises the signal once stopped
     finally:
@@ -213,6 +214,6 @@ def test_a_connection_whose_request_comes_after_the_shutdown_began_is_answered(t
     assert json.loads(cut.data.split(b"\r\n\r\n", 1)[1])["error"]["code"] == "not_ready", cut
     assert closed.how == "eof" and closed.data == b"", closed
     # Not before the drain, the settle phase and the grace have passed (a loaded machine only delays it)
-    assert closed.seconds >= 0.3 + SETTLE_S + SHUTDOWN_GRACE_S - 0.05, closed
+    assert closed.seconds >= 0.3 + SETTLE_S + grace_s - 0.05, closed
     assert any(e.get("event") == "shutdown_closed" and e.get("total") == 2 for e in server.log_lines()), \
         server.log_tail()
