@@ -200,7 +200,9 @@ def _prune_old_tags(podman: Podman, repository: str, keep: str) -> None:
     ``PRUNE_AFTER_S`` (another run on this machine may still be using a recent one); never
     ``keep``. With each tag go the untagged intermediate images of its build (the builder stage,
     which carries the same build-key label): left behind, each build would leave ~0.5 GB on the
-    disk. Images still used by a container stay (podman refuses, which is fine)."""
+    disk. (Podman 4.3, Debian 12's, labels every stage; newer buildah labels only the last one, and
+    there this finds none: ``podman image prune`` removes them by hand.) Images still used by a
+    container stay (podman refuses, which is fine)."""
     proc = podman("images", "--format", "json", "--filter", f"reference={repository}", check=False)
     if proc.returncode:
         return
