@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +33,19 @@ def _unfrozen_heap() -> Iterator[None]:
     would otherwise never collect the cycles of every app started before them."""
     yield
     gc.unfreeze()
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A test that ran code in this process (a CLI command, a server) must leave SIGTERM and SIGINT
+    as it found them: a handler left behind (one that raised SystemExit) turned a SIGTERM meant to
+    stop the test session into a failure of whatever test was running, and the session went on."""
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    changed = [sig.name for sig, handler in before.items() if signal.getsignal(sig) is not handler]
+    for sig, handler in before.items():
+        signal.signal(sig, handler)
+    assert not changed, f"the test left its own handler for {', '.join(changed)}"
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -170,6 +172,18 @@ def _port_range(spec: str | None) -> tuple[int, int] | None:
     return lo, hi
 
 
+@contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C while the block runs, so the servers a
+    run started are stopped; the previous handler is back afterwards (the command may run inside
+    another program, e.g. a test session, which must still stop on its own SIGTERM)."""
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _names(spec: str, valid: tuple[str, ...], what: str) -> tuple[str, ...]:
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     bad = [n for n in names if n not in valid]
@@ -210,9 +224,8 @@ def compare(
         baseline_workloads=_names(baseline_workloads, ("small", "photo"), "workloads"),
         seconds=seconds, c1_seconds=c1_seconds, concurrency=concurrency, port_range=_port_range(ports),
     )
-    # SIGTERM (a timeout, a CI cancel) unwinds like Ctrl-C, so the servers this run started are stopped.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    report = compare_report(command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
+    with _sigterm_unwinds():
+        report = compare_report(command_line(ctx), cfg, on_segment=lambda partial: write_report(partial, out))
     write_report(report, out)
     md = markdown_report(report)
     out.with_suffix(".md").write_text(md, encoding="utf-8")
@@ -252,8 +265,8 @@ def overload(
                          conditions=_names(conditions, ("quiet", "neighbour"), "conditions"), probe_seconds=seconds,
                          baseline=baseline, port_range=_port_range(ports), gc_freeze_ablation=gc_freeze_ablation,
                          probe_autogroup_nice=probe_autogroup_nice)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwind, so the servers are stopped
-    report = overload_report(command_line(ctx), cfg)
+    with _sigterm_unwinds():
+        report = overload_report(command_line(ctx), cfg)
     write_report(report, out)
     typer.echo(json.dumps(report["summary"], indent=2))
     typer.echo(f"wrote {out}")
