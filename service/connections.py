@@ -244,7 +244,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         self._message_ended = False  # a request ended within the read being parsed (pipelining)
         self._answered = False  # a protocol-level answer is written: the rest is discarded
         self._discarded = 0
-        self._begun = False  # a request has begun on this connection
         self._shutting_down = False  # the server's shutdown began while a request was still to come
 
     # --- connection ----------------------------------------------------------------------------
@@ -284,7 +283,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         if self._answered:
             return
         super().on_message_begin()
-        self._begun = True
         self._awaiting_headers = True
         self._header_bytes = 0
         if self._header_deadline is None:  # a first request keeps the deadline armed at connect
@@ -332,8 +330,9 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         """uvicorn's graceful shutdown, except for a request still to come (module docstring)."""
         # (A connection answered at the connection level is no longer among the server's connections:
         # it is not asked; it lingers, or the process's exit closes it.)
-        no_response_under_way = self.cycle is None or self.cycle.response_complete
-        request_to_come = no_response_under_way and (not self._begun or self._awaiting_headers)
+        # No request has reached its headers' end yet (cycle None: none has begun, or one is in its
+        # headers), or a next request is in its headers while no response is under way.
+        request_to_come = self.cycle is None or (self.cycle.response_complete and self._awaiting_headers)
         if not request_to_come or self.transport.is_closing() or self.limits.shutdown_grace_s <= 0:
             super().shutdown()  # idle keep-alive: closed; a response under way: sent, then closed
             return

@@ -27,7 +27,7 @@ import pytest
 
 from deltagate.server_process import LOCALHOST
 from service.supervision import SETTLE_S, stop_new_connections
-from tests.hostile.support_net import DUMMY_ENV, connect, raw_request, read_until_closed, status_of
+from tests.hostile.support_net import DUMMY_ENV, connect, logged_total, raw_request, read_until_closed, status_of
 from tests.server_process import ServerProcess, start_server
 from tests.service_support import noise_image
 
@@ -215,5 +215,4 @@ def test_a_connection_whose_request_comes_after_the_shutdown_began_is_answered(t
     assert closed.how == "eof" and closed.data == b"", closed
     # Not before the drain, the settle phase and the grace have passed (a loaded machine only delays it)
     assert closed.seconds >= 0.3 + SETTLE_S + grace_s - 0.05, closed
-    assert any(e.get("event") == "shutdown_closed" and e.get("total") == 2 for e in server.log_lines()), \
-        server.log_tail()
+    assert logged_total(server, "shutdown_closed", 2) == 2, server.log_tail()
